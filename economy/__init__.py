@@ -1,0 +1,27 @@
+"""Agora's economy: a vectorised, jit-compiled trading economy (see DESIGN.md)."""
+
+from economy.config import (
+    ConfigError,
+    EconomyConfig,
+    GoodConfig,
+    MarketConfig,
+    NicheConfig,
+    ProjectConfig,
+    RewardWeights,
+    WorldConfig,
+    apply_overrides,
+    load_config,
+    load_yaml,
+)
+from economy.env import AutoReset, Economy, ledger
+from economy.market import BUY, HOLD, SELL, Clearing, clear, clearing_tick, order_book, price_grid, ration
+from economy.registry import PRODUCTION_RULES, ProductionContext, default_rule, make_rule, register_rule
+from economy.state import ActionHead, EconomyParams, EconomyState
+
+__all__ = [
+    "ActionHead", "AutoReset", "BUY", "Clearing", "ConfigError", "Economy", "EconomyConfig",
+    "EconomyParams", "EconomyState", "GoodConfig", "HOLD", "MarketConfig", "NicheConfig",
+    "PRODUCTION_RULES", "ProductionContext", "ProjectConfig", "RewardWeights", "SELL",
+    "WorldConfig", "apply_overrides", "clear", "clearing_tick", "default_rule", "ledger",
+    "load_config", "load_yaml", "make_rule", "order_book", "price_grid", "ration", "register_rule",
+]

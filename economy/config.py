@@ -1,0 +1,381 @@
+"""Typed, frozen economy configuration (pydantic) with YAML loading and dotted overrides.
+
+A config file is YAML. It may name a ``base:`` file (path relative to itself) that it
+extends: mappings merge recursively, and lists of named entries (``goods``, ``niches``)
+merge by ``name`` so that a preset adds or changes one niche with one entry. A preset
+file holds the economy under an ``economy:`` section next to other sections (``simulate``,
+later ``train``); :func:`load_config` accepts either form.
+
+Every bad value stops at load time with :class:`ConfigError`, whose message names the
+offending key (as a dotted path) and value.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Annotated, Any, Iterable, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+INT32_MAX = 2**31 - 1
+FLOAT32_EXACT = 2**24  # integers below this are exact in float32
+
+NonNegInt = Annotated[int, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names it."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class GoodConfig(_Frozen):
+    """One tradable good."""
+
+    name: str  # unique identifier used by recipes
+    utility: float = Field(0.0, ge=0.0)  # Cobb-Douglas weight in consumption (normalised over goods)
+    perish: Fraction = 0.0  # fraction of holdings that spoils each step
+    consume: Fraction = 0.3  # fraction of holdings eaten each step (goods with utility > 0)
+    base_price: int = Field(10, ge=1)  # initial price in money units per unit
+    endowment: tuple[NonNegInt, NonNegInt] = (0, 10)  # initial holding drawn uniformly in [lo, hi]
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.endowment[0] > self.endowment[1]:
+            raise ValueError(f"endowment range {list(self.endowment)} has lo > hi")
+        return self
+
+
+class NicheConfig(_Frozen):
+    """A profession: a recipe turning inputs into outputs, scaled by skill and local resources."""
+
+    name: str
+    inputs: dict[str, NonNegInt] = {}  # goods consumed per unit of work
+    outputs: dict[str, NonNegInt] = {}  # goods produced per unit of work
+    public: NonNegInt = 0  # public-project units produced per unit of work (collaboration)
+    labour: float = Field(1.0, gt=0.0)  # units of work per step at full skill and richness 1
+    learn: float = Field(0.1, gt=0.0, le=1.0)  # skill gain rate when practising
+    forget: float = Field(0.02, ge=0.0, lt=1.0)  # skill decay rate when idle
+    affinity: str | None = None  # resource whose local richness scales output
+    rule: str | None = None  # name of a registered Python production rule (see economy.registry)
+    params: dict[str, float] = {}  # extra parameters passed to the rule
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not any(self.inputs.values()) and not any(self.outputs.values()) and self.public == 0:
+            raise ValueError(f"niche {self.name!r} has neither inputs nor outputs")
+        if not any(self.outputs.values()) and self.public == 0:
+            raise ValueError(f"niche {self.name!r} has inputs but no outputs")
+        return self
+
+
+class MarketConfig(_Frozen):
+    """Call-auction market settings."""
+
+    price_ticks: int = Field(64, ge=3, le=1024)  # L: size of the price-tick grid around the last price
+    tick_size: float = Field(0.03, gt=0.0, le=1.0)  # relative price step between ticks
+    quantity_levels: tuple[int, ...] = (1, 2, 4, 8, 16, 32)  # order sizes an agent can choose
+    min_price: int = Field(1, ge=1)
+    max_price: int = Field(100_000, ge=1)
+
+    @field_validator("quantity_levels")
+    @classmethod
+    def _levels(cls, v):
+        if not v or any(q <= 0 for q in v) or list(v) != sorted(set(v)):
+            raise ValueError(f"quantity_levels must be positive and strictly increasing, got {list(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.min_price > self.max_price:
+            raise ValueError(f"min_price {self.min_price} > max_price {self.max_price}")
+        return self
+
+
+class ProjectConfig(_Frozen):
+    """Public projects: a per-market stock that raises every local producer's output."""
+
+    decay: Fraction = 0.05  # fraction of the stock lost each step
+    gain: float = Field(0.5, ge=0.0)  # maximal productivity bonus (output x (1 + gain))
+    half: float = Field(200.0, gt=0.0)  # stock at which half the bonus is reached
+
+
+class WorldConfig(_Frozen):
+    """Distributions of procedurally generated worlds (drawn by ``reset``)."""
+
+    richness_sigma: float = Field(0.5, ge=0.0)  # log-normal spread of market resource richness
+    preference_concentration: float = Field(20.0, gt=0.0)  # Dirichlet concentration of tastes
+    recipe_jitter: float = Field(0.1, ge=0.0)  # log-normal spread of each niche's labour per world
+    price_jitter: float = Field(0.1, ge=0.0)  # log-normal spread of initial prices per market
+    skill_init: tuple[Fraction, Fraction] = (0.0, 0.1)  # initial skill range
+    cash: tuple[NonNegInt, NonNegInt] = (200, 1000)  # initial money range per agent
+    eval_seed_start: int = Field(1_000_000, ge=1)  # world seeds >= this are held out for evaluation
+
+    @model_validator(mode="after")
+    def _check(self):
+        for name in ("skill_init", "cash"):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                raise ValueError(f"{name} range [{lo}, {hi}] has lo > hi")
+        return self
+
+
+class RewardWeights(_Frozen):
+    """Weights of the reward components summed into the scalar reward."""
+
+    utility: float = 1.0
+    specialisation: float = 0.0
+    collaboration: float = 0.0
+
+
+class EconomyConfig(_Frozen):
+    """The whole economy. Derived sizes are properties, computed from the fields."""
+
+    num_agents: int = Field(4096, ge=1)  # N
+    num_markets: int = Field(4, ge=1)  # M; N must be divisible by M
+    episode_length: int = Field(200, ge=1)  # steps until ``truncated``
+    max_holding: int = Field(1000, ge=1)  # cap on any good held by one agent (output beyond it is not produced)
+    skill_floor: Fraction = 0.25  # output multiplier of an unskilled worker (1.0 at full skill)
+    history_decay: float = Field(0.1, gt=0.0, le=1.0)  # EMA rate of each agent's niche history
+    collaboration_scale: float = Field(10.0, gt=0.0)  # public units per unit of collaboration reward
+    resources: tuple[str, ...] = ()  # local resources that niches may have an affinity to
+    goods: tuple[GoodConfig, ...]
+    niches: tuple[NicheConfig, ...]
+    market: MarketConfig = MarketConfig()
+    project: ProjectConfig = ProjectConfig()
+    world: WorldConfig = WorldConfig()
+    reward: RewardWeights = RewardWeights()
+
+    # ---- derived -------------------------------------------------------------------
+    @property
+    def agents_per_market(self) -> int:
+        return self.num_agents // self.num_markets
+
+    @property
+    def num_goods(self) -> int:
+        return len(self.goods)
+
+    @property
+    def num_niches(self) -> int:
+        return len(self.niches)
+
+    @property
+    def good_names(self) -> tuple[str, ...]:
+        return tuple(g.name for g in self.goods)
+
+    @property
+    def niche_names(self) -> tuple[str, ...]:
+        return tuple(n.name for n in self.niches)
+
+    # ---- cross-field checks ----------------------------------------------------------
+    @model_validator(mode="after")
+    def _check(self):
+        errors = []
+        if self.num_agents % self.num_markets:
+            errors.append(
+                f"num_agents={self.num_agents} is not divisible by num_markets={self.num_markets} "
+                "(markets are contiguous blocks of equal size)"
+            )
+        goods = [g.name for g in self.goods]
+        if len(goods) < 1:
+            errors.append("goods: at least one good is required")
+        _dupes("goods", goods, errors)
+        _dupes("niches", [n.name for n in self.niches], errors)
+        _dupes("resources", list(self.resources), errors)
+        if len(self.niches) < 1:
+            errors.append("niches: at least one niche is required")
+        if not any(g.utility > 0 for g in self.goods):
+            errors.append("goods: at least one good needs utility > 0")
+        from economy.registry import PRODUCTION_RULES  # local import: registry imports nothing from here
+
+        for j, n in enumerate(self.niches):
+            for field in ("inputs", "outputs"):
+                for good in getattr(n, field):
+                    if good not in goods:
+                        errors.append(f"niches.{j}.{field}.{good}: unknown good {good!r} in niche {n.name!r} (goods: {goods})")
+            if n.affinity is not None and n.affinity not in self.resources:
+                errors.append(
+                    f"niches.{j}.affinity: unknown resource {n.affinity!r} in niche {n.name!r} (resources: {list(self.resources)})"
+                )
+            if n.rule is not None and n.rule not in PRODUCTION_RULES:
+                errors.append(
+                    f"niches.{j}.rule: unknown production rule {n.rule!r} in niche {n.name!r} "
+                    f"(registered: {sorted(PRODUCTION_RULES)})"
+                )
+        # Fixed-point bounds: every economy-wide int32 sum must be exact.
+        n = self.num_agents
+        if n * self.max_holding > INT32_MAX:
+            errors.append(f"max_holding={self.max_holding}: num_agents*max_holding must stay below 2^31 (int32 ledger)")
+        if n * self.world.cash[1] > INT32_MAX:
+            errors.append(f"world.cash={list(self.world.cash)}: num_agents*max cash must stay below 2^31 (int32 money)")
+        if self.market.max_price * self.max_holding > INT32_MAX:
+            errors.append(f"market.max_price={self.market.max_price}: max_price*max_holding must stay below 2^31")
+        if self.agents_per_market * self.market.quantity_levels[-1] >= FLOAT32_EXACT:
+            errors.append(
+                f"market.quantity_levels: agents_per_market*largest level must stay below 2^24 (exact order-book sums)"
+            )
+        for g in self.goods:
+            if g.base_price > self.market.max_price or g.base_price < self.market.min_price:
+                errors.append(f"goods.{g.name}.base_price={g.base_price} lies outside [min_price, max_price]")
+            if g.endowment[1] > self.max_holding:
+                errors.append(f"goods.{g.name}.endowment={list(g.endowment)} exceeds max_holding={self.max_holding}")
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self
+
+
+def _dupes(what: str, names: list[str], errors: list[str]) -> None:
+    seen = set()
+    for name in names:
+        if name in seen:
+            errors.append(f"{what}: duplicate name {name!r}")
+        seen.add(name)
+
+
+# ---- loading ----------------------------------------------------------------------------
+
+
+def deep_merge(base: Any, over: Any) -> Any:
+    """Merge ``over`` into ``base``: dicts recursively, lists of named dicts by ``name``."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = deep_merge(base[k], v) if k in base else v
+        return out
+    if (
+        isinstance(base, list)
+        and isinstance(over, list)
+        and all(isinstance(x, dict) and "name" in x for x in base + over)
+    ):
+        out = [dict(x) for x in base]
+        index = {x["name"]: i for i, x in enumerate(out)}
+        for x in over:
+            if x.get("remove"):
+                out = [y for y in out if y["name"] != x["name"]]
+                index = {y["name"]: i for i, y in enumerate(out)}
+            elif x["name"] in index:
+                out[index[x["name"]]] = deep_merge(out[index[x["name"]]], x)
+            else:
+                index[x["name"]] = len(out)
+                out.append(x)
+        return out
+    return copy.deepcopy(over)
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML config, resolving ``base:`` chains (relative to each file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {str(path)!r}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    data = _resolve_bases(data, path.parent, seen=(path.resolve(),))
+    return data
+
+
+def _resolve_bases(data: dict, root: Path, seen: tuple) -> dict:
+    data = dict(data)
+    base = data.pop("base", None)
+    for k, v in list(data.items()):
+        if isinstance(v, dict) and "base" in v:
+            data[k] = _resolve_bases(v, root, seen)
+    if base is None:
+        return data
+    base_path = (root / base).resolve()
+    if base_path in seen:
+        raise ConfigError(f"base: circular include of {str(base_path)!r}")
+    if not base_path.is_file():
+        raise ConfigError(f"base: {base!r} not found (looked in {str(root)!r})")
+    base_data = yaml.safe_load(base_path.read_text()) or {}
+    base_data = _resolve_bases(base_data, base_path.parent, seen + (base_path,))
+    return deep_merge(base_data, data)
+
+
+def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
+    """Apply ``dotted.key=value`` overrides (values parsed as YAML); list items by index or name."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        parts = key.strip().split(".")
+        node = data
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                idx = _list_index(node, part, key)
+                if last:
+                    node[idx] = value
+                else:
+                    node = node[idx]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                raise ConfigError(f"override {key!r}: {'.'.join(parts[:i])!r} is not a mapping or list")
+    return data
+
+
+def _list_index(node: list, part: str, key: str) -> int:
+    if part.lstrip("-").isdigit():
+        idx = int(part)
+        if not -len(node) <= idx < len(node):
+            raise ConfigError(f"override {key!r}: index {idx} out of range (length {len(node)})")
+        return idx
+    for i, x in enumerate(node):
+        if isinstance(x, dict) and x.get("name") == part:
+            return i
+    raise ConfigError(f"override {key!r}: no entry named {part!r}")
+
+
+def format_validation_error(e: ValidationError, data: Any = None, prefix: str = "") -> str:
+    """One line per problem: ``dotted.key = value: message``."""
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        loc = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "<config>"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{loc}: unknown key (value {err['input']!r})")
+        elif err["type"] in ("value_error", "assertion_error") and not err["loc"]:
+            lines.append(msg)
+        else:
+            lines.append(f"{loc} = {err['input']!r}: {msg}")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def economy_from_dict(data: Mapping, prefix: str = "") -> EconomyConfig:
+    try:
+        return EconomyConfig.model_validate(dict(data))
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, data, prefix)) from None
+
+
+def load_config(path: str | Path, *overrides: str, **fields: Any) -> EconomyConfig:
+    """Load an :class:`EconomyConfig` from YAML.
+
+    ``path`` is an economy file (``configs/economy/default.yaml``) or a preset with an
+    ``economy:`` section. ``overrides`` are ``dotted.key=value`` strings and ``fields``
+    top-level values (``num_agents=4096``); both are validated like the file.
+    """
+    data = load_yaml(path)
+    if "economy" in data and isinstance(data["economy"], dict):
+        data = data["economy"]
+    data = apply_overrides(data, overrides)
+    data.update(fields)
+    return economy_from_dict(data)

@@ -1,0 +1,286 @@
+"""The economy environment: pure, jit- and vmap-able ``reset`` and ``step``.
+
+One step, all agents at once: work, orders, call-auction clearing, consumption,
+public projects. See :mod:`economy.market` for the auction and DESIGN.md for the
+contracts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import checkify
+
+from economy import market, rng
+from economy.config import EconomyConfig
+from economy.generator import generate
+from economy.production import CustomNiche, work
+from economy.registry import make_rule
+from economy.state import ActionHead, EconomyState, compile_params
+from economy.utility import consume
+
+Actions = dict[str, jax.Array]
+
+
+class Economy:
+    """A vectorised trading economy of ``cfg.num_agents`` agents in ``cfg.num_markets`` markets.
+
+    Agent ``i`` trades in market ``i // (N // M)``. Actions are a dict of int32 arrays
+    with the agent axis first, one per head of :attr:`action_spec`:
+
+    * ``niche`` ``[N]``: niche to work in, ``J`` = rest;
+    * ``side`` ``[N, G]``: 0 buy, 1 hold, 2 sell;
+    * ``quantity`` ``[N, G]``: index into ``market.quantity_levels``;
+    * ``price`` ``[N, G]``: price tick, ``L // 2`` = the market's last price, one tick =
+      ``market.tick_size`` relative.
+
+    Out-of-range actions are clipped into range; with ``checked=True`` they raise.
+    """
+
+    def __init__(self, cfg: EconomyConfig, checked: bool = False):
+        self.cfg = cfg
+        self.params = compile_params(cfg)
+        self.checked = checked
+        self.custom = tuple(
+            CustomNiche(j, make_rule(n.rule), {k: jnp.float32(v) for k, v in n.params.items()})
+            for j, n in enumerate(cfg.niches)
+            if n.rule is not None
+        )
+        G, J = cfg.num_goods, cfg.num_niches
+        self.action_spec: tuple[ActionHead, ...] = (
+            ActionHead("niche", (), J + 1),
+            ActionHead("side", (G,), 3),
+            ActionHead("quantity", (G,), len(cfg.market.quantity_levels)),
+            ActionHead("price", (G,), cfg.market.price_ticks),
+        )
+        self.obs_dim = 4 * G + 3 * J + 2
+        self._checked_step = jax.jit(checkify.checkify(self._step_checked))
+
+    # ---- public API ---------------------------------------------------------------------
+    @property
+    def num_agents(self) -> int:
+        return self.cfg.num_agents
+
+    def world_key(self, seed: int, evaluation: bool = False) -> jax.Array:
+        """Key of world ``seed``. Training seeds lie below ``world.eval_seed_start``;
+        ``evaluation=True`` maps ``seed`` into the held-out range above it."""
+        start = self.cfg.world.eval_seed_start
+        if seed < 0:
+            raise ValueError(f"world seed must be non-negative, got {seed}")
+        if evaluation:
+            return jax.random.key(start + seed)
+        if seed >= start:
+            raise ValueError(
+                f"world seed {seed} lies in the held-out evaluation range [{start}, ...); "
+                "use evaluation=True or a smaller seed"
+            )
+        return jax.random.key(seed)
+
+    def reset(self, key: jax.Array) -> tuple[jax.Array, EconomyState]:
+        """Draw a world. Returns ``(obs [N, obs_dim], state)``."""
+        state = generate(key, self.cfg, self.params)
+        return self.observe(state), state
+
+    def step(self, key: jax.Array, state: EconomyState, actions: Actions):
+        """Returns ``(obs, state, reward, terminated, truncated, info)``; see DESIGN.md."""
+        actions = self._check_shapes(actions)
+        if self.checked:
+            err, out = self._checked_step(key, state, actions)
+            err.throw()
+            return out
+        return self._step(key, state, actions)
+
+    def sample_actions(self, key: jax.Array, state: EconomyState) -> Actions:
+        """Uniformly random valid actions, agent axis first."""
+        keys = jax.random.split(key, len(self.action_spec))
+        n = state.goods.shape[0]
+        return {
+            h.name: jax.random.randint(k, (n,) + h.shape, 0, h.choices, jnp.int32)
+            for k, h in zip(keys, self.action_spec)
+        }
+
+    def observe(self, state: EconomyState) -> jax.Array:
+        """float32 ``[N, obs_dim]``: own holdings, cash, skills, tastes, niche history, and
+        the market's prices (relative to base), volume per agent, richness, project bonus."""
+        cfg, p = self.cfg, self.params
+        n = state.goods.shape[0]
+        m = state.price.shape[0]
+        b = n // m
+        own = jnp.concatenate(
+            [
+                jnp.log1p(state.goods.astype(jnp.float32)) * (1.0 / np.log1p(cfg.max_holding)),
+                jnp.log1p(state.money.astype(jnp.float32))[:, None] * (1.0 / np.log1p(4 * cfg.world.cash[1] + 1)),
+                state.skills,
+                state.preferences,
+                state.history,
+            ],
+            -1,
+        )
+        local = jnp.concatenate(
+            [
+                jnp.log(state.price.astype(jnp.float32) / p.base_price),
+                jnp.log1p(state.volume.astype(jnp.float32) * (1.0 / b)),
+                jnp.log(state.richness),
+                (self._project_mult(state.project) - 1.0)[:, None],
+            ],
+            -1,
+        )
+        local = jnp.broadcast_to(local[:, None, :], (m, b, local.shape[-1])).reshape(n, -1)
+        return jnp.concatenate([own, local], -1)
+
+    # ---- internals ----------------------------------------------------------------------
+    def _project_mult(self, project: jax.Array) -> jax.Array:
+        pc = self.cfg.project
+        s = project.astype(jnp.float32)
+        return 1.0 + pc.gain * s / (s + pc.half)
+
+    def _check_shapes(self, actions: Actions) -> Actions:
+        if not isinstance(actions, dict):
+            raise TypeError(f"actions must be a dict of arrays with keys {[h.name for h in self.action_spec]}")
+        names = {h.name for h in self.action_spec}
+        unknown = set(actions) - names
+        missing = names - set(actions)
+        if unknown or missing:
+            raise ValueError(f"actions: unknown heads {sorted(unknown)}, missing heads {sorted(missing)}")
+        n = self.cfg.num_agents
+        out = {}
+        for h in self.action_spec:
+            a = jnp.asarray(actions[h.name])
+            if a.shape != (n,) + h.shape:
+                raise ValueError(f"action head {h.name!r} has shape {a.shape}, expected {(n,) + h.shape}")
+            if not jnp.issubdtype(a.dtype, jnp.integer):
+                raise ValueError(f"action head {h.name!r} has dtype {a.dtype}, expected an integer dtype")
+            out[h.name] = a.astype(jnp.int32)
+        return out
+
+    def _step_checked(self, key, state, actions):
+        for h in self.action_spec:
+            a = actions[h.name]
+            checkify.check(
+                jnp.all((a >= 0) & (a < h.choices)),
+                f"action head {h.name!r} has values outside [0, {h.choices}): min {{lo}}, max {{hi}}",
+                lo=a.min(),
+                hi=a.max(),
+            )
+        return self._step(key, state, actions)
+
+    def _step(self, key: jax.Array, state: EconomyState, actions: Actions):
+        cfg, p = self.cfg, self.params
+        n, G = state.goods.shape
+        m = state.price.shape[0]
+        b = n // m
+        L = cfg.market.price_ticks
+        a = {h.name: jnp.clip(actions[h.name], 0, h.choices - 1) for h in self.action_spec}
+        key_work, key_market, key_consume, key_project = jax.random.split(key, 4)
+
+        # 1. Work.
+        project_mult = self._project_mult(state.project)
+        w = work(
+            p,
+            a["niche"],
+            state.goods,
+            state.skills,
+            state.history,
+            state.richness,
+            state.labour,
+            project_mult,
+            rng.uniform(key_work, (n,)),
+            num_markets=m,
+            max_holding=cfg.max_holding,
+            skill_floor=cfg.skill_floor,
+            history_decay=cfg.history_decay,
+            custom=self.custom,
+        )
+        goods = w.goods
+
+        # 2. Orders, clipped to what each agent owns and can pay.
+        grid = market.price_grid(state.price, p.tick_factors, cfg.market.min_price, cfg.market.max_price)
+        side, tick = a["side"].reshape(m, b, G), a["price"].reshape(m, b, G)
+        qty = jnp.take(p.levels, a["quantity"]).reshape(m, b, G)
+        held = goods.reshape(m, b, G)
+        limit = jnp.take_along_axis(jnp.broadcast_to(grid[:, None], (m, b, G, L)), tick[..., None], -1)[..., 0]
+        buying = side == market.BUY
+        n_buy = jnp.sum(buying, -1, keepdims=True)
+        budget = state.money.reshape(m, b, 1) // jnp.maximum(n_buy, 1)
+        buy_q = jnp.minimum(jnp.minimum(qty, budget // limit), cfg.max_holding - held)
+        sell_q = jnp.minimum(qty, held)
+        qty = jnp.where(buying, buy_q, jnp.where(side == market.SELL, sell_q, 0))
+
+        # 3. Clearing.
+        rotation = jax.random.randint(key_market, (m, G, 2), 0, b, jnp.int32)
+        c = market.clear(side, qty, tick, L, rotation)
+        clear_price = jnp.take_along_axis(grid, c.tick[..., None], -1)[..., 0]  # [M, G]
+        goods = (held + c.buy_fill - c.sell_fill).reshape(n, G)
+        money = state.money + jnp.sum(clear_price[:, None, :] * (c.sell_fill - c.buy_fill), -1).reshape(n)
+        price = jnp.where(c.volume > 0, clear_price, state.price)
+
+        # 4. Consumption and utility.
+        u = rng.uniform(key_consume, (n, 2 * G))
+        cons = consume(p, goods, state.preferences, u[:, :G], u[:, G:])
+
+        # 5. Public projects.
+        contribution = jnp.sum(w.public.reshape(m, b), -1)
+        decay = rng.stochastic_round(cfg.project.decay * state.project.astype(jnp.float32), rng.uniform(key_project, (m,)))
+        project = jnp.minimum(state.project - decay + contribution, 2**30)
+
+        new = state.replace(
+            goods=cons.goods,
+            money=money,
+            skills=w.skills,
+            history=w.history,
+            price=price,
+            volume=c.volume,
+            project=project,
+            step=state.step + 1,
+        )
+        working = a["niche"] < cfg.num_niches
+        specialisation = jnp.where(
+            working, jnp.take_along_axis(w.history, jnp.minimum(a["niche"], cfg.num_niches - 1)[:, None], -1)[:, 0], 0.0
+        )
+        collaboration = w.public.astype(jnp.float32) * (1.0 / cfg.collaboration_scale)
+        rw = cfg.reward
+        reward = rw.utility * cons.utility + rw.specialisation * specialisation + rw.collaboration * collaboration
+        info = {
+            "utility": cons.utility,
+            "specialisation": specialisation,
+            "collaboration": collaboration,
+            "produced": jnp.sum(w.produced, 0),
+            "consumed": jnp.sum(w.used + cons.eaten + cons.spoiled, 0),
+            "eaten": jnp.sum(cons.eaten, 0),
+            "market_price": clear_price,
+            "market_volume": c.volume,
+            "niche_occupancy": w.occupancy,
+            "project": project,
+        }
+        truncated = jnp.broadcast_to(new.step >= cfg.episode_length, (n,))
+        terminated = jnp.zeros((n,), bool)
+        return self.observe(new), new, reward, terminated, truncated, info
+
+
+class AutoReset:
+    """Wraps an :class:`Economy` so that ``step`` draws a fresh world when the episode is
+    truncated (the whole world ends together). ``info["done"]`` tells when that happened."""
+
+    def __init__(self, env: Economy):
+        self.env = env
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.env, name)
+
+    def step(self, key: jax.Array, state: EconomyState, actions: Actions):
+        key_step, key_reset = jax.random.split(key)
+        obs, state, reward, terminated, truncated, info = self.env.step(key_step, state, actions)
+        done = jnp.any(terminated) | jnp.any(truncated)
+        obs, state = jax.lax.cond(done, lambda: self.env.reset(key_reset), lambda: (obs, state))
+        info = dict(info, done=done)
+        return obs, state, reward, terminated, truncated, info
+
+
+def ledger(state: EconomyState) -> dict[str, Any]:
+    """Economy-wide totals, exact (summed on the host in int64): ``{"money": int, "goods": int[G]}``."""
+    goods = np.asarray(state.goods, dtype=np.int64)
+    money = np.asarray(state.money, dtype=np.int64)
+    return {"money": int(money.sum()), "goods": goods.reshape(-1, goods.shape[-1]).sum(0)}

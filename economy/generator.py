@@ -1,0 +1,46 @@
+"""Procedural worlds: ``reset(key)`` draws resource richness, tastes, endowments, skills,
+recipe jitter and initial prices from the config's distributions."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from economy.config import EconomyConfig
+from economy.state import EconomyParams, EconomyState
+
+
+def generate(key: jax.Array, cfg: EconomyConfig, p: EconomyParams) -> EconomyState:
+    N, M, G, J = cfg.num_agents, cfg.num_markets, cfg.num_goods, cfg.num_niches
+    R = len(cfg.resources)
+    w = cfg.world
+    (key_rich, key_jitter, key_pref, key_goods, key_cash, key_skill, key_price) = jax.random.split(key, 7)
+    resource = jnp.exp(w.richness_sigma * jax.random.normal(key_rich, (M, R)))
+    resource = jnp.concatenate([resource, jnp.ones((M, 1))], -1)  # column R: "no resource"
+    richness = resource[:, p.affinity]  # [M, J]
+    labour = p.labour * jnp.exp(w.recipe_jitter * jax.random.normal(key_jitter, (J,)))
+    # Tastes: Dirichlet around the base weights over goods with utility.
+    alpha = jnp.where(p.utility > 0, w.preference_concentration * p.utility, 1.0)
+    gam = jax.random.gamma(key_pref, jnp.broadcast_to(alpha, (N, G)))
+    gam = jnp.where(p.utility > 0, gam, 0.0)
+    preferences = gam / jnp.maximum(gam.sum(-1, keepdims=True), 1e-12)
+    lo = jnp.asarray([g.endowment[0] for g in cfg.goods], jnp.int32)
+    hi = jnp.asarray([g.endowment[1] for g in cfg.goods], jnp.int32)
+    goods = jax.random.randint(key_goods, (N, G), lo, hi + 1, jnp.int32)
+    money = jax.random.randint(key_cash, (N,), w.cash[0], w.cash[1] + 1, jnp.int32)
+    skills = jax.random.uniform(key_skill, (N, J), minval=w.skill_init[0], maxval=w.skill_init[1])
+    price = jnp.round(p.base_price * jnp.exp(w.price_jitter * jax.random.normal(key_price, (M, G))))
+    price = jnp.clip(price, cfg.market.min_price, cfg.market.max_price).astype(jnp.int32)
+    return EconomyState(
+        goods=goods,
+        money=money,
+        skills=skills.astype(jnp.float32),
+        history=jnp.zeros((N, J), jnp.float32),
+        preferences=preferences.astype(jnp.float32),
+        richness=richness.astype(jnp.float32),
+        labour=labour.astype(jnp.float32),
+        price=price,
+        volume=jnp.zeros((M, G), jnp.int32),
+        project=jnp.zeros((M,), jnp.int32),
+        step=jnp.zeros((), jnp.int32),
+    )

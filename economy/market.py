@@ -1,0 +1,153 @@
+"""Uniform-price call auctions on a price-tick grid, one per (market, good).
+
+Everything here works on the per-market layout ``[M, B, G]`` (markets, agents per
+market, goods): a reshape of the agent axis, never a sort. Quantities are int32 and the
+clearing keeps them exact: buyers receive exactly what sellers deliver and pay exactly
+what sellers receive.
+
+Order book of one (market, good): every agent is a buyer, a seller or neither, with a
+quantity and a tick ``t`` in ``[0, L)``; tick ``t`` means price ``grid[t]``, and the grid
+is centred (tick ``L // 2``) on the market's last price.
+
+* Demand ``D(l)`` = buy quantity at ticks ``>= l``; supply ``S(l)`` = sell quantity at
+  ticks ``<= l``; traded volume ``V(l) = min(D(l), S(l))``.
+* The clearing tick ``l*`` maximises ``V`` among the ticks at which all strictly better
+  orders can be filled (``D(l+1) <= V`` and ``S(l-1) <= V``; such a tick always exists);
+  ties go to the tick nearest the last price, then to the lower one.
+* Buyers above ``l*`` and sellers below it fill completely; orders at ``l*`` share the
+  rest. Rationing walks the market block in a priority order that starts at a random
+  agent and wraps around (a random rotation), so over time no agent index is favoured.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+BUY, HOLD, SELL = 0, 1, 2
+
+
+def tick_factors(num_ticks: int, tick_size: float) -> jax.Array:
+    """float32 ``[L]``: price of tick ``t`` relative to the last price, ``(1+tick)^(t-L//2)``."""
+    k = jnp.arange(num_ticks, dtype=jnp.float32) - (num_ticks // 2)
+    return jnp.exp(k * jnp.log1p(jnp.float32(tick_size)))
+
+
+def price_grid(last_price: jax.Array, factors: jax.Array, min_price: int, max_price: int) -> jax.Array:
+    """int32 ``[..., L]`` price of each tick: last price times the tick factor, rounded and
+    clipped to ``[min_price, max_price]``; non-decreasing along the tick axis, and the centre
+    tick is exactly the last price."""
+    p = jnp.round(last_price[..., None].astype(jnp.float32) * factors)
+    return jnp.clip(p, min_price, max_price).astype(jnp.int32)
+
+
+class Book(NamedTuple):
+    """Aggregated order book per (market, good). Shapes ``[M, G, L]`` unless noted."""
+
+    bids: jax.Array  # buy quantity per tick
+    asks: jax.Array  # sell quantity per tick
+
+
+class Clearing(NamedTuple):
+    """Result of the auctions. Shapes ``[M, G]`` unless noted."""
+
+    tick: jax.Array  # int32 clearing tick (the centre tick when nothing trades)
+    volume: jax.Array  # int32 units traded
+    buy_fill: jax.Array  # int32 [M, B, G] units each agent bought
+    sell_fill: jax.Array  # int32 [M, B, G] units each agent sold
+
+
+def order_book(side: jax.Array, qty: jax.Array, tick: jax.Array, num_ticks: int) -> Book:
+    """Histogram the orders ``[M, B, G]`` into bid and ask quantities per tick (one
+    ``segment_sum`` per market, so sharding whole markets needs no communication)."""
+    m, b, g = qty.shape
+    L = num_ticks
+    is_sell = (side == SELL).astype(jnp.int32)
+    q = jnp.where(side == HOLD, 0, qty)
+    seg = (jnp.arange(g, dtype=jnp.int32) * (2 * L) + is_sell * L + tick).reshape(m, b * g)
+    hist = jax.vmap(lambda s, x: jax.ops.segment_sum(x, s, num_segments=g * 2 * L))(seg, q.reshape(m, b * g))
+    hist = hist.reshape(m, g, 2, L)
+    return Book(bids=hist[:, :, 0], asks=hist[:, :, 1])
+
+
+def clearing_tick(book: Book) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Clearing tick, volume and the quantities still to fill at the marginal tick.
+
+    Returns ``(tick, volume, buy_marginal, sell_marginal)``, each int32 ``[M, G]``:
+    ``buy_marginal`` of the bids at the clearing tick fill (likewise for asks).
+    """
+    bids, asks = book
+    L = bids.shape[-1]
+    demand = jnp.flip(jnp.cumsum(jnp.flip(bids, -1), -1), -1)  # D(l) = sum_{t >= l} bids
+    supply = jnp.cumsum(asks, -1)  # S(l) = sum_{t <= l} asks
+    volume = jnp.minimum(demand, supply)
+    zero = jnp.zeros_like(demand[..., :1])
+    demand_above = jnp.concatenate([demand[..., 1:], zero], -1)  # D(l + 1)
+    supply_below = jnp.concatenate([zero, supply[..., :-1]], -1)  # S(l - 1)
+    vmax = volume.max(-1, keepdims=True)
+    valid = (volume == vmax) & (demand_above <= vmax) & (supply_below <= vmax)
+    ticks = jnp.arange(L, dtype=jnp.int32)
+    centre = L // 2
+    distance = 2 * jnp.abs(ticks - centre) + (ticks > centre)  # nearest the last price, then lower
+    tick = jnp.argmin(jnp.where(valid, distance, 4 * L), -1).astype(jnp.int32)
+    vmax = vmax[..., 0]
+    tick = jnp.where(vmax > 0, tick, centre)
+    at = lambda x: jnp.take_along_axis(x, tick[..., None], -1)[..., 0]
+    buy_marginal = jnp.where(vmax > 0, vmax - at(demand_above), 0)
+    sell_marginal = jnp.where(vmax > 0, vmax - at(supply_below), 0)
+    return tick, vmax, buy_marginal, sell_marginal
+
+
+def block_exclusive_cumsum(x: jax.Array) -> jax.Array:
+    """Exclusive prefix sum along axis 1 of an int32 ``[M, B, ...]`` array."""
+    return jnp.cumsum(x, axis=1) - x
+
+
+def ration(marginal_qty: jax.Array, to_fill: jax.Array, rotation: jax.Array) -> jax.Array:
+    """Share ``to_fill`` units among the marginal orders of each market block.
+
+    ``marginal_qty`` int32 ``[M, B, G]``; ``to_fill`` int32 ``[M, G]`` (at most the total);
+    ``rotation`` int32 ``[M, G]`` in ``[0, B)``: the agent served first. Orders are served
+    whole in the order ``rotation, rotation+1, ..., B-1, 0, ..., rotation-1``; the last one
+    served may be partial. Returns int32 ``[M, B, G]`` fills summing exactly to ``to_fill``.
+    """
+    b = marginal_qty.shape[1]
+    before = block_exclusive_cumsum(marginal_qty)  # natural-order exclusive prefix
+    total = before[:, -1] + marginal_qty[:, -1]  # [M, G]
+    start = jnp.take_along_axis(before, rotation[:, None, :], axis=1)  # prefix at the first served
+    idx = jnp.arange(b, dtype=jnp.int32)[None, :, None]
+    served_before = before - start + jnp.where(idx >= rotation[:, None, :], 0, total[:, None, :])
+    return jnp.clip(to_fill[:, None, :] - served_before, 0, marginal_qty)
+
+
+def clear(side: jax.Array, qty: jax.Array, tick: jax.Array, num_ticks: int, rotation: jax.Array) -> Clearing:
+    """Run every (market, good) auction.
+
+    ``side``, ``qty``, ``tick``: int32 ``[M, B, G]`` orders (quantities already clipped to
+    what each agent owns or can pay); ``rotation``: int32 ``[M, G, 2]`` random first-served
+    agents for buyers and sellers.
+    """
+    book = order_book(side, qty, tick, num_ticks)
+    ctick, volume, buy_marginal, sell_marginal = clearing_tick(book)
+    t = ctick[:, None, :]
+    buying = (side == BUY) & (qty > 0)
+    selling = (side == SELL) & (qty > 0)
+    buy_full = jnp.where(buying & (tick > t), qty, 0)
+    sell_full = jnp.where(selling & (tick < t), qty, 0)
+    buy_marg = jnp.where(buying & (tick == t), qty, 0)
+    sell_marg = jnp.where(selling & (tick == t), qty, 0)
+    marg = jnp.stack([buy_marg, sell_marg], -1)  # one prefix-sum pass for both sides
+    m, b, g, _ = marg.shape
+    fills = ration(
+        marg.reshape(m, b, g * 2),
+        jnp.stack([buy_marginal, sell_marginal], -1).reshape(m, g * 2),
+        rotation.reshape(m, g * 2),
+    ).reshape(m, b, g, 2)
+    return Clearing(
+        tick=ctick,
+        volume=volume,
+        buy_fill=buy_full + fills[..., 0],
+        sell_fill=sell_full + fills[..., 1],
+    )

@@ -1,0 +1,106 @@
+"""Work: each agent picks a niche (or rests); inputs are consumed, outputs produced,
+skills updated (learning by doing). Integer-exact: goods change by whole recipe units."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from economy.registry import ProductionContext, ProductionRule, default_rule
+from economy.rng import stochastic_round
+from economy.state import EconomyParams
+
+_BIG = jnp.iinfo(jnp.int32).max
+
+
+class CustomNiche(NamedTuple):
+    index: int  # niche index j
+    rule: ProductionRule
+    params: dict  # float32 scalars
+
+
+class Work(NamedTuple):
+    goods: jax.Array  # int32 [N, G] after work
+    skills: jax.Array  # float32 [N, J]
+    history: jax.Array  # float32 [N, J]
+    units: jax.Array  # int32 [N] units of work done
+    produced: jax.Array  # int32 [N, G]
+    used: jax.Array  # int32 [N, G] inputs consumed
+    public: jax.Array  # int32 [N] project units produced
+    occupancy: jax.Array  # int32 [M, J+1] agents per niche (last column: resting) per market
+
+
+def work(
+    p: EconomyParams,
+    niche: jax.Array,
+    goods: jax.Array,
+    skills: jax.Array,
+    history: jax.Array,
+    richness: jax.Array,
+    labour: jax.Array,
+    project_mult: jax.Array,
+    u: jax.Array,
+    *,
+    num_markets: int,
+    max_holding: int,
+    skill_floor: float,
+    history_decay: float,
+    custom: Sequence[CustomNiche] = (),
+) -> Work:
+    """``niche`` int32 [N] in [0, J] (J = rest); ``richness`` [M, J]; ``labour`` [J];
+    ``project_mult`` [M]; ``u`` float32 [N] uniforms for stochastic rounding."""
+    n_agents, num_niches = skills.shape
+    m = num_markets
+    b = n_agents // m
+    chosen = niche[:, None] == jnp.arange(num_niches, dtype=niche.dtype)  # [N, J] one-hot (rest: none)
+    occupancy = jnp.sum(
+        (niche.reshape(m, b, 1) == jnp.arange(num_niches + 1, dtype=niche.dtype)).astype(jnp.int32), axis=1
+    )
+    pick = lambda x: jnp.sum(jnp.where(chosen, x, 0.0), -1)  # value of the chosen niche, 0 at rest
+    rich_agent = jnp.broadcast_to(richness[:, None, :], (m, b, num_niches)).reshape(n_agents, num_niches)
+    proj_agent = jnp.broadcast_to(project_mult[:, None], (m, b)).reshape(n_agents)
+    ctx = ProductionContext(
+        skill=pick(skills),
+        richness=pick(rich_agent),
+        project=proj_agent,
+        workers=jnp.zeros((n_agents,), jnp.int32),
+        goods=goods,
+        labour=pick(jnp.broadcast_to(labour, skills.shape)),
+        skill_floor=skill_floor,
+        params={},
+    )
+    effort = default_rule(ctx)
+    for c in custom:  # trace-time loop over the few niches with their own Python rule
+        workers = jnp.broadcast_to(occupancy[:, None, c.index], (m, b)).reshape(n_agents)
+        cctx = ctx._replace(
+            skill=skills[:, c.index],
+            richness=rich_agent[:, c.index],
+            workers=workers,
+            labour=labour[c.index],
+            params=c.params,
+        )
+        effort = jnp.where(niche == c.index, c.rule(cctx).astype(jnp.float32), effort)
+    units = stochastic_round(jnp.maximum(effort, 0.0), u)
+    inp = jnp.take(p.inputs, niche, axis=0)  # [N, G]
+    out = jnp.take(p.outputs, niche, axis=0)
+    cap_in = jnp.min(jnp.where(inp > 0, goods // jnp.maximum(inp, 1), _BIG), -1)
+    cap_out = jnp.min(jnp.where(out > 0, (max_holding - goods) // jnp.maximum(out, 1), _BIG), -1)
+    cap = jnp.minimum(cap_in, cap_out)
+    units = jnp.minimum(units, cap)
+    used = units[:, None] * inp
+    produced = units[:, None] * out
+    practised = chosen & (cap >= 1)[:, None]
+    skills = jnp.where(practised, skills + p.learn * (1.0 - skills), skills * (1.0 - p.forget))
+    history = history + history_decay * (chosen.astype(jnp.float32) - history)
+    return Work(
+        goods=goods - used + produced,
+        skills=skills,
+        history=history,
+        units=units,
+        produced=produced,
+        used=used,
+        public=units * jnp.take(p.public, niche),
+        occupancy=occupancy,
+    )
