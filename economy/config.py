@@ -211,8 +211,12 @@ class EconomyConfig(_Frozen):
         n = self.num_agents
         if n * self.max_holding > INT32_MAX:
             errors.append(f"max_holding={self.max_holding}: num_agents*max_holding must stay below 2^31 (int32 ledger)")
+        if self.max_holding >= FLOAT32_EXACT:
+            errors.append(f"max_holding={self.max_holding} must stay below 2^24 (exact float32 quotients)")
         if n * self.world.cash[1] > INT32_MAX:
             errors.append(f"world.cash={list(self.world.cash)}: num_agents*max cash must stay below 2^31 (int32 money)")
+        if (self.market.quantity_levels[-1] + 1) * self.market.max_price * len(self.goods) > INT32_MAX:
+            errors.append(f"market.max_price={self.market.max_price}: (largest quantity level+1)*max_price*goods must stay below 2^31")
         if self.market.max_price * self.max_holding > INT32_MAX:
             errors.append(f"market.max_price={self.market.max_price}: max_price*max_holding must stay below 2^31")
         if self.agents_per_market * self.market.quantity_levels[-1] >= FLOAT32_EXACT:

@@ -103,7 +103,7 @@ class Economy:
         }
 
     def observe(self, state: EconomyState) -> jax.Array:
-        """float32 ``[N, obs_dim]``: own holdings, cash, skills, tastes, niche history, and
+        """float32 ``[N, obs_dim]``: own holdings and cash (square-root scaled), skills, tastes, niche history, and
         the market's prices (relative to base), volume per agent, richness, project bonus."""
         cfg, p = self.cfg, self.params
         n = state.goods.shape[0]
@@ -111,8 +111,8 @@ class Economy:
         b = n // m
         own = jnp.concatenate(
             [
-                jnp.log1p(state.goods.astype(jnp.float32)) * (1.0 / np.log1p(cfg.max_holding)),
-                jnp.log1p(state.money.astype(jnp.float32))[:, None] * (1.0 / np.log1p(4 * cfg.world.cash[1] + 1)),
+                jnp.sqrt(state.goods.astype(jnp.float32) * (1.0 / cfg.max_holding)),
+                jnp.sqrt(state.money.astype(jnp.float32) * (1.0 / (4 * cfg.world.cash[1] + 1)))[:, None],
                 state.skills,
                 state.preferences,
                 state.history,
@@ -193,6 +193,7 @@ class Economy:
             skill_floor=cfg.skill_floor,
             history_decay=cfg.history_decay,
             custom=self.custom,
+            step=state.step,
         )
         goods = w.goods
 
@@ -203,23 +204,30 @@ class Economy:
         held = goods.reshape(m, b, G)
         limit = jnp.take_along_axis(jnp.broadcast_to(grid[:, None], (m, b, G, L)), tick[..., None], -1)[..., 0]
         buying = side == market.BUY
-        n_buy = jnp.sum(buying, -1, keepdims=True)
-        budget = state.money.reshape(m, b, 1) // jnp.maximum(n_buy, 1)
-        buy_q = jnp.minimum(jnp.minimum(qty, budget // limit), cfg.max_holding - held)
+        # Each buying good gets an equal share of the cash: the largest q <= qty with
+        # q * limit * n_buy <= money, so the agent can pay for all its bids together.
+        n_buy = jnp.sum(buying, -1, keepdims=True, dtype=jnp.int32)
+        cash = state.money.reshape(m, b, 1)
+        cost = limit * jnp.maximum(n_buy, 1)  # <= max_price * G, no overflow
+        afford = jnp.floor(cash.astype(jnp.float32) / cost.astype(jnp.float32))
+        q = jnp.clip(afford, 0, qty).astype(jnp.int32)
+        q = q - (q * cost > cash).astype(jnp.int32)  # exact correction of float rounding
+        q = q + (((q + 1) * cost <= cash) & (q < qty)).astype(jnp.int32)
+        buy_q = jnp.minimum(q, cfg.max_holding - held)
         sell_q = jnp.minimum(qty, held)
         qty = jnp.where(buying, buy_q, jnp.where(side == market.SELL, sell_q, 0))
 
         # 3. Clearing.
         rotation = jax.random.randint(key_market, (m, G, 2), 0, b, jnp.int32)
-        c = market.clear(side, qty, tick, L, rotation)
+        c = market.clear(side, qty, tick, L, rotation, max_qty=cfg.market.quantity_levels[-1])
         clear_price = jnp.take_along_axis(grid, c.tick[..., None], -1)[..., 0]  # [M, G]
         goods = (held + c.buy_fill - c.sell_fill).reshape(n, G)
         money = state.money + jnp.sum(clear_price[:, None, :] * (c.sell_fill - c.buy_fill), -1).reshape(n)
         price = jnp.where(c.volume > 0, clear_price, state.price)
 
         # 4. Consumption and utility.
-        u = rng.uniform(key_consume, (n, 2 * G))
-        cons = consume(p, goods, state.preferences, u[:, :G], u[:, G:])
+        u_eat, u_spoil = rng.uniform_pair(key_consume, (n, G))
+        cons = consume(p, goods, state.preferences, u_eat, u_spoil)
 
         # 5. Public projects.
         contribution = jnp.sum(w.public.reshape(m, b), -1)

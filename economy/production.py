@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from economy.registry import ProductionContext, ProductionRule, default_rule
-from economy.rng import stochastic_round
+from economy.rng import floor_div, stochastic_round
 from economy.state import EconomyParams
 
 _BIG = jnp.iinfo(jnp.int32).max
@@ -48,6 +48,7 @@ def work(
     skill_floor: float,
     history_decay: float,
     custom: Sequence[CustomNiche] = (),
+    step: jax.Array | int = 0,
 ) -> Work:
     """``niche`` int32 [N] in [0, J] (J = rest); ``richness`` [M, J]; ``labour`` [J];
     ``project_mult`` [M]; ``u`` float32 [N] uniforms for stochastic rounding."""
@@ -69,6 +70,7 @@ def work(
         goods=goods,
         labour=pick(jnp.broadcast_to(labour, skills.shape)),
         skill_floor=skill_floor,
+        step=jnp.asarray(step, jnp.int32),
         params={},
     )
     effort = default_rule(ctx)
@@ -85,8 +87,8 @@ def work(
     units = stochastic_round(jnp.maximum(effort, 0.0), u)
     inp = jnp.take(p.inputs, niche, axis=0)  # [N, G]
     out = jnp.take(p.outputs, niche, axis=0)
-    cap_in = jnp.min(jnp.where(inp > 0, goods // jnp.maximum(inp, 1), _BIG), -1)
-    cap_out = jnp.min(jnp.where(out > 0, (max_holding - goods) // jnp.maximum(out, 1), _BIG), -1)
+    cap_in = jnp.min(jnp.where(inp > 0, floor_div(goods, jnp.maximum(inp, 1)), _BIG), -1)
+    cap_out = jnp.min(jnp.where(out > 0, floor_div(max_holding - goods, jnp.maximum(out, 1)), _BIG), -1)
     cap = jnp.minimum(cap_in, cap_out)
     units = jnp.minimum(units, cap)
     used = units[:, None] * inp

@@ -31,6 +31,7 @@ class ProductionContext(NamedTuple):
     goods: jax.Array  # int32 [N, G] holdings before work
     labour: jax.Array  # scalar: this world's labour of the niche (config labour x recipe jitter)
     skill_floor: float  # output multiplier of an unskilled worker
+    step: jax.Array  # int32 scalar: steps since reset (for seasonal rules)
     params: dict  # the niche's ``params`` from the config, as float32 scalars
 
 

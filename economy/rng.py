@@ -1,13 +1,15 @@
-"""Counter-based uniforms for per-agent stochastic rounding.
+"""Counter-based random numbers for per-agent stochastic rounding.
 
 Drawing ``[N, G]`` uniforms with threefry costs more than the rest of a step on a CPU.
-Here one 64-bit seed is drawn from the step key and every value is a strong integer hash
-(two rounds of the ``lowbias32`` mixer) of ``(seed, global index)``. The result depends
-only on the key and the global index, so it is identical however the agent axis is
-sharded, and it is reproducible like any JAX randomness.
+Here one 64-bit seed is drawn from the step key and every value is a strong integer
+hash (two rounds of the ``lowbias32`` mixer) of ``(seed, global index)``. The result
+depends only on the key and the global index, so it is identical however the agent
+axis is sharded, and reproducible like any JAX randomness.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -23,19 +25,37 @@ def _mix(x: jax.Array) -> jax.Array:
     return x ^ (x >> 16)
 
 
-def uniform(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """float32 uniforms in ``[0, 1)`` of ``shape``, from ``key`` (counter-based)."""
+def bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """uint32 random bits of ``shape`` from ``key`` (counter-based, sharding-invariant)."""
     seed = jax.random.bits(key, (2,), jnp.uint32)
-    counter = jnp.zeros(shape, jnp.uint32)
-    stride = 1
-    for axis in reversed(range(len(shape))):  # row-major global index, built without int64
-        counter = counter + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride & 0xFFFFFFFF)
-        stride *= shape[axis]
-    x = _mix(counter * jnp.uint32(_GOLDEN) ^ seed[0])
-    x = _mix(x + seed[1])
-    return (x >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
+    counter = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)  # row-major global index
+    return _mix(_mix(counter * jnp.uint32(_GOLDEN) ^ seed[0]) + seed[1])
+
+
+def uniform(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """float32 uniforms in ``[0, 1)`` on a 2^-24 grid."""
+    return (bits(key, shape) >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
+
+
+def uniform_pair(key: jax.Array, shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+    """Two independent float32 uniform arrays from one hash per entry: the high and low 16
+    bits, each centred in its 2^-16 cell (so stochastic rounding with them is unbiased to
+    within 2^-17 of a unit)."""
+    x = bits(key, shape)
+    scale = jnp.float32(2.0**-16)
+    half = jnp.float32(2.0**-17)
+    return (x >> 16).astype(jnp.float32) * scale + half, (x & 0xFFFF).astype(jnp.float32) * scale + half
 
 
 def stochastic_round(x: jax.Array, u: jax.Array) -> jax.Array:
     """Unbiased rounding of non-negative ``x`` to int32 with uniforms ``u``: E = x."""
     return jnp.floor(x + u).astype(jnp.int32)
+
+
+def floor_div(a: jax.Array, b: jax.Array, recip_b: jax.Array | None = None) -> jax.Array:
+    """Exact ``a // b`` for int32 ``0 <= a < 2^24``, ``1 <= b < 2^24`` without integer
+    division (which does not vectorise on CPUs): a float quotient corrected by one step."""
+    recip = (1.0 / b.astype(jnp.float32)) if recip_b is None else recip_b
+    q = jnp.floor(a.astype(jnp.float32) * recip).astype(jnp.int32)
+    q = q - (q * b > a).astype(jnp.int32)
+    return q + ((q + 1) * b <= a).astype(jnp.int32)

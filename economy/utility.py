@@ -26,7 +26,7 @@ def cobb_douglas(preferences: jax.Array, basket: jax.Array) -> jax.Array:
 
 
 def consume(p: EconomyParams, goods: jax.Array, preferences: jax.Array, u_eat: jax.Array, u_spoil: jax.Array) -> Consumption:
-    """``u_eat``, ``u_spoil``: float32 [N, G] uniforms. Never takes more than is held."""
+    """``u_eat``, ``u_spoil``: float32 [N, G] uniforms in (0, 1). Never takes more than is held."""
     eaten = stochastic_round(p.consume * goods.astype(jnp.float32), u_eat)
     left = goods - eaten
     spoiled = stochastic_round(p.perish * left.astype(jnp.float32), u_spoil)

@@ -1,0 +1,25 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   -- the main job: a short economy run with scripted agents (table of prices, volumes, niche shares)
+#   make test   -- the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test bench clean
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/agora simulate configs/demo.yaml
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/env_step.py
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+clean:
+	rm -rf $(VENV)

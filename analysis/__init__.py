@@ -1,0 +1,1 @@
+"""Agora's analysis: policy diversity, niche and market metrics, dashboards (issue 4)."""

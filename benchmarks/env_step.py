@@ -1,0 +1,158 @@
+"""Environment throughput: ``step`` inside ``lax.scan`` with actions already on the device.
+
+For each N (default 2^12 ... 2^20 agents, M = N/1024 markets, the default catalogue:
+G = 6 goods, J = 7 niches, L = 64 ticks) a fresh subprocess measures:
+agent-steps/s, compile seconds, state bytes per agent and peak RSS. ``--devices D``
+shards the agent axis by whole markets over D host devices (on a CPU, virtual devices
+let XLA run markets on several cores). Writes JSON (default
+``benchmarks/results/env_step.json``) and prints a Markdown table.
+
+    python benchmarks/env_step.py [--sizes 12 14 16 18 20] [--steps 20] [--devices 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def measure(log2n: int, steps: int, repeats: int, devices: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    sys.path.insert(0, str(ROOT))
+    import economy
+
+    n = 2**log2n
+    cfg = economy.load_config(ROOT / "configs/economy/default.yaml", num_agents=n, num_markets=max(n // 1024, 1))
+    env = economy.Economy(cfg)
+    key = jax.random.key(0)
+    obs, state = jax.jit(env.reset)(key)
+    k_act = 4  # distinct action sets cycled through the scan
+    actions = jax.jit(jax.vmap(env.sample_actions, in_axes=(0, None)))(jax.random.split(key, k_act), state)
+
+    if devices > 1:
+        mesh = jax.sharding.Mesh(np.array(jax.devices()[:devices]), ("agents",))
+        agent = NamedSharding(mesh, P("agents"))
+        rep = NamedSharding(mesh, P())
+        m = cfg.num_markets
+
+        def place(x):
+            lead = x.shape[0] if x.ndim else 0
+            return jax.device_put(x, agent if lead in (n, m) and lead % devices == 0 else rep)
+
+        state = jax.tree.map(place, state)
+        actions = jax.tree.map(
+            lambda x: jax.device_put(x, NamedSharding(mesh, P(None, "agents"))), actions
+        )
+
+    def run(state, actions, key):
+        def body(carry, t):
+            state, key = carry
+            key, key_step = jax.random.split(key)
+            a = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, t % k_act, keepdims=False), actions)
+            obs, state, reward, _, _, info = env.step(key_step, state, a)
+            # Consume the observation so that it is computed (a policy would read it).
+            return (state, key), (reward.mean() + obs[:, 0].mean(), info["market_volume"].sum())
+
+        (state, key), out = jax.lax.scan(body, (state, key), jnp.arange(steps))
+        return state, out
+
+    run_jit = jax.jit(run, donate_argnums=0)
+    t0 = time.perf_counter()
+    compiled = run_jit.lower(state, actions, key).compile()
+    compile_s = time.perf_counter() - t0
+    state, out = compiled(state, actions, key)  # warm-up
+    jax.block_until_ready(out)
+    times = []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        state, out = compiled(state, actions, jax.random.key(r + 1))
+        jax.block_until_ready(out)
+        times.append(time.perf_counter() - t0)
+    best = min(times)
+    state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
+    return {
+        "agents": n,
+        "markets": cfg.num_markets,
+        "goods": cfg.num_goods,
+        "niches": cfg.num_niches,
+        "ticks": cfg.market.price_ticks,
+        "devices": devices,
+        "steps": steps,
+        "agent_steps_per_s": n * steps / best,
+        "agent_steps_per_s_median": n * steps / sorted(times)[len(times) // 2],
+        "step_ms": best / steps * 1e3,
+        "ns_per_agent_step": best / steps / n * 1e9,
+        "compile_s": compile_s,
+        "state_bytes_per_agent": state_bytes / n,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "mean_volume": float(jnp.mean(out[1])),
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[12, 14, 16, 18, 20], help="log2 of agent counts")
+    ap.add_argument("--steps", type=int, default=20, help="steps per scan")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--devices", type=int, nargs="+", default=[1], help="host devices to shard over")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/env_step.json"))
+    ap.add_argument("--single", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.single is not None:
+        print(json.dumps(measure(args.single, args.steps, args.repeats, args.devices[0])))
+        return 0
+
+    rows = []
+    for d in args.devices:
+        for s in args.sizes:
+            env = dict(os.environ, JAX_PLATFORMS="cpu")
+            if d > 1:
+                env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={d} " + env.get("XLA_FLAGS", "")
+            cmd = [sys.executable, __file__, "--single", str(s), "--steps", str(args.steps),
+                   "--repeats", str(args.repeats), "--devices", str(d)]
+            p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if p.returncode:
+                print(p.stderr, file=sys.stderr)
+                return p.returncode
+            row = json.loads(p.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            print(
+                f"N=2^{s:<2} devices={d} {row['agent_steps_per_s'] / 1e6:7.2f} M agent-steps/s  "
+                f"{row['ns_per_agent_step']:6.1f} ns/agent-step  compile {row['compile_s']:5.1f} s  "
+                f"state {row['state_bytes_per_agent']:.0f} B/agent  peak RSS {row['peak_rss_mb']:.0f} MB",
+                flush=True,
+            )
+    result = {
+        "benchmark": "env_step",
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "results": rows,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print("\n| agents | devices | M agent-steps/s | ns/agent-step | compile s | state B/agent | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| 2^{r['agents'].bit_length() - 1} | {r['devices']} | {r['agent_steps_per_s'] / 1e6:.2f} | "
+            f"{r['ns_per_agent_step']:.1f} | {r['compile_s']:.1f} | {r['state_bytes_per_agent']:.0f} | {r['peak_rss_mb']:.0f} |"
+        )
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
