@@ -28,8 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def measure(log2n: int, steps: int, repeats: int, devices: int) -> dict:
     import jax
     import jax.numpy as jnp
-    import numpy as np
-    from jax.sharding import NamedSharding, PartitionSpec as P
 
     sys.path.insert(0, str(ROOT))
     import economy
@@ -43,19 +41,11 @@ def measure(log2n: int, steps: int, repeats: int, devices: int) -> dict:
     actions = jax.jit(jax.vmap(env.sample_actions, in_axes=(0, None)))(jax.random.split(key, k_act), state)
 
     if devices > 1:
-        mesh = jax.sharding.Mesh(np.array(jax.devices()[:devices]), ("agents",))
-        agent = NamedSharding(mesh, P("agents"))
-        rep = NamedSharding(mesh, P())
-        m = cfg.num_markets
+        from economy.sharding import agent_mesh, shard_agents, shard_state
 
-        def place(x):
-            lead = x.shape[0] if x.ndim else 0
-            return jax.device_put(x, agent if lead in (n, m) and lead % devices == 0 else rep)
-
-        state = jax.tree.map(place, state)
-        actions = jax.tree.map(
-            lambda x: jax.device_put(x, NamedSharding(mesh, P(None, "agents"))), actions
-        )
+        mesh = agent_mesh(jax.devices()[:devices])
+        state = shard_state(state, mesh)
+        actions = shard_agents(actions, mesh, batch_dims=1)
 
     def run(state, actions, key):
         def body(carry, t):

@@ -14,14 +14,16 @@ from economy.config import (
     load_yaml,
 )
 from economy.env import AutoReset, Economy, ledger
-from economy.market import BUY, HOLD, SELL, Clearing, clear, clearing_tick, order_book, price_grid, ration
+from economy.market import BUY, HOLD, SELL, Clearing, clear, clearing_tick, lottery_start, order_book, price_grid, ration
 from economy.registry import PRODUCTION_RULES, ProductionContext, default_rule, make_rule, register_rule
+from economy.sharding import agent_mesh, shard_state, state_sharding
 from economy.state import ActionHead, EconomyParams, EconomyState
 
 __all__ = [
     "ActionHead", "AutoReset", "BUY", "Clearing", "ConfigError", "Economy", "EconomyConfig",
     "EconomyParams", "EconomyState", "GoodConfig", "HOLD", "MarketConfig", "NicheConfig",
     "PRODUCTION_RULES", "ProductionContext", "ProjectConfig", "RewardWeights", "SELL",
-    "WorldConfig", "apply_overrides", "clear", "clearing_tick", "default_rule", "ledger",
+    "WorldConfig", "agent_mesh", "apply_overrides", "clear", "clearing_tick", "default_rule", "ledger",
     "load_config", "load_yaml", "make_rule", "order_book", "price_grid", "ration", "register_rule",
+    "shard_state", "state_sharding",
 ]

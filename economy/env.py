@@ -202,7 +202,9 @@ class Economy:
         side, tick = a["side"].reshape(m, b, G), a["price"].reshape(m, b, G)
         qty = jnp.take(p.levels, a["quantity"]).reshape(m, b, G)
         held = goods.reshape(m, b, G)
-        limit = jnp.take_along_axis(jnp.broadcast_to(grid[:, None], (m, b, G, L)), tick[..., None], -1)[..., 0]
+        limit = market.tick_price(
+            state.price[:, None, :], jnp.take(p.tick_factors, tick), cfg.market.min_price, cfg.market.max_price
+        )  # [M, B, G]: each order's limit price, equal to grid[m, g, tick]
         buying = side == market.BUY
         # Each buying good gets an equal share of the cash: the largest q <= qty with
         # q * limit * n_buy <= money, so the agent can pay for all its bids together.
@@ -218,8 +220,8 @@ class Economy:
         qty = jnp.where(buying, buy_q, jnp.where(side == market.SELL, sell_q, 0))
 
         # 3. Clearing.
-        rotation = jax.random.randint(key_market, (m, G, 2), 0, b, jnp.int32)
-        c = market.clear(side, qty, tick, L, rotation, max_qty=cfg.market.quantity_levels[-1])
+        lottery = jax.random.uniform(key_market, (m, G, 2))
+        c = market.clear(side, qty, tick, L, lottery, max_qty=cfg.market.quantity_levels[-1])
         clear_price = jnp.take_along_axis(grid, c.tick[..., None], -1)[..., 0]  # [M, G]
         goods = (held + c.buy_fill - c.sell_fill).reshape(n, G)
         money = state.money + jnp.sum(clear_price[:, None, :] * (c.sell_fill - c.buy_fill), -1).reshape(n)

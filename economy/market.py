@@ -15,8 +15,11 @@ is centred (tick ``L // 2``) on the market's last price.
   orders can be filled (``D(l+1) <= V`` and ``S(l-1) <= V``; such a tick always exists);
   ties go to the tick nearest the last price, then to the lower one.
 * Buyers above ``l*`` and sellers below it fill completely; orders at ``l*`` share the
-  rest. Rationing walks the market block in a priority order that starts at a random
-  agent and wraps around (a random rotation), so over time no agent index is favoured.
+  rest by a unit lottery: the marginal orders' units are laid end to end in agent order
+  (an exclusive prefix sum), a start unit is drawn uniformly, and the units in the
+  circular window of the size to fill are served. Every marginal unit fills with the
+  same probability, so no agent index is favoured; integers stay exact.
+* A book with no trade (zero volume) fills nobody and keeps the last price.
 """
 
 from __future__ import annotations
@@ -35,12 +38,18 @@ def tick_factors(num_ticks: int, tick_size: float) -> jax.Array:
     return jnp.exp(k * jnp.log1p(jnp.float32(tick_size)))
 
 
-def price_grid(last_price: jax.Array, factors: jax.Array, min_price: int, max_price: int) -> jax.Array:
-    """int32 ``[..., L]`` price of each tick: last price times the tick factor, rounded and
-    clipped to ``[min_price, max_price]``; non-decreasing along the tick axis, and the centre
-    tick is exactly the last price."""
-    p = jnp.round(last_price[..., None].astype(jnp.float32) * factors)
+def tick_price(last_price: jax.Array, factor: jax.Array, min_price: int, max_price: int) -> jax.Array:
+    """int32 price of a tick: ``last_price * factor`` rounded and clipped to
+    ``[min_price, max_price]``. The single definition of a tick's price: the grid and
+    each order's limit both come from it, so they agree bit for bit."""
+    p = jnp.round(last_price.astype(jnp.float32) * factor)
     return jnp.clip(p, min_price, max_price).astype(jnp.int32)
+
+
+def price_grid(last_price: jax.Array, factors: jax.Array, min_price: int, max_price: int) -> jax.Array:
+    """int32 ``[..., L]`` price of each tick; non-decreasing along the tick axis, and the
+    centre tick is exactly the last price."""
+    return tick_price(last_price[..., None], factors, min_price, max_price)
 
 
 class Book(NamedTuple):
@@ -57,6 +66,7 @@ class Clearing(NamedTuple):
     volume: jax.Array  # int32 units traded
     buy_fill: jax.Array  # int32 [M, B, G] units each agent bought
     sell_fill: jax.Array  # int32 [M, B, G] units each agent sold
+    start: jax.Array  # int32 [M, G, 2] rationing start unit (buyers, sellers) among marginal units
 
 
 def order_book(side: jax.Array, qty: jax.Array, tick: jax.Array, num_ticks: int) -> Book:
@@ -120,49 +130,61 @@ def paired_exclusive_cumsum(buy: jax.Array, sell: jax.Array, packed: bool) -> tu
     return (before & 0xFFFF).astype(jnp.int32), (before >> 16).astype(jnp.int32)
 
 
-def ration(marginal_qty: jax.Array, before: jax.Array, to_fill: jax.Array, rotation: jax.Array) -> jax.Array:
-    """Share ``to_fill`` units among the marginal orders of each market block.
+def ration(marginal_qty: jax.Array, before: jax.Array, to_fill: jax.Array, start: jax.Array) -> jax.Array:
+    """Share ``to_fill`` units among the marginal orders of each market block by a unit lottery.
 
     ``marginal_qty`` int32 ``[M, B, G]``; ``before`` its exclusive prefix sum along the
-    block; ``to_fill`` int32 ``[M, G]`` (at most the total); ``rotation`` int32 ``[M, G]``
-    in ``[0, B)``: the agent served first. Orders are served whole in the order
-    ``rotation, rotation+1, ..., B-1, 0, ..., rotation-1``; the last one served may be
-    partial. Returns int32 ``[M, B, G]`` fills summing exactly to ``to_fill``.
+    block, so agent ``i`` owns the units ``[before_i, before_i + qty_i)`` of the ``T``
+    marginal units; ``to_fill`` int32 ``[M, G]`` (``R <= T``); ``start`` int32 ``[M, G]``
+    in ``[0, T)``. The units in the circular window ``[start, start + R)`` fill. With a
+    uniform ``start`` every marginal unit fills with probability exactly ``R / T``, so each
+    agent's expected fill is pro rata, whatever its index or its neighbours. Returns int32
+    ``[M, B, G]`` fills summing exactly to ``to_fill``.
     """
-    b = marginal_qty.shape[1]
-    total = before[:, -1] + marginal_qty[:, -1]  # [M, G]
-    start = jnp.take_along_axis(before, rotation[:, None, :], axis=1)  # prefix at the first served
-    idx = jnp.arange(b, dtype=jnp.int32)[None, :, None]
-    served_before = before - start + jnp.where(idx >= rotation[:, None, :], 0, total[:, None, :])
-    return jnp.clip(to_fill[:, None, :] - served_before, 0, marginal_qty)
+    total = (before[:, -1] + marginal_qty[:, -1])[:, None, :]  # T
+    lo, hi = before, before + marginal_qty
+    s, r = start[:, None, :], to_fill[:, None, :]
+    inside = jnp.maximum(jnp.minimum(hi, s + r) - jnp.maximum(lo, s), 0)
+    wrapped = jnp.maximum(jnp.minimum(hi, s + r - total) - lo, 0)  # the window past T wraps to [0, s+r-T)
+    return inside + wrapped
+
+
+def lottery_start(u: jax.Array, total: jax.Array) -> jax.Array:
+    """int32 start unit in ``[0, total)`` (0 when ``total`` is 0) from uniforms ``u`` in [0, 1)."""
+    s = jnp.floor(u * total.astype(jnp.float32)).astype(jnp.int32)
+    return jnp.clip(s, 0, jnp.maximum(total - 1, 0))
 
 
 def clear(
-    side: jax.Array, qty: jax.Array, tick: jax.Array, num_ticks: int, rotation: jax.Array, max_qty: int | None = None
+    side: jax.Array, qty: jax.Array, tick: jax.Array, num_ticks: int, lottery: jax.Array, max_qty: int | None = None
 ) -> Clearing:
     """Run every (market, good) auction.
 
     ``side``, ``qty``, ``tick``: int32 ``[M, B, G]`` orders (quantities already clipped to
-    what each agent owns or can pay); ``rotation``: int32 ``[M, G, 2]`` random first-served
-    agents for buyers and sellers; ``max_qty``: a bound on any order's quantity (enables
+    what each agent owns or can pay); ``lottery``: float32 ``[M, G, 2]`` uniforms in
+    [0, 1) that draw the rationing start unit for buyers and sellers; ``max_qty``: a bound on any order's quantity (enables
     the packed prefix sum when ``B * max_qty < 2^16``).
     """
     book = order_book(side, qty, tick, num_ticks)
     ctick, volume, buy_marginal, sell_marginal = clearing_tick(book)
     t = ctick[:, None, :]
-    buying = (side == BUY) & (qty > 0)
-    selling = (side == SELL) & (qty > 0)
+    traded = (volume > 0)[:, None, :]  # a book that does not trade fills nobody
+    buying = (side == BUY) & (qty > 0) & traded
+    selling = (side == SELL) & (qty > 0) & traded
     buy_full = jnp.where(buying & (tick > t), qty, 0)
     sell_full = jnp.where(selling & (tick < t), qty, 0)
     buy_marg = jnp.where(buying & (tick == t), qty, 0)
     sell_marg = jnp.where(selling & (tick == t), qty, 0)
     packed = max_qty is not None and qty.shape[1] * max_qty < 2**16
     before_buy, before_sell = paired_exclusive_cumsum(buy_marg, sell_marg, packed)
-    buy_fill = buy_full + ration(buy_marg, before_buy, buy_marginal, rotation[..., 0])
-    sell_fill = sell_full + ration(sell_marg, before_sell, sell_marginal, rotation[..., 1])
+    start_buy = lottery_start(lottery[..., 0], before_buy[:, -1] + buy_marg[:, -1])
+    start_sell = lottery_start(lottery[..., 1], before_sell[:, -1] + sell_marg[:, -1])
+    buy_fill = buy_full + ration(buy_marg, before_buy, buy_marginal, start_buy)
+    sell_fill = sell_full + ration(sell_marg, before_sell, sell_marginal, start_sell)
     return Clearing(
         tick=ctick,
         volume=volume,
         buy_fill=buy_fill,
         sell_fill=sell_fill,
+        start=jnp.stack([start_buy, start_sell], -1),
     )

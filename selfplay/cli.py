@@ -1,0 +1,123 @@
+"""The ``agora`` command line.
+
+    agora simulate CONFIG [key=value ...]   run the economy with baseline agents, print a table
+    agora bench [benchmark options]         environment throughput (benchmarks/env_step.py)
+    agora train CONFIG [key=value ...]      population self-play (not yet available)
+    agora report RUN_DIR                    HTML report of a run (not yet available)
+
+Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad config (the message names
+the offending key and value), 3 a command that is not available yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="agora",
+        description="Agora: a JAX trading economy run by a population of learning policies.",
+    )
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    sim = sub.add_parser("simulate", help="run the economy with scripted (or random) agents and print a table")
+    sim.add_argument("config", help="run config YAML (e.g. configs/demo.yaml) or an economy YAML")
+    sim.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. simulate.steps=20")
+    sim.add_argument("--json", dest="json_out", help="also write the per-step records to this JSON file")
+
+    train = sub.add_parser("train", help="population self-play (not yet available)")
+    train.add_argument("config")
+    train.add_argument("overrides", nargs="*")
+
+    report = sub.add_parser("report", help="write report.html for a run directory (not yet available)")
+    report.add_argument("run_dir")
+
+    bench = sub.add_parser(
+        "bench", help="environment throughput benchmark (options as benchmarks/env_step.py)", add_help=False
+    )
+    bench.add_argument("args", nargs=argparse.REMAINDER)
+    return ap
+
+
+def _simulate(args) -> int:
+    from economy import ConfigError
+    from selfplay.config import load_run_config
+
+    try:
+        cfg = load_run_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"agora simulate: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+    import json
+
+    import numpy as np
+
+    from selfplay.simulate import format_table, simulate_timed
+
+    e, s = cfg.economy, cfg.simulate
+    print(
+        f"agora simulate: {e.num_agents} agents in {e.num_markets} markets, {e.num_goods} goods, "
+        f"{e.num_niches} niches; {s.steps} steps of {s.agents} agents, world seed {s.seed}",
+        flush=True,
+    )
+    records, timing = simulate_timed(cfg)
+    print(format_table(records, e.good_names, e.niche_names, s.print_every))
+    print(
+        f"\n{timing.agent_steps:,} agent-steps in {timing.run_s:.2f} s "
+        f"({timing.agent_steps_per_s / 1e6:.2f} M agent-steps/s; compile {timing.compile_s:.1f} s)"
+    )
+    if args.json_out:
+        out = Path(args.json_out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        rows = [{k: np.asarray(v).tolist() for k, v in r._asdict().items()} for r in records]
+        out.write_text(json.dumps({"goods": e.good_names, "niches": e.niche_names, "records": rows}, indent=1))
+        print(f"wrote {out}")
+    return EXIT_OK
+
+
+def _unavailable(what: str) -> int:
+    print(f"agora {what}: not yet available in this version of Agora", file=sys.stderr)
+    return EXIT_UNAVAILABLE
+
+
+def _bench(args) -> int:
+    import importlib.util
+
+    path = ROOT / "benchmarks" / "env_step.py"
+    if not path.is_file():
+        print(f"agora bench: {path} not found (bench runs from a source checkout)", file=sys.stderr)
+        return EXIT_FAIL
+    spec = importlib.util.spec_from_file_location("agora_env_step_benchmark", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return int(mod.main(args.args) or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = ap.parse_args(argv)
+    except SystemExit as e:  # argparse exits 2 on bad usage, 0 on --help
+        return int(e.code or 0)
+    if args.command is None:
+        ap.print_help(sys.stderr)
+        return EXIT_USAGE
+    if args.command == "simulate":
+        return _simulate(args)
+    if args.command == "bench":
+        return _bench(args)
+    return _unavailable(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
