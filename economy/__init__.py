@@ -1,5 +1,16 @@
 """Agora's economy: a vectorised, jit-compiled trading economy (see DESIGN.md)."""
 
+import os as _os
+
+# XLA:CPU's concurrency-optimised scheduler (jax 0.10.2) deadlocks on some programs that
+# hold several independent loops (seen: network init next to a world draw). Turn it off
+# unless the user set it; XLA reads the flag when the CPU backend starts, so this must
+# run before the first computation (importing any Agora package does).
+if "xla_cpu_enable_concurrency_optimized_scheduler" not in _os.environ.get("XLA_FLAGS", ""):
+    _os.environ["XLA_FLAGS"] = (
+        _os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_concurrency_optimized_scheduler=false"
+    ).strip()
+
 from economy.config import (
     ConfigError,
     EconomyConfig,

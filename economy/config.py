@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Iterable, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 INT32_MAX = 2**31 - 1
 FLOAT32_EXACT = 2**24  # integers below this are exact in float32
@@ -28,6 +28,28 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names it."""
+
+
+class FrozenMap(dict):
+    """A read-only, hashable ``dict`` (recipes and rule parameters of frozen configs)."""
+
+    def _readonly(self, *args, **kwargs):
+        raise TypeError("config mappings are frozen; use apply_overrides or model_copy(update=...)")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _readonly
+
+    def __hash__(self):
+        return hash(tuple(sorted(self.items())))
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+Recipe = Annotated[dict[str, NonNegInt], AfterValidator(FrozenMap)]
+Params = Annotated[dict[str, float], AfterValidator(FrozenMap)]
 
 
 class _Frozen(BaseModel):
@@ -55,15 +77,15 @@ class NicheConfig(_Frozen):
     """A profession: a recipe turning inputs into outputs, scaled by skill and local resources."""
 
     name: str
-    inputs: dict[str, NonNegInt] = {}  # goods consumed per unit of work
-    outputs: dict[str, NonNegInt] = {}  # goods produced per unit of work
+    inputs: Recipe = FrozenMap()  # goods consumed per unit of work
+    outputs: Recipe = FrozenMap()  # goods produced per unit of work
     public: NonNegInt = 0  # public-project units produced per unit of work (collaboration)
     labour: float = Field(1.0, gt=0.0)  # units of work per step at full skill and richness 1
     learn: float = Field(0.1, gt=0.0, le=1.0)  # skill gain rate when practising
     forget: float = Field(0.02, ge=0.0, lt=1.0)  # skill decay rate when idle
     affinity: str | None = None  # resource whose local richness scales output
     rule: str | None = None  # name of a registered Python production rule (see economy.registry)
-    params: dict[str, float] = {}  # extra parameters passed to the rule
+    params: Params = FrozenMap()  # extra parameters passed to the rule
 
     @model_validator(mode="after")
     def _check(self):
@@ -260,6 +282,8 @@ def deep_merge(base: Any, over: Any) -> Any:
         index = {x["name"]: i for i, x in enumerate(out)}
         for x in over:
             if x.get("remove"):
+                if x["name"] not in index:
+                    raise ConfigError(f"remove: no entry named {x['name']!r} to remove (entries: {sorted(index)})")
                 out = [y for y in out if y["name"] != x["name"]]
                 index = {y["name"]: i for i, y in enumerate(out)}
             elif x["name"] in index:
@@ -299,7 +323,12 @@ def _resolve_bases(data: dict, root: Path, seen: tuple) -> dict:
         raise ConfigError(f"base: circular include of {str(base_path)!r}")
     if not base_path.is_file():
         raise ConfigError(f"base: {base!r} not found (looked in {str(root)!r})")
-    base_data = yaml.safe_load(base_path.read_text()) or {}
+    try:
+        base_data = yaml.safe_load(base_path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"base: {str(base_path)!r} is not valid YAML: {e}") from None
+    if not isinstance(base_data, dict):
+        raise ConfigError(f"base: {str(base_path)!r}: top level must be a mapping, got {type(base_data).__name__}")
     base_data = _resolve_bases(base_data, base_path.parent, seen + (base_path,))
     return deep_merge(base_data, data)
 

@@ -2,7 +2,7 @@
 
     agora simulate CONFIG [key=value ...]   run the economy with baseline agents, print a table
     agora bench [benchmark options]         environment throughput (benchmarks/env_step.py)
-    agora train CONFIG [key=value ...]      population self-play (not yet available)
+    agora train CONFIG [key=value ...]      population self-play (PPO, RL variants, PBT, league)
     agora report RUN_DIR                    HTML report of a run (not yet available)
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad config (the message names
@@ -33,9 +33,12 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. simulate.steps=20")
     sim.add_argument("--json", dest="json_out", help="also write the per-step records to this JSON file")
 
-    train = sub.add_parser("train", help="population self-play (not yet available)")
-    train.add_argument("config")
-    train.add_argument("overrides", nargs="*")
+    train = sub.add_parser("train", help="population self-play: PPO, RL variants, PBT, league")
+    train.add_argument("config", help="run config YAML (e.g. configs/demo.yaml)")
+    train.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.members=8")
+    train.add_argument("--run-dir", help="run directory (default: train.run_dir, {name} = the config's stem)")
+    train.add_argument("--no-resume", action="store_true", help="start afresh even if the run directory has a checkpoint")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     report = sub.add_parser("report", help="write report.html for a run directory (not yet available)")
     report.add_argument("run_dir")
@@ -84,6 +87,39 @@ def _simulate(args) -> int:
     return EXIT_OK
 
 
+def _train(args) -> int:
+    from economy import ConfigError
+    from selfplay.config import load_run_config
+
+    try:
+        cfg = load_run_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"agora train: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    from selfplay.run import CheckpointError, train_run
+
+    run_dir = Path(args.run_dir or cfg.train.run_dir.format(name=Path(args.config).stem))
+    e, t = cfg.economy, cfg.train
+    print(
+        f"agora train: {e.num_agents} agents in {e.num_markets} markets; {t.members} members"
+        f"{f' + {t.league.size} league snapshots' if t.league.size else ''}; {t.updates} updates of "
+        f"{t.rollout_steps} steps; run directory {run_dir}",
+        flush=True,
+    )
+    try:
+        ts = train_run(cfg, run_dir, resume=not args.no_resume, progress=not args.no_progress)
+    except ConfigError as err:
+        print(f"agora train: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except CheckpointError as err:
+        print(f"agora train: {err}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return 130
+    print(f"done: {int(ts.update)} updates; TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
+    return EXIT_OK
+
+
 def _unavailable(what: str) -> int:
     print(f"agora {what}: not yet available in this version of Agora", file=sys.stderr)
     return EXIT_UNAVAILABLE
@@ -114,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     if args.command == "simulate":
         return _simulate(args)
+    if args.command == "train":
+        return _train(args)
     if args.command == "bench":
         return _bench(args)
     return _unavailable(args.command)

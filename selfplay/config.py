@@ -40,11 +40,96 @@ class SimulateConfig(_Frozen):
     scripted: ScriptedConfig = ScriptedConfig()  # knobs of the scripted baseline
 
 
+Range = tuple[float, float]
+
+
+def _check_range(name: str, r: Range, positive: bool = False) -> None:
+    lo, hi = r
+    if lo > hi:
+        raise ValueError(f"{name}={list(r)}: lo > hi")
+    if positive and lo <= 0:
+        raise ValueError(f"{name}={list(r)}: must be positive (sampled log-uniformly)")
+
+
+class VariantRanges(_Frozen):
+    """RL variants: each member's hyperparameters are drawn from these ranges at start
+    (learning rate and entropy coefficient log-uniformly, the rest uniformly). A range
+    ``[x, x]`` fixes the value for every member."""
+
+    learning_rate: Range = (3e-4, 3e-3)
+    ent_coef: Range = (0.003, 0.03)
+    clip_eps: Range = (0.15, 0.3)
+    gamma: Range = (0.9, 0.97)
+    gae_lambda: Range = (0.9, 0.97)
+    utility: Range = (1.0, 1.0)  # reward weight of the utility component
+    specialisation: Range = (0.0, 0.0)  # reward weight of the specialisation component
+    collaboration: Range = (0.0, 0.0)  # reward weight of the collaboration component
+
+    @model_validator(mode="after")
+    def _check(self):
+        for name in type(self).model_fields:
+            _check_range(name, getattr(self, name), positive=name in ("learning_rate", "ent_coef"))
+        for name in ("clip_eps", "gamma", "gae_lambda"):
+            lo, hi = getattr(self, name)
+            if not (0.0 <= lo and hi <= 1.0):
+                raise ValueError(f"{name}={[lo, hi]}: must lie in [0, 1]")
+        return self
+
+
+class PBTConfig(_Frozen):
+    """Population-based training on the device."""
+
+    enabled: bool = True
+    interval: int = Field(10, ge=1)  # updates between PBT rounds
+    fraction: float = Field(0.25, ge=0.0, le=0.5)  # bottom fraction that copies the top fraction
+    perturb: Range = (0.8, 1.25)  # hyperparameters of a copy are multiplied by one of these
+    fitness: Literal["utility", "niche_shared"] = "utility"  # niche_shared: divided by members sharing the dominant niche
+    fitness_ema: float = Field(0.5, gt=0.0, le=1.0)  # weight of the newest update in the fitness average
+
+
+class LeagueConfig(_Frozen):
+    """Frozen snapshots of earlier members play a share ``size / (members + size)`` of the agent slots."""
+
+    size: int = Field(0, ge=0)  # number of frozen snapshots (0: no league)
+    refresh_every: int = Field(10, ge=1)  # updates between snapshot refreshes (round robin over slots)
+
+
+class NetworkConfig(_Frozen):
+    hidden: tuple[int, ...] = (128, 128)
+    activation: Literal["tanh", "relu"] = "tanh"
+
+
+class TrainConfig(_Frozen):
+    """``agora train``: population self-play with PPO, RL variants, PBT and a league."""
+
+    members: int = Field(4, ge=1)  # P: learning members; agent i is played by member i % (P + league.size)
+    updates: int = Field(100, ge=1)  # PPO updates in the run
+    rollout_steps: int = Field(32, ge=1)  # T: environment steps per update
+    epochs: int = Field(2, ge=1)
+    minibatches: int = Field(4, ge=1)
+    vf_coef: float = Field(0.5, ge=0.0)
+    max_grad_norm: float = Field(0.5, gt=0.0)
+    seed: int = Field(0, ge=0)  # seeds members, hyperparameters, worlds and actions
+    network: NetworkConfig = NetworkConfig()
+    variants: VariantRanges = VariantRanges()
+    pbt: PBTConfig = PBTConfig()
+    league: LeagueConfig = LeagueConfig()
+    log_every: int = Field(5, ge=1)  # updates between TensorBoard writes
+    checkpoint_every: int = Field(20, ge=1)  # updates between checkpoints
+    keep_checkpoints: int = Field(3, ge=1)
+    run_dir: str = "runs/{name}"  # ``{name}``: the config file's stem
+
+    @property
+    def players(self) -> int:
+        return self.members + self.league.size
+
+
 class RunConfig(_Frozen):
     """A whole run: the economy and one section per command."""
 
     economy: EconomyConfig
     simulate: SimulateConfig = SimulateConfig()
+    train: TrainConfig = TrainConfig()
 
     @model_validator(mode="after")
     def _check(self):
@@ -54,10 +139,25 @@ class RunConfig(_Frozen):
                 f"simulate.seed={self.simulate.seed} lies in the held-out evaluation range "
                 f"(economy.world.eval_seed_start={start})"
             )
+        t, n = self.train, self.economy.num_agents
+        per_market = self.economy.agents_per_market
+        if n % t.players:
+            raise ValueError(
+                f"train.members={t.members} + train.league.size={t.league.size} = {t.players} players must divide "
+                f"economy.num_agents={n} (agent i is played by player i % players)"
+            )
+        if (n // t.players) % t.minibatches:
+            raise ValueError(
+                f"train.minibatches={t.minibatches} must divide the agents per player ({n // t.players})"
+            )
+        if per_market % t.players:
+            raise ValueError(
+                f"{t.players} players must divide the agents per market ({per_market}) so every member trades in every market"
+            )
         return self
 
 
-_SECTIONS: dict[str, type[BaseModel]] = {"economy": EconomyConfig, "simulate": SimulateConfig}
+_SECTIONS: dict[str, type[BaseModel]] = {"economy": EconomyConfig, "simulate": SimulateConfig, "train": TrainConfig}
 
 
 def _problems(e: ValidationError, prefix: str) -> list[str]:

@@ -1,0 +1,223 @@
+"""Actor-critic networks for the population, and the action distributions of their heads.
+
+* :class:`ActorCritic` is a Flax Linen module: a shared MLP torso, one categorical policy
+  output per head of ``env.action_spec`` and a scalar value output. Head sizes come only
+  from the spec, so adding a niche (or a good, or a price tick) changes the network with
+  no code change.
+* The parameters of the ``P`` members of a population are stacked on a leading axis
+  (:func:`init_population`) and the forward pass is ``jax.vmap`` over it
+  (:func:`population_apply`): the functional route, no gathers.
+* Agents are assigned to members round-robin: agent ``i`` is played by member ``i % P``.
+  :func:`to_members` turns agent-major arrays ``[N, ...]`` into member-major
+  ``[P, N/P, ...]`` (a reshape and a transpose) and :func:`from_members` inverts it.
+* :func:`sample_actions`, :func:`log_prob` and :func:`entropy` treat each head as a
+  ``distrax.Categorical`` over its last axis, one independent categorical per entry of
+  the head's shape, and sum over heads and entries, so that the result has the batch
+  shape (one joint log-probability / entropy per agent).
+
+Logits are a dict ``head name -> float32 [..., *head.shape, head.choices]``. The batch
+shape ``[...]`` is, unless given as ``batch_ndim``, inferred as the leading shape of the
+head with the fewest axes; with the economy's spec this is the scalar ``niche`` head
+(``[..., J+1]``), so the inference is exact. Pass ``batch_ndim`` for a spec without a
+scalar head.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import distrax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Logits = dict[str, jax.Array]
+Actions = dict[str, jax.Array]
+
+_ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu}
+
+
+class ActorCritic(nn.Module):
+    """Shared-torso actor-critic with one categorical output per action head.
+
+    ``__call__(obs float32 [..., D]) -> (logits, value)`` with ``logits[name]`` float32
+    ``[..., *head.shape, head.choices]`` and ``value`` float32 ``[...]``.
+
+    Initialisation: torso Dense layers orthogonal with scale ``sqrt(2)``, policy outputs
+    orthogonal with scale 0.01 (near-uniform initial policy), value output orthogonal
+    with scale 1.0; all biases zero.
+    """
+
+    action_spec: tuple  # of economy.ActionHead(name, shape, choices)
+    hidden: tuple[int, ...] = (128, 128)
+    activation: str = "tanh"  # "tanh" | "relu"
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> tuple[Logits, jax.Array]:
+        if self.activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}")
+        names = [h.name for h in self.action_spec]
+        if len(set(names)) != len(names):
+            raise ValueError(f"action_spec has duplicate head names: {names}")
+        if not names:
+            raise ValueError("action_spec is empty")
+        act = _ACTIVATIONS[self.activation]
+        zeros = nn.initializers.zeros_init()
+
+        x = jnp.asarray(obs, jnp.float32)
+        batch = x.shape[:-1]
+        for i, width in enumerate(self.hidden):
+            x = nn.Dense(width, kernel_init=nn.initializers.orthogonal(math.sqrt(2.0)), bias_init=zeros, name=f"torso_{i}")(x)
+            x = act(x)
+
+        logits = {}
+        for head in self.action_spec:
+            shape = tuple(int(s) for s in head.shape)
+            size = math.prod(shape) * int(head.choices)
+            out = nn.Dense(size, kernel_init=nn.initializers.orthogonal(0.01), bias_init=zeros, name=f"policy_{head.name}")(x)
+            logits[head.name] = out.reshape(batch + shape + (int(head.choices),))
+        value = nn.Dense(1, kernel_init=nn.initializers.orthogonal(1.0), bias_init=zeros, name="value")(x)[..., 0]
+        return logits, value
+
+
+# ---- population -------------------------------------------------------------------------
+
+
+def init_population(net: nn.Module, key: jax.Array, obs_dim: int, num_members: int) -> Any:
+    """Variables of ``num_members`` independently initialised members, stacked on a leading
+    ``[P, ...]`` axis (``jax.vmap`` of ``net.init`` over ``jax.random.split(key, P)``).
+
+    The result is the full Linen variables dict (``{"params": ...}``): member ``m`` is
+    ``jax.tree.map(lambda x: x[m], params)`` and ``net.apply(member, obs)`` runs it.
+    """
+    if num_members < 1:
+        raise ValueError(f"num_members must be >= 1, got {num_members}")
+    keys = jax.random.split(key, num_members)
+    dummy = jnp.zeros((1, obs_dim), jnp.float32)
+    return jax.jit(jax.vmap(lambda k: net.init(k, dummy)))(keys)
+
+
+def population_apply(net: nn.Module, params: Any, obs: jax.Array) -> tuple[Logits, jax.Array]:
+    """Forward pass of every member on its own observations.
+
+    ``params`` ``[P, ...]`` (from :func:`init_population`), ``obs`` ``[P, n, D]`` ->
+    ``logits[name]`` ``[P, n, *head.shape, choices]`` and ``value`` ``[P, n]``.
+    """
+    return jax.vmap(net.apply)(params, obs)
+
+
+def _check_divisible(n: int, num_members: int) -> None:
+    if num_members < 1:
+        raise ValueError(f"number of members P must be >= 1, got P={num_members}")
+    if n % num_members:
+        raise ValueError(
+            f"number of agents N={n} is not divisible by the number of members P={num_members} "
+            "(agent i is played by member i % P, each member by N/P agents)"
+        )
+
+
+def to_members(x: Any, num_members: int) -> Any:
+    """Agent-major ``[N, ...]`` -> member-major ``[P, N/P, ...]``; agent ``i`` goes to
+    member ``i % P`` at position ``i // P``. Works leaf-wise on pytrees."""
+
+    def one(leaf):
+        leaf = jnp.asarray(leaf)
+        if leaf.ndim == 0:
+            raise ValueError("to_members: leaves need a leading agent axis, got a scalar")
+        n = leaf.shape[0]
+        _check_divisible(n, num_members)
+        return jnp.swapaxes(leaf.reshape((n // num_members, num_members) + leaf.shape[1:]), 0, 1)
+
+    return jax.tree.map(one, x)
+
+
+def from_members(x: Any) -> Any:
+    """Inverse of :func:`to_members`: ``[P, N/P, ...]`` -> ``[N, ...]``. Works on pytrees."""
+
+    def one(leaf):
+        leaf = jnp.asarray(leaf)
+        if leaf.ndim < 2:
+            raise ValueError(f"from_members: leaves need [P, N/P, ...] axes, got shape {leaf.shape}")
+        p, k = leaf.shape[:2]
+        return jnp.swapaxes(leaf, 0, 1).reshape((p * k,) + leaf.shape[2:])
+
+    return jax.tree.map(one, x)
+
+
+# ---- distributions ----------------------------------------------------------------------
+
+
+def _batch_ndim(logits: Logits, batch_ndim: int | None) -> int:
+    if not logits:
+        raise ValueError("logits is an empty dict")
+    if batch_ndim is None:
+        batch_ndim = min(jnp.ndim(v) for v in logits.values()) - 1
+    shapes = {k: jnp.shape(v) for k, v in logits.items()}
+    batch = None
+    for k, s in shapes.items():
+        if len(s) < batch_ndim + 1:
+            raise ValueError(f"logits[{k!r}] has shape {s}, fewer axes than batch_ndim={batch_ndim} + 1")
+        if batch is None:
+            batch = s[:batch_ndim]
+        elif s[:batch_ndim] != batch:
+            raise ValueError(f"logits heads disagree on the batch shape: {shapes} (batch_ndim={batch_ndim})")
+    return batch_ndim
+
+
+def _sum_entries(x: jax.Array, batch_ndim: int) -> jax.Array:
+    """Sum a per-entry array ``[*batch, *head.shape]`` down to ``[*batch]``."""
+    return jnp.sum(x, axis=tuple(range(batch_ndim, x.ndim))) if x.ndim > batch_ndim else x
+
+
+def sample_actions(key: jax.Array, logits: Logits, *, batch_ndim: int | None = None) -> tuple[Actions, jax.Array]:
+    """Sample every head; returns ``(actions, log_prob)``.
+
+    ``actions[name]`` int32 ``[..., *head.shape]``; ``log_prob`` float32 ``[...]``, the
+    joint log-probability summed over heads and over each head's entries.
+
+    Keys: ``jax.random.split(key, H)``, assigned to the heads in **sorted name order**
+    (the order of ``jax.tree`` over the dict), so the draw of a head depends only on
+    ``key`` and the set of head names, not on dict insertion order.
+    """
+    bd = _batch_ndim(logits, batch_ndim)
+    names = sorted(logits)
+    keys = jax.random.split(key, len(names))
+    actions, total = {}, None
+    for k, name in zip(keys, names):
+        dist = distrax.Categorical(logits=jnp.asarray(logits[name], jnp.float32))
+        a = dist.sample(seed=k).astype(jnp.int32)
+        lp = _sum_entries(dist.log_prob(a), bd)
+        actions[name] = a
+        total = lp if total is None else total + lp
+    return actions, total
+
+
+def log_prob(logits: Logits, actions: Actions, *, batch_ndim: int | None = None) -> jax.Array:
+    """Joint log-probability of ``actions`` (float32 ``[...]``), summed over heads and entries."""
+    bd = _batch_ndim(logits, batch_ndim)
+    missing = set(logits) ^ set(actions)
+    if missing:
+        raise ValueError(f"logits and actions name different heads: {sorted(logits)} vs {sorted(actions)}")
+    total = None
+    for name in sorted(logits):
+        dist = distrax.Categorical(logits=jnp.asarray(logits[name], jnp.float32))
+        lp = _sum_entries(dist.log_prob(jnp.asarray(actions[name], jnp.int32)), bd)
+        total = lp if total is None else total + lp
+    return total
+
+
+def entropy(logits: Logits, *, batch_ndim: int | None = None) -> jax.Array:
+    """Joint entropy (float32 ``[...]``) of the independent categoricals, summed over heads and entries."""
+    bd = _batch_ndim(logits, batch_ndim)
+    total = None
+    for name in sorted(logits):
+        ent = _sum_entries(distrax.Categorical(logits=jnp.asarray(logits[name], jnp.float32)).entropy(), bd)
+        total = ent if total is None else total + ent
+    return total
+
+
+__all__ = [
+    "ActorCritic", "entropy", "from_members", "init_population", "log_prob", "population_apply",
+    "sample_actions", "to_members",
+]

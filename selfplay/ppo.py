@@ -1,0 +1,188 @@
+"""PPO for one member: GAE with bootstrapping at truncation, the clipped loss, and the
+minibatch-epoch update.
+
+Everything here is a pure function of arrays for ONE member; the training loop runs the
+population by ``jax.vmap`` over members, e.g.::
+
+    update = jax.vmap(ppo_update, in_axes=(0, 0, None, None, 0, 0, 0, 0, 0, None, None))
+    params, opt_state, metrics = update(params, opt_state, tx, apply_fn, batch, keys,
+                                        clip_eps, ent_coef, vf_coef, num_epochs, num_minibatches)
+
+(``tx``, ``apply_fn``, ``num_epochs`` and ``num_minibatches`` are shared and static;
+under ``jax.jit`` mark them static or close over them). Per-member learning rates live
+in ``opt_state`` when ``tx`` is built with ``optax.inject_hyperparams``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from agents.networks import entropy as _entropy
+from agents.networks import log_prob as _log_prob
+
+ADV_EPS = 1e-8
+
+
+def gae(
+    rewards: jax.Array,
+    values: jax.Array,
+    dones: jax.Array,
+    bootstrap: jax.Array,
+    last_value: jax.Array,
+    gamma: float | jax.Array,
+    lam: float | jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    """Generalised advantage estimation, time first. Returns ``(advantages, returns)`` ``[T, n]``.
+
+    * ``rewards``, ``values`` ``[T, n]``; ``dones[t]`` (bool ``[T, n]``): the episode ended
+      after step ``t`` (terminated or truncated);
+    * ``bootstrap[t]`` ``[T, n]``: value of the true next state where the episode ended
+      after step ``t`` by truncation, 0 where it terminated (the caller supplies it);
+      ignored where not done;
+    * ``last_value`` ``[n]``: value of the state after step ``T-1`` (used where not done).
+
+    ``next_t = bootstrap[t] if dones[t] else values[t+1]`` (``last_value`` at ``T-1``),
+    ``delta_t = r_t + gamma * next_t - values[t]``,
+    ``A_t = delta_t + gamma * lam * (1 - dones[t]) * A_{t+1}``, ``returns = A + values``.
+    ``gamma`` and ``lam`` may be traced scalars (per-member hyperparameters).
+    """
+    rewards = jnp.asarray(rewards, jnp.float32)
+    values = jnp.asarray(values, jnp.float32)
+    dones = jnp.asarray(dones, bool)
+    bootstrap = jnp.asarray(bootstrap, jnp.float32)
+    last_value = jnp.asarray(last_value, jnp.float32)
+    gamma = jnp.asarray(gamma, jnp.float32)
+    lam = jnp.asarray(lam, jnp.float32)
+
+    next_values = jnp.concatenate([values[1:], last_value[None]], axis=0)
+    next_values = jnp.where(dones, bootstrap, next_values)
+    deltas = rewards + gamma * next_values - values
+    carry_mask = 1.0 - dones.astype(jnp.float32)
+
+    def body(next_adv, x):
+        delta, keep = x
+        adv = delta + gamma * lam * keep * next_adv
+        return adv, adv
+
+    _, advantages = jax.lax.scan(body, jnp.zeros_like(last_value), (deltas, carry_mask), reverse=True)
+    return advantages, advantages + values
+
+
+def clipped_surrogate(log_ratio: jax.Array, advantages: jax.Array, clip_eps: float | jax.Array) -> jax.Array:
+    """Per-sample clipped PPO policy loss (to be minimised, not reduced):
+    ``max(-ratio * A, -clip(ratio, 1-eps, 1+eps) * A)`` with ``ratio = exp(log_ratio)``.
+
+    Its gradient with respect to ``log_ratio`` is exactly zero where the clipped term is
+    active (``ratio > 1+eps`` with ``A > 0``, ``ratio < 1-eps`` with ``A < 0``).
+    """
+    ratio = jnp.exp(log_ratio)
+    unclipped = -ratio * advantages
+    clipped = -jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages
+    return jnp.maximum(unclipped, clipped)
+
+
+def ppo_loss(
+    params: Any,
+    apply_fn: Callable,
+    batch: dict,
+    clip_eps: float | jax.Array,
+    ent_coef: float | jax.Array,
+    vf_coef: float | jax.Array,
+) -> tuple[jax.Array, dict]:
+    """PPO loss of one member on one minibatch. Returns ``(loss, metrics)``.
+
+    ``apply_fn(params, obs) -> (logits, value)``; ``batch``: ``obs [n, D]``, ``actions``
+    (dict of ``[n, *head.shape]``), ``log_prob [n]`` (behaviour policy), ``advantages
+    [n]``, ``returns [n]``, ``values [n]`` (old value estimates).
+
+    ``loss = policy_loss + vf_coef * value_loss - ent_coef * entropy`` with advantages
+    normalised over the minibatch (``(A - mean) / (std + 1e-8)``), the clipped surrogate
+    (:func:`clipped_surrogate`), the PPO2 clipped value loss
+    ``0.5 * mean(max((v - R)^2, (v_old + clip(v - v_old, -eps, eps) - R)^2))`` and the
+    mean joint entropy. Metrics: ``policy_loss``, ``value_loss``, ``entropy``,
+    ``approx_kl`` (mean of ``(ratio - 1) - log ratio``), ``clip_fraction`` (share of
+    samples with ``|ratio - 1| > eps``).
+    """
+    logits, value = apply_fn(params, batch["obs"])
+    old_log_prob = batch["log_prob"]
+    bd = old_log_prob.ndim
+    new_log_prob = _log_prob(logits, batch["actions"], batch_ndim=bd)
+    log_ratio = new_log_prob - old_log_prob
+    ratio = jnp.exp(log_ratio)
+
+    adv = batch["advantages"]
+    adv = (adv - adv.mean()) / (adv.std() + ADV_EPS)
+    policy_loss = clipped_surrogate(log_ratio, adv, clip_eps).mean()
+
+    old_values, returns = batch["values"], batch["returns"]
+    value_clipped = old_values + jnp.clip(value - old_values, -clip_eps, clip_eps)
+    value_loss = 0.5 * jnp.maximum(jnp.square(value - returns), jnp.square(value_clipped - returns)).mean()
+
+    ent = _entropy(logits, batch_ndim=bd).mean()
+    loss = policy_loss + vf_coef * value_loss - ent_coef * ent
+    metrics = {
+        "policy_loss": policy_loss,
+        "value_loss": value_loss,
+        "entropy": ent,
+        "approx_kl": ((ratio - 1.0) - log_ratio).mean(),
+        "clip_fraction": (jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32).mean(),
+    }
+    return loss, metrics
+
+
+def ppo_update(
+    params: Any,
+    opt_state: Any,
+    tx: optax.GradientTransformation,
+    apply_fn: Callable,
+    batch: dict,
+    key: jax.Array,
+    clip_eps: float | jax.Array,
+    ent_coef: float | jax.Array,
+    vf_coef: float | jax.Array,
+    num_epochs: int,
+    num_minibatches: int,
+) -> tuple[Any, Any, dict]:
+    """``num_epochs`` passes over ``batch``, each a fresh permutation split into
+    ``num_minibatches`` equal minibatches, one optimiser step per minibatch.
+
+    ``batch`` leaves have a leading ``[n]`` axis (``n`` divisible by ``num_minibatches``).
+    Epoch ``e`` permutes with ``jax.random.split(key, num_epochs)[e]``. Returns
+    ``(params, opt_state, metrics)`` with the metrics of :func:`ppo_loss` plus ``loss``,
+    averaged over all ``num_epochs * num_minibatches`` steps. Jittable, and vmappable over
+    members (see the module docstring).
+    """
+    if num_epochs < 1 or num_minibatches < 1:
+        raise ValueError(f"num_epochs and num_minibatches must be >= 1, got {num_epochs} and {num_minibatches}")
+    sizes = {jnp.shape(x)[0] for x in jax.tree.leaves(batch)}
+    if len(sizes) != 1:
+        raise ValueError(f"batch leaves disagree on the leading axis: sizes {sorted(sizes)}")
+    (n,) = sizes
+    if n % num_minibatches:
+        raise ValueError(f"batch size n={n} is not divisible by num_minibatches={num_minibatches}")
+    mb_size = n // num_minibatches
+    grad_fn = jax.value_and_grad(ppo_loss, has_aux=True)
+
+    def minibatch_step(carry, mb):
+        p, o = carry
+        (loss, metrics), grads = grad_fn(p, apply_fn, mb, clip_eps, ent_coef, vf_coef)
+        updates, o = tx.update(grads, o, p)
+        p = optax.apply_updates(p, updates)
+        return (p, o), {**metrics, "loss": loss}
+
+    def epoch(carry, k):
+        perm = jax.random.permutation(k, n)
+        minibatches = jax.tree.map(
+            lambda x: jnp.take(x, perm, axis=0).reshape((num_minibatches, mb_size) + x.shape[1:]), batch
+        )
+        return jax.lax.scan(minibatch_step, carry, minibatches)
+
+    (params, opt_state), metrics = jax.lax.scan(epoch, (params, opt_state), jax.random.split(key, num_epochs))
+    return params, opt_state, jax.tree.map(jnp.mean, metrics)
+
+
+__all__ = ["clipped_surrogate", "gae", "ppo_loss", "ppo_update"]

@@ -1,0 +1,218 @@
+"""``agora train``: the host loop around :class:`selfplay.train.Trainer`.
+
+A run directory holds ``config.yaml`` (the validated config snapshot), ``tb/``
+(TensorBoard event files), ``checkpoints/`` (orbax, last ``keep_checkpoints`` kept),
+``metrics.jsonl`` (one line of population metrics per logged update) and
+``lineage.jsonl`` (PBT copies: who copied whom, when). A run resumes from its latest
+checkpoint by default and then continues exactly as if it had never stopped: every key
+lives in the checkpointed state and the update is deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import numpy as np
+import yaml
+
+from economy import ConfigError
+from selfplay.config import RunConfig, run_config_from_dict
+from selfplay.train import COMPONENTS, HYPER, Trainer, TrainState
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be read; the message names it."""
+
+
+def snapshot(cfg: RunConfig) -> dict:
+    return cfg.model_dump(mode="json")
+
+
+def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> None:
+    """Create ``run_dir`` and write the config snapshot; refuse to resume a run whose
+    snapshot differs from ``cfg`` (naming the differing keys)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "config.yaml"
+    new = snapshot(cfg)
+    if path.exists() and resume and (run_dir / "checkpoints").exists():
+        old = yaml.safe_load(path.read_text())
+        diff = _diff(old, new)
+        # The number of updates may grow on resume; everything else must match.
+        diff = [d for d in diff if d != "train.updates"]
+        if diff:
+            raise ConfigError(
+                f"{run_dir} holds a run with a different config (keys {', '.join(diff)}); "
+                "use another run directory or --no-resume"
+            )
+    path.write_text(yaml.safe_dump(new, sort_keys=False))
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+class Checkpoints:
+    """orbax ``CheckpointManager`` over the whole :class:`TrainState`."""
+
+    def __init__(self, directory: Path, keep: int):
+        import orbax.checkpoint as ocp
+
+        self.ocp = ocp
+        self.directory = directory
+        self.mgr = ocp.CheckpointManager(
+            directory.absolute(),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False),
+        )
+
+    def latest(self) -> int | None:
+        return self.mgr.latest_step()
+
+    def save(self, ts: TrainState) -> int:
+        step = int(ts.update)
+        if step not in self.mgr.all_steps():
+            self.mgr.save(step, args=self.ocp.args.StandardSave(ts))
+            self.mgr.wait_until_finished()
+        return step
+
+    def restore(self, template: TrainState) -> TrainState:
+        """The newest readable checkpoint. A corrupted newest one is reported and the
+        previous one tried; nothing is deleted."""
+        abstract = jax.tree.map(self.ocp.utils.to_shape_dtype_struct, template)
+        errors = []
+        for step in sorted(self.mgr.all_steps(), reverse=True):
+            try:
+                return self.mgr.restore(step, args=self.ocp.args.StandardRestore(abstract))
+            except Exception as e:  # noqa: BLE001 - any failure to read is reported by name
+                errors.append(f"step {step} ({self.directory / str(step)}): {type(e).__name__}: {str(e)[:300]}")
+                print(f"warning: checkpoint step {step} in {self.directory} is unreadable; trying an older one")
+        raise CheckpointError("no readable checkpoint in " + str(self.directory) + ":\n  " + "\n  ".join(errors))
+
+    def close(self):
+        self.mgr.close()
+
+
+def member_scalars(m: dict, names: dict) -> dict[str, float]:
+    """Flatten one update's metrics into TensorBoard tags."""
+    out: dict[str, float] = {}
+    P = len(m["reward"])
+    per_member = ["reward", *COMPONENTS, "specialisation_index", "fitness", "entropy", "policy_loss",
+                  "value_loss", "approx_kl", "clip_fraction", *HYPER]
+    for k in per_member:
+        if k not in m:
+            continue
+        v = np.asarray(m[k], np.float64)
+        out[f"population/{k}_mean"] = float(v.mean())
+        for p in range(P):
+            out[f"member/{p}/{k}"] = float(v[p])
+    for j, name in enumerate(names["niches"]):
+        out[f"niche_share/{name}"] = float(m["occupancy"][j])
+        for p in range(P):
+            out[f"member/{p}/niche_share/{name}"] = float(m["niche_shares"][p, j])
+    for g, name in enumerate(names["goods"]):
+        out[f"market/price/{name}"] = float(m["market_price"][g])
+        out[f"market/volume/{name}"] = float(m["market_volume"][g])
+    out["market/project"] = float(m["project"])
+    return out
+
+
+def train_run(
+    cfg: RunConfig,
+    run_dir: str | Path,
+    resume: bool = True,
+    progress: bool = True,
+    stop_after: int | None = None,
+    on_update: Callable[[int, dict], None] | None = None,
+) -> TrainState:
+    """Train ``cfg`` in ``run_dir`` until ``train.updates`` (or ``stop_after`` updates in
+    this call). Ctrl-C finishes the update in flight, writes a final checkpoint, then raises
+    ``KeyboardInterrupt``."""
+    from tensorboardX import SummaryWriter
+    from tqdm import tqdm
+
+    t = cfg.train
+    run_dir = Path(run_dir)
+    prepare_run_dir(cfg, run_dir, resume)
+    trainer = Trainer(cfg)
+    ckpt = Checkpoints(run_dir / "checkpoints", t.keep_checkpoints)
+    ts = trainer.init(jax.random.key(t.seed))
+    if resume and ckpt.latest() is not None:
+        ts = ckpt.restore(ts)
+        print(f"resumed {run_dir} at update {int(ts.update)}")
+    start = int(ts.update)
+    names = {"niches": list(cfg.economy.niche_names) + ["rest"], "goods": list(cfg.economy.good_names)}
+    writer = SummaryWriter(str(run_dir / "tb"))
+    if start == 0:
+        writer.add_text("config", "```\n" + yaml.safe_dump(snapshot(cfg), sort_keys=False) + "\n```", 0)
+        hp = {h: np.asarray(getattr(ts.hyper, h)).round(5).tolist() for h in HYPER}
+        hp["reward_w"] = np.asarray(ts.hyper.reward_w).round(4).tolist()
+        writer.add_text("hyperparameters", "```\n" + json.dumps(hp, indent=1) + "\n```", 0)
+    metrics_file = open(run_dir / "metrics.jsonl", "a")
+    lineage_file = open(run_dir / "lineage.jsonl", "a")
+    end = t.updates if stop_after is None else min(t.updates, start + stop_after)
+    bar = tqdm(total=t.updates, initial=start, disable=not progress, unit="upd", dynamic_ncols=True)
+    steps_per_update = cfg.economy.num_agents * t.rollout_steps
+    last_saved = start
+    # Ctrl-C (SIGINT) only raises a flag, checked between updates: an update in flight
+    # owns the (donated) state buffers, so it finishes before the final checkpoint.
+    interrupted = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    except ValueError:  # not the main thread: Ctrl-C is not ours to handle
+        previous = None
+    try:
+        while int(ts.update) < end and not interrupted:
+            t0 = time.perf_counter()
+            ts, m = trainer.update(ts)
+            m = jax.device_get(m)
+            dt = time.perf_counter() - t0
+            u = int(m["update"])
+            if on_update is not None:
+                on_update(u, m)
+            if bool(m["pbt_event"]):
+                src = np.asarray(m["pbt_source"])
+                events = [{"update": u, "child": int(c), "parent": int(src[c]), "fitness_parent": float(m["fitness"][c])}
+                          for c in range(len(src)) if src[c] != c]
+                for e in events:
+                    lineage_file.write(json.dumps(e) + "\n")
+                lineage_file.flush()
+                if events:
+                    text = "\n".join(f"update {e['update']}: member {e['child']} <- member {e['parent']}" for e in events)
+                    hp = {h: np.asarray(m[h]).round(5).tolist() for h in HYPER}
+                    writer.add_text("pbt", text + "\n\nhyperparameters: " + json.dumps(hp), u)
+            if u % t.log_every == 0 or u == end:
+                scalars = member_scalars(m, names)
+                scalars["perf/agent_steps_per_s"] = steps_per_update / dt
+                for k, v in scalars.items():
+                    writer.add_scalar(k, v, u)
+                metrics_file.write(json.dumps({"update": u, **{k: np.asarray(v).tolist() for k, v in m.items()}}) + "\n")
+                metrics_file.flush()
+            bar.update(1)
+            bar.set_postfix(steps_s=f"{steps_per_update / dt:,.0f}", utility=f"{float(np.mean(m['utility'])):.4f}")
+            if u % t.checkpoint_every == 0 or u == end:
+                ckpt.save(ts)
+                last_saved = u
+        if interrupted:
+            bar.close()
+            if int(ts.update) != last_saved:
+                ckpt.save(ts)
+            print(f"\ninterrupted: checkpoint written at update {int(ts.update)} in {run_dir / 'checkpoints'}")
+            raise KeyboardInterrupt
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        bar.close()
+        writer.close()
+        metrics_file.close()
+        lineage_file.close()
+        ckpt.close()
+    return ts
