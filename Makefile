@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   -- the main job: a short economy run with scripted agents (table of prices, volumes, niche shares)
+#   make demo   -- the main job: a small population self-play experiment (agora train configs/demo.yaml)
 #   make test   -- the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 .PHONY: demo test bench clean
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/agora simulate configs/demo.yaml
+	$(VENV)/bin/agora train configs/demo.yaml
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -38,6 +38,34 @@ Actions = dict[str, jax.Array]
 _ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu}
 
 
+def orthogonal(scale: float = 1.0, iterations: int = 40):
+    """Orthogonal initialiser (like ``nn.initializers.orthogonal``) from matmuls only.
+
+    The polar factor of a Gaussian matrix is a Haar-random (semi-)orthogonal matrix; it
+    is computed by the Newton-Schulz iteration ``X <- 1.5 X - 0.5 X X^T X`` instead of a
+    LAPACK QR, because the batched QR custom call deadlocks XLA:CPU (jax 0.10.2) when
+    members' initialisations are vmapped.
+    """
+
+    def init(key, shape, dtype=jnp.float32):
+        rows, cols = math.prod(shape[:-1]), shape[-1]
+        a = jax.random.normal(key, (rows, cols), jnp.float32)
+        x = a.T if rows < cols else a  # tall: columns become orthonormal
+        x = x / jnp.linalg.norm(x)  # spectral norm <= Frobenius norm <= 1 < sqrt(3)
+
+        def step(x, _):
+            return 1.5 * x - 0.5 * x @ (x.T @ x), None
+
+        x, _ = jax.lax.scan(step, x, None, length=iterations)
+        x = x.T if rows < cols else x
+        return (scale * x).reshape(shape).astype(dtype)
+
+    return init
+
+
+_ORTHO = orthogonal
+
+
 class ActorCritic(nn.Module):
     """Shared-torso actor-critic with one categorical output per action head.
 
@@ -68,16 +96,16 @@ class ActorCritic(nn.Module):
         x = jnp.asarray(obs, jnp.float32)
         batch = x.shape[:-1]
         for i, width in enumerate(self.hidden):
-            x = nn.Dense(width, kernel_init=nn.initializers.orthogonal(math.sqrt(2.0)), bias_init=zeros, name=f"torso_{i}")(x)
+            x = nn.Dense(width, kernel_init=_ORTHO(math.sqrt(2.0)), bias_init=zeros, name=f"torso_{i}")(x)
             x = act(x)
 
         logits = {}
         for head in self.action_spec:
             shape = tuple(int(s) for s in head.shape)
             size = math.prod(shape) * int(head.choices)
-            out = nn.Dense(size, kernel_init=nn.initializers.orthogonal(0.01), bias_init=zeros, name=f"policy_{head.name}")(x)
+            out = nn.Dense(size, kernel_init=_ORTHO(0.01), bias_init=zeros, name=f"policy_{head.name}")(x)
             logits[head.name] = out.reshape(batch + shape + (int(head.choices),))
-        value = nn.Dense(1, kernel_init=nn.initializers.orthogonal(1.0), bias_init=zeros, name="value")(x)[..., 0]
+        value = nn.Dense(1, kernel_init=_ORTHO(1.0), bias_init=zeros, name="value")(x)[..., 0]
         return logits, value
 
 

@@ -77,21 +77,32 @@ class Checkpoints:
     def latest(self) -> int | None:
         return self.mgr.latest_step()
 
+    @staticmethod
+    def _flat(ts: TrainState) -> dict:
+        """Leaves by index, without zero-size ones (orbax cannot store those, e.g. an
+        empty league); :meth:`restore` rebuilds them from the template."""
+        return {f"leaf_{i:04d}": x for i, x in enumerate(jax.tree.leaves(ts)) if x.size}
+
     def save(self, ts: TrainState) -> int:
         step = int(ts.update)
         if step not in self.mgr.all_steps():
-            self.mgr.save(step, args=self.ocp.args.StandardSave(ts))
+            self.mgr.save(step, args=self.ocp.args.StandardSave(self._flat(ts)))
             self.mgr.wait_until_finished()
         return step
 
     def restore(self, template: TrainState) -> TrainState:
         """The newest readable checkpoint. A corrupted newest one is reported and the
         previous one tried; nothing is deleted."""
-        abstract = jax.tree.map(self.ocp.utils.to_shape_dtype_struct, template)
+        leaves, treedef = jax.tree.flatten(template)
+        abstract = jax.tree.map(self.ocp.utils.to_shape_dtype_struct, self._flat(template))
+
+        def rebuild(flat: dict) -> TrainState:
+            return Trainer.place(jax.tree.unflatten(treedef, [flat.get(f"leaf_{i:04d}", x) for i, x in enumerate(leaves)]))
+
         errors = []
         for step in sorted(self.mgr.all_steps(), reverse=True):
             try:
-                return self.mgr.restore(step, args=self.ocp.args.StandardRestore(abstract))
+                return rebuild(self.mgr.restore(step, args=self.ocp.args.StandardRestore(abstract)))
             except Exception as e:  # noqa: BLE001 - any failure to read is reported by name
                 errors.append(f"step {step} ({self.directory / str(step)}): {type(e).__name__}: {str(e)[:300]}")
                 print(f"warning: checkpoint step {step} in {self.directory} is unreadable; trying an older one")

@@ -151,8 +151,8 @@ class Trainer:
         )
         self.update = jax.jit(self._update, donate_argnums=0)
         self._run = jax.jit(self._scan_updates, static_argnums=1, donate_argnums=0)
-        # Two jits, not one: XLA:CPU's concurrency-optimised scheduler (jax 0.10.2)
-        # deadlocks on a program holding both the network init and the world draw.
+        # Learners and world are drawn by two programs (each is small; keeping them apart
+        # keeps the world draw shareable by evaluation code).
         self._init_learners = jax.jit(self._init_learners_impl)
         self._init_world = jax.jit(self._init_world_impl)
 
@@ -173,7 +173,13 @@ class Trainer:
         update may donate it)."""
         learners = self._init_learners(key)
         obs, env_state = self._init_world()
-        return jax.tree.map(jnp.copy, self._assemble(key, learners, obs, env_state))
+        return self.place(jax.tree.map(jnp.copy, self._assemble(key, learners, obs, env_state)))
+
+    @staticmethod
+    def place(ts: TrainState) -> TrainState:
+        """Commit every leaf to the default device, as the update's outputs are: fresh,
+        restored and updated states then share one compiled update."""
+        return jax.device_put(ts, jax.devices()[0])
 
     def _init_world_impl(self):
         return self.env.reset(self.world_key(jnp.zeros((), jnp.int32)))
@@ -385,6 +391,24 @@ class Trainer:
             refreshes=lg.refreshes + 1,
         )
         return ts.replace(league=lg)
+
+    # ---- evaluation -------------------------------------------------------------------------
+    def policy(self, ts: TrainState, greedy: bool = False):
+        """The population as a ``(key, state) -> actions`` policy for :func:`selfplay.simulate.rollout`
+        (members and league snapshots in their agent slots; ``greedy``: most likely actions)."""
+        PL = self.num_players
+        params_all = self._players_params(ts)
+
+        def act(key, state):
+            obs = self.env.observe(state)
+            logits, _ = population_apply(self.net, params_all, to_members(obs, PL))
+            if greedy:
+                a = {k: jnp.argmax(v, -1).astype(jnp.int32) for k, v in logits.items()}
+            else:
+                a, _ = sample_actions(key, logits)
+            return from_members(a)
+
+        return act
 
     # ---- whole run -------------------------------------------------------------------------
     def _scan_updates(self, ts: TrainState, num_updates: int):

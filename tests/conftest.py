@@ -16,6 +16,11 @@ import economy
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
+# Compiled programs are cached on disk and shared with the tests' subprocesses (the
+# training update compiles in ~25 s on 2 cores; a subprocess then loads it).
+JAX_CACHE = ROOT / ".pytest_cache" / "jax"
+jax.config.update("jax_compilation_cache_dir", str(JAX_CACHE))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
 
 
 @pytest.fixture(scope="session")
@@ -48,5 +53,7 @@ def subprocess_env(**extra: str) -> dict:
     env = dict(os.environ)
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["JAX_COMPILATION_CACHE_DIR"] = str(JAX_CACHE)
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "2"
     env.update(extra)
     return env

@@ -67,11 +67,29 @@ def test_missing_config_file(capsys, tmp_path):
     assert rc == EXIT_USAGE and "nope.yaml" in err and "not found" in err
 
 
-@pytest.mark.parametrize("argv", [["train", TINY], ["report", "runs/x"]])
-def test_later_commands_are_not_available_yet(capsys, argv):
-    rc = main(argv)
+def test_report_is_not_available_yet(capsys):
+    rc = main(["report", "runs/x"])
     assert rc == EXIT_UNAVAILABLE
     assert "not yet available" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "overrides, names",
+    [
+        (["train.members=3"], ["train.members=3", "num_agents=256"]),
+        (["train.lerning_rate=0.1"], ["train.lerning_rate", "unknown key"]),
+        (["train.variants.learning_rate=[0.01, 0.001]"], ["learning_rate", "lo > hi"]),
+        (["train.pbt.fitness=best"], ["train.pbt.fitness", "'best'"]),
+        (["train.minibatches=0"], ["train.minibatches", "0"]),
+    ],
+)
+def test_train_bad_config_exits_2_before_compiling(capsys, tmp_path, overrides, names):
+    rc = main(["train", TINY, *overrides, "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == EXIT_USAGE, err
+    for name in names:
+        assert name in err, (name, err)
+    assert not (tmp_path / "run").exists()  # nothing written for a bad config
 
 
 def test_no_command_prints_usage(capsys):

@@ -397,7 +397,7 @@ def test_preset_sizes():
     tiny = economy.load_config(CONFIGS / "tiny.yaml")
     assert (tiny.num_agents, tiny.num_markets, tiny.agents_per_market, tiny.episode_length) == (256, 4, 64, 50)
     demo = economy.load_config(CONFIGS / "demo.yaml")
-    assert (demo.num_agents, demo.num_markets, demo.agents_per_market) == (16384, 16, 1024)
+    assert (demo.num_agents, demo.num_markets, demo.agents_per_market) == (4096, 8, 512)
     large = economy.load_config(CONFIGS / "large.yaml")
     assert (large.num_agents, large.num_markets, large.agents_per_market) == (2**20, 1024, 1024)
 

@@ -143,7 +143,9 @@ def test_population_params_stacked_and_members_differ(net, pop, tiny_env):
     # Member m is exactly net.init with the m-th split key.
     keys = jax.random.split(jax.random.key(0), P)
     ref = jax.jit(net.init)(keys[2], jnp.zeros((1, tiny_env.obs_dim), jnp.float32))
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7), member(pop, 2), ref)
+    # Orthogonal init is a Newton-Schulz matmul iteration: a vmapped (batched) matmul
+    # rounds differently from a single one in the last float32 bits (seen: 1.3e-7).
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6), member(pop, 2), ref)
 
 
 def test_population_apply_equals_per_member_apply(net, pop, obs, pop_out, apply):

@@ -137,7 +137,7 @@ def test_tiny_preset_runs_with_exact_ledger(tiny_cfg, tiny_fns):
 
 
 @pytest.mark.parametrize(
-    "preset, agents, markets", [("tiny.yaml", 256, 4), ("demo.yaml", 16384, 16), ("large.yaml", 2**20, 1024)]
+    "preset, agents, markets", [("tiny.yaml", 256, 4), ("demo.yaml", 4096, 8), ("large.yaml", 2**20, 1024)]
 )
 def test_presets_load_with_sizes(preset, agents, markets):
     cfg = economy.load_config(CONFIGS / preset)
