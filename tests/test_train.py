@@ -9,6 +9,7 @@ in the training state, not in the compiled code, so variants reuse it.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import signal
 import subprocess
@@ -234,3 +235,59 @@ def test_sigkill_and_resume_matches_uninterrupted(trainer, tmp_path):
     assert int(got.update) == 8
     for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def read_events(path):
+    """Scalars and texts of a TensorBoard event file (TFRecord framing, no tensorboard needed)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    scalars, texts = {}, {}
+    for f in sorted(path.glob("events.out.tfevents.*")):
+        data = f.read_bytes()
+        i = 0
+        while i < len(data):
+            (n,) = struct.unpack("<Q", data[i : i + 8])
+            ev = event_pb2.Event.FromString(data[i + 12 : i + 12 + n])
+            i += 12 + n + 4
+            for v in ev.summary.value:
+                if v.HasField("simple_value"):
+                    scalars.setdefault(v.tag, []).append((ev.step, v.simple_value))
+                elif v.HasField("tensor"):
+                    texts.setdefault(v.tag, []).append(b"".join(v.tensor.string_val).decode())
+    return scalars, texts
+
+
+def test_train_run_writes_run_directory(cfg, tmp_path):
+    """``train_run`` writes the config snapshot, metrics, lineage and TensorBoard events with
+    per-member and population scalars, niche shares, prices, hyperparameters and PBT text."""
+    import yaml
+
+    from selfplay.run import train_run
+
+    run_cfg = load_run_config(CONFIGS / "tiny.yaml", OVERRIDES + ["train.updates=5", "train.log_every=1"])
+    run_dir = tmp_path / "run"
+    ts = train_run(run_cfg, run_dir, progress=False)
+    assert int(ts.update) == 5
+    snap = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert snap["train"]["members"] == 4 and snap["economy"]["num_agents"] == 256
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["update"] for x in lines] == [1, 2, 3, 4, 5]
+    lineage = [json.loads(x) for x in (run_dir / "lineage.jsonl").read_text().splitlines()]
+    assert lineage and all(e["update"] == 5 and e["child"] != e["parent"] for e in lineage)  # PBT at update 5
+    scalars, texts = read_events(run_dir / "tb")
+    for tag in ("population/utility_mean", "member/0/reward", "member/3/learning_rate", "member/2/entropy",
+                "niche_share/farmer", "niche_share/rest", "member/1/niche_share/baker", "market/price/bread",
+                "market/volume/grain", "perf/agent_steps_per_s"):
+        assert tag in scalars, (tag, sorted(scalars)[:20])
+        assert [s for s, _ in scalars[tag]] == [1, 2, 3, 4, 5], tag
+    m5 = json.loads(lines[-1])
+    np.testing.assert_allclose(scalars["member/0/reward"][-1][1], m5["reward"][0], rtol=1e-6)
+    text = {k.split("/")[0]: v for k, v in texts.items()}  # tensorboardX tags texts "NAME/text_summary"
+    assert "config" in text and "hyperparameters" in text and "pbt" in text, sorted(texts)
+    assert "<- member" in text["pbt"][0] and "num_agents: 256" in text["config"][0]
+    # Resuming a finished run with more updates continues from its checkpoint.
+    more = run_cfg.model_copy(update={"train": run_cfg.train.model_copy(update={"updates": 6})})
+    ts = train_run(more, run_dir, progress=False)
+    assert int(ts.update) == 6

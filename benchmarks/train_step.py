@@ -1,0 +1,183 @@
+"""Self-play throughput: the full update (rollout + PPO epochs) and acting alone.
+
+For each N (default 2^14, 2^16, 2^18 agents, M = N/1024 markets, default catalogue) and
+each population size P (default 16 and 64 members), a fresh subprocess measures:
+
+* ``update``: agent-steps/s of one jitted update (``rollout_steps`` environment steps of
+  all N agents, GAE, ``epochs`` x ``minibatches`` PPO steps for every member);
+* ``acting``: agent-steps/s of the rollout alone (environment + policy sampling);
+* compile seconds of the update, peak RSS;
+* FLOPs: the network's multiply-adds per agent-step counted from the layer sizes
+  (forward = 2 x MACs; an update does one forward while acting and, per epoch, a forward
+  and a backward of about twice the forward), the achieved rate, and that rate as a
+  fraction of a 4096^3 float32 matmul measured in the same process.
+
+Writes JSON (default ``benchmarks/results/train_step.json``) and prints a Markdown table.
+
+    python benchmarks/train_step.py [--sizes 14 16 18] [--members 16 64] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def matmul_flops(n: int = 4096, repeats: int = 3) -> float:
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def network_flops(cfg) -> dict:
+    """Forward FLOPs per agent-step of the actor-critic, from its layer sizes."""
+    from economy import Economy
+
+    env = Economy(cfg.economy)
+    widths = [env.obs_dim, *cfg.train.network.hidden]
+    outputs = sum(math.prod(h.shape) * h.choices for h in env.action_spec) + 1
+    macs = sum(a * b for a, b in zip(widths[:-1], widths[1:])) + widths[-1] * outputs
+    fwd = 2 * macs
+    return {"forward": fwd, "acting": fwd, "update": fwd * (1 + 3 * cfg.train.epochs)}
+
+
+def measure(log2n: int, members: int, steps: int, repeats: int) -> dict:
+    import jax
+
+    sys.path.insert(0, str(ROOT))
+    from selfplay.config import load_run_config
+    from selfplay.train import Trainer
+
+    n = 2**log2n
+    cfg = load_run_config(
+        ROOT / "configs/economy/default.yaml",
+        [
+            f"economy.num_agents={n}", f"economy.num_markets={max(n // 1024, 1)}",
+            f"train.members={members}", f"train.rollout_steps={steps}", "train.league.size=0",
+        ],
+    )
+    peak = matmul_flops()
+    trainer = Trainer(cfg)
+    ts = trainer.init(jax.random.key(0))
+    t0 = time.perf_counter()
+    compiled = trainer.update.lower(ts).compile()
+    compile_s = time.perf_counter() - t0
+    ts, m = compiled(ts)
+    jax.block_until_ready(m)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        ts, m = compiled(ts)
+        jax.block_until_ready(m)
+        times.append(time.perf_counter() - t0)
+    update_s = min(times)
+
+    rollout = jax.jit(trainer._rollout).lower(ts, jax.random.key(1)).compile()
+    out = rollout(ts, jax.random.key(1))
+    jax.block_until_ready(out)
+    acting = []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        out = rollout(ts, jax.random.key(r + 2))
+        jax.block_until_ready(out)
+        acting.append(time.perf_counter() - t0)
+    acting_s = min(acting)
+
+    flops = network_flops(cfg)
+    agent_steps = n * steps
+    upd_rate = agent_steps / update_s
+    act_rate = agent_steps / acting_s
+    return {
+        "agents": n,
+        "members": members,
+        "rollout_steps": steps,
+        "epochs": cfg.train.epochs,
+        "minibatches": cfg.train.minibatches,
+        "hidden": list(cfg.train.network.hidden),
+        "update_agent_steps_per_s": upd_rate,
+        "acting_agent_steps_per_s": act_rate,
+        "update_s": update_s,
+        "compile_s": compile_s,
+        "flops_per_agent_step": flops,
+        "update_gflops": upd_rate * flops["update"] / 1e9,
+        "acting_gflops": act_rate * flops["acting"] / 1e9,
+        "matmul_gflops": peak / 1e9,
+        "update_fraction_of_matmul": upd_rate * flops["update"] / peak,
+        "acting_fraction_of_matmul": act_rate * flops["acting"] / peak,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[14, 16, 18], help="log2 of agent counts")
+    ap.add_argument("--members", type=int, nargs="+", default=[16, 64])
+    ap.add_argument("--steps", type=int, default=16, help="rollout steps per update")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/train_step.json"))
+    ap.add_argument("--single", type=int, nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.single is not None:
+        print(json.dumps(measure(args.single[0], args.single[1], args.steps, args.repeats)))
+        return 0
+
+    rows = []
+    for s in args.sizes:
+        for p in args.members:
+            cmd = [sys.executable, __file__, "--single", str(s), str(p), "--steps", str(args.steps),
+                   "--repeats", str(args.repeats)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+            if proc.returncode:
+                print(proc.stderr, file=sys.stderr)
+                return proc.returncode
+            row = json.loads(proc.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            print(
+                f"N=2^{s} P={p}: update {row['update_agent_steps_per_s']:,.0f} agent-steps/s "
+                f"({row['update_fraction_of_matmul']:.0%} of matmul), acting {row['acting_agent_steps_per_s']:,.0f} "
+                f"({row['acting_fraction_of_matmul']:.0%}), compile {row['compile_s']:.1f} s, "
+                f"peak RSS {row['peak_rss_mb']:.0f} MB",
+                flush=True,
+            )
+    result = {
+        "benchmark": "train_step",
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "results": rows,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print("\n| agents | members | update agent-steps/s | update GFLOP/s (of matmul) | acting agent-steps/s | "
+          "acting GFLOP/s (of matmul) | compile s | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| 2^{r['agents'].bit_length() - 1} | {r['members']} | {r['update_agent_steps_per_s']:,.0f} | "
+            f"{r['update_gflops']:.1f} ({r['update_fraction_of_matmul']:.0%}) | {r['acting_agent_steps_per_s']:,.0f} | "
+            f"{r['acting_gflops']:.1f} ({r['acting_fraction_of_matmul']:.0%}) | {r['compile_s']:.1f} | {r['peak_rss_mb']:.0f} |"
+        )
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
