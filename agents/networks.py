@@ -213,9 +213,14 @@ def sample_actions(key: jax.Array, logits: Logits, *, batch_ndim: int | None = N
     keys = jax.random.split(key, len(names))
     actions, total = {}, None
     for k, name in zip(keys, names):
-        dist = distrax.Categorical(logits=jnp.asarray(logits[name], jnp.float32))
-        a = dist.sample(seed=k).astype(jnp.int32)
-        lp = _sum_entries(dist.log_prob(a), bd)
+        # Inverse-CDF sampling: one uniform per categorical instead of distrax's one Gumbel
+        # per logit (3x faster on a CPU, where drawing random bits dominates acting). The
+        # law is the same: P(a) = softmax(logits)[a].
+        logp = jax.nn.log_softmax(jnp.asarray(logits[name], jnp.float32), -1)
+        cdf = jnp.cumsum(jnp.exp(logp), -1)
+        u = jax.random.uniform(k, logp.shape[:-1], jnp.float32) * cdf[..., -1]
+        a = jnp.minimum(jnp.sum(cdf <= u[..., None], -1), logp.shape[-1] - 1).astype(jnp.int32)
+        lp = _sum_entries(jnp.take_along_axis(logp, a[..., None], -1)[..., 0], bd)
         actions[name] = a
         total = lp if total is None else total + lp
     return actions, total

@@ -291,3 +291,32 @@ def test_train_run_writes_run_directory(cfg, tmp_path):
     more = run_cfg.model_copy(update={"train": run_cfg.train.model_copy(update={"updates": 6})})
     ts = train_run(more, run_dir, progress=False)
     assert int(ts.update) == 6
+
+
+@pytest.mark.slow
+def test_ctrl_c_writes_a_final_checkpoint(trainer, tmp_path):
+    """SIGINT (Ctrl-C) lets the update in flight finish, writes a checkpoint at that update
+    and exits with 130; the checkpoint restores to a state at that update."""
+    run_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "selfplay.cli", "train", str(CONFIGS / "tiny.yaml"), *OVERRIDES,
+            "train.updates=100000", "train.checkpoint_every=100000", "train.log_every=1", "--run-dir", str(run_dir),
+            "--no-progress"]
+    proc = subprocess.Popen(args, env=subprocess_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 400
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, out
+    steps = _ckpt_steps(run_dir / "checkpoints")
+    assert len(steps) == 1 and steps[0] >= 3, (steps, out)
+    assert "interrupted: checkpoint written" in out
+    from selfplay.run import Checkpoints
+
+    ckpt = Checkpoints(run_dir / "checkpoints", keep=3)
+    got = ckpt.restore(trainer.init(jax.random.key(0)))
+    ckpt.close()
+    assert int(got.update) == steps[0]
