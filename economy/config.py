@@ -300,13 +300,18 @@ def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {str(path)!r}")
+    data = _read_mapping(path, str(path))
+    return _resolve_bases(data, path.parent, seen=(path.resolve(),))
+
+
+def _read_mapping(path: Path, where: str) -> dict:
+    """The YAML mapping in ``path``; errors start with ``where``."""
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{where}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
-    data = _resolve_bases(data, path.parent, seen=(path.resolve(),))
+        raise ConfigError(f"{where}: top level must be a mapping, got {type(data).__name__}")
     return data
 
 
@@ -323,12 +328,7 @@ def _resolve_bases(data: dict, root: Path, seen: tuple) -> dict:
         raise ConfigError(f"base: circular include of {str(base_path)!r}")
     if not base_path.is_file():
         raise ConfigError(f"base: {base!r} not found (looked in {str(root)!r})")
-    try:
-        base_data = yaml.safe_load(base_path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"base: {str(base_path)!r} is not valid YAML: {e}") from None
-    if not isinstance(base_data, dict):
-        raise ConfigError(f"base: {str(base_path)!r}: top level must be a mapping, got {type(base_data).__name__}")
+    base_data = _read_mapping(base_path, f"base: {str(base_path)!r}")
     base_data = _resolve_bases(base_data, base_path.parent, seen + (base_path,))
     return deep_merge(base_data, data)
 

@@ -50,14 +50,21 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _simulate(args) -> int:
+def _load_config(args):
+    """The validated run config of ``args``, or None after printing why it is invalid."""
     from economy import ConfigError
     from selfplay.config import load_run_config
 
     try:
-        cfg = load_run_config(args.config, args.overrides)
+        return load_run_config(args.config, args.overrides)
     except ConfigError as e:
-        print(f"agora simulate: {e}", file=sys.stderr)
+        print(f"agora {args.command}: {e}", file=sys.stderr)
+        return None
+
+
+def _simulate(args) -> int:
+    cfg = _load_config(args)
+    if cfg is None:
         return EXIT_USAGE
 
     import json
@@ -88,14 +95,10 @@ def _simulate(args) -> int:
 
 
 def _train(args) -> int:
-    from economy import ConfigError
-    from selfplay.config import load_run_config
-
-    try:
-        cfg = load_run_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"agora train: {e}", file=sys.stderr)
+    cfg = _load_config(args)
+    if cfg is None:
         return EXIT_USAGE
+    from economy import ConfigError
     from selfplay.run import CheckpointError, train_run
 
     run_dir = Path(args.run_dir or cfg.train.run_dir.format(name=Path(args.config).stem))
