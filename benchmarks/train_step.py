@@ -6,7 +6,8 @@ each population size P (default 16 and 64 members), a fresh subprocess measures:
 * ``update``: agent-steps/s of one jitted update (``rollout_steps`` environment steps of
   all N agents, GAE, ``epochs`` x ``minibatches`` PPO steps for every member);
 * ``acting``: agent-steps/s of the rollout alone (environment + policy sampling);
-* compile seconds of the update, peak RSS;
+* compile seconds of the update, peak RSS (minibatches hold at most 2^18 samples, so
+  the PPO pass's memory does not grow with N; the on-device analysis is off);
 * FLOPs: the network's multiply-adds per agent-step counted from the layer sizes
   (forward = 2 x MACs; an update does one forward while acting and, per epoch, a forward
   and a backward of about twice the forward), the achieved rate, and that rate as a
@@ -68,11 +69,15 @@ def measure(log2n: int, members: int, steps: int, repeats: int) -> dict:
     from selfplay.train import Trainer
 
     n = 2**log2n
+    # Minibatches of at most 2^18 samples (all members together): the PPO pass's memory
+    # then stays flat in N (4 minibatches at 2^16 agents x 16 steps, 16 at 2^18).
+    minibatches = max(4, n * steps // 2**18)
     cfg = load_run_config(
         ROOT / "configs/economy/default.yaml",
         [
             f"economy.num_agents={n}", f"economy.num_markets={max(n // 1024, 1)}",
             f"train.members={members}", f"train.rollout_steps={steps}", "train.league.size=0",
+            f"train.minibatches={minibatches}", "train.analysis.every=0",
         ],
     )
     peak = matmul_flops()

@@ -264,6 +264,7 @@ class Economy:
             "market_volume": c.volume,
             "niche_occupancy": w.occupancy,
             "project": project,
+            "units": w.units,  # int32 [N] units of work each agent did (0 when resting)
         }
         truncated = jnp.broadcast_to(new.step >= cfg.episode_length, (n,))
         terminated = jnp.zeros((n,), bool)

@@ -94,6 +94,15 @@ class LeagueConfig(_Frozen):
     refresh_every: int = Field(10, ge=1)  # updates between snapshot refreshes (round robin over slots)
 
 
+class AnalysisConfig(_Frozen):
+    """Diversity and niche analysis, computed on the device inside the update."""
+
+    every: int = Field(10, ge=0)  # updates between analyses (0: never); logged to analysis.jsonl and TensorBoard
+    probe_states: int = Field(1024, ge=2)  # observations drawn from the update's rollout (all members, all markets)
+    histogram_bins: int = Field(20, ge=2)  # bins of the specialisation and wealth histograms
+    images: bool = True  # KL heat map, niche shares and lineage images in TensorBoard (host-side matplotlib)
+
+
 class NetworkConfig(_Frozen):
     hidden: tuple[int, ...] = (128, 128)
     activation: Literal["tanh", "relu"] = "tanh"
@@ -114,6 +123,7 @@ class TrainConfig(_Frozen):
     variants: VariantRanges = VariantRanges()
     pbt: PBTConfig = PBTConfig()
     league: LeagueConfig = LeagueConfig()
+    analysis: AnalysisConfig = AnalysisConfig()
     log_every: int = Field(5, ge=1)  # updates between TensorBoard writes
     checkpoint_every: int = Field(20, ge=1)  # updates between checkpoints
     keep_checkpoints: int = Field(3, ge=1)

@@ -136,6 +136,112 @@ def member_scalars(m: dict, names: dict) -> dict[str, float]:
     return out
 
 
+def analysis_record(u: int, an: dict) -> dict:
+    """One line of ``analysis.jsonl`` (plain lists and numbers)."""
+    return {"update": u, **jax.tree.map(lambda x: np.asarray(x).tolist(), an)}
+
+
+def analysis_scalars(an: dict, names: dict) -> dict[str, float]:
+    """TensorBoard tags of one analysis."""
+    out = {f"diversity/{k}": float(an[k]) for k in ("mean_kl", "mean_js", "effective_policies")}
+    P = len(an["kl"])
+    off = ~np.eye(P, dtype=bool)
+    for k in ("niche_kl", "niche_profile_distance"):
+        out[f"diversity/{k}_mean"] = float(np.asarray(an[k])[off].mean()) if P > 1 else 0.0
+    out["niches/occupancy_entropy"] = float(an["occupancy_entropy"])
+    out["niches/market_occupancy_entropy_mean"] = float(np.mean(an["market_occupancy_entropy"]))
+    for j, name in enumerate(names["niches"][:-1]):
+        out[f"monopoly/hhi/{name}"] = float(an["hhi"][j])
+        out[f"monopoly/largest_share/{name}"] = float(an["largest_share"][j])
+    out["monopoly/largest_share_max"] = float(np.max(an["largest_share"]))
+    out["wealth/gini"] = float(an["gini"])
+    for g, name in enumerate(names["goods"]):
+        out[f"market/dispersion/{name}"] = float(an["price_dispersion"][g])
+        out[f"market/trade_volume/{name}"] = float(an["trade_volume"][g])
+    return out
+
+
+class Dashboard:
+    """TensorBoard output of one run (process 0): scalars every ``log_every`` updates; at
+    each analysis, diversity scalars, histograms (specialisation, wealth), images (KL heat
+    map ordered by clustering, niche shares over time, PBT lineage) and a text summary."""
+
+    def __init__(self, run_dir: Path, cfg: RunConfig, names: dict):
+        from tensorboardX import SummaryWriter
+
+        self.run_dir, self.cfg, self.names = run_dir, cfg, names
+        self.writer = SummaryWriter(str(run_dir / "tb"))
+        self.shares: list[tuple[int, Any]] = [(r["update"], r["niche_shares"]) for r in read_jsonl(run_dir / "metrics.jsonl")]
+
+    def scalars(self, u: int, scalars: dict[str, float], m: dict) -> None:
+        for k, v in scalars.items():
+            self.writer.add_scalar(k, v, u)
+        self.shares.append((u, np.asarray(m["niche_shares"]).tolist()))
+
+    def analysis(self, u: int, an: dict) -> None:
+        w = self.writer
+        for k, v in analysis_scalars(an, self.names).items():
+            w.add_scalar(k, v, u)
+        for tag in ("specialisation", "wealth"):
+            h = an[f"{tag}_histogram"]
+            w.add_histogram_raw(
+                f"histogram/{tag}", min=float(h["min"]), max=float(h["max"]), num=int(h["num"]), sum=float(h["sum"]),
+                sum_squares=float(h["sum_squares"]), bucket_limits=np.asarray(h["edges"][1:]).tolist(),
+                bucket_counts=np.asarray(h["counts"]).tolist(), global_step=u,
+            )
+        w.add_text("analysis", analysis_summary(u, an, self.names), u)
+        if self.cfg.train.analysis.images:
+            self._images(u, an)
+        w.flush()
+
+    def _images(self, u: int, an: dict) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from analysis import plots
+
+        kl = np.asarray(an["kl"])
+        figures = {
+            "kl_heatmap": plots.heatmap_figure(kl, f"mean KL(pi_i || pi_j), update {u}", order=plots.cluster_order(kl + kl.T)),
+            "niche_shares": plots.niche_shares_figure(
+                np.array([s[0] for s in self.shares]), np.array([s[1] for s in self.shares]), self.names["niches"]
+            ),
+            "lineage": plots.lineage_figure(
+                read_jsonl(self.run_dir / "lineage.jsonl"), self.cfg.train.members, u
+            ),
+        }
+        for tag, fig in figures.items():
+            self.writer.add_figure(f"images/{tag}", fig, u, close=True)
+
+    def close(self):
+        self.writer.close()
+
+
+def analysis_summary(u: int, an: dict, names: dict) -> str:
+    niches = names["niches"][:-1]
+    top = int(np.argmax(an["largest_share"]))
+    return (
+        f"update {u}: mean pairwise KL {float(an['mean_kl']):.4f}, JS {float(an['mean_js']):.4f}, "
+        f"effective policies {float(an['effective_policies']):.2f}; niche entropy {float(an['occupancy_entropy']):.3f} nats; "
+        f"largest monopoly share {float(an['largest_share'][top]):.2f} ({niches[top]}, member {int(an['largest_member'][top])}); "
+        f"wealth Gini {float(an['gini']):.3f}"
+    )
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines file; a missing file is empty and an unparsable line
+    (a run killed while writing it) is skipped."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
 def train_run(
     cfg: RunConfig,
     run_dir: str | Path,
@@ -147,7 +253,6 @@ def train_run(
     """Train ``cfg`` in ``run_dir`` until ``train.updates`` (or ``stop_after`` updates in
     this call). Ctrl-C finishes the update in flight, writes a final checkpoint, then raises
     ``KeyboardInterrupt``."""
-    from tensorboardX import SummaryWriter
     from tqdm import tqdm
 
     t = cfg.train
@@ -161,7 +266,8 @@ def train_run(
         print(f"resumed {run_dir} at update {int(ts.update)}")
     start = int(ts.update)
     names = {"niches": list(cfg.economy.niche_names) + ["rest"], "goods": list(cfg.economy.good_names)}
-    writer = SummaryWriter(str(run_dir / "tb"))
+    dash = Dashboard(run_dir, cfg, names)
+    writer = dash.writer
     if start == 0:
         writer.add_text("config", "```\n" + yaml.safe_dump(snapshot(cfg), sort_keys=False) + "\n```", 0)
         hp = {h: np.asarray(getattr(ts.hyper, h)).round(5).tolist() for h in HYPER}
@@ -169,6 +275,7 @@ def train_run(
         writer.add_text("hyperparameters", "```\n" + json.dumps(hp, indent=1) + "\n```", 0)
     metrics_file = open(run_dir / "metrics.jsonl", "a")
     lineage_file = open(run_dir / "lineage.jsonl", "a")
+    analysis_file = open(run_dir / "analysis.jsonl", "a")
     end = t.updates if stop_after is None else min(t.updates, start + stop_after)
     bar = tqdm(total=t.updates, initial=start, disable=not progress, unit="upd", dynamic_ncols=True)
     steps_per_update = cfg.economy.num_agents * t.rollout_steps
@@ -200,13 +307,17 @@ def train_run(
                     text = "\n".join(f"update {e['update']}: member {e['child']} <- member {e['parent']}" for e in events)
                     hp = {h: np.asarray(m[h]).round(5).tolist() for h in HYPER}
                     writer.add_text("pbt", text + "\n\nhyperparameters: " + json.dumps(hp), u)
+            an = m.pop("analysis")
             if u % t.log_every == 0 or u == end:
                 scalars = member_scalars(m, names)
                 scalars["perf/agent_steps_per_s"] = steps_per_update / dt
-                for k, v in scalars.items():
-                    writer.add_scalar(k, v, u)
+                dash.scalars(u, scalars, m)
                 metrics_file.write(json.dumps({"update": u, **{k: np.asarray(v).tolist() for k, v in m.items()}}) + "\n")
                 metrics_file.flush()
+            if bool(m["analysis_done"]):
+                analysis_file.write(json.dumps(analysis_record(u, an)) + "\n")
+                analysis_file.flush()
+                dash.analysis(u, an)
             bar.update(1)
             bar.set_postfix(steps_s=f"{steps_per_update / dt:,.0f}", utility=f"{float(np.mean(m['utility'])):.4f}")
             if u % t.checkpoint_every == 0 or u == end:
@@ -222,8 +333,9 @@ def train_run(
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
         bar.close()
-        writer.close()
+        dash.close()
         metrics_file.close()
         lineage_file.close()
+        analysis_file.close()
         ckpt.close()
     return ts

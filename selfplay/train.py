@@ -31,6 +31,8 @@ import optax
 from flax import struct
 
 from agents.networks import ActorCritic, from_members, init_population, population_apply, sample_actions, to_members
+from analysis.niches import specialisation_index
+from analysis.population import population_analysis
 from economy import Economy, EconomyState
 from selfplay.config import RunConfig
 from selfplay.ppo import gae, ppo_update
@@ -124,17 +126,6 @@ def pbt_sources(fitness: jax.Array, fraction: float) -> jax.Array:
     return src.at[order[:k]].set(order[::-1][:k])
 
 
-def specialisation_index(niche: jax.Array, num_choices: int) -> jax.Array:
-    """Per agent ``1 - H(choices) / log(num_choices)`` of its niche choices over a window.
-
-    ``niche`` int ``[T, ...]`` -> float32 ``[...]``: 1 for an agent that always chose the
-    same niche, 0 for one that spread evenly over all of them."""
-    counts = jnp.sum(jax.nn.one_hot(niche, num_choices, dtype=jnp.float32), 0)
-    p = counts / niche.shape[0]
-    h = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), -1)
-    return 1.0 - h / jnp.log(float(num_choices))
-
-
 class Trainer:
     """Compiled pieces of one self-play configuration (see module docstring)."""
 
@@ -151,10 +142,7 @@ class Trainer:
         )
         self.update = jax.jit(self._update, donate_argnums=0)
         self._run = jax.jit(self._scan_updates, static_argnums=1, donate_argnums=0)
-        # Learners and world are drawn by two programs (each is small; keeping them apart
-        # keeps the world draw shareable by evaluation code).
-        self._init_learners = jax.jit(self._init_learners_impl)
-        self._init_world = jax.jit(self._init_world_impl)
+        self._init = jax.jit(self.init_state)
 
     # ---- state ------------------------------------------------------------------------
     def world_key(self, episode: jax.Array) -> jax.Array:
@@ -171,9 +159,11 @@ class Trainer:
     def init(self, key: jax.Array) -> TrainState:
         """The whole training state from one key; every leaf is a distinct buffer (so an
         update may donate it)."""
-        learners = self._init_learners(key)
-        obs, env_state = self._init_world()
-        return self.place(jax.tree.map(jnp.copy, self._assemble(key, learners, obs, env_state)))
+        return self.place(jax.tree.map(jnp.copy, self._init(key)))
+
+    def init_state(self, key: jax.Array) -> TrainState:
+        """:meth:`init` as a pure, traceable function (for ``jit``/``vmap`` over keys)."""
+        return self._assemble(key, self._init_learners(key), *self._init_world())
 
     @staticmethod
     def place(ts: TrainState) -> TrainState:
@@ -181,10 +171,10 @@ class Trainer:
         restored and updated states then share one compiled update."""
         return jax.device_put(ts, jax.devices()[0])
 
-    def _init_world_impl(self):
+    def _init_world(self):
         return self.env.reset(self.world_key(jnp.zeros((), jnp.int32)))
 
-    def _init_learners_impl(self, key: jax.Array):
+    def _init_learners(self, key: jax.Array):
         t = self.cfg.train
         k_params, k_hyper, _ = jax.random.split(key, 3)
         params = init_population(self.net, k_params, self.env.obs_dim, t.members)
@@ -264,12 +254,15 @@ class Trainer:
                 done=jnp.broadcast_to(done, reward.shape),
                 bootstrap=bootstrap,
             )
+            chose = jax.nn.one_hot(act_m["niche"][:P], J + 1, dtype=jnp.int32)  # [P, n, J+1]
+            units = to_members(info["units"], PL)[:P]  # [P, n]
             stats = {
                 "components": jnp.mean(comps_m, 1),  # [P, 3]
-                "niche_counts": jnp.sum(jax.nn.one_hot(act_m["niche"][:P], J + 1, dtype=jnp.int32), 1),  # [P, J+1]
+                "niche_counts": jnp.sum(chose, 1),  # [P, J+1]
+                "niche_output": jnp.sum(chose * units[..., None], 1),  # [P, J+1] units of work by chosen niche
                 "market_price": jnp.mean(info["market_price"].astype(jnp.float32), 0),  # [G]
                 "market_volume": jnp.sum(info["market_volume"], 0),  # [G]
-                "occupancy": jnp.sum(info["niche_occupancy"], 0),  # [J+1]
+                "market_occupancy": info["niche_occupancy"],  # [M, J+1] all players
                 "project": jnp.mean(info["project"].astype(jnp.float32)),
             }
             return (env_state, obs2, episode), (tr, stats)
@@ -310,6 +303,14 @@ class Trainer:
         # Fitness: mean utility per agent-step (optionally shared among members of one niche).
         comps = jnp.mean(stats["components"], 0)  # [P, 3]
         niche_counts = jnp.sum(stats["niche_counts"], 0)  # [P, J+1]
+        occupancy = jnp.sum(stats["market_occupancy"], 0)  # [M, J+1]
+        niche = tm(traj.actions["niche"])  # [P, T, n]
+        agent_spec = jax.vmap(lambda x: specialisation_index(x, J + 1))(niche)  # [P, n]
+        market_volume = jnp.mean(stats["market_volume"].astype(jnp.float32), 0)  # [G]
+        analysis, do_analysis = self._analysis(
+            ts, params, traj.obs, niche_counts, jnp.sum(stats["niche_output"], 0), occupancy, agent_spec,
+            env_state, market_volume, jax.random.fold_in(k_pbt, 1),
+        )
         fit_now = comps[:, 0]
         dominant = jnp.argmax(niche_counts[:, :J], -1)
         if t.pbt.fitness == "niche_shared":
@@ -330,24 +331,46 @@ class Trainer:
             do_league = u % t.league.refresh_every == 0
             ts = jax.lax.cond(do_league, self._refresh_league, lambda s: s, ts)
 
-        niche = tm(traj.actions["niche"])  # [P, T, n]
         metrics = {
             "update": u,
             "reward": jnp.mean(traj.reward, (0, 2)),  # [P] per agent-step
             **{c: comps[:, i] for i, c in enumerate(COMPONENTS)},  # [P]
-            "specialisation_index": jnp.mean(jax.vmap(lambda x: specialisation_index(x, J + 1))(niche), -1),  # [P]
+            "specialisation_index": jnp.mean(agent_spec, -1),  # [P]
             "niche_shares": niche_counts / jnp.sum(niche_counts, -1, keepdims=True),  # [P, J+1]
-            "occupancy": jnp.sum(stats["occupancy"], 0) / jnp.sum(stats["occupancy"]),  # [J+1] all players
+            "occupancy": jnp.sum(occupancy, 0) / jnp.sum(occupancy),  # [J+1] all players
             "market_price": jnp.mean(stats["market_price"], 0),  # [G]
-            "market_volume": jnp.mean(stats["market_volume"].astype(jnp.float32), 0),  # [G]
+            "market_volume": market_volume,  # [G]
             "project": jnp.mean(stats["project"]),
             "fitness": ts.pbt.fitness,
             "pbt_source": src,  # [P]
             "pbt_event": do_pbt,
             **{k: v for k, v in losses.items()},  # [P] each
             **{h: getattr(ts.hyper, h) for h in HYPER},  # [P] each, after PBT
+            "analysis": analysis,  # see analysis.population_analysis; zeros unless analysis_done
+            "analysis_done": do_analysis,
         }
         return ts, metrics
+
+    def _analysis(self, ts, params, obs, niche_counts, niche_output, occupancy, agent_spec, env_state, volume, key):
+        """Diversity and niche analysis of the members just trained (before PBT copies any),
+        every ``train.analysis.every`` updates, under ``lax.cond``; zeros otherwise.
+        The probe set: ``probe_states`` observations drawn uniformly from the rollout
+        ``obs [T, P, n, D]`` (all steps, members and markets)."""
+        a = self.cfg.train.analysis
+
+        def analyse(_):
+            flat = obs.reshape(-1, obs.shape[-1])
+            probe = flat[jax.random.randint(key, (a.probe_states,), 0, flat.shape[0])]
+            return population_analysis(
+                lambda p, o: population_apply(self.net, p, o), params, probe, niche_counts, niche_output,
+                occupancy, agent_spec, env_state.goods, env_state.money, env_state.price, volume, a.histogram_bins,
+            )
+
+        def skip(_):
+            return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(analyse, 0))
+
+        do = (ts.update + 1) % max(a.every, 1) == 0 if a.every else jnp.asarray(False)
+        return jax.lax.cond(do, analyse, skip, 0), do
 
     # ---- PBT and league -----------------------------------------------------------------
     def _exploit_explore(self, ts: TrainState, src: jax.Array, key: jax.Array) -> TrainState:
@@ -416,7 +439,7 @@ class Trainer:
 
     def run(self, ts: TrainState, num_updates: int):
         """``num_updates`` updates from ``ts`` in one jitted ``lax.scan`` (``ts`` is donated).
-        Pure in ``ts``: ``jax.vmap(trainer._scan_updates, (0, None))`` trains several seeds."""
+        Pure in ``ts``; :func:`make_train` gives the vmappable whole run."""
         return self._run(ts, num_updates)
 
     def train(self, key: jax.Array, num_updates: int | None = None):
@@ -426,6 +449,16 @@ class Trainer:
         return self.run(self.init(key), n)
 
 
-def make_train(cfg: RunConfig):
-    """``train(key) -> (final TrainState, metrics stacked over updates)``."""
-    return Trainer(cfg).train
+def make_train(cfg: RunConfig, num_updates: int | None = None):
+    """A pure ``train(key) -> (final TrainState, metrics stacked over updates)``: init and
+    ``num_updates`` (default ``train.updates``) updates in one traceable function, so
+    ``jax.jit(jax.vmap(make_train(cfg)))(keys)`` trains one population per key at once
+    (the keys seed parameters, hyperparameters and actions; the worlds follow
+    ``train.seed``, so seeds are compared on the same worlds)."""
+    trainer = Trainer(cfg)
+    n = cfg.train.updates if num_updates is None else num_updates
+
+    def train(key: jax.Array):
+        return trainer._scan_updates(trainer.init_state(key), n)
+
+    return train

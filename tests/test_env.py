@@ -528,6 +528,13 @@ def test_info_contents(tiny_cfg, tiny_env, tiny_fns):
     want = np.stack([np.bincount(row, minlength=J + 1) for row in niche])
     np.testing.assert_array_equal(occ, want)
     assert (info["collaboration"] >= 0).all() and (info["utility"] >= 0).all()
+    # Units of work per agent: none when resting; they account for every good produced.
+    units = info["units"]
+    assert units.shape == (N,) and units.dtype.kind == "i" and (units >= 0).all()
+    niche_flat = np.asarray(acts["niche"])
+    assert (units[niche_flat == J] == 0).all()
+    outputs = np.asarray(tiny_env.params.outputs)
+    np.testing.assert_array_equal(info["produced"], (units[:, None] * outputs[niche_flat]).sum(0))
     # Reward = the configured weighted sum of its components.
     rw = cfg.reward
     np.testing.assert_allclose(

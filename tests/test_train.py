@@ -24,7 +24,7 @@ import pytest
 from agents.scripted import random_actions, scripted_actions
 from selfplay.config import load_run_config
 from selfplay.simulate import rollout
-from selfplay.train import Trainer, pbt_sources, specialisation_index
+from selfplay.train import Trainer, make_train, pbt_sources, specialisation_index
 from tests.conftest import CONFIGS, ROOT, subprocess_env
 
 # Everything that changes the computation; the subprocess resume test uses the same.
@@ -35,6 +35,7 @@ OVERRIDES = [
     "train.minibatches=4",
     "train.pbt.interval=5",
     "train.seed=3",
+    "train.analysis.every=5",
 ]
 TRAIN_UPDATES = 200
 EVAL_STEPS = 40
@@ -114,6 +115,85 @@ def test_metrics_shapes(trainer, trained):
     # PBT ran every 5 updates and only then.
     events = [int(x["update"]) for x in metrics if bool(x["pbt_event"])]
     assert events == list(range(5, TRAIN_UPDATES + 1, 5))
+
+
+def test_analysis_in_training(trainer, trained):
+    """The on-device analysis runs every ``analysis.every`` updates (and only then) with
+    consistent values: KL >= 0 with a zero diagonal, the niche head's KL at most the KL over
+    all heads, JS <= ln 2 per categorical, 1 <= effective policies <= P, shares and
+    histograms that add up, and a Lorenz curve from 0 to 1."""
+    _, metrics = trained
+    env = trainer.env
+    P, J, G, M = 4, env.cfg.num_niches, env.cfg.num_goods, env.cfg.num_markets
+    done = [int(m["update"]) for m in metrics if bool(m["analysis_done"])]
+    assert done == list(range(5, TRAIN_UPDATES + 1, 5))
+    skipped = metrics[0]["analysis"]
+    assert all(not np.any(x) for x in jax.tree.leaves(skipped))
+    categoricals = sum(int(np.prod(h.shape)) for h in env.action_spec)
+    for m in metrics[4::40]:
+        a = m["analysis"]
+        kl, js = np.asarray(a["kl"]), np.asarray(a["js"])
+        assert kl.shape == js.shape == a["niche_kl"].shape == (P, P)
+        assert (kl >= 0).all() and (np.diag(kl) == 0).all() and (np.diag(js) == 0).all()
+        np.testing.assert_allclose(js, js.T, atol=1e-6)
+        assert (js <= np.log(2) * categoricals + 1e-5).all()
+        assert (np.asarray(a["niche_kl"]) <= kl + 1e-5).all()
+        np.testing.assert_allclose(a["mean_kl"], kl[~np.eye(P, dtype=bool)].mean(), rtol=1e-5)
+        assert 1.0 - 1e-5 <= float(a["effective_policies"]) <= P + 1e-5
+        assert a["market_occupancy_entropy"].shape == (M,)
+        assert 0 <= float(a["occupancy_entropy"]) <= np.log(J + 1) + 1e-6
+        np.testing.assert_allclose(a["specialisation_index"], m["specialisation_index"], rtol=1e-6)
+        assert a["hhi"].shape == a["largest_share"].shape == a["largest_member"].shape == (J,)
+        live = np.asarray(a["largest_member"]) >= 0
+        assert ((a["hhi"][live] >= 1 / P - 1e-6) & (a["hhi"][live] <= 1 + 1e-6)).all()
+        assert (a["largest_share"][live] ** 2 <= a["hhi"][live] + 1e-6).all()
+        lz = np.asarray(a["lorenz"])
+        assert abs(lz[0]) < 1e-6 and abs(lz[-1] - 1) < 1e-5 and (np.diff(lz) >= -1e-6).all()
+        assert 0 <= float(a["gini"]) < 1
+        n_agents = env.cfg.num_agents // trainer.num_players * P
+        assert int(a["specialisation_histogram"]["counts"].sum()) == n_agents
+        assert int(a["wealth_histogram"]["counts"].sum()) == env.cfg.num_agents
+        np.testing.assert_allclose(a["trade_volume"], m["market_volume"], rtol=1e-6)
+        assert a["prices"].shape == (M, G) and a["price_dispersion"].shape == (G,)
+
+
+def test_analysis_of_identical_members_is_zero(trainer, trained):
+    """A population of copies of one member: every KL and JS is 0 and there is exactly one
+    effective policy."""
+    from agents.networks import population_apply
+    from analysis.population import population_analysis
+
+    ts, _ = trained
+    P, J = 4, trainer.env.cfg.num_niches
+    params = jax.tree.map(lambda x: jnp.broadcast_to(x[:1], x.shape), ts.params)
+    probe = jax.random.normal(jax.random.key(0), (64, trainer.env.obs_dim))
+    st = ts.env_state
+    a = jax.jit(
+        lambda params, probe: population_analysis(
+            lambda p, o: population_apply(trainer.net, p, o), params, probe,
+            jnp.ones((P, J + 1), jnp.int32), jnp.ones((P, J + 1), jnp.int32), jnp.ones((2, J + 1), jnp.int32),
+            jnp.full((P, 8), 0.5), st.goods, st.money, st.price, jnp.ones(trainer.env.cfg.num_goods), 10,
+        )
+    )(params, probe)
+    for k in ("kl", "js", "niche_kl", "niche_profile_distance"):
+        np.testing.assert_allclose(a[k], 0.0, atol=1e-6, err_msg=k)
+    np.testing.assert_allclose(a["effective_policies"], 1.0, atol=1e-4)
+    np.testing.assert_allclose(a["hhi"], 1 / P, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_make_train_vmaps_over_seeds(cfg, trainer):
+    """``make_train(cfg)`` is pure: vmapped over two keys in one program, each population
+    ends where its own run (one update at a time) ends, to float tolerance."""
+    n = 2
+    keys = jax.random.split(jax.random.key(21), 2)
+    ts_v, m_v = jax.jit(jax.vmap(make_train(cfg, n)))(keys)
+    for i in range(2):
+        ts, metrics = run_updates(trainer, trainer.init(keys[i]), n)
+        assert int(ts_v.update[i]) == n
+        for x, y in zip(jax.tree.leaves(ts_v.params), jax.tree.leaves(ts.params)):
+            np.testing.assert_allclose(np.asarray(x[i]), np.asarray(y), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(m_v["reward"][i]), np.stack([m["reward"] for m in metrics]), rtol=1e-4)
 
 
 def test_specialisation_weight_raises_specialisation(trainer):
@@ -238,25 +318,18 @@ def test_sigkill_and_resume_matches_uninterrupted(trainer, tmp_path):
 
 
 def read_events(path):
-    """Scalars and texts of a TensorBoard event file (TFRecord framing, no tensorboard needed)."""
-    import struct
+    """Scalars, texts, histograms and images of a run's TensorBoard logs, read back with
+    tensorboard's own event reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from tensorboardX.proto import event_pb2
-
-    scalars, texts = {}, {}
-    for f in sorted(path.glob("events.out.tfevents.*")):
-        data = f.read_bytes()
-        i = 0
-        while i < len(data):
-            (n,) = struct.unpack("<Q", data[i : i + 8])
-            ev = event_pb2.Event.FromString(data[i + 12 : i + 12 + n])
-            i += 12 + n + 4
-            for v in ev.summary.value:
-                if v.HasField("simple_value"):
-                    scalars.setdefault(v.tag, []).append((ev.step, v.simple_value))
-                elif v.HasField("tensor"):
-                    texts.setdefault(v.tag, []).append(b"".join(v.tensor.string_val).decode())
-    return scalars, texts
+    ea = EventAccumulator(str(path), size_guidance={"scalars": 0, "tensors": 0, "histograms": 0, "images": 0})
+    ea.Reload()
+    tags = ea.Tags()
+    scalars = {t: [(e.step, e.value) for e in ea.Scalars(t)] for t in tags["scalars"]}
+    texts = {t: [b"".join(e.tensor_proto.string_val).decode() for e in ea.Tensors(t)] for t in tags["tensors"]}
+    histograms = {t: ea.Histograms(t) for t in tags["histograms"]}
+    images = {t: ea.Images(t) for t in tags["images"]}
+    return scalars, texts, histograms, images
 
 
 def test_train_run_writes_run_directory(cfg, tmp_path):
@@ -276,7 +349,7 @@ def test_train_run_writes_run_directory(cfg, tmp_path):
     assert [json.loads(x)["update"] for x in lines] == [1, 2, 3, 4, 5]
     lineage = [json.loads(x) for x in (run_dir / "lineage.jsonl").read_text().splitlines()]
     assert lineage and all(e["update"] == 5 and e["child"] != e["parent"] for e in lineage)  # PBT at update 5
-    scalars, texts = read_events(run_dir / "tb")
+    scalars, texts, histograms, images = read_events(run_dir / "tb")
     for tag in ("population/utility_mean", "member/0/reward", "member/3/learning_rate", "member/2/entropy",
                 "niche_share/farmer", "niche_share/rest", "member/1/niche_share/baker", "market/price/bread",
                 "market/volume/grain", "perf/agent_steps_per_s"):
@@ -287,6 +360,23 @@ def test_train_run_writes_run_directory(cfg, tmp_path):
     text = {k.split("/")[0]: v for k, v in texts.items()}  # tensorboardX tags texts "NAME/text_summary"
     assert "config" in text and "hyperparameters" in text and "pbt" in text, sorted(texts)
     assert "<- member" in text["pbt"][0] and "num_agents: 256" in text["config"][0]
+    # The analysis at update 5: diversity scalars, histograms, images and a text summary,
+    # the same values as analysis.jsonl.
+    an = [json.loads(x) for x in (run_dir / "analysis.jsonl").read_text().splitlines()]
+    assert [a["update"] for a in an] == [5]
+    for tag in ("diversity/mean_kl", "diversity/mean_js", "diversity/effective_policies", "niches/occupancy_entropy",
+                "monopoly/largest_share/farmer", "monopoly/hhi/baker", "wealth/gini", "market/dispersion/bread"):
+        assert [s for s, _ in scalars[tag]] == [5], tag
+    np.testing.assert_allclose(scalars["diversity/mean_kl"][0][1], an[0]["mean_kl"], rtol=1e-6)
+    np.testing.assert_allclose(scalars["wealth/gini"][0][1], an[0]["gini"], rtol=1e-6)
+    h = histograms["histogram/specialisation"][0]
+    assert h.step == 5 and h.histogram_value.num == sum(an[0]["specialisation_histogram"]["counts"])
+    assert list(h.histogram_value.bucket) == an[0]["specialisation_histogram"]["counts"]
+    assert histograms["histogram/wealth"][0].histogram_value.num == 256
+    for tag in ("images/kl_heatmap", "images/niche_shares", "images/lineage"):
+        img = images[tag][0]
+        assert img.step == 5 and img.width > 100 and img.height > 100 and img.encoded_image_string[:4] == b"\x89PNG", tag
+    assert "effective policies" in text["analysis"][0]
     # Resuming a finished run with more updates continues from its checkpoint.
     more = run_cfg.model_copy(update={"train": run_cfg.train.model_copy(update={"updates": 6})})
     ts = train_run(more, run_dir, progress=False)

@@ -1,0 +1,110 @@
+"""One analysis of a population, computed on the device inside the training update.
+
+:func:`population_analysis` gathers every diversity and niche measure of
+:mod:`analysis.diversity` and :mod:`analysis.niches` for one update: the members'
+policies compared on a probe set of observations drawn from the update's rollout
+(every member's agents, every market), the niche and monopoly statistics of the
+rollout, and the wealth and price statistics of the economy at the end of it. It is a
+pure function of arrays, so the trainer runs it under ``lax.cond`` every
+``train.analysis.every`` updates and only a few kilobytes come back to the host.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from analysis.diversity import effective_policies, js_matrix, kl_matrix, mean_offdiag, niche_profile_distance
+from analysis.niches import gini, herfindahl, lorenz, occupancy_entropy, price_dispersion
+
+LORENZ_POINTS = 101
+
+
+def wealth(goods: jax.Array, money: jax.Array, price: jax.Array) -> jax.Array:
+    """float32 ``[N]``: cash plus holdings valued at the agent's market's last prices.
+
+    ``goods`` int ``[N, G]``, ``money`` int ``[N]``, ``price`` int ``[M, G]``; agents are laid
+    out by market (agent ``i`` trades in market ``i // (N / M)``)."""
+    n, g = goods.shape
+    m = price.shape[0]
+    held = goods.astype(jnp.float32).reshape(m, n // m, g) * price.astype(jnp.float32)[:, None, :]
+    return money.astype(jnp.float32) + jnp.sum(held, -1).reshape(n)
+
+
+def histogram(x: jax.Array, bins: int, lo: jax.Array | float, hi: jax.Array | float) -> dict:
+    """A fixed-size histogram of ``x`` (any shape) on ``bins`` equal bins over ``[lo, hi]``
+    with the moments TensorBoard's raw histograms need: ``edges [bins+1]``, ``counts [bins]``,
+    ``min``, ``max``, ``num``, ``sum``, ``sum_squares``."""
+    x = x.reshape(-1).astype(jnp.float32)
+    lo = jnp.asarray(lo, jnp.float32)
+    hi = jnp.maximum(jnp.asarray(hi, jnp.float32), lo + 1e-6)
+    edges = lo + (hi - lo) * jnp.linspace(0.0, 1.0, bins + 1)
+    idx = jnp.clip(jnp.floor((x - lo) / (hi - lo) * bins).astype(jnp.int32), 0, bins - 1)
+    counts = jnp.zeros((bins,), jnp.int32).at[idx].add(1)
+    return {
+        "edges": edges, "counts": counts, "min": jnp.min(x), "max": jnp.max(x),
+        "num": jnp.asarray(x.size, jnp.int32), "sum": jnp.sum(x), "sum_squares": jnp.sum(x * x),
+    }
+
+
+def population_analysis(
+    apply_fn: Callable[[Any, jax.Array], tuple[dict, jax.Array]],
+    params: Any,
+    probe_obs: jax.Array,
+    niche_counts: jax.Array,
+    niche_output: jax.Array,
+    market_occupancy: jax.Array,
+    agent_specialisation: jax.Array,
+    goods: jax.Array,
+    money: jax.Array,
+    price: jax.Array,
+    trade_volume: jax.Array,
+    bins: int,
+) -> dict[str, Any]:
+    """Every measure of one analysis (the keys of a line of ``analysis.jsonl``).
+
+    Args (``P`` members, ``S`` probe states, ``J`` niches, ``M`` markets, ``G`` goods):
+      apply_fn: ``(params [P, ...], obs [P, S, D]) -> (logits {head: [P, S, ..., C]}, value)``.
+      params: the members' stacked parameters.
+      probe_obs: float32 ``[S, D]`` observations; every member is asked about every one.
+      niche_counts: ``[P, J+1]`` niche choices of each member's agents over the rollout.
+      niche_output: ``[P, J+1]`` units produced by each member's agents, by chosen niche.
+      market_occupancy: ``[M, J+1]`` agents per niche per market, summed over the rollout.
+      agent_specialisation: float32 ``[P, n]`` per-agent specialisation index.
+      goods, money, price: the economy state at the end of the rollout.
+      trade_volume: float32 ``[G]`` units traded per step (all markets), rollout mean.
+      bins: histogram bins.
+    """
+    P = niche_counts.shape[0]
+    J = niche_counts.shape[1] - 1
+    obs = jnp.broadcast_to(probe_obs[None], (P,) + probe_obs.shape)
+    logits, _ = apply_fn(params, obs)
+    kl = kl_matrix(logits)
+    js = js_matrix(logits)
+    shares = niche_counts / jnp.maximum(jnp.sum(niche_counts, -1, keepdims=True), 1)
+    hhi, largest_share, largest_member = herfindahl(niche_output[:, :J].astype(jnp.float32))
+    w = wealth(goods, money, price)
+    return {
+        "kl": kl,
+        "js": js,
+        "niche_kl": kl_matrix({"niche": logits["niche"]}),
+        "mean_kl": mean_offdiag(kl),
+        "mean_js": mean_offdiag(js),
+        "effective_policies": effective_policies(js),
+        "niche_profile_distance": niche_profile_distance(shares),
+        "occupancy_entropy": occupancy_entropy(jnp.sum(market_occupancy, 0)),
+        "market_occupancy_entropy": occupancy_entropy(market_occupancy),
+        "specialisation_index": jnp.mean(agent_specialisation, -1),
+        "hhi": hhi,
+        "largest_share": largest_share,
+        "largest_member": largest_member,
+        "gini": gini(w),
+        "lorenz": lorenz(w, LORENZ_POINTS),
+        "wealth_histogram": histogram(w, bins, 0.0, jnp.max(w)),
+        "specialisation_histogram": histogram(agent_specialisation, bins, 0.0, 1.0),
+        "trade_volume": trade_volume.astype(jnp.float32),
+        "price_dispersion": price_dispersion(price.astype(jnp.float32)),
+        "prices": price.astype(jnp.float32),
+    }
