@@ -154,7 +154,9 @@ def niche_shares_figure(updates, shares, niche_names: Sequence[str], max_members
         else:
             fig.suptitle("niche shares per member")
     for ax, y, title in panels:
-        if x.size == 1:  # a single update: a stacked bar is the honest picture
+        if x.size == 0:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
+        elif x.size == 1:  # a single update: a stacked bar is the honest picture
             bottom = 0.0
             for k in range(K):
                 ax.bar(x, y[:, k], bottom=bottom, color=cols[k], width=0.8, label=names[k])
@@ -239,7 +241,7 @@ def lorenz_figure(lorenz) -> Figure:
     """Lorenz curve of wealth: ``lorenz`` [K] cumulative wealth shares at K evenly spaced
     population fractions from 0 to 1, with the line of equality; Gini in the title."""
     y = np.asarray(lorenz, np.float64).ravel()
-    x = np.linspace(0.0, 1.0, y.size) if y.size > 1 else np.array([1.0])
+    x = np.linspace(0.0, 1.0, y.size) if y.size > 1 else np.ones(y.size)
     fig, ax = _figure(4.8, 4.4)
     ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="equality")
     ax.plot(x, y, color="#1f77b4", lw=2, label="Lorenz curve")
@@ -267,7 +269,7 @@ def series_figure(updates, series: Mapping[str, object], title: str, ylabel: str
     lines = 0
     for name, values in series.items():
         v = np.asarray(values, np.float64)
-        if v.ndim == 0 or v.shape[0] != x.shape[0]:
+        if v.ndim == 0 or v.shape[0] != x.shape[0] or v.size == 0:
             continue
         cols = v.reshape(v.shape[0], -1)
         for i in range(cols.shape[1]):

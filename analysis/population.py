@@ -37,12 +37,14 @@ def histogram(x: jax.Array, bins: int, lo: jax.Array | float, hi: jax.Array | fl
     """A fixed-size histogram of ``x`` (any shape) on ``bins`` equal bins over ``[lo, hi]``
     with the moments TensorBoard's raw histograms need: ``edges [bins+1]``, ``counts [bins]``,
     ``min``, ``max``, ``num``, ``sum``, ``sum_squares``."""
-    x = x.reshape(-1).astype(jnp.float32)
+    x = x.astype(jnp.float32)  # not flattened: a reshape of a sharded axis would gather it
     lo = jnp.asarray(lo, jnp.float32)
     hi = jnp.maximum(jnp.asarray(hi, jnp.float32), lo + 1e-6)
     edges = lo + (hi - lo) * jnp.linspace(0.0, 1.0, bins + 1)
     idx = jnp.clip(jnp.floor((x - lo) / (hi - lo) * bins).astype(jnp.int32), 0, bins - 1)
-    counts = jnp.zeros((bins,), jnp.int32).at[idx].add(1)
+    # A sum of comparisons, not a scatter: with x sharded over devices it is a local count
+    # plus one small all-reduce.
+    counts = jnp.sum(idx[..., None] == jnp.arange(bins, dtype=jnp.int32), tuple(range(x.ndim)), dtype=jnp.int32)
     return {
         "edges": edges, "counts": counts, "min": jnp.min(x), "max": jnp.max(x),
         "num": jnp.asarray(x.size, jnp.int32), "sum": jnp.sum(x), "sum_squares": jnp.sum(x * x),

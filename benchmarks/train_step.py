@@ -61,28 +61,37 @@ def network_flops(cfg) -> dict:
     return {"forward": fwd, "acting": fwd, "update": fwd * (1 + 3 * cfg.train.epochs)}
 
 
-def measure(log2n: int, members: int, steps: int, repeats: int) -> dict:
-    import jax
+def minibatches_for(n: int, steps: int) -> int:
+    """Minibatches of at most 2^18 samples (all members together): the PPO pass's memory
+    then stays flat in N (4 minibatches at 2^16 agents x 16 steps, 16 at 2^18); rounded up
+    to a divisor of ``steps``."""
+    want = max(4, n * steps // 2**18)
+    return min([m for m in range(1, steps + 1) if steps % m == 0 and m >= want] or [steps])
 
+
+def run_config(log2n: int, members: int, steps: int, devices: int | None = None, markets: int | None = None):
+    """The benchmarked run config: N = 2^log2n agents in ``markets`` (default N/1024)
+    markets, no league, on-device analysis off; the agent axis over ``devices`` devices
+    (``mesh.agents``; default: the config's own, ``auto``)."""
     sys.path.insert(0, str(ROOT))
     from selfplay.config import load_run_config
-    from selfplay.train import Trainer
 
     n = 2**log2n
-    # Minibatches of at most 2^18 samples (all members together): the PPO pass's memory
-    # then stays flat in N (4 minibatches at 2^16 agents x 16 steps, 16 at 2^18).
-    minibatches = max(4, n * steps // 2**18)
-    cfg = load_run_config(
-        ROOT / "configs/economy/default.yaml",
-        [
-            f"economy.num_agents={n}", f"economy.num_markets={max(n // 1024, 1)}",
-            f"train.members={members}", f"train.rollout_steps={steps}", "train.league.size=0",
-            f"train.minibatches={minibatches}", "train.analysis.every=0",
-        ],
-    )
-    peak = matmul_flops()
-    trainer = Trainer(cfg)
-    ts = trainer.init(jax.random.key(0))
+    markets = max(n // 1024, 1) if markets is None else markets
+    overrides = [
+        f"economy.num_agents={n}", f"economy.num_markets={markets}",
+        f"train.members={members}", f"train.rollout_steps={steps}", "train.league.size=0",
+        f"train.minibatches={minibatches_for(n, steps)}", "train.analysis.every=0",
+    ]
+    if devices is not None:
+        overrides.append(f"mesh.agents={devices}")
+    return load_run_config(ROOT / "configs/economy/default.yaml", overrides)
+
+
+def time_update(trainer, ts, repeats: int):
+    """Compile and time ``trainer.update``: (compile s, best s, all times, new state)."""
+    import jax
+
     t0 = time.perf_counter()
     compiled = trainer.update.lower(ts).compile()
     compile_s = time.perf_counter() - t0
@@ -94,18 +103,59 @@ def measure(log2n: int, members: int, steps: int, repeats: int) -> dict:
         ts, m = compiled(ts)
         jax.block_until_ready(m)
         times.append(time.perf_counter() - t0)
-    update_s = min(times)
+    return compile_s, min(times), times, ts
 
+
+def time_acting(trainer, ts, repeats: int):
+    """Compile and time the rollout alone: (compile s, best s, all times)."""
+    import jax
+
+    t0 = time.perf_counter()
     rollout = jax.jit(trainer._rollout).lower(ts, jax.random.key(1)).compile()
-    out = rollout(ts, jax.random.key(1))
-    jax.block_until_ready(out)
-    acting = []
+    compile_s = time.perf_counter() - t0
+    jax.block_until_ready(rollout(ts, jax.random.key(1)))
+    times = []
     for r in range(repeats):
         t0 = time.perf_counter()
-        out = rollout(ts, jax.random.key(r + 2))
-        jax.block_until_ready(out)
-        acting.append(time.perf_counter() - t0)
-    acting_s = min(acting)
+        jax.block_until_ready(rollout(ts, jax.random.key(r + 2)))
+        times.append(time.perf_counter() - t0)
+    return compile_s, min(times), times
+
+
+def xla_estimate(cfg, ts, kind: str, devices: int = 1) -> dict:
+    """XLA's cost estimate (FLOPs, bytes accessed) of one acting rollout or one update.
+    XLA counts a loop body once, so loop-free variants are compiled (rollout_steps = epochs
+    = minibatches = 1) and scaled: acting = T x (1-step rollout); update = T x (1-step
+    rollout) + epochs x T x (rest of the 1-step update: GAE, loss and gradient per sample,
+    optimiser step, PBT)."""
+    import jax
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from env_step import xla_cost
+    from selfplay.train import Trainer
+
+    t = cfg.train
+    one = Trainer(cfg.model_copy(update={"train": t.model_copy(update={"rollout_steps": 1, "epochs": 1, "minibatches": 1})}))
+    act1 = xla_cost(jax.jit(one._rollout).lower(ts, jax.random.key(1)).compile(), devices=devices)
+    if kind == "acting":
+        return {k: v * t.rollout_steps for k, v in act1.items()}
+    upd1 = xla_cost(one.update.lower(ts).compile(), devices=devices)
+    return {k: t.rollout_steps * act1[k] + t.epochs * t.rollout_steps * max(upd1[k] - act1[k], 0.0) for k in act1}
+
+
+def measure(log2n: int, members: int, steps: int, repeats: int) -> dict:
+    import jax
+
+    sys.path.insert(0, str(ROOT))
+    from selfplay.train import Trainer
+
+    n = 2**log2n
+    cfg = run_config(log2n, members, steps)
+    peak = matmul_flops()
+    trainer = Trainer(cfg)
+    ts = trainer.init(jax.random.key(0))
+    compile_s, update_s, _, ts = time_update(trainer, ts, repeats)
+    _, acting_s, _ = time_acting(trainer, ts, repeats)
 
     flops = network_flops(cfg)
     agent_steps = n * steps

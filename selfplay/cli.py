@@ -3,7 +3,7 @@
     agora simulate CONFIG [key=value ...]   run the economy with baseline agents, print a table
     agora bench [benchmark options]         environment throughput (benchmarks/env_step.py)
     agora train CONFIG [key=value ...]      population self-play (PPO, RL variants, PBT, league)
-    agora report RUN_DIR                    HTML report of a run (not yet available)
+    agora report RUN_DIR                    write RUN_DIR/report.html, a self-contained HTML report
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad config (the message names
 the offending key and value), 3 a command that is not available yet.
@@ -12,6 +12,7 @@ the offending key and value), 3 a command that is not available yet.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -39,15 +40,52 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--run-dir", help="run directory (default: train.run_dir, {name} = the config's stem)")
     train.add_argument("--no-resume", action="store_true", help="start afresh even if the run directory has a checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    dist = train.add_argument_group(
+        "several hosts",
+        "one process per host (each sees its own devices; the mesh spans all of them). Give all three, or set "
+        "AGORA_COORDINATOR, AGORA_NUM_PROCESSES and AGORA_PROCESS_ID; under Slurm or Open MPI (or with "
+        "--distributed) jax.distributed detects them. Only process 0 writes logs; all write checkpoints together.",
+    )
+    dist.add_argument("--coordinator", default=os.environ.get("AGORA_COORDINATOR"), help="HOST:PORT of process 0")
+    dist.add_argument("--num-processes", type=int, default=_env_int("AGORA_NUM_PROCESSES"))
+    dist.add_argument("--process-id", type=int, default=_env_int("AGORA_PROCESS_ID"))
+    dist.add_argument("--distributed", action="store_true", help="jax.distributed.initialize() with cluster auto-detection")
 
-    report = sub.add_parser("report", help="write report.html for a run directory (not yet available)")
-    report.add_argument("run_dir")
+    report = sub.add_parser("report", help="write RUN_DIR/report.html, a self-contained HTML report of a run")
+    report.add_argument("run_dir", help="run directory written by agora train (config.yaml, metrics.jsonl, ...)")
 
     bench = sub.add_parser(
         "bench", help="environment throughput benchmark (options as benchmarks/env_step.py)", add_help=False
     )
     bench.add_argument("args", nargs=argparse.REMAINDER)
     return ap
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else None
+
+
+def _distributed(args) -> str | None:
+    """Join a multi-process run if asked to (before any JAX computation). Returns an error
+    message for bad arguments, None otherwise."""
+    given = {"--coordinator": args.coordinator, "--num-processes": args.num_processes, "--process-id": args.process_id}
+    if any(v is not None for v in given.values()):
+        missing = [k for k, v in given.items() if v is None]
+        if missing:
+            return f"multi-process training needs --coordinator, --num-processes and --process-id; missing {', '.join(missing)}"
+        if not (args.num_processes >= 1 and 0 <= args.process_id < args.num_processes):
+            return f"--process-id={args.process_id} must lie in [0, --num-processes={args.num_processes})"
+        import jax
+
+        jax.distributed.initialize(
+            coordinator_address=args.coordinator, num_processes=args.num_processes, process_id=args.process_id
+        )
+    elif args.distributed or int(os.environ.get("SLURM_NTASKS", "1")) > 1 or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+        import jax
+
+        jax.distributed.initialize()
+    return None
 
 
 def _load_config(args):
@@ -98,6 +136,10 @@ def _train(args) -> int:
     cfg = _load_config(args)
     if cfg is None:
         return EXIT_USAGE
+    problem = _distributed(args)
+    if problem:
+        print(f"agora train: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     from economy import ConfigError
     from selfplay.run import CheckpointError, train_run
 
@@ -120,6 +162,18 @@ def _train(args) -> int:
     except KeyboardInterrupt:
         return 130
     print(f"done: {int(ts.update)} updates; TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
+    return EXIT_OK
+
+
+def _report(args) -> int:
+    from analysis.report import NotARunError, write_report
+
+    try:
+        path = write_report(args.run_dir)
+    except NotARunError as err:
+        print(f"agora report: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"wrote {path}")
     return EXIT_OK
 
 
@@ -157,6 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _train(args)
     if args.command == "bench":
         return _bench(args)
+    if args.command == "report":
+        return _report(args)
     return _unavailable(args.command)
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agents.scripted import ScriptedConfig
 from economy import ConfigError, EconomyConfig, apply_overrides, load_yaml
@@ -28,6 +28,21 @@ from economy.config import format_validation_error
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MeshConfig(_Frozen):
+    """Devices: the agent axis is split over ``agents`` devices by whole markets
+    (``economy.num_markets`` divisible by it); parameters are replicated. ``auto``: the
+    most devices (of all processes) that divide the number of markets."""
+
+    agents: int | Literal["auto"] = "auto"
+
+    @field_validator("agents")
+    @classmethod
+    def _check_agents(cls, v):
+        if v != "auto" and v < 1:
+            raise ValueError(f"must be 'auto' or a number of devices >= 1, got {v}")
+        return v
 
 
 class SimulateConfig(_Frozen):
@@ -115,7 +130,7 @@ class TrainConfig(_Frozen):
     updates: int = Field(100, ge=1)  # PPO updates in the run
     rollout_steps: int = Field(32, ge=1)  # T: environment steps per update
     epochs: int = Field(2, ge=1)
-    minibatches: int = Field(4, ge=1)
+    minibatches: int = Field(4, ge=1)  # per epoch; each holds rollout_steps / minibatches steps of every agent
     vf_coef: float = Field(0.5, ge=0.0)
     max_grad_norm: float = Field(0.5, gt=0.0)
     seed: int = Field(0, ge=0)  # seeds members, hyperparameters, worlds and actions
@@ -140,6 +155,7 @@ class RunConfig(_Frozen):
     economy: EconomyConfig
     simulate: SimulateConfig = SimulateConfig()
     train: TrainConfig = TrainConfig()
+    mesh: MeshConfig = MeshConfig()
 
     @model_validator(mode="after")
     def _check(self):
@@ -149,6 +165,11 @@ class RunConfig(_Frozen):
                 f"simulate.seed={self.simulate.seed} lies in the held-out evaluation range "
                 f"(economy.world.eval_seed_start={start})"
             )
+        if self.mesh.agents != "auto" and self.economy.num_markets % self.mesh.agents:
+            raise ValueError(
+                f"mesh.agents={self.mesh.agents} must divide economy.num_markets={self.economy.num_markets} "
+                "(each device holds whole markets)"
+            )
         t, n = self.train, self.economy.num_agents
         per_market = self.economy.agents_per_market
         if n % t.players:
@@ -156,9 +177,10 @@ class RunConfig(_Frozen):
                 f"train.members={t.members} + train.league.size={t.league.size} = {t.players} players must divide "
                 f"economy.num_agents={n} (agent i is played by player i % players)"
             )
-        if (n // t.players) % t.minibatches:
+        if t.rollout_steps % t.minibatches:
             raise ValueError(
-                f"train.minibatches={t.minibatches} must divide the agents per player ({n // t.players})"
+                f"train.minibatches={t.minibatches} must divide train.rollout_steps={t.rollout_steps} "
+                "(every minibatch holds an equal share of every agent's steps)"
             )
         if per_market % t.players:
             raise ValueError(
@@ -167,7 +189,9 @@ class RunConfig(_Frozen):
         return self
 
 
-_SECTIONS: dict[str, type[BaseModel]] = {"economy": EconomyConfig, "simulate": SimulateConfig, "train": TrainConfig}
+_SECTIONS: dict[str, type[BaseModel]] = {
+    "economy": EconomyConfig, "simulate": SimulateConfig, "train": TrainConfig, "mesh": MeshConfig,
+}
 
 
 def _problems(e: ValidationError, prefix: str) -> list[str]:

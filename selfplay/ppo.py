@@ -23,6 +23,7 @@ import optax
 
 from agents.networks import entropy as _entropy
 from agents.networks import log_prob as _log_prob
+from economy import rng
 
 ADV_EPS = 1e-8
 
@@ -134,6 +135,13 @@ def ppo_loss(
     return loss, metrics
 
 
+def minibatch_order(key: jax.Array, streams: int, samples: int) -> jax.Array:
+    """int32 ``[streams, samples]``: a random permutation of ``0..samples-1`` per stream,
+    from a counter-based hash of ``(key, stream, sample)`` (:func:`economy.rng.bits`), so a
+    stream's order does not depend on how the stream axis is split over devices."""
+    return jnp.argsort(rng.bits(key, (streams, samples)), axis=-1).astype(jnp.int32)
+
+
 def ppo_update(
     params: Any,
     opt_state: Any,
@@ -147,42 +155,52 @@ def ppo_update(
     num_epochs: int,
     num_minibatches: int,
 ) -> tuple[Any, Any, dict]:
-    """``num_epochs`` passes over ``batch``, each a fresh permutation split into
-    ``num_minibatches`` equal minibatches, one optimiser step per minibatch.
+    """``num_epochs`` passes over ``batch``, one optimiser step per minibatch.
 
-    ``batch`` leaves have a leading ``[n]`` axis (``n`` divisible by ``num_minibatches``).
-    Epoch ``e`` permutes with ``jax.random.split(key, num_epochs)[e]``. Returns
-    ``(params, opt_state, metrics)`` with the metrics of :func:`ppo_loss` plus ``loss``,
-    averaged over all ``num_epochs * num_minibatches`` steps. Jittable, and vmappable over
-    members (see the module docstring).
+    ``batch`` leaves are ``[B, K, ...]``: ``B`` streams (agents) of ``K`` samples (time
+    steps), ``K`` divisible by ``num_minibatches``. Each epoch shuffles every stream's
+    samples (:func:`minibatch_order` with ``jax.random.split(key, num_epochs)[e]``) and
+    minibatch ``m`` takes part ``m`` of every stream: ``B * K / num_minibatches`` samples
+    with every agent in every minibatch. Nothing moves across the stream axis, so with the
+    agents sharded over devices each device shuffles its own agents and only gradients
+    and loss statistics are reduced across devices; the result does not depend on the
+    number of devices. (A single stream, ``B = 1``, is the usual global shuffle.)
+
+    Returns ``(params, opt_state, metrics)`` with the metrics of :func:`ppo_loss` plus
+    ``loss``, averaged over all ``num_epochs * num_minibatches`` steps. Jittable, and
+    vmappable over members (see the module docstring).
     """
     if num_epochs < 1 or num_minibatches < 1:
         raise ValueError(f"num_epochs and num_minibatches must be >= 1, got {num_epochs} and {num_minibatches}")
-    sizes = {jnp.shape(x)[0] for x in jax.tree.leaves(batch)}
-    if len(sizes) != 1:
-        raise ValueError(f"batch leaves disagree on the leading axis: sizes {sorted(sizes)}")
-    (n,) = sizes
-    if n % num_minibatches:
-        raise ValueError(f"batch size n={n} is not divisible by num_minibatches={num_minibatches}")
-    mb_size = n // num_minibatches
+    shapes = {tuple(jnp.shape(x)[:2]) for x in jax.tree.leaves(batch)}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise ValueError(f"batch leaves must share leading axes [streams, samples]; got {sorted(shapes)}")
+    ((b, k),) = shapes
+    if k % num_minibatches:
+        raise ValueError(f"samples per stream K={k} is not divisible by num_minibatches={num_minibatches}")
+    part = k // num_minibatches
     grad_fn = jax.value_and_grad(ppo_loss, has_aux=True)
 
     def minibatch_step(carry, mb):
         p, o = carry
+        mb = jax.tree.map(lambda x: x.reshape((b * part,) + x.shape[2:]), mb)
         (loss, metrics), grads = grad_fn(p, apply_fn, mb, clip_eps, ent_coef, vf_coef)
         updates, o = tx.update(grads, o, p)
         p = optax.apply_updates(p, updates)
         return (p, o), {**metrics, "loss": loss}
 
-    def epoch(carry, k):
-        perm = jax.random.permutation(k, n)
-        minibatches = jax.tree.map(
-            lambda x: jnp.take(x, perm, axis=0).reshape((num_minibatches, mb_size) + x.shape[1:]), batch
-        )
-        return jax.lax.scan(minibatch_step, carry, minibatches)
+    def epoch(carry, key):
+        order = minibatch_order(key, b, k)
+
+        def split(x):
+            idx = order.reshape(order.shape + (1,) * (x.ndim - 2))
+            x = jnp.take_along_axis(x, idx, axis=1)  # [B, K, ...] shuffled per stream
+            return jnp.moveaxis(x.reshape((b, num_minibatches, part) + x.shape[2:]), 1, 0)  # [mb, B, part, ...]
+
+        return jax.lax.scan(minibatch_step, carry, jax.tree.map(split, batch))
 
     (params, opt_state), metrics = jax.lax.scan(epoch, (params, opt_state), jax.random.split(key, num_epochs))
     return params, opt_state, jax.tree.map(jnp.mean, metrics)
 
 
-__all__ = ["clipped_surrogate", "gae", "ppo_loss", "ppo_update"]
+__all__ = ["clipped_surrogate", "gae", "minibatch_order", "ppo_loss", "ppo_update"]

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 import yaml
 
+from analysis.report import read_jsonl
 from economy import ConfigError
 from selfplay.config import RunConfig, run_config_from_dict
 from selfplay.train import COMPONENTS, HYPER, Trainer, TrainState
@@ -33,9 +34,9 @@ def snapshot(cfg: RunConfig) -> dict:
     return cfg.model_dump(mode="json")
 
 
-def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> None:
-    """Create ``run_dir`` and write the config snapshot; refuse to resume a run whose
-    snapshot differs from ``cfg`` (naming the differing keys)."""
+def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, write: bool = True) -> None:
+    """Create ``run_dir`` and write the config snapshot (if ``write``: process 0); refuse
+    to resume a run whose snapshot differs from ``cfg`` (naming the differing keys)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "config.yaml"
     new = snapshot(cfg)
@@ -49,7 +50,10 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> None:
                 f"{run_dir} holds a run with a different config (keys {', '.join(diff)}); "
                 "use another run directory or --no-resume"
             )
-    path.write_text(yaml.safe_dump(new, sort_keys=False))
+    if write:
+        tmp = path.with_suffix(".yaml.tmp")  # atomic: other processes may be reading it
+        tmp.write_text(yaml.safe_dump(new, sort_keys=False))
+        tmp.replace(path)
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -97,7 +101,9 @@ class Checkpoints:
         abstract = jax.tree.map(self.ocp.utils.to_shape_dtype_struct, self._flat(template))
 
         def rebuild(flat: dict) -> TrainState:
-            return Trainer.place(jax.tree.unflatten(treedef, [flat.get(f"leaf_{i:04d}", x) for i, x in enumerate(leaves)]))
+            # The abstract target carries the template's shardings: restored leaves come back
+            # laid out as the update expects (on any number of devices or processes).
+            return jax.tree.unflatten(treedef, [flat.get(f"leaf_{i:04d}", x) for i, x in enumerate(leaves)])
 
         errors = []
         for step in sorted(self.mgr.all_steps(), reverse=True):
@@ -171,7 +177,9 @@ class Dashboard:
 
         self.run_dir, self.cfg, self.names = run_dir, cfg, names
         self.writer = SummaryWriter(str(run_dir / "tb"))
-        self.shares: list[tuple[int, Any]] = [(r["update"], r["niche_shares"]) for r in read_jsonl(run_dir / "metrics.jsonl")]
+        self.shares: list[tuple[int, Any]] = [
+            (r["update"], r["niche_shares"]) for r in read_jsonl(run_dir / "metrics.jsonl")[0] if "niche_shares" in r
+        ]
 
     def scalars(self, u: int, scalars: dict[str, float], m: dict) -> None:
         for k, v in scalars.items():
@@ -207,7 +215,7 @@ class Dashboard:
                 np.array([s[0] for s in self.shares]), np.array([s[1] for s in self.shares]), self.names["niches"]
             ),
             "lineage": plots.lineage_figure(
-                read_jsonl(self.run_dir / "lineage.jsonl"), self.cfg.train.members, u
+                read_jsonl(self.run_dir / "lineage.jsonl")[0], self.cfg.train.members, u
             ),
         }
         for tag, fig in figures.items():
@@ -228,18 +236,59 @@ def analysis_summary(u: int, an: dict, names: dict) -> str:
     )
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """The records of a JSON-lines file; a missing file is empty and an unparsable line
-    (a run killed while writing it) is skipped."""
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
+class Recorder:
+    """Everything a run writes besides checkpoints, once per update: ``metrics.jsonl``
+    (every ``log_every`` updates), ``lineage.jsonl`` (PBT copies), ``analysis.jsonl`` and
+    TensorBoard. Only process 0 of a multi-process run records (``enabled``)."""
+
+    def __init__(self, run_dir: Path, cfg: RunConfig, ts: TrainState, enabled: bool):
+        self.cfg, self.enabled = cfg, enabled
+        self.names = {"niches": list(cfg.economy.niche_names) + ["rest"], "goods": list(cfg.economy.good_names)}
+        self.steps_per_update = cfg.economy.num_agents * cfg.train.rollout_steps
+        if not enabled:
+            return
+        self.dash = Dashboard(run_dir, cfg, self.names)
+        if int(ts.update) == 0:
+            w = self.dash.writer
+            w.add_text("config", "```\n" + yaml.safe_dump(snapshot(cfg), sort_keys=False) + "\n```", 0)
+            hp = {h: np.asarray(getattr(ts.hyper, h)).round(5).tolist() for h in HYPER}
+            hp["reward_w"] = np.asarray(ts.hyper.reward_w).round(4).tolist()
+            w.add_text("hyperparameters", "```\n" + json.dumps(hp, indent=1) + "\n```", 0)
+        self.files = {name: open(run_dir / f"{name}.jsonl", "a") for name in ("metrics", "lineage", "analysis")}
+
+    def _write(self, name: str, records: list[dict]) -> None:
+        for r in records:
+            self.files[name].write(json.dumps(r) + "\n")
+        self.files[name].flush()
+
+    def record(self, u: int, m: dict, dt: float, last: bool) -> None:
+        if not self.enabled:
+            return
+        t = self.cfg.train
+        an = m.pop("analysis")
+        if bool(m["pbt_event"]):
+            src = np.asarray(m["pbt_source"])
+            events = [{"update": u, "child": int(c), "parent": int(src[c]), "fitness_parent": float(m["fitness"][c])}
+                      for c in range(len(src)) if src[c] != c]
+            self._write("lineage", events)
+            if events:
+                text = "\n".join(f"update {e['update']}: member {e['child']} <- member {e['parent']}" for e in events)
+                hp = {h: np.asarray(m[h]).round(5).tolist() for h in HYPER}
+                self.dash.writer.add_text("pbt", text + "\n\nhyperparameters: " + json.dumps(hp), u)
+        if u % t.log_every == 0 or last:
+            scalars = member_scalars(m, self.names)
+            scalars["perf/agent_steps_per_s"] = self.steps_per_update / dt
+            self.dash.scalars(u, scalars, m)
+            self._write("metrics", [{"update": u, **{k: np.asarray(v).tolist() for k, v in m.items()}}])
+        if bool(m["analysis_done"]):
+            self._write("analysis", [analysis_record(u, an)])
+            self.dash.analysis(u, an)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.dash.close()
+            for f in self.files.values():
+                f.close()
 
 
 def train_run(
@@ -252,12 +301,14 @@ def train_run(
 ) -> TrainState:
     """Train ``cfg`` in ``run_dir`` until ``train.updates`` (or ``stop_after`` updates in
     this call). Ctrl-C finishes the update in flight, writes a final checkpoint, then raises
-    ``KeyboardInterrupt``."""
+    ``KeyboardInterrupt``. In a multi-process run (``jax.distributed``) every process calls
+    this with the same arguments; process 0 writes the logs, all write the checkpoints."""
     from tqdm import tqdm
 
     t = cfg.train
     run_dir = Path(run_dir)
-    prepare_run_dir(cfg, run_dir, resume)
+    lead = jax.process_index() == 0
+    prepare_run_dir(cfg, run_dir, resume, write=lead)
     trainer = Trainer(cfg)
     ckpt = Checkpoints(run_dir / "checkpoints", t.keep_checkpoints)
     ts = trainer.init(jax.random.key(t.seed))
@@ -265,20 +316,9 @@ def train_run(
         ts = ckpt.restore(ts)
         print(f"resumed {run_dir} at update {int(ts.update)}")
     start = int(ts.update)
-    names = {"niches": list(cfg.economy.niche_names) + ["rest"], "goods": list(cfg.economy.good_names)}
-    dash = Dashboard(run_dir, cfg, names)
-    writer = dash.writer
-    if start == 0:
-        writer.add_text("config", "```\n" + yaml.safe_dump(snapshot(cfg), sort_keys=False) + "\n```", 0)
-        hp = {h: np.asarray(getattr(ts.hyper, h)).round(5).tolist() for h in HYPER}
-        hp["reward_w"] = np.asarray(ts.hyper.reward_w).round(4).tolist()
-        writer.add_text("hyperparameters", "```\n" + json.dumps(hp, indent=1) + "\n```", 0)
-    metrics_file = open(run_dir / "metrics.jsonl", "a")
-    lineage_file = open(run_dir / "lineage.jsonl", "a")
-    analysis_file = open(run_dir / "analysis.jsonl", "a")
+    recorder = Recorder(run_dir, cfg, ts, enabled=lead)
     end = t.updates if stop_after is None else min(t.updates, start + stop_after)
-    bar = tqdm(total=t.updates, initial=start, disable=not progress, unit="upd", dynamic_ncols=True)
-    steps_per_update = cfg.economy.num_agents * t.rollout_steps
+    bar = tqdm(total=t.updates, initial=start, disable=not (progress and lead), unit="upd", dynamic_ncols=True)
     last_saved = start
     # Ctrl-C (SIGINT) only raises a flag, checked between updates: an update in flight
     # owns the (donated) state buffers, so it finishes before the final checkpoint.
@@ -296,30 +336,11 @@ def train_run(
             u = int(m["update"])
             if on_update is not None:
                 on_update(u, m)
-            if bool(m["pbt_event"]):
-                src = np.asarray(m["pbt_source"])
-                events = [{"update": u, "child": int(c), "parent": int(src[c]), "fitness_parent": float(m["fitness"][c])}
-                          for c in range(len(src)) if src[c] != c]
-                for e in events:
-                    lineage_file.write(json.dumps(e) + "\n")
-                lineage_file.flush()
-                if events:
-                    text = "\n".join(f"update {e['update']}: member {e['child']} <- member {e['parent']}" for e in events)
-                    hp = {h: np.asarray(m[h]).round(5).tolist() for h in HYPER}
-                    writer.add_text("pbt", text + "\n\nhyperparameters: " + json.dumps(hp), u)
-            an = m.pop("analysis")
-            if u % t.log_every == 0 or u == end:
-                scalars = member_scalars(m, names)
-                scalars["perf/agent_steps_per_s"] = steps_per_update / dt
-                dash.scalars(u, scalars, m)
-                metrics_file.write(json.dumps({"update": u, **{k: np.asarray(v).tolist() for k, v in m.items()}}) + "\n")
-                metrics_file.flush()
-            if bool(m["analysis_done"]):
-                analysis_file.write(json.dumps(analysis_record(u, an)) + "\n")
-                analysis_file.flush()
-                dash.analysis(u, an)
+            recorder.record(u, m, dt, last=u == end)
             bar.update(1)
-            bar.set_postfix(steps_s=f"{steps_per_update / dt:,.0f}", utility=f"{float(np.mean(m['utility'])):.4f}")
+            bar.set_postfix(
+                steps_s=f"{recorder.steps_per_update / dt:,.0f}", utility=f"{float(np.mean(m['utility'])):.4f}"
+            )
             if u % t.checkpoint_every == 0 or u == end:
                 ckpt.save(ts)
                 last_saved = u
@@ -333,9 +354,6 @@ def train_run(
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
         bar.close()
-        dash.close()
-        metrics_file.close()
-        lineage_file.close()
-        analysis_file.close()
+        recorder.close()
         ckpt.close()
     return ts

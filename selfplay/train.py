@@ -27,11 +27,14 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
+from jax.sharding import NamedSharding, PartitionSpec
 
 from agents.networks import ActorCritic, from_members, init_population, population_apply, sample_actions, to_members
 from analysis.niches import specialisation_index
+from economy.sharding import agent_mesh, state_sharding
 from analysis.population import population_analysis
 from economy import Economy, EconomyState
 from selfplay.config import RunConfig
@@ -126,6 +129,19 @@ def pbt_sources(fitness: jax.Array, fraction: float) -> jax.Array:
     return src.at[order[:k]].set(order[::-1][:k])
 
 
+def mesh_size(cfg: RunConfig, device_count: int | None = None) -> int:
+    """Devices of the agent axis: ``mesh.agents``, or (``auto``) the most devices of all
+    processes that divide ``economy.num_markets``. Raises ``ValueError`` naming the key
+    when the config asks for more devices than there are."""
+    n = jax.device_count() if device_count is None else device_count
+    m = cfg.economy.num_markets
+    if cfg.mesh.agents == "auto":
+        return max(d for d in range(1, min(n, m) + 1) if m % d == 0)
+    if cfg.mesh.agents > n:
+        raise ValueError(f"mesh.agents={cfg.mesh.agents}: only {n} devices are available")
+    return cfg.mesh.agents
+
+
 class Trainer:
     """Compiled pieces of one self-play configuration (see module docstring)."""
 
@@ -140,9 +156,20 @@ class Trainer:
             optax.clip_by_global_norm(t.max_grad_norm),
             optax.inject_hyperparams(optax.adam)(learning_rate=1e-3, eps=1e-5),
         )
-        self.update = jax.jit(self._update, donate_argnums=0)
+        # Devices: agents (and markets) split by whole markets over the mesh, everything else
+        # replicated; the update keeps that layout (so it never gathers the agent state).
+        self.mesh = agent_mesh(jax.devices()[: mesh_size(cfg)])
+        self.state_sharding = self._state_sharding(jax.eval_shape(self.init_state, jax.random.key(0)))
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+        self.update = jax.jit(
+            self._update, in_shardings=(self.state_sharding,), out_shardings=(self.state_sharding, replicated),
+            donate_argnums=0,
+        )
         self._run = jax.jit(self._scan_updates, static_argnums=1, donate_argnums=0)
-        self._init = jax.jit(self.init_state)
+        self._init = jax.jit(
+            lambda key_data: self.init_state(jax.random.wrap_key_data(key_data)),
+            in_shardings=replicated, out_shardings=self.state_sharding,
+        )
 
     # ---- state ------------------------------------------------------------------------
     def world_key(self, episode: jax.Array) -> jax.Array:
@@ -159,17 +186,24 @@ class Trainer:
     def init(self, key: jax.Array) -> TrainState:
         """The whole training state from one key; every leaf is a distinct buffer (so an
         update may donate it)."""
-        return self.place(jax.tree.map(jnp.copy, self._init(key)))
+        return self._init(np.asarray(jax.random.key_data(key)))
 
     def init_state(self, key: jax.Array) -> TrainState:
         """:meth:`init` as a pure, traceable function (for ``jit``/``vmap`` over keys)."""
         return self._assemble(key, self._init_learners(key), *self._init_world())
 
-    @staticmethod
-    def place(ts: TrainState) -> TrainState:
-        """Commit every leaf to the default device, as the update's outputs are: fresh,
-        restored and updated states then share one compiled update."""
-        return jax.device_put(ts, jax.devices()[0])
+    def _state_sharding(self, ts: TrainState) -> TrainState:
+        """A pytree of shardings matching ``ts``: the economy's agent and market arrays and
+        the observations split over the mesh by whole markets, the rest replicated."""
+        mesh = self.mesh
+        rep = NamedSharding(mesh, PartitionSpec())
+        return jax.tree.map(lambda _: rep, ts).replace(
+            env_state=state_sharding(ts.env_state, mesh), obs=NamedSharding(mesh, PartitionSpec("agents"))
+        )
+
+    def place(self, ts: TrainState) -> TrainState:
+        """``ts`` laid out as the update expects it (:attr:`state_sharding`)."""
+        return jax.device_put(ts, self.state_sharding)
 
     def _init_world(self):
         return self.env.reset(self.world_key(jnp.zeros((), jnp.int32)))
@@ -286,14 +320,17 @@ class Trainer:
             tm(traj.reward), tm(traj.value), tm(traj.done), tm(traj.bootstrap), last_value,
             ts.hyper.gamma, ts.hyper.gae_lambda,
         )
-        flat = lambda x: tm(x).reshape((P, -1) + x.shape[3:])  # [T, P, n, ...] -> [P, T*n, ...]
+        # PPO batch: each agent a stream of T samples, [T, P, n, ...] -> [P, n, T, ...]; the
+        # minibatches split every agent's steps (see ppo_update), so the agent axis stays
+        # where the rollout left it (sharded by markets) and nothing moves between devices.
+        streams = lambda x: jnp.moveaxis(x, 0, 2)
         batch = {
-            "obs": flat(traj.obs),
-            "actions": jax.tree.map(flat, traj.actions),
-            "log_prob": flat(traj.log_prob),
-            "values": flat(traj.value),
-            "advantages": adv.reshape(P, -1),
-            "returns": ret.reshape(P, -1),
+            "obs": streams(traj.obs),
+            "actions": jax.tree.map(streams, traj.actions),
+            "log_prob": streams(traj.log_prob),
+            "values": streams(traj.value),
+            "advantages": jnp.swapaxes(adv, 1, 2),
+            "returns": jnp.swapaxes(ret, 1, 2),
         }
         vf = jnp.full((P,), t.vf_coef, jnp.float32)
         params, opt_state, losses = jax.vmap(
@@ -354,12 +391,19 @@ class Trainer:
     def _analysis(self, ts, params, obs, niche_counts, niche_output, occupancy, agent_spec, env_state, volume, key):
         """Diversity and niche analysis of the members just trained (before PBT copies any),
         every ``train.analysis.every`` updates, under ``lax.cond``; zeros otherwise.
-        The probe set: ``probe_states`` observations drawn uniformly from the rollout
-        ``obs [T, P, n, D]`` (all steps, members and markets)."""
+        The probe set: ``probe_states`` observations drawn uniformly from an evenly strided
+        subset of the rollout ``obs [T, P, n, D]`` (all steps, members and markets)."""
         a = self.cfg.train.analysis
 
+        T, P, n, D = obs.shape
+        # Every ``stride``-th agent of every member, at every step, then ``probe_states``
+        # drawn from those: the strided slice is local to each device (it divides the
+        # agents per device), so only the small candidate set crosses devices.
+        per_device = n // self.mesh.size
+        stride = max([s for s in range(1, per_device + 1) if per_device % s == 0 and T * P * (n // s) >= 4 * a.probe_states] or [1])
+
         def analyse(_):
-            flat = obs.reshape(-1, obs.shape[-1])
+            flat = obs[:, :, ::stride].reshape(-1, D)
             probe = flat[jax.random.randint(key, (a.probe_states,), 0, flat.shape[0])]
             return population_analysis(
                 lambda p, o: population_apply(self.net, p, o), params, probe, niche_counts, niche_output,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from selfplay.cli import EXIT_UNAVAILABLE, EXIT_USAGE, main
+from selfplay.cli import EXIT_USAGE, main
 from tests.conftest import CONFIGS, ROOT, subprocess_env
 
 TINY = str(CONFIGS / "tiny.yaml")
@@ -65,12 +65,6 @@ def test_missing_config_file(capsys, tmp_path):
     rc = main(["simulate", str(tmp_path / "nope.yaml")])
     err = capsys.readouterr().err
     assert rc == EXIT_USAGE and "nope.yaml" in err and "not found" in err
-
-
-def test_report_is_not_available_yet(capsys):
-    rc = main(["report", "runs/x"])
-    assert rc == EXIT_UNAVAILABLE
-    assert "not yet available" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

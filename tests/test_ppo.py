@@ -20,7 +20,7 @@ from hypothesis.extra import numpy as hnp
 
 from agents.networks import ActorCritic, init_population, log_prob
 from economy import ActionHead
-from selfplay.ppo import clipped_surrogate, gae, ppo_loss, ppo_update
+from selfplay.ppo import clipped_surrogate, gae, minibatch_order, ppo_loss, ppo_update
 
 # ---- GAE --------------------------------------------------------------------------------
 
@@ -171,14 +171,28 @@ ADAM = optax.inject_hyperparams(optax.adam)
 TX = ADAM(learning_rate=1e-3)  # the learning rate actually used is the one in opt_state
 
 
+STREAMS = 4  # the NB samples as 4 streams (agents) of 8 steps
+
+
+def streams(batch, lead=0):
+    """``[NB, ...]`` leaves (after ``lead`` leading axes) as ``[STREAMS, NB / STREAMS, ...]``."""
+    return jax.tree.map(lambda x: x.reshape(x.shape[:lead] + (STREAMS, -1) + x.shape[lead + 1 :]), batch)
+
+
 def _update(params, opt_state, batch, key, clip_eps, ent_coef, vf_coef):
-    return ppo_update(params, opt_state, TX, NET.apply, batch, key, clip_eps, ent_coef, vf_coef, EPOCHS, MINIBATCHES)
+    return ppo_update(
+        params, opt_state, TX, NET.apply, streams(batch), key, clip_eps, ent_coef, vf_coef, EPOCHS, MINIBATCHES
+    )
 
 
 UPDATE = jax.jit(_update)
-VUPDATE = jax.jit(
+_VUPDATE = jax.jit(
     jax.vmap(ppo_update, in_axes=(0, 0, None, None, 0, 0, 0, 0, 0, None, None)), static_argnums=(2, 3, 9, 10)
 )
+
+
+def VUPDATE(params, opt_state, tx, apply_fn, batch, *rest):
+    return _VUPDATE(params, opt_state, tx, apply_fn, streams(batch, lead=1), *rest)
 
 
 @jax.jit
@@ -278,6 +292,23 @@ def test_update_vmapped_over_members_equals_separate_runs(pop):
 
 def test_update_rejects_indivisible_minibatches(pop):
     params = member(pop, 0)
-    batch = {"x": jnp.zeros((10, 2))}
-    with pytest.raises(ValueError, match="n=10.*num_minibatches=4"):
+    batch = {"x": jnp.zeros((3, 10, 2))}
+    with pytest.raises(ValueError, match="K=10.*num_minibatches=4"):
         ppo_update(params, TX.init(params), TX, NET.apply, batch, jax.random.key(0), 0.2, 0.0, 0.5, 1, 4)
+    with pytest.raises(ValueError, match="streams, samples"):
+        ppo_update(params, TX.init(params), TX, NET.apply, {"x": jnp.zeros((3, 8)), "y": jnp.zeros((4, 8))},
+                   jax.random.key(0), 0.2, 0.0, 0.5, 1, 4)
+
+
+def test_minibatch_order_is_a_permutation_per_stream_and_shard_invariant():
+    """Every stream gets a permutation of its samples; streams differ; the order of a
+    stream does not change when other streams are added after it (it depends only on the
+    key and the stream's index, so splitting the stream axis over devices changes nothing)."""
+    key = jax.random.key(4)
+    order = np.asarray(jax.jit(minibatch_order, static_argnums=(1, 2))(key, 6, 8))
+    assert order.shape == (6, 8) and order.dtype == np.int32
+    for row in order:
+        assert sorted(row) == list(range(8))
+    assert len({tuple(r) for r in order}) > 1
+    more = np.asarray(jax.jit(minibatch_order, static_argnums=(1, 2))(key, 12, 8))
+    np.testing.assert_array_equal(more[:6], order)
