@@ -13,7 +13,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed
-	$(PY) benchmarks/env_step.py
+	$(PY) benchmarks/suite.py
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)

@@ -20,6 +20,7 @@ from analysis.diversity import effective_policies, js_matrix, kl_matrix, mean_of
 from analysis.niches import gini, herfindahl, lorenz, occupancy_entropy, price_dispersion
 
 LORENZ_POINTS = 101
+MAJOR_NICHE = 0.01  # a niche counts for the monopoly summary when it makes >= 1% of all output
 
 
 def wealth(goods: jax.Array, money: jax.Array, price: jax.Array) -> jax.Array:
@@ -87,6 +88,8 @@ def population_analysis(
     js = js_matrix(logits)
     shares = niche_counts / jnp.maximum(jnp.sum(niche_counts, -1, keepdims=True), 1)
     hhi, largest_share, largest_member = herfindahl(niche_output[:, :J].astype(jnp.float32))
+    output = jnp.sum(niche_output[:, :J], 0).astype(jnp.float32)  # [J] units of work per niche
+    major = output >= MAJOR_NICHE * jnp.maximum(jnp.sum(output), 1.0)
     w = wealth(goods, money, price)
     return {
         "kl": kl,
@@ -102,6 +105,12 @@ def population_analysis(
         "hhi": hhi,
         "largest_share": largest_share,
         "largest_member": largest_member,
+        "niche_output": output,
+        # The monopoly indicator: the largest member's share of a niche's output, over the
+        # niches that make at least MAJOR_NICHE of all output (a niche worked by one agent
+        # is trivially "monopolised"); 0 and niche -1 when there is none.
+        "monopoly_share": jnp.max(jnp.where(major, largest_share, 0.0)),
+        "monopoly_niche": jnp.where(jnp.any(major), jnp.argmax(jnp.where(major, largest_share, -1.0)), -1).astype(jnp.int32),
         "gini": gini(w),
         "lorenz": lorenz(w, LORENZ_POINTS),
         "wealth_histogram": histogram(w, bins, 0.0, jnp.max(w)),

@@ -338,7 +338,12 @@ def _overview(c: _Context, figs: _Figures) -> str:
     util = _last(c.metrics, "utility")
     largest = a.get("largest_share")
     mono = "—"
-    if isinstance(largest, list) and largest:
+    if isinstance(a.get("monopoly_niche"), int):  # over niches with >= 1% of all output
+        j = a["monopoly_niche"]
+        who = (a.get("largest_member") or [None] * (j + 1))[j] if j >= 0 else None
+        name = (c.niche_names[j] if j < len(c.niche_names) else f"niche {j}") if j >= 0 else None
+        mono = f"{_fmt(a.get('monopoly_share'), 3)} ({name}, member {who})" if j >= 0 else "no niche makes 1% of output"
+    elif isinstance(largest, list) and largest:
         j = int(np.nanargmax(np.asarray(largest, np.float64)))
         who = (a.get("largest_member") or [None] * len(largest))[j]
         name = c.niche_names[j] if j < len(c.niche_names) else f"niche {j}"

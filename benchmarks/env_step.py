@@ -25,7 +25,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def measure(log2n: int, steps: int, repeats: int, devices: int) -> dict:
+def xla_cost(compiled, calls: float = 1.0, devices: int = 1) -> dict:
+    """XLA's own estimate (``compiled.cost_analysis()``) of the FLOPs and bytes accessed by
+    ``calls`` executions of ``compiled``, summed over its ``devices`` (a sharded program's
+    analysis is of one device's part). XLA counts a loop body once whatever its trip count,
+    so ``compiled`` should be a loop-free (trip count 1) variant and ``calls`` its number
+    of repetitions."""
+    ca = compiled.cost_analysis()
+    if isinstance(ca, (list, tuple)):  # older jax: one dict per executable
+        ca = ca[0] if ca else {}
+    ca = ca or {}
+    return {
+        "flops": float(ca.get("flops", 0.0)) * calls * devices,
+        "bytes_accessed": float(ca.get("bytes accessed", 0.0)) * calls * devices,
+    }
+
+
+def measure(log2n: int, steps: int, repeats: int, devices: int, markets: int | None = None, xla: bool = False) -> dict:
+    """One size: ``markets`` defaults to N/1024 (at least 1). ``xla``: also XLA's cost
+    estimate of the timed program (``xla_flops``, ``xla_bytes_accessed``), from a one-step
+    variant scaled by ``steps``."""
     import jax
     import jax.numpy as jnp
 
@@ -33,7 +52,8 @@ def measure(log2n: int, steps: int, repeats: int, devices: int) -> dict:
     import economy
 
     n = 2**log2n
-    cfg = economy.load_config(ROOT / "configs/economy/default.yaml", num_agents=n, num_markets=max(n // 1024, 1))
+    markets = max(n // 1024, 1) if markets is None else markets
+    cfg = economy.load_config(ROOT / "configs/economy/default.yaml", num_agents=n, num_markets=markets)
     env = economy.Economy(cfg)
     key = jax.random.key(0)
     obs, state = jax.jit(env.reset)(key)
@@ -47,19 +67,22 @@ def measure(log2n: int, steps: int, repeats: int, devices: int) -> dict:
         state = shard_state(state, mesh)
         actions = shard_agents(actions, mesh, batch_dims=1)
 
-    def run(state, actions, key):
-        def body(carry, t):
-            state, key = carry
-            key, key_step = jax.random.split(key)
-            a = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, t % k_act, keepdims=False), actions)
-            obs, state, reward, _, _, info = env.step(key_step, state, a)
-            # Consume the observation so that it is computed (a policy would read it).
-            return (state, key), (reward.mean() + obs[:, 0].mean(), info["market_volume"].sum())
+    def program(steps):
+        def run(state, actions, key):
+            def body(carry, t):
+                state, key = carry
+                key, key_step = jax.random.split(key)
+                a = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, t % k_act, keepdims=False), actions)
+                obs, state, reward, _, _, info = env.step(key_step, state, a)
+                # Consume the observation so that it is computed (a policy would read it).
+                return (state, key), (reward.mean() + obs[:, 0].mean(), info["market_volume"].sum())
 
-        (state, key), out = jax.lax.scan(body, (state, key), jnp.arange(steps))
-        return state, out
+            (state, key), out = jax.lax.scan(body, (state, key), jnp.arange(steps))
+            return state, out
 
-    run_jit = jax.jit(run, donate_argnums=0)
+        return run
+
+    run_jit = jax.jit(program(steps), donate_argnums=0)
     t0 = time.perf_counter()
     compiled = run_jit.lower(state, actions, key).compile()
     compile_s = time.perf_counter() - t0
@@ -73,7 +96,7 @@ def measure(log2n: int, steps: int, repeats: int, devices: int) -> dict:
         times.append(time.perf_counter() - t0)
     best = min(times)
     state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
-    return {
+    row = {
         "agents": n,
         "markets": cfg.num_markets,
         "goods": cfg.num_goods,
@@ -90,6 +113,11 @@ def measure(log2n: int, steps: int, repeats: int, devices: int) -> dict:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "mean_volume": float(jnp.mean(out[1])),
     }
+    if xla:
+        one_step = jax.jit(program(1)).lower(state, actions, key).compile()
+        cost = xla_cost(one_step, calls=steps, devices=devices)
+        row.update(xla_flops=cost["flops"], xla_bytes_accessed=cost["bytes_accessed"], seconds=best)
+    return row
 
 
 def main(argv=None) -> int:

@@ -1,7 +1,7 @@
 """The ``agora`` command line.
 
     agora simulate CONFIG [key=value ...]   run the economy with baseline agents, print a table
-    agora bench [benchmark options]         environment throughput (benchmarks/env_step.py)
+    agora bench [options]                   benchmark suite: env, acting, update (benchmarks/suite.py)
     agora train CONFIG [key=value ...]      population self-play (PPO, RL variants, PBT, league)
     agora report RUN_DIR                    write RUN_DIR/report.html, a self-contained HTML report
 
@@ -55,7 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", help="run directory written by agora train (config.yaml, metrics.jsonl, ...)")
 
     bench = sub.add_parser(
-        "bench", help="environment throughput benchmark (options as benchmarks/env_step.py)", add_help=False
+        "bench", help="benchmark suite: environment, acting and update at several sizes and device counts "
+        "(agora bench --help; benchmarks/suite.py)", add_help=False,
+        prefix_chars="+",  # no options of its own: every argument, --help included, goes to the suite
     )
     bench.add_argument("args", nargs=argparse.REMAINDER)
     return ap
@@ -183,16 +185,20 @@ def _unavailable(what: str) -> int:
 
 
 def _bench(args) -> int:
+    """The benchmark suite (benchmarks/suite.py; its options, its --help)."""
     import importlib.util
 
-    path = ROOT / "benchmarks" / "env_step.py"
+    path = ROOT / "benchmarks" / "suite.py"
     if not path.is_file():
         print(f"agora bench: {path} not found (bench runs from a source checkout)", file=sys.stderr)
         return EXIT_FAIL
-    spec = importlib.util.spec_from_file_location("agora_env_step_benchmark", path)
+    spec = importlib.util.spec_from_file_location("agora_benchmark_suite", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return int(mod.main(args.args) or 0)
+    try:
+        return int(mod.main(args.args, prog="agora bench") or 0)
+    except SystemExit as e:  # the suite's argparse: 0 after --help, 2 on bad usage
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
 
 
 def main(argv: Sequence[str] | None = None) -> int:

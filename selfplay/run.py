@@ -159,7 +159,7 @@ def analysis_scalars(an: dict, names: dict) -> dict[str, float]:
     for j, name in enumerate(names["niches"][:-1]):
         out[f"monopoly/hhi/{name}"] = float(an["hhi"][j])
         out[f"monopoly/largest_share/{name}"] = float(an["largest_share"][j])
-    out["monopoly/largest_share_max"] = float(np.max(an["largest_share"]))
+    out["monopoly/share"] = float(an["monopoly_share"])  # largest member share over niches with >= 1% of output
     out["wealth/gini"] = float(an["gini"])
     for g, name in enumerate(names["goods"]):
         out[f"market/dispersion/{name}"] = float(an["price_dispersion"][g])
@@ -227,12 +227,13 @@ class Dashboard:
 
 def analysis_summary(u: int, an: dict, names: dict) -> str:
     niches = names["niches"][:-1]
-    top = int(np.argmax(an["largest_share"]))
+    j = int(an["monopoly_niche"])
+    monopoly = (f"largest monopoly share {float(an['monopoly_share']):.2f} ({niches[j]}, member "
+                f"{int(an['largest_member'][j])})") if j >= 0 else "no niche makes 1% of output"
     return (
         f"update {u}: mean pairwise KL {float(an['mean_kl']):.4f}, JS {float(an['mean_js']):.4f}, "
         f"effective policies {float(an['effective_policies']):.2f}; niche entropy {float(an['occupancy_entropy']):.3f} nats; "
-        f"largest monopoly share {float(an['largest_share'][top]):.2f} ({niches[top]}, member {int(an['largest_member'][top])}); "
-        f"wealth Gini {float(an['gini']):.3f}"
+        f"{monopoly}; wealth Gini {float(an['gini']):.3f}"
     )
 
 

@@ -82,7 +82,8 @@ def make_run(path: Path, updates=(2, 4, 6, 8, 10), analysis=True, truncate=False
                 "niche_profile_distance": js.tolist(), "occupancy_entropy": float(rng.random()),
                 "market_occupancy_entropy": rng.random(M).tolist(),
                 "specialisation_index": rng.random(P).tolist(), "hhi": rng.random(J).tolist(),
-                "largest_share": rng.random(J).tolist(), "largest_member": [0, 2, -1],
+                "largest_share": [0.5, 0.875, 0.0], "largest_member": [0, 2, -1],
+                "niche_output": [40.0, 8.0, 0.0], "monopoly_share": 0.875, "monopoly_niche": 1,
                 "gini": float(rng.random()), "lorenz": (lorenz / lorenz[-1]).tolist(),
                 "wealth_histogram": {"edges": np.linspace(0, 800, 9).tolist(), "counts": counts.tolist()},
                 "specialisation_histogram": {"edges": np.linspace(0, 1, 6).tolist(), "counts": [3, 9, 20, 20, 12]},
@@ -175,6 +176,7 @@ def test_report_of_finished_run_is_complete_and_self_contained(finished_report):
     for name in NICHES + GOODS + ["rest"]:
         assert name in text, name
     assert "m2" in text and "— (nothing produced)" in text
+    assert f"0.875 ({NICHES[1]}, member 2)" in text  # the monopoly indicator in the overview
     assert "effective number of policies" in text and "wealth Gini" in text
     # The config is shown verbatim (escaped).
     assert "<pre>economy:" in text and "num_agents: 64" in text

@@ -147,6 +147,10 @@ def test_analysis_in_training(trainer, trained):
         live = np.asarray(a["largest_member"]) >= 0
         assert ((a["hhi"][live] >= 1 / P - 1e-6) & (a["hhi"][live] <= 1 + 1e-6)).all()
         assert (a["largest_share"][live] ** 2 <= a["hhi"][live] + 1e-6).all()
+        out = np.asarray(a["niche_output"])
+        major = out >= 0.01 * out.sum()
+        assert float(a["monopoly_share"]) == pytest.approx(float(np.max(np.where(major, a["largest_share"], 0.0))))
+        assert major[int(a["monopoly_niche"])] and (out[~live] == 0).all()
         lz = np.asarray(a["lorenz"])
         assert abs(lz[0]) < 1e-6 and abs(lz[-1] - 1) < 1e-5 and (np.diff(lz) >= -1e-6).all()
         assert 0 <= float(a["gini"]) < 1
