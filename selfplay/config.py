@@ -16,6 +16,7 @@ with :class:`economy.ConfigError`, whose message names it as a dotted path.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -130,7 +131,7 @@ class TrainConfig(_Frozen):
     updates: int = Field(100, ge=1)  # PPO updates in the run
     rollout_steps: int = Field(32, ge=1)  # T: environment steps per update
     epochs: int = Field(2, ge=1)
-    minibatches: int = Field(4, ge=1)  # per epoch; each holds rollout_steps / minibatches steps of every agent
+    minibatches: int = Field(4, ge=1)  # per epoch: steps of every agent split first, then agents (see selfplay.ppo)
     vf_coef: float = Field(0.5, ge=0.0)
     max_grad_norm: float = Field(0.5, gt=0.0)
     seed: int = Field(0, ge=0)  # seeds members, hyperparameters, worlds and actions
@@ -177,10 +178,12 @@ class RunConfig(_Frozen):
                 f"train.members={t.members} + train.league.size={t.league.size} = {t.players} players must divide "
                 f"economy.num_agents={n} (agent i is played by player i % players)"
             )
-        if t.rollout_steps % t.minibatches:
+        groups = t.minibatches // math.gcd(t.minibatches, t.rollout_steps)
+        if (n // t.players) % groups:
             raise ValueError(
-                f"train.minibatches={t.minibatches} must divide train.rollout_steps={t.rollout_steps} "
-                "(every minibatch holds an equal share of every agent's steps)"
+                f"train.minibatches={t.minibatches}: with rollout_steps={t.rollout_steps} each minibatch takes "
+                f"{t.rollout_steps // (t.minibatches // groups)} steps of 1/{groups} of the agents, and {groups} must divide "
+                f"the agents per player ({n // t.players})"
             )
         if per_market % t.players:
             raise ValueError(

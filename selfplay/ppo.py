@@ -15,6 +15,7 @@ in ``opt_state`` when ``tx`` is built with ``optax.inject_hyperparams``.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import jax
@@ -142,6 +143,36 @@ def minibatch_order(key: jax.Array, streams: int, samples: int) -> jax.Array:
     return jnp.argsort(rng.bits(key, (streams, samples)), axis=-1).astype(jnp.int32)
 
 
+def minibatch_split(num_minibatches: int, streams: int, samples: int) -> tuple[int, int]:
+    """``(stream_groups, sample_parts)`` with ``stream_groups * sample_parts ==
+    num_minibatches``: every stream's samples are cut into ``sample_parts =
+    gcd(num_minibatches, samples)`` parts and, when that is not enough, the streams into
+    ``stream_groups`` interleaved groups (stream ``s`` in group ``s % stream_groups``).
+    Raises ``ValueError`` when ``stream_groups`` does not divide ``streams``."""
+    parts = math.gcd(num_minibatches, samples)
+    groups = num_minibatches // parts
+    if streams % groups:
+        raise ValueError(
+            f"num_minibatches={num_minibatches} needs {groups} groups of streams "
+            f"(samples per stream K={samples} gives {parts} parts), which must divide the B={streams} streams"
+        )
+    return groups, parts
+
+
+def minibatches(x: jax.Array, order: jax.Array, num_minibatches: int) -> jax.Array:
+    """``x [B, K, ...]`` shuffled per stream by ``order [B, K]`` (:func:`minibatch_order`)
+    and cut into ``[num_minibatches, B / groups, K / parts, ...]`` (:func:`minibatch_split`):
+    minibatch ``g * parts + q`` holds part ``q`` of the shuffled samples of the streams of
+    group ``g``. Nothing moves along the stream axis except by a reshape that keeps every
+    device's streams on it (when ``groups`` divides the streams per device)."""
+    b, k = order.shape
+    groups, parts = minibatch_split(num_minibatches, b, k)
+    x = jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)), axis=1)
+    x = x.reshape((b // groups, groups, parts, k // parts) + x.shape[2:])
+    x = jnp.moveaxis(x, 0, 2)  # [groups, parts, B / groups, K / parts, ...]
+    return x.reshape((num_minibatches, b // groups, k // parts) + x.shape[4:])
+
+
 def ppo_update(
     params: Any,
     opt_state: Any,
@@ -158,13 +189,13 @@ def ppo_update(
     """``num_epochs`` passes over ``batch``, one optimiser step per minibatch.
 
     ``batch`` leaves are ``[B, K, ...]``: ``B`` streams (agents) of ``K`` samples (time
-    steps), ``K`` divisible by ``num_minibatches``. Each epoch shuffles every stream's
-    samples (:func:`minibatch_order` with ``jax.random.split(key, num_epochs)[e]``) and
-    minibatch ``m`` takes part ``m`` of every stream: ``B * K / num_minibatches`` samples
-    with every agent in every minibatch. Nothing moves across the stream axis, so with the
-    agents sharded over devices each device shuffles its own agents and only gradients
-    and loss statistics are reduced across devices; the result does not depend on the
-    number of devices. (A single stream, ``B = 1``, is the usual global shuffle.)
+    steps). Each epoch shuffles every stream's samples (:func:`minibatch_order` with
+    ``jax.random.split(key, num_epochs)[e]``) and cuts them into parts; a minibatch is one
+    part of every stream of one interleaved group of streams (:func:`minibatches`; one
+    group when ``num_minibatches`` divides ``K``). Nothing moves across devices when the
+    stream axis is sharded, only gradients and loss statistics are reduced, and the
+    result does not depend on the number of devices. (A single stream, ``B = 1``, is the
+    usual global shuffle.)
 
     Returns ``(params, opt_state, metrics)`` with the metrics of :func:`ppo_loss` plus
     ``loss``, averaged over all ``num_epochs * num_minibatches`` steps. Jittable, and
@@ -176,14 +207,12 @@ def ppo_update(
     if len(shapes) != 1 or len(next(iter(shapes))) != 2:
         raise ValueError(f"batch leaves must share leading axes [streams, samples]; got {sorted(shapes)}")
     ((b, k),) = shapes
-    if k % num_minibatches:
-        raise ValueError(f"samples per stream K={k} is not divisible by num_minibatches={num_minibatches}")
-    part = k // num_minibatches
+    minibatch_split(num_minibatches, b, k)  # checks divisibility
     grad_fn = jax.value_and_grad(ppo_loss, has_aux=True)
 
     def minibatch_step(carry, mb):
         p, o = carry
-        mb = jax.tree.map(lambda x: x.reshape((b * part,) + x.shape[2:]), mb)
+        mb = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), mb)
         (loss, metrics), grads = grad_fn(p, apply_fn, mb, clip_eps, ent_coef, vf_coef)
         updates, o = tx.update(grads, o, p)
         p = optax.apply_updates(p, updates)
@@ -191,16 +220,12 @@ def ppo_update(
 
     def epoch(carry, key):
         order = minibatch_order(key, b, k)
-
-        def split(x):
-            idx = order.reshape(order.shape + (1,) * (x.ndim - 2))
-            x = jnp.take_along_axis(x, idx, axis=1)  # [B, K, ...] shuffled per stream
-            return jnp.moveaxis(x.reshape((b, num_minibatches, part) + x.shape[2:]), 1, 0)  # [mb, B, part, ...]
-
-        return jax.lax.scan(minibatch_step, carry, jax.tree.map(split, batch))
+        return jax.lax.scan(minibatch_step, carry, jax.tree.map(lambda x: minibatches(x, order, num_minibatches), batch))
 
     (params, opt_state), metrics = jax.lax.scan(epoch, (params, opt_state), jax.random.split(key, num_epochs))
     return params, opt_state, jax.tree.map(jnp.mean, metrics)
 
 
-__all__ = ["clipped_surrogate", "gae", "minibatch_order", "ppo_loss", "ppo_update"]
+__all__ = [
+    "clipped_surrogate", "gae", "minibatch_order", "minibatch_split", "minibatches", "ppo_loss", "ppo_update",
+]

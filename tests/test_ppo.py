@@ -20,7 +20,7 @@ from hypothesis.extra import numpy as hnp
 
 from agents.networks import ActorCritic, init_population, log_prob
 from economy import ActionHead
-from selfplay.ppo import clipped_surrogate, gae, minibatch_order, ppo_loss, ppo_update
+from selfplay.ppo import clipped_surrogate, gae, minibatch_order, minibatch_split, minibatches, ppo_loss, ppo_update
 
 # ---- GAE --------------------------------------------------------------------------------
 
@@ -293,11 +293,29 @@ def test_update_vmapped_over_members_equals_separate_runs(pop):
 def test_update_rejects_indivisible_minibatches(pop):
     params = member(pop, 0)
     batch = {"x": jnp.zeros((3, 10, 2))}
-    with pytest.raises(ValueError, match="K=10.*num_minibatches=4"):
+    with pytest.raises(ValueError, match="num_minibatches=4 needs 2 groups.*K=10.*B=3 streams"):
         ppo_update(params, TX.init(params), TX, NET.apply, batch, jax.random.key(0), 0.2, 0.0, 0.5, 1, 4)
     with pytest.raises(ValueError, match="streams, samples"):
         ppo_update(params, TX.init(params), TX, NET.apply, {"x": jnp.zeros((3, 8)), "y": jnp.zeros((4, 8))},
                    jax.random.key(0), 0.2, 0.0, 0.5, 1, 4)
+
+
+@pytest.mark.parametrize("num_minibatches, groups, parts", [(4, 1, 4), (8, 2, 4), (6, 3, 2), (1, 1, 1)])
+def test_minibatches_cover_every_sample_once(num_minibatches, groups, parts):
+    """6 streams of 4 samples: every (stream, sample) lands in exactly one minibatch; a
+    minibatch holds one part of every stream of one interleaved group of streams."""
+    b, k = 6, 4
+    assert minibatch_split(num_minibatches, b, k) == (groups, parts)
+    ids = jnp.arange(b * k, dtype=jnp.int32).reshape(b, k)  # stream * k + sample
+    order = minibatch_order(jax.random.key(1), b, k)
+    mbs = np.asarray(minibatches(ids, order, num_minibatches))
+    assert mbs.shape == (num_minibatches, b // groups, k // parts)
+    assert sorted(mbs.reshape(-1).tolist()) == list(range(b * k))
+    for m, mb in enumerate(mbs):
+        streams = set((mb // k).reshape(-1).tolist())
+        assert streams == {s for s in range(b) if s % groups == m // parts}, (m, streams)
+        for row in mb // k:  # each row is one stream
+            assert len(set(row.tolist())) == 1
 
 
 def test_minibatch_order_is_a_permutation_per_stream_and_shard_invariant():
