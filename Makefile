@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   -- the main job: a small population self-play experiment (agora train configs/demo.yaml)
+#   make demo   -- the main job: a small population self-play experiment and its report (agora train + agora report)
 #   make test   -- the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,6 +8,7 @@ PY := $(VENV)/bin/python
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/agora train configs/demo.yaml
+	$(VENV)/bin/agora report runs/demo
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
