@@ -17,10 +17,11 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from child import run_child  # benchmarks/child.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,16 +138,11 @@ def main(argv=None) -> int:
     rows = []
     for d in args.devices:
         for s in args.sizes:
-            env = dict(os.environ, JAX_PLATFORMS="cpu")
-            if d > 1:
-                env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={d} " + env.get("XLA_FLAGS", "")
-            cmd = [sys.executable, __file__, "--single", str(s), "--steps", str(args.steps),
-                   "--repeats", str(args.repeats), "--devices", str(d)]
-            p = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if p.returncode:
-                print(p.stderr, file=sys.stderr)
-                return p.returncode
-            row = json.loads(p.stdout.strip().splitlines()[-1])
+            row, why = run_child(__file__, ["--single", str(s), "--steps", str(args.steps),
+                                             "--repeats", str(args.repeats), "--devices", str(d)], d)
+            if row is None:
+                print(why, file=sys.stderr)
+                return 1
             rows.append(row)
             print(
                 f"N=2^{s:<2} devices={d} {row['agent_steps_per_s'] / 1e6:7.2f} M agent-steps/s  "

@@ -42,7 +42,6 @@ import math
 import os
 import platform
 import resource
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -50,6 +49,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from child import run_child, tail as _tail  # noqa: E402  (benchmarks/child.py, beside this script)
 KINDS = ("env", "acting", "update")
 TITLES = {
     "env": "Environment step (lax.scan, actions on the device)",
@@ -138,34 +139,6 @@ def measure_one(kind: str, log2n: int, devices: int, markets: int, members: int,
 
 
 # ---- orchestration --------------------------------------------------------------------
-def _child_env(devices: int) -> dict:
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}").strip()
-    return env
-
-
-def _run_child(args: list[str], devices: int, timeout: float | None) -> tuple[dict | None, str]:
-    """Run this script with ``args`` in a fresh process; (its JSON result, "") or (None, why)."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), *args]
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, env=_child_env(devices), timeout=timeout)
-    except subprocess.TimeoutExpired as e:
-        tail = (e.stderr or b"")
-        tail = tail.decode(errors="replace") if isinstance(tail, bytes) else tail
-        return None, f"timed out after {timeout:g} s\n{_tail(tail)}"
-    if p.returncode:
-        return None, f"exit status {p.returncode}\n{_tail(p.stderr)}"
-    try:
-        return json.loads(p.stdout.strip().splitlines()[-1]), ""
-    except (IndexError, json.JSONDecodeError):
-        return None, f"no JSON result on stdout\n{_tail(p.stdout + p.stderr)}"
-
-
-def _tail(text: str, lines: int = 25) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
 def markets_for(log2n: int, devices: list[int]) -> int:
     """Markets at N = 2^log2n: N/1024, at least the least common multiple of the device
     counts (every device holds whole markets; the same economy at every device count)."""
@@ -405,7 +378,7 @@ def main(argv=None, prog: str | None = None) -> int:
         print(f"FAILED {label}: {message}", file=sys.stderr, flush=True)
 
     quick = ["--quick"] if args.quick else []
-    limits, why = _run_child(["--limits", *quick], 1, args.timeout)
+    limits, why = run_child(__file__, ["--limits", *quick], 1, args.timeout)
     if limits is None:
         fail({"kind": "limits", "log2n": None, "devices": 1}, why)
     else:
@@ -421,7 +394,7 @@ def main(argv=None, prog: str | None = None) -> int:
                 child = ["--single", kind, str(s), str(d), "--markets", str(m), "--members", str(args.members),
                          "--steps", str(args.steps), "--repeats", str(args.repeats)]
                 t0 = time.perf_counter()
-                row, why = _run_child(child, d, args.timeout)
+                row, why = run_child(__file__, child, d, args.timeout)
                 if row is None:
                     fail({"kind": kind, "log2n": s, "devices": d}, why)
                     write()

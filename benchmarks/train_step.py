@@ -26,10 +26,11 @@ import math
 import os
 import platform
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from child import run_child  # benchmarks/child.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -199,13 +200,11 @@ def main(argv=None) -> int:
     rows = []
     for s in args.sizes:
         for p in args.members:
-            cmd = [sys.executable, __file__, "--single", str(s), str(p), "--steps", str(args.steps),
-                   "--repeats", str(args.repeats)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
-            if proc.returncode:
-                print(proc.stderr, file=sys.stderr)
-                return proc.returncode
-            row = json.loads(proc.stdout.strip().splitlines()[-1])
+            row, why = run_child(__file__, ["--single", str(s), str(p), "--steps", str(args.steps),
+                                             "--repeats", str(args.repeats)])
+            if row is None:
+                print(why, file=sys.stderr)
+                return 1
             rows.append(row)
             print(
                 f"N=2^{s} P={p}: update {row['update_agent_steps_per_s']:,.0f} agent-steps/s "
