@@ -144,7 +144,7 @@ def xla_estimate(cfg, ts, kind: str, devices: int = 1) -> dict:
     return {k: t.rollout_steps * act1[k] + t.epochs * t.rollout_steps * max(upd1[k] - act1[k], 0.0) for k in act1}
 
 
-def measure(log2n: int, members: int, steps: int, repeats: int) -> dict:
+def measure(log2n: int, members: int, steps: int, repeats: int, acting_only: bool = False) -> dict:
     import jax
 
     sys.path.insert(0, str(ROOT))
@@ -155,14 +155,18 @@ def measure(log2n: int, members: int, steps: int, repeats: int) -> dict:
     peak = matmul_flops()
     trainer = Trainer(cfg)
     ts = trainer.init(jax.random.key(0))
-    compile_s, update_s, _, ts = time_update(trainer, ts, repeats)
-    _, acting_s, _ = time_acting(trainer, ts, repeats)
+    if acting_only:
+        compile_s, acting_s, _ = time_acting(trainer, ts, repeats)
+        update_s = math.nan
+    else:
+        compile_s, update_s, _, ts = time_update(trainer, ts, repeats)
+        _, acting_s, _ = time_acting(trainer, ts, repeats)
 
     flops = network_flops(cfg)
     agent_steps = n * steps
     upd_rate = agent_steps / update_s
     act_rate = agent_steps / acting_s
-    return {
+    row = {
         "agents": n,
         "members": members,
         "rollout_steps": steps,
@@ -172,7 +176,8 @@ def measure(log2n: int, members: int, steps: int, repeats: int) -> dict:
         "update_agent_steps_per_s": upd_rate,
         "acting_agent_steps_per_s": act_rate,
         "update_s": update_s,
-        "compile_s": compile_s,
+        "compile_s": compile_s,  # of the update (of the rollout with --acting-only)
+        "acting_only": acting_only,
         "flops_per_agent_step": flops,
         "update_gflops": upd_rate * flops["update"] / 1e9,
         "acting_gflops": act_rate * flops["acting"] / 1e9,
@@ -181,6 +186,9 @@ def measure(log2n: int, members: int, steps: int, repeats: int) -> dict:
         "acting_fraction_of_matmul": act_rate * flops["acting"] / peak,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+    if acting_only:  # strict JSON: null, not NaN
+        row.update({k: None for k in ("update_agent_steps_per_s", "update_s", "update_gflops", "update_fraction_of_matmul")})
+    return row
 
 
 def main(argv=None) -> int:
@@ -189,26 +197,29 @@ def main(argv=None) -> int:
     ap.add_argument("--members", type=int, nargs="+", default=[16, 64])
     ap.add_argument("--steps", type=int, default=16, help="rollout steps per update")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--acting-only", action="store_true",
+                    help="time acting alone (e.g. at 2^20 agents, where one update takes minutes)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/train_step.json"))
     ap.add_argument("--single", type=int, nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.single is not None:
-        print(json.dumps(measure(args.single[0], args.single[1], args.steps, args.repeats)))
+        print(json.dumps(measure(args.single[0], args.single[1], args.steps, args.repeats, args.acting_only)))
         return 0
 
     rows = []
     for s in args.sizes:
         for p in args.members:
             row, why = run_child(__file__, ["--single", str(s), str(p), "--steps", str(args.steps),
-                                             "--repeats", str(args.repeats)])
+                                             "--repeats", str(args.repeats)] + ["--acting-only"] * args.acting_only)
             if row is None:
                 print(why, file=sys.stderr)
                 return 1
             rows.append(row)
+            upd = "—" if row["acting_only"] else (
+                f"{row['update_agent_steps_per_s']:,.0f} agent-steps/s ({row['update_fraction_of_matmul']:.0%} of matmul)")
             print(
-                f"N=2^{s} P={p}: update {row['update_agent_steps_per_s']:,.0f} agent-steps/s "
-                f"({row['update_fraction_of_matmul']:.0%} of matmul), acting {row['acting_agent_steps_per_s']:,.0f} "
+                f"N=2^{s} P={p}: update {upd}, acting {row['acting_agent_steps_per_s']:,.0f} "
                 f"({row['acting_fraction_of_matmul']:.0%}), compile {row['compile_s']:.1f} s, "
                 f"peak RSS {row['peak_rss_mb']:.0f} MB",
                 flush=True,
@@ -224,9 +235,10 @@ def main(argv=None) -> int:
           "acting GFLOP/s (of matmul) | compile s | peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
+        upd = "— | —" if r["acting_only"] else (
+            f"{r['update_agent_steps_per_s']:,.0f} | {r['update_gflops']:.1f} ({r['update_fraction_of_matmul']:.0%})")
         print(
-            f"| 2^{r['agents'].bit_length() - 1} | {r['members']} | {r['update_agent_steps_per_s']:,.0f} | "
-            f"{r['update_gflops']:.1f} ({r['update_fraction_of_matmul']:.0%}) | {r['acting_agent_steps_per_s']:,.0f} | "
+            f"| 2^{r['agents'].bit_length() - 1} | {r['members']} | {upd} | {r['acting_agent_steps_per_s']:,.0f} | "
             f"{r['acting_gflops']:.1f} ({r['acting_fraction_of_matmul']:.0%}) | {r['compile_s']:.1f} | {r['peak_rss_mb']:.0f} |"
         )
     print(f"\nwrote {args.out}")
