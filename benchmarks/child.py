@@ -21,19 +21,7 @@ def child_env(devices: int) -> dict:
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}").strip()
-    env["GLIBC_TUNABLES"] = huge_pages(env.get("GLIBC_TUNABLES", ""))
     return env
-
-
-def huge_pages(tunables: str) -> str:
-    """``GLIBC_TUNABLES`` with glibc's malloc asked to back its large (mmap) allocations by
-    transparent huge pages (``glibc.malloc.hugetlb=1``, glibc >= 2.35; older glibc ignores
-    it). XLA:CPU allocates every buffer of a jitted call through malloc, and at 2^18+
-    agents their 4 KB pages faulted in anew on each call cost ~15 % of the time; a user's
-    own setting is kept."""
-    if "glibc.malloc.hugetlb" in tunables:
-        return tunables
-    return ":".join(t for t in (tunables, "glibc.malloc.hugetlb=1") if t)
 
 
 def tail(text: str, lines: int = 25) -> str:
