@@ -16,7 +16,6 @@ with :class:`economy.ConfigError`, whose message names it as a dotted path.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -25,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from agents.scripted import ScriptedConfig
 from economy import ConfigError, EconomyConfig, apply_overrides, load_yaml
 from economy.config import format_validation_error
+from selfplay.batching import minibatch_split
 
 
 class _Frozen(BaseModel):
@@ -178,13 +178,13 @@ class RunConfig(_Frozen):
                 f"train.members={t.members} + train.league.size={t.league.size} = {t.players} players must divide "
                 f"economy.num_agents={n} (agent i is played by player i % players)"
             )
-        groups = t.minibatches // math.gcd(t.minibatches, t.rollout_steps)
-        if (n // t.players) % groups:
+        try:  # each minibatch takes a part of the steps (samples) of a group of the agents (streams)
+            minibatch_split(t.minibatches, n // t.players, t.rollout_steps)
+        except ValueError as e:
             raise ValueError(
-                f"train.minibatches={t.minibatches}: with rollout_steps={t.rollout_steps} each minibatch takes "
-                f"{t.rollout_steps // (t.minibatches // groups)} steps of 1/{groups} of the agents, and {groups} must divide "
-                f"the agents per player ({n // t.players})"
-            )
+                f"train.minibatches={t.minibatches} with train.rollout_steps={t.rollout_steps} and "
+                f"{n // t.players} agents per player: {e}"
+            ) from None
         if per_market % t.players:
             raise ValueError(
                 f"{t.players} players must divide the agents per market ({per_market}) so every member trades in every market"

@@ -15,7 +15,6 @@ in ``opt_state`` when ``tx`` is built with ``optax.inject_hyperparams``.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import jax
@@ -25,6 +24,7 @@ import optax
 from agents.networks import entropy as _entropy
 from agents.networks import log_prob as _log_prob
 from economy import rng
+from selfplay.batching import minibatch_split
 
 ADV_EPS = 1e-8
 
@@ -141,22 +141,6 @@ def minibatch_order(key: jax.Array, streams: int, samples: int) -> jax.Array:
     from a counter-based hash of ``(key, stream, sample)`` (:func:`economy.rng.bits`), so a
     stream's order does not depend on how the stream axis is split over devices."""
     return jnp.argsort(rng.bits(key, (streams, samples)), axis=-1).astype(jnp.int32)
-
-
-def minibatch_split(num_minibatches: int, streams: int, samples: int) -> tuple[int, int]:
-    """``(stream_groups, sample_parts)`` with ``stream_groups * sample_parts ==
-    num_minibatches``: every stream's samples are cut into ``sample_parts =
-    gcd(num_minibatches, samples)`` parts and, when that is not enough, the streams into
-    ``stream_groups`` interleaved groups (stream ``s`` in group ``s % stream_groups``).
-    Raises ``ValueError`` when ``stream_groups`` does not divide ``streams``."""
-    parts = math.gcd(num_minibatches, samples)
-    groups = num_minibatches // parts
-    if streams % groups:
-        raise ValueError(
-            f"num_minibatches={num_minibatches} needs {groups} groups of streams "
-            f"(samples per stream K={samples} gives {parts} parts), which must divide the B={streams} streams"
-        )
-    return groups, parts
 
 
 def minibatches(x: jax.Array, order: jax.Array, num_minibatches: int) -> jax.Array:

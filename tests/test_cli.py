@@ -75,6 +75,7 @@ def test_missing_config_file(capsys, tmp_path):
         (["train.variants.learning_rate=[0.01, 0.001]"], ["learning_rate", "lo > hi"]),
         (["train.pbt.fitness=best"], ["train.pbt.fitness", "'best'"]),
         (["train.minibatches=0"], ["train.minibatches", "0"]),
+        (["train.minibatches=48", "train.rollout_steps=16"], ["train.minibatches=48", "3 groups", "64 agents per player"]),
     ],
 )
 def test_train_bad_config_exits_2_before_compiling(capsys, tmp_path, overrides, names):
