@@ -83,7 +83,13 @@ class ActorCritic(nn.Module):
     activation: str = "tanh"  # "tanh" | "relu"
 
     @nn.compact
-    def __call__(self, obs: jax.Array) -> tuple[Logits, jax.Array]:
+    def __call__(self, obs: jax.Array, parts: bool = False):
+        """``parts=False``: ``(logits dict, value)``. ``parts=True`` (apply only, after init):
+        ``(features [..., H], kernel [H, W + 1], bias [W + 1])``, the torso's output and every
+        head's and the value's output layer side by side (``W = joint_width(spec)``): the
+        heads in sorted name order, each flattened ``[*head.shape, choices]`` row-major,
+        then the value. ``features @ kernel + bias`` is the joint output (see
+        :func:`split_joint`): the same parameters and numbers, one matmul."""
         if self.activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}")
         names = [h.name for h in self.action_spec]
@@ -99,6 +105,13 @@ class ActorCritic(nn.Module):
         for i, width in enumerate(self.hidden):
             x = nn.Dense(width, kernel_init=_ORTHO(math.sqrt(2.0)), bias_init=zeros, name=f"torso_{i}")(x)
             x = act(x)
+
+        if parts:
+            p = self.variables["params"]
+            names = [f"policy_{n}" for n in sorted(names)] + ["value"]
+            kernel = jnp.concatenate([p[n]["kernel"] for n in names], 1)
+            bias = jnp.concatenate([p[n]["bias"] for n in names], 0)
+            return x, kernel, bias
 
         logits = {}
         for head in self.action_spec:
@@ -127,13 +140,53 @@ def init_population(net: nn.Module, key: jax.Array, obs_dim: int, num_members: i
     return jax.jit(jax.vmap(lambda k: net.init(k, dummy)))(keys)
 
 
-def population_apply(net: nn.Module, params: Any, obs: jax.Array) -> tuple[Logits, jax.Array]:
+def population_apply(net: nn.Module, params: Any, obs: jax.Array, parts: bool = False):
     """Forward pass of every member on its own observations.
 
     ``params`` ``[P, ...]`` (from :func:`init_population`), ``obs`` ``[P, n, D]`` ->
-    ``logits[name]`` ``[P, n, *head.shape, choices]`` and ``value`` ``[P, n]``.
+    ``logits[name]`` ``[P, n, *head.shape, choices]`` and ``value`` ``[P, n]``; with
+    ``parts=True`` ``(features [P, n, H], kernel [P, H, W + 1], bias [P, W + 1])`` (see
+    ``ActorCritic``), what :func:`act_parts` takes.
     """
-    return jax.vmap(net.apply)(params, obs)
+    return jax.vmap(lambda p, o: net.apply(p, o, parts=parts))(params, obs)
+
+
+# ---- the joint output: every head and the value from one matmul -------------------------
+
+
+def head_sizes(action_spec) -> list[int]:
+    """Choices of every categorical in the joint output's order: heads in sorted name
+    order, each head's ``prod(shape)`` categoricals of ``choices`` in row-major order."""
+    return [int(h.choices) for h in sorted(action_spec, key=lambda h: h.name) for _ in range(math.prod(h.shape))]
+
+
+def joint_width(action_spec) -> int:
+    """Number of logit columns of the joint output (its value column comes after them)."""
+    return sum(head_sizes(action_spec))
+
+
+def split_joint(joint: jax.Array, action_spec) -> tuple[Logits, jax.Array]:
+    """The joint output ``[..., joint_width + 1]`` as ``(logits dict, value)``, exactly
+    what ``ActorCritic.__call__(obs)`` returns."""
+    batch, off, logits = joint.shape[:-1], 0, {}
+    for h in sorted(action_spec, key=lambda h: h.name):
+        shape = tuple(int(s) for s in h.shape) + (int(h.choices),)
+        size = math.prod(shape)
+        logits[h.name] = joint[..., off:off + size].reshape(batch + shape)
+        off += size
+    if joint.shape[-1] != off + 1:
+        raise ValueError(f"joint output has {joint.shape[-1]} columns, the spec needs {off} logits + 1 value")
+    return logits, joint[..., off]
+
+
+def _split_actions(flat: jax.Array, action_spec) -> Actions:
+    batch, off, out = flat.shape[:-1], 0, {}
+    for h in sorted(action_spec, key=lambda h: h.name):
+        shape = tuple(int(s) for s in h.shape)
+        m = math.prod(shape)
+        out[h.name] = flat[..., off:off + m].reshape(batch + shape)
+        off += m
+    return out
 
 
 def _check_divisible(n: int, num_members: int) -> None:
@@ -258,7 +311,44 @@ def entropy(logits: Logits, *, batch_ndim: int | None = None) -> jax.Array:
     return total
 
 
+def act_parts(key: jax.Array, features: jax.Array, kernel: jax.Array, bias: jax.Array, action_spec, *,
+              native: bool | None = None, mesh=None):
+    """Acting from the network's parts (``population_apply(..., parts=True)``): features
+    ``[P, n, H]``, output kernel ``[P, H, W + 1]`` and bias ``[P, W + 1]``. Returns
+    ``(actions, log_prob, value)``: ``actions[name]`` int32 ``[P, n, *head.shape]``, the
+    joint log-probability and the value ``[P, n]``.
+
+    ``native`` (default: :func:`agents.native.available`): the output layer and the draws
+    in one native pass (:func:`agents.native.act`, uniforms from ``rng.uniform(key, [P, n,
+    K])``); otherwise the joint output by XLA and :func:`sample_actions`. Both draw every
+    categorical from softmax(logits). With a multi-device ``mesh`` the native call runs
+    per shard of the agents axis (axis 1) under ``shard_map``; its uniforms are drawn
+    before, from global indices, so the actions do not depend on the number of devices.
+    """
+    from agents import native as _native
+
+    if native is None:
+        native = _native.available()
+    if not native:
+        joint = jnp.einsum("...nh,...hc->...nc", features, kernel) + bias[..., None, :]
+        logits, value = split_joint(joint, action_spec)
+        actions, lp = sample_actions(key, logits, batch_ndim=joint.ndim - 1)
+        return actions, lp, value
+    if kernel.shape[-1] != joint_width(action_spec) + 1:
+        raise ValueError(f"output kernel has {kernel.shape[-1]} columns, the spec needs {joint_width(action_spec)} + 1")
+    sizes = head_sizes(action_spec)
+    u = rng.uniform(key, features.shape[:-1] + (len(sizes),))
+    call = lambda h, w, b, uu: _native.act(h, w, b, uu, sizes)  # noqa: E731
+    if mesh is not None and mesh.size > 1:
+        from jax.sharding import PartitionSpec as PS
+
+        rows, rep = PS(None, mesh.axis_names[0]), PS()
+        call = jax.shard_map(call, mesh=mesh, in_specs=(rows, rep, rep, rows), out_specs=(rows, rows, rows))
+    flat, lp, value = call(features, kernel, bias, u)
+    return _split_actions(flat, action_spec), lp, value
+
+
 __all__ = [
-    "ActorCritic", "entropy", "from_members", "init_population", "log_prob", "population_apply",
-    "sample_actions", "to_members",
+    "ActorCritic", "act_parts", "entropy", "from_members", "head_sizes", "init_population", "joint_width",
+    "log_prob", "population_apply", "sample_actions", "split_joint", "to_members",
 ]

@@ -32,7 +32,9 @@ import optax
 from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec
 
-from agents.networks import ActorCritic, from_members, init_population, population_apply, sample_actions, to_members
+from agents.networks import (
+    ActorCritic, act_parts, from_members, init_population, population_apply, sample_actions, to_members,
+)
 from analysis.niches import specialisation_index
 from economy.sharding import agent_mesh, state_sharding
 from analysis.population import population_analysis
@@ -261,8 +263,9 @@ class Trainer:
             env_state, obs, episode = carry
             k_act, k_step = jax.random.split(key)
             obs_m = to_members(obs, PL)  # [PL, n, D]
-            logits, value = population_apply(self.net, params_all, obs_m)
-            act_m, log_prob = sample_actions(k_act, logits)
+            # The torso by XLA; the output layer and the draws in one native pass where it runs.
+            parts = population_apply(self.net, params_all, obs_m, parts=True)
+            act_m, log_prob, value = act_parts(k_act, *parts, env.action_spec, mesh=self.mesh)
             next_obs, env_state, _, term, trunc, info = env.step(k_step, env_state, from_members(act_m))
             comps = jnp.stack([info[c] for c in COMPONENTS], -1)  # [N, 3]
             comps_m = to_members(comps, PL)[:P]  # [P, n, 3]

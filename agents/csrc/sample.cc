@@ -1,0 +1,395 @@
+// Acting's sampler as an XLA FFI custom call for the CPU (loaded by agents/native.py).
+//
+// Input: logits float32 [B, W] (any leading shape, flattened to B rows) whose first
+// sum(sizes) columns are K consecutive categoricals of sizes[j] choices each, and
+// uniforms float32 [B, K]. Output: the inverse-CDF draw of every categorical, int32
+// [B, K], and each row's joint log-probability, float32 [B]. Each row is read once (max,
+// exp, sums, draws and logs in one pass) instead of XLA's separate passes; rows are split
+// over XLA's intra-op thread pool. Built with -mavx2 -mfma; agents/native.py loads it
+// only on CPUs that have both.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+inline __m256 exp8(__m256 v) {
+  // exp(v) for v in [-87, 0]: reduction by ln 2, degree-7 Taylor polynomial; rel. error ~2e-7.
+  v = _mm256_max_ps(v, _mm256_set1_ps(-87.f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(v, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), v);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187045e-06f), r);
+  __m256 p = _mm256_set1_ps(1.f / 5040.f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 720.f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 120.f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 24.f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 6.f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+
+// e[i] = exp(x[i] - m) for i < c (x[i] <= m).
+inline void exp_shift(const float* x, float m, float* e, int64_t c) {
+  const __m256 mv = _mm256_set1_ps(m);
+  int64_t i = 0;
+  for (; i + 8 <= c; i += 8) _mm256_storeu_ps(e + i, exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv)));
+  if (i < c) {
+    float xt[8], et[8];
+    for (int l = 0; l < 8; ++l) xt[l] = i + l < c ? x[i + l] : m;
+    _mm256_storeu_ps(et, exp8(_mm256_sub_ps(_mm256_loadu_ps(xt), mv)));
+    for (int64_t l = 0; i + l < c; ++l) e[i + l] = et[l];
+  }
+}
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// log(s[i]) for normal positive s[i]; error ~1e-7 (atanh series). Vectorised by the compiler.
+void log_many(const float* s, float* out, int64_t k) {
+  for (int64_t i = 0; i < k; ++i) {
+    int32_t bits;
+    std::memcpy(&bits, &s[i], 4);
+    int32_t ex = ((bits >> 23) & 0xff) - 127;
+    int32_t mb = (bits & 0x7fffff) | 0x3f800000;
+    float mant;
+    std::memcpy(&mant, &mb, 4);
+    const bool big = mant > 1.41421356f;
+    mant = big ? mant * 0.5f : mant;
+    ex = big ? ex + 1 : ex;
+    const float f = mant - 1.f;
+    const float z = f / (2.f + f);
+    const float z2 = z * z;
+    float p = 1.f / 11.f;
+    p = p * z2 + 1.f / 9.f;
+    p = p * z2 + 1.f / 7.f;
+    p = p * z2 + 1.f / 5.f;
+    p = p * z2 + 1.f / 3.f;
+    p = p * z2 + 1.f;
+    out[i] = static_cast<float>(ex) * 0.693147180559945f + 2.f * z * p;
+  }
+}
+
+// (min, max) of x[0..c), c >= 1.
+inline void min_max(const float* x, int64_t c, float* lo_out, float* hi_out) {
+  float lo = x[0], hi = x[0];
+  int64_t i = 0;
+  if (c >= 8) {
+    __m256 l = _mm256_loadu_ps(x), h = l;
+    for (i = 8; i + 8 <= c; i += 8) {
+      const __m256 v = _mm256_loadu_ps(x + i);
+      l = _mm256_min_ps(l, v);
+      h = _mm256_max_ps(h, v);
+    }
+    float lt[8], ht[8];
+    _mm256_storeu_ps(lt, l);
+    _mm256_storeu_ps(ht, h);
+    for (int q = 0; q < 8; ++q) {
+      lo = std::min(lo, lt[q]);
+      hi = std::max(hi, ht[q]);
+    }
+  }
+  for (; i < c; ++i) {
+    lo = std::min(lo, x[i]);
+    hi = std::max(hi, x[i]);
+  }
+  *lo_out = lo;
+  *hi_out = hi;
+}
+
+inline float seg_sum(const float* e, int64_t c) {
+  if (c < 16) {
+    float s = 0.f;
+    for (int64_t i = 0; i < c; ++i) s += e[i];
+    return s;
+  }
+  __m256 acc = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= c; i += 8) acc = _mm256_add_ps(acc, _mm256_loadu_ps(e + i));
+  float s = hsum(acc);
+  for (; i < c; ++i) s += e[i];
+  return s;
+}
+
+// First a with e[0] + ... + e[a] > t (c - 1 if none): blocks of 8, then within the block.
+inline int64_t seg_draw(const float* e, int64_t c, float t) {
+  float cum = 0.f;
+  int64_t a = 0;
+  for (; a + 8 <= c; a += 8) {
+    const float b = ((e[a] + e[a + 1]) + (e[a + 2] + e[a + 3])) + ((e[a + 4] + e[a + 5]) + (e[a + 6] + e[a + 7]));
+    if (cum + b > t) break;
+    cum += b;
+  }
+  for (; a < c - 1; ++a) {
+    cum += e[a];
+    if (cum > t) break;
+  }
+  return a;
+}
+
+// Scratch of one worker thread.
+struct Scratch {
+  std::vector<float> e, sums, logs, shifts;
+  Scratch(int64_t need, int64_t k) : e(need), sums(k), logs(k), shifts(k) {}
+};
+
+// One row: for each of the k categoricals (consecutive runs of sizes[j] logits of x), the
+// draw a_j = min{a : p_0 + ... + p_a > u_j} (the inverse CDF at u_j); returns the row's
+// joint log-probability sum_j log p_{a_j}.
+float sample_row(const float* x, const float* ur, int32_t* ar, const int64_t* sizes, int64_t k, int64_t need,
+                 Scratch& sc) {
+  float* e = sc.e.data();
+  float lo, hi;
+  min_max(x, need, &lo, &hi);
+  if (lo >= hi - 80.f) {
+    // One shift for the whole row: every exp(x - hi) is a normal float in [e^-80, 1].
+    exp_shift(x, hi, e, need);
+    for (int64_t j = 0; j < k; ++j) sc.shifts[j] = hi;
+  } else {
+    // Rare: some logits far below the row's max; shift each categorical by its own max.
+    int64_t off = 0;
+    for (int64_t j = 0; j < k; ++j) {
+      float l2, h2;
+      min_max(x + off, sizes[j], &l2, &h2);
+      exp_shift(x + off, h2, e + off, sizes[j]);
+      sc.shifts[j] = h2;
+      off += sizes[j];
+    }
+  }
+  float picked = 0.f;
+  int64_t off = 0;
+  for (int64_t j = 0; j < k; ++j) {
+    const int64_t c = sizes[j];
+    const float s = seg_sum(e + off, c);
+    const int64_t a = seg_draw(e + off, c, ur[j] * s);
+    ar[j] = static_cast<int32_t>(a);
+    picked += x[off + a] - sc.shifts[j];
+    sc.sums[j] = s;
+    off += c;
+  }
+  log_many(sc.sums.data(), sc.logs.data(), k);
+  float total = picked;
+  for (int64_t j = 0; j < k; ++j) total -= sc.logs[j];
+  return total;
+}
+
+// Runs body(item, scratch) for item in [0, items) on the calling thread and on XLA's
+// intra-op pool. Workers take items from a shared counter; the caller waits only for
+// items already taken, so a pool task that starts late finds nothing left and returns
+// (the shared state outlives the call), and a busy pool cannot deadlock the call.
+template <typename Body>
+void parallel_for(ffi::ThreadPool& pool, int64_t items, int64_t need, int64_t k, Body body) {
+  struct State {
+    std::atomic<int64_t> next{0}, done{0};
+    std::mutex mu;
+    std::condition_variable cv;
+  };
+  auto st = std::make_shared<State>();
+  auto work = [st, items, need, k, body]() {
+    Scratch sc(need, k);
+    int64_t i;
+    while ((i = st->next.fetch_add(1)) < items) {
+      body(i, sc);
+      if (st->done.fetch_add(1) + 1 == items) {
+        std::lock_guard<std::mutex> g(st->mu);
+        st->cv.notify_all();
+      }
+    }
+  };
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), items - 1);
+  for (int64_t h = 0; h < helpers; ++h) pool.Schedule([work] { work(); });
+  work();
+  std::unique_lock<std::mutex> g(st->mu);
+  st->cv.wait(g, [&] { return st->done.load() == items; });
+}
+
+// Checks the categoricals' sizes against the uniforms; returns their total (or -1).
+int64_t total_size(ffi::Span<const int64_t> sizes) {
+  int64_t need = 0;
+  for (auto c : sizes) {
+    if (c < 1) return -1;
+    need += c;
+  }
+  return need;
+}
+
+ffi::Error SampleImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> logits, ffi::Buffer<ffi::F32> u,
+                      ffi::Span<const int64_t> sizes, ffi::ResultBuffer<ffi::S32> act,
+                      ffi::ResultBuffer<ffi::F32> lp) {
+  const auto ld = logits.dimensions();
+  const auto ud = u.dimensions();
+  if (ld.size() < 1 || ud.size() < 1) return ffi::Error::InvalidArgument("agora_sample: scalar input");
+  const int64_t width = ld.back(), k = ud.back(), need = total_size(sizes);
+  if (need < 0) return ffi::Error::InvalidArgument("agora_sample: a categorical with no choices");
+  if (static_cast<int64_t>(sizes.size()) != k)
+    return ffi::Error::InvalidArgument("agora_sample: uniforms' last axis differs from the number of categoricals");
+  if (need > width) return ffi::Error::InvalidArgument("agora_sample: logits have fewer columns than the categoricals");
+  if (ld.size() != ud.size()) return ffi::Error::InvalidArgument("agora_sample: logits and uniforms differ in rank");
+  int64_t rows = 1;
+  for (size_t i = 0; i + 1 < ld.size(); ++i) {
+    if (ld[i] != ud[i]) return ffi::Error::InvalidArgument("agora_sample: logits and uniforms differ in batch shape");
+    rows *= ld[i];
+  }
+  const float* x = logits.typed_data();
+  const float* uu = u.typed_data();
+  int32_t* a = act->typed_data();
+  float* l = lp->typed_data();
+  const int64_t* sz = sizes.begin();
+  const int64_t chunk = 512;  // rows per work item
+  parallel_for(pool, (rows + chunk - 1) / chunk, need, k, [=](int64_t item, Scratch& sc) {
+    const int64_t r1 = std::min(rows, (item + 1) * chunk);
+    for (int64_t r = item * chunk; r < r1; ++r) l[r] = sample_row(x + r * width, uu + r * k, a + r * k, sz, k, need, sc);
+  });
+  return ffi::Error::Success();
+}
+
+// ---- the output layer and the draws in one pass -------------------------------------------
+
+constexpr int64_t kTileRows = 6;   // rows of the register tile: 6 x 16 outputs in 12 ymm
+constexpr int64_t kPanel = 16;     // output columns per packed panel
+constexpr int64_t kBlockRows = 96;  // rows per work item
+
+// out[r][0..cp) = bias + h[r] . W for kTileRows rows, W packed in panels [cp/16][H][16].
+inline void tile_matmul(const float* h, int64_t hdim, const float* packed, const float* bias, int64_t cp,
+                        float* out) {
+  for (int64_t p = 0; p < cp / kPanel; ++p) {
+    const float* w = packed + p * hdim * kPanel;
+    const __m256 b0 = _mm256_loadu_ps(bias + p * kPanel), b1 = _mm256_loadu_ps(bias + p * kPanel + 8);
+    __m256 a00 = b0, a01 = b1, a10 = b0, a11 = b1, a20 = b0, a21 = b1;
+    __m256 a30 = b0, a31 = b1, a40 = b0, a41 = b1, a50 = b0, a51 = b1;
+    for (int64_t q = 0; q < hdim; ++q) {
+      const __m256 w0 = _mm256_loadu_ps(w + q * kPanel), w1 = _mm256_loadu_ps(w + q * kPanel + 8);
+      __m256 v = _mm256_broadcast_ss(h + q);
+      a00 = _mm256_fmadd_ps(v, w0, a00); a01 = _mm256_fmadd_ps(v, w1, a01);
+      v = _mm256_broadcast_ss(h + hdim + q);
+      a10 = _mm256_fmadd_ps(v, w0, a10); a11 = _mm256_fmadd_ps(v, w1, a11);
+      v = _mm256_broadcast_ss(h + 2 * hdim + q);
+      a20 = _mm256_fmadd_ps(v, w0, a20); a21 = _mm256_fmadd_ps(v, w1, a21);
+      v = _mm256_broadcast_ss(h + 3 * hdim + q);
+      a30 = _mm256_fmadd_ps(v, w0, a30); a31 = _mm256_fmadd_ps(v, w1, a31);
+      v = _mm256_broadcast_ss(h + 4 * hdim + q);
+      a40 = _mm256_fmadd_ps(v, w0, a40); a41 = _mm256_fmadd_ps(v, w1, a41);
+      v = _mm256_broadcast_ss(h + 5 * hdim + q);
+      a50 = _mm256_fmadd_ps(v, w0, a50); a51 = _mm256_fmadd_ps(v, w1, a51);
+    }
+    float* o = out + p * kPanel;
+    _mm256_storeu_ps(o, a00); _mm256_storeu_ps(o + 8, a01); o += cp;
+    _mm256_storeu_ps(o, a10); _mm256_storeu_ps(o + 8, a11); o += cp;
+    _mm256_storeu_ps(o, a20); _mm256_storeu_ps(o + 8, a21); o += cp;
+    _mm256_storeu_ps(o, a30); _mm256_storeu_ps(o + 8, a31); o += cp;
+    _mm256_storeu_ps(o, a40); _mm256_storeu_ps(o + 8, a41); o += cp;
+    _mm256_storeu_ps(o, a50); _mm256_storeu_ps(o + 8, a51);
+  }
+}
+
+// features h [*g, n, H], kernel w [*g, H, C], bias b [*g, C], uniforms u [*g, n, K]:
+// logits = h . w + b (C = sum(sizes) + 1: the categoricals' logits, then the value) are
+// formed a tile of rows at a time in cache and drawn at once; they never reach memory.
+ffi::Error ActImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> h, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
+                   ffi::Buffer<ffi::F32> u, ffi::Span<const int64_t> sizes, ffi::ResultBuffer<ffi::S32> act,
+                   ffi::ResultBuffer<ffi::F32> lp, ffi::ResultBuffer<ffi::F32> value) {
+  const auto hd = h.dimensions(), wd = w.dimensions(), bd = b.dimensions(), ud = u.dimensions();
+  if (hd.size() < 2 || wd.size() != hd.size() || bd.size() + 1 != hd.size() || ud.size() != hd.size())
+    return ffi::Error::InvalidArgument("agora_act: expected h [*g, n, H], w [*g, H, C], b [*g, C], u [*g, n, K]");
+  const size_t gr = hd.size() - 2;
+  int64_t groups = 1;
+  for (size_t i = 0; i < gr; ++i) {
+    if (wd[i] != hd[i] || bd[i] != hd[i] || ud[i] != hd[i])
+      return ffi::Error::InvalidArgument("agora_act: h, w, b and u differ in their group axes");
+    groups *= hd[i];
+  }
+  const int64_t n = hd[gr], hdim = hd[gr + 1], cols = wd[gr + 1], k = ud[gr + 1], need = total_size(sizes);
+  if (need < 0) return ffi::Error::InvalidArgument("agora_act: a categorical with no choices");
+  if (wd[gr] != hdim) return ffi::Error::InvalidArgument("agora_act: w's rows differ from h's features");
+  if (bd[gr] != cols) return ffi::Error::InvalidArgument("agora_act: b's length differs from w's columns");
+  if (ud[gr] != n) return ffi::Error::InvalidArgument("agora_act: u's rows differ from h's");
+  if (static_cast<int64_t>(sizes.size()) != k)
+    return ffi::Error::InvalidArgument("agora_act: uniforms' last axis differs from the number of categoricals");
+  if (cols != need + 1) return ffi::Error::InvalidArgument("agora_act: w must have sum(sizes) + 1 columns (logits, value)");
+  const int64_t cp = (cols + kPanel - 1) / kPanel * kPanel;
+  // Pack every group's kernel into zero-padded panels [cp/16][H][16] and pad its bias.
+  auto packed = std::make_shared<std::vector<float>>(static_cast<size_t>(groups * cp * hdim), 0.f);
+  auto bias = std::make_shared<std::vector<float>>(static_cast<size_t>(groups * cp), 0.f);
+  const float* wp = w.typed_data();
+  const float* bp = b.typed_data();
+  for (int64_t g = 0; g < groups; ++g) {
+    float* pg = packed->data() + g * cp * hdim;
+    for (int64_t q = 0; q < hdim; ++q) {
+      const float* src = wp + (g * hdim + q) * cols;
+      for (int64_t c = 0; c < cols; ++c) pg[(c / kPanel) * hdim * kPanel + q * kPanel + c % kPanel] = src[c];
+    }
+    std::memcpy(bias->data() + g * cp, bp + g * cols, cols * sizeof(float));
+  }
+  const float* hp = h.typed_data();
+  const float* uu = u.typed_data();
+  int32_t* a = act->typed_data();
+  float* l = lp->typed_data();
+  float* v = value->typed_data();
+  const int64_t* sz = sizes.begin();
+  const int64_t blocks = (n + kBlockRows - 1) / kBlockRows;
+  parallel_for(pool, groups * blocks, need, k, [=](int64_t item, Scratch& sc) {
+    const int64_t g = item / blocks, r0 = (item % blocks) * kBlockRows, r1 = std::min(n, r0 + kBlockRows);
+    const float* pg = packed->data() + g * cp * hdim;
+    const float* bg = bias->data() + g * cp;
+    std::vector<float> out(kTileRows * cp), pad;
+    for (int64_t t = r0; t < r1; t += kTileRows) {
+      const int64_t rows = std::min(kTileRows, r1 - t);
+      const float* ht = hp + (g * n + t) * hdim;
+      if (rows < kTileRows) {  // the last tile: copy its rows into a zero-padded tile
+        pad.assign(kTileRows * hdim, 0.f);
+        std::memcpy(pad.data(), ht, rows * hdim * sizeof(float));
+        ht = pad.data();
+      }
+      tile_matmul(ht, hdim, pg, bg, cp, out.data());
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t row = g * n + t + r;
+        const float* x = out.data() + r * cp;
+        l[row] = sample_row(x, uu + row * k, a + row * k, sz, k, need, sc);
+        v[row] = x[need];
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AgoraSample, SampleImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("sizes")
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AgoraAct, ActImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("sizes")
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());

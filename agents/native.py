@@ -1,0 +1,187 @@
+"""The native sampler: acting's categorical draws as one XLA FFI custom call on the CPU.
+
+XLA:CPU compiles :func:`agents.networks.sample_actions` into several passes over the
+logits (max, exp, a CDF, compares, a gather), about 1-2 us per agent-step for the
+economy's 446 logits and most of acting's time beside the matmuls. ``csrc/sample.cc``
+does one pass per agent (AVX2/FMA, split over XLA's intra-op threads): the same law,
+P(a) = softmax(logits)[a] for every categorical, drawn by the inverse CDF at a uniform
+from :mod:`economy.rng` (so a row's draw depends only on the key and the row's global
+index, however the rows are split over threads or devices).
+
+The library is compiled on first use with the system's C++ compiler against
+``jax.ffi.include_dir()`` into a cache folder (``$AGORA_CACHE``, default
+``$XDG_CACHE_HOME/agora`` or ``~/.cache/agora``), named by a hash of the source, the
+flags and the jaxlib version; the ``.so`` is written under a temporary name and renamed,
+so concurrent processes never load a half-written file. :func:`available` is False (and
+callers use the XLA sampler) where it cannot work: not x86-64, no AVX2/FMA, no compiler,
+a failed build, not the CPU backend, or ``AGORA_NATIVE=0`` in the environment.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from economy import rng
+
+SOURCE = Path(__file__).with_name("csrc") / "sample.cc"
+TARGETS = {"agora_sample": "AgoraSample", "agora_act": "AgoraAct"}
+FLAGS = ("-O3", "-mavx2", "-mfma", "-std=c++17", "-fPIC", "-shared")
+
+
+def cache_dir() -> Path:
+    if os.environ.get("AGORA_CACHE"):
+        return Path(os.environ["AGORA_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "agora"
+
+
+def _cpu_supported() -> tuple[bool, str]:
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False, f"not an x86-64 CPU ({platform.machine()})"
+    try:
+        flags = next(
+            (line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+             if line.startswith("flags")), [],
+        )
+    except OSError:
+        return False, "cannot read /proc/cpuinfo"
+    missing = [f for f in ("avx2", "fma") if f not in flags]
+    return (not missing), (f"CPU lacks {', '.join(missing)}" if missing else "")
+
+
+def build(force: bool = False) -> Path:
+    """Compile ``csrc/sample.cc`` (if its cached build is missing) and return the library's path.
+    Raises ``RuntimeError`` naming the compiler's complaint on failure."""
+    import jaxlib
+
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    if not cxx:
+        raise RuntimeError("no C++ compiler found (set CXX, or install g++)")
+    src = SOURCE.read_bytes()
+    tag = hashlib.sha256(src + repr((FLAGS, jaxlib.__version__, cxx)).encode()).hexdigest()[:16]
+    out = cache_dir() / f"agora_sample-{tag}.so"
+    if out.exists() and not force:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so.tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        cmd = [cxx, *FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", tmp]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"building {SOURCE.name} failed ({' '.join(cmd)}):\n{res.stderr[-2000:]}")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+@functools.cache
+def _load() -> str:
+    """Build, load and register the custom call; '' on success, else why not."""
+    if os.environ.get("AGORA_NATIVE", "1") == "0":
+        return "AGORA_NATIVE=0"
+    if jax.default_backend() != "cpu":
+        return f"backend is {jax.default_backend()}, the native sampler is for the CPU"
+    ok, why = _cpu_supported()
+    if not ok:
+        return why
+    try:
+        lib = ctypes.cdll.LoadLibrary(str(build()))
+        for target, symbol in TARGETS.items():
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+    except Exception as e:  # noqa: BLE001 - any failure means: use the XLA sampler
+        return f"{type(e).__name__}: {e}"
+    return ""
+
+
+def available() -> bool:
+    """Whether :func:`sample` can run here (builds and registers the library on first call).
+    When it cannot, a warning says why once and callers use the XLA sampler."""
+    why = _load()
+    if why and why != "AGORA_NATIVE=0":
+        _warn_once(why)
+    return not why
+
+
+@functools.cache
+def _warn_once(why: str) -> None:
+    warnings.warn(f"native sampler unavailable ({why}); acting uses the slower XLA sampler", RuntimeWarning, stacklevel=3)
+
+
+def _check(logits: jax.Array, sizes) -> np.ndarray:
+    sizes = np.asarray(sizes, np.int64)
+    if sizes.ndim != 1 or sizes.size == 0 or np.any(sizes < 1):
+        raise ValueError(f"sizes must be a non-empty list of positive choice counts, got {sizes.tolist()}")
+    if logits.ndim < 1 or logits.shape[-1] < int(sizes.sum()):
+        raise ValueError(f"logits of shape {logits.shape} have fewer than sum(sizes)={int(sizes.sum())} columns")
+    return sizes
+
+
+def draw(logits: jax.Array, u: jax.Array, sizes) -> tuple[jax.Array, jax.Array]:
+    """The custom call: ``logits`` float32 ``[..., W]`` whose first ``sum(sizes)`` columns
+    are K categoricals' logits in order (further columns are ignored), ``u`` float32
+    ``[..., K]`` uniforms in [0, 1). Returns ``(actions int32 [..., K], log_prob float32
+    [...])``: ``a_j = min{a : p_0 + ... + p_a > u_j}`` and ``sum_j log p_{a_j}``, with
+    ``p = softmax`` of each categorical. Works under ``jit`` and ``vmap``; call
+    :func:`available` first."""
+    logits = jnp.asarray(logits, jnp.float32)
+    sizes = _check(logits, sizes)
+    batch = logits.shape[:-1]
+    if u.shape != batch + (sizes.size,):
+        raise ValueError(f"uniforms of shape {u.shape}, expected {batch + (sizes.size,)}")
+    call = jax.ffi.ffi_call(
+        "agora_sample",
+        (jax.ShapeDtypeStruct(batch + (sizes.size,), jnp.int32), jax.ShapeDtypeStruct(batch, jnp.float32)),
+        vmap_method="broadcast_all",
+    )
+    return call(logits, jnp.asarray(u, jnp.float32), sizes=sizes)
+
+
+def sample(key: jax.Array, logits: jax.Array, sizes) -> tuple[jax.Array, jax.Array]:
+    """:func:`draw` at uniforms ``rng.uniform(key, [..., K])``."""
+    logits = jnp.asarray(logits, jnp.float32)
+    sizes = _check(logits, sizes)
+    return draw(logits, rng.uniform(key, logits.shape[:-1] + (sizes.size,)), sizes)
+
+
+def act(h: jax.Array, w: jax.Array, b: jax.Array, u: jax.Array, sizes) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The output layer and the draws in one custom call: per group (member) ``g``, rows of
+    features ``h [*g, n, H]``, the output kernel ``w [*g, H, C]`` and bias ``b [*g, C]``
+    with ``C = sum(sizes) + 1`` (every categorical's logits, then the value). Each tile of
+    rows' ``h . w + b`` is formed in cache and drawn at once (uniforms ``u [*g, n, K]``,
+    as :func:`draw`), so the logits never reach memory. Returns ``(actions int32 [*g, n,
+    K], log_prob float32 [*g, n], value float32 [*g, n])``."""
+    sizes = np.asarray(sizes, np.int64)
+    h, w, b, u = (jnp.asarray(x, jnp.float32) for x in (h, w, b, u))
+    if sizes.ndim != 1 or sizes.size == 0 or np.any(sizes < 1):
+        raise ValueError(f"sizes must be a non-empty list of positive choice counts, got {sizes.tolist()}")
+    g, (n, hdim) = h.shape[:-2], h.shape[-2:]
+    want = {"w": g + (hdim, int(sizes.sum()) + 1), "b": g + (int(sizes.sum()) + 1,), "u": g + (n, sizes.size)}
+    for name, x in (("w", w), ("b", b), ("u", u)):
+        if x.shape != want[name]:
+            raise ValueError(f"agora_act: {name} has shape {x.shape}, expected {want[name]} (h is {h.shape})")
+    call = jax.ffi.ffi_call(
+        "agora_act",
+        (jax.ShapeDtypeStruct(g + (n, sizes.size), jnp.int32), jax.ShapeDtypeStruct(g + (n,), jnp.float32),
+         jax.ShapeDtypeStruct(g + (n,), jnp.float32)),
+        vmap_method="broadcast_all",
+    )
+    return call(h, w, b, u, sizes=sizes)
+
+
+__all__ = ["act", "available", "build", "cache_dir", "draw", "sample"]
