@@ -57,13 +57,6 @@ inline void exp_shift(const float* x, float m, float* e, int64_t c) {
   }
 }
 
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 // log(s[i]) for normal positive s[i]; error ~1e-7 (atanh series). Vectorised by the compiler.
 void log_many(const float* s, float* out, int64_t k) {
   for (int64_t i = 0; i < k; ++i) {
@@ -116,40 +109,43 @@ inline void min_max(const float* x, int64_t c, float* lo_out, float* hi_out) {
   *hi_out = hi;
 }
 
-inline float seg_sum(const float* e, int64_t c) {
-  if (c < 16) {
-    float s = 0.f;
-    for (int64_t i = 0; i < c; ++i) s += e[i];
-    return s;
-  }
-  __m256 acc = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 8 <= c; i += 8) acc = _mm256_add_ps(acc, _mm256_loadu_ps(e + i));
-  float s = hsum(acc);
-  for (; i < c; ++i) s += e[i];
-  return s;
+// Inclusive prefix sums of the 8 lanes of v.
+inline __m256 prefix8(__m256 v) {
+  v = _mm256_add_ps(v, _mm256_castsi256_ps(_mm256_slli_si256(_mm256_castps_si256(v), 4)));
+  v = _mm256_add_ps(v, _mm256_castsi256_ps(_mm256_slli_si256(_mm256_castps_si256(v), 8)));
+  const __m256 low_total = _mm256_shuffle_ps(v, v, _MM_SHUFFLE(3, 3, 3, 3));      // [l3 x4 | h3 x4]
+  return _mm256_add_ps(v, _mm256_permute2f128_ps(low_total, low_total, 0x08));  // high lane += l3
 }
 
-// First a with e[0] + ... + e[a] > t (c - 1 if none): blocks of 8, then within the block.
-inline int64_t seg_draw(const float* e, int64_t c, float t) {
-  float cum = 0.f;
-  int64_t a = 0;
-  for (; a + 8 <= c; a += 8) {
-    const float b = ((e[a] + e[a + 1]) + (e[a + 2] + e[a + 3])) + ((e[a + 4] + e[a + 5]) + (e[a + 6] + e[a + 7]));
-    if (cum + b > t) break;
-    cum += b;
+// One categorical of c choices with unnormalised probabilities e[0..c) (readable up to the
+// next multiple of 8): its CDF in cdf[], the total in *total, and the inverse-CDF draw at
+// u, a = #{i : cdf_i <= u * total} clamped to c - 1, without branches on the data.
+inline int64_t seg_draw(const float* e, int64_t c, float u, float* cdf, float* total) {
+  __m256 run = _mm256_setzero_ps();
+  for (int64_t i = 0; i < c; i += 8) {
+    const __m256 v = _mm256_add_ps(prefix8(_mm256_loadu_ps(e + i)), run);
+    _mm256_storeu_ps(cdf + i, v);
+    run = _mm256_permute2f128_ps(v, v, 0x11);
+    run = _mm256_shuffle_ps(run, run, _MM_SHUFFLE(3, 3, 3, 3));
   }
-  for (; a < c - 1; ++a) {
-    cum += e[a];
-    if (cum > t) break;
+  const float s = cdf[c - 1];
+  const __m256 t = _mm256_set1_ps(u * s);
+  int64_t a = 0, i = 0;
+  for (; i + 8 <= c; i += 8)
+    a += __builtin_popcount(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(cdf + i), t, _CMP_LE_OQ)));
+  if (i < c) {
+    const int tail = (1 << (c - i)) - 1;
+    a += __builtin_popcount(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(cdf + i), t, _CMP_LE_OQ)) & tail);
   }
-  return a;
+  *total = s;
+  return a < c - 1 ? a : c - 1;
 }
 
 // Scratch of one worker thread.
 struct Scratch {
-  std::vector<float> e, sums, logs, shifts;
-  Scratch(int64_t need, int64_t k) : e(need), sums(k), logs(k), shifts(k) {}
+  std::vector<float> e, cdf, sums, logs, shifts;
+  // e and cdf padded by 8: a categorical's last 8-lane load may run past the row.
+  Scratch(int64_t need, int64_t k) : e(need + 8, 0.f), cdf(need + 8), sums(k), logs(k), shifts(k) {}
 };
 
 // One row: for each of the k categoricals (consecutive runs of sizes[j] logits of x), the
@@ -179,11 +175,9 @@ float sample_row(const float* x, const float* ur, int32_t* ar, const int64_t* si
   int64_t off = 0;
   for (int64_t j = 0; j < k; ++j) {
     const int64_t c = sizes[j];
-    const float s = seg_sum(e + off, c);
-    const int64_t a = seg_draw(e + off, c, ur[j] * s);
+    const int64_t a = seg_draw(e + off, c, ur[j], sc.cdf.data(), &sc.sums[j]);
     ar[j] = static_cast<int32_t>(a);
     picked += x[off + a] - sc.shifts[j];
-    sc.sums[j] = s;
     off += c;
   }
   log_many(sc.sums.data(), sc.logs.data(), k);
