@@ -2,7 +2,7 @@
 
 XLA:CPU compiles :func:`agents.networks.sample_actions` into several passes over the
 logits (max, exp, a CDF, compares, a gather), about 1-2 us per agent-step for the
-economy's 446 logits and most of acting's time beside the matmuls. ``csrc/sample.cc``
+economy's 446 logits and most of acting's time beside the matmuls. ``native_sample.cc``
 does one pass per agent (AVX2/FMA, split over XLA's intra-op threads): the same law,
 P(a) = softmax(logits)[a] for every categorical, drawn by the inverse CDF at a uniform
 from :mod:`economy.rng` (so a row's draw depends only on the key and the row's global
@@ -36,7 +36,7 @@ import numpy as np
 
 from economy import rng
 
-SOURCE = Path(__file__).with_name("csrc") / "sample.cc"
+SOURCE = Path(__file__).with_name("native_sample.cc")
 TARGETS = {"agora_sample": "AgoraSample", "agora_act": "AgoraAct"}
 FLAGS = ("-O3", "-mavx2", "-mfma", "-std=c++17", "-fPIC", "-shared")
 
@@ -63,7 +63,7 @@ def _cpu_supported() -> tuple[bool, str]:
 
 
 def build(force: bool = False) -> Path:
-    """Compile ``csrc/sample.cc`` (if its cached build is missing) and return the library's path.
+    """Compile ``native_sample.cc`` (if its cached build is missing) and return the library's path.
     Raises ``RuntimeError`` naming the compiler's complaint on failure."""
     import jaxlib
 

@@ -1,4 +1,4 @@
-"""The native acting kernel (agents/csrc/sample.cc through agents/native.py).
+"""The native acting kernel (agents/native_sample.cc through agents/native.py).
 
 Checked against closed forms and the XLA path: draw frequencies against softmax (fast
 path, and the per-categorical path that masked logits take), log-probabilities against
@@ -179,7 +179,7 @@ def test_bad_shapes_are_named(parts):
 def test_failed_build_names_the_compiler_error(monkeypatch, tmp_path):
     monkeypatch.setenv("AGORA_CACHE", str(tmp_path))
     monkeypatch.setenv("CXX", "false")
-    with pytest.raises(RuntimeError, match="building sample.cc failed"):
+    with pytest.raises(RuntimeError, match="building native_sample.cc failed"):
         native.build(force=True)
     assert not list(tmp_path.glob("*.so")) and not list(tmp_path.glob("*.tmp"))  # nothing half-written
 

@@ -1,12 +1,17 @@
-// Acting's sampler as an XLA FFI custom call for the CPU (loaded by agents/native.py).
+// Acting's output layer and draws as XLA FFI custom calls for the CPU (loaded by
+// agents/native.py, which documents the Python side).
 //
-// Input: logits float32 [B, W] (any leading shape, flattened to B rows) whose first
-// sum(sizes) columns are K consecutive categoricals of sizes[j] choices each, and
-// uniforms float32 [B, K]. Output: the inverse-CDF draw of every categorical, int32
-// [B, K], and each row's joint log-probability, float32 [B]. Each row is read once (max,
-// exp, sums, draws and logs in one pass) instead of XLA's separate passes; rows are split
-// over XLA's intra-op thread pool. Built with -mavx2 -mfma; agents/native.py loads it
-// only on CPUs that have both.
+// agora_sample: logits float32 [..., W] whose first sum(sizes) columns are K consecutive
+//   categoricals of sizes[j] choices, uniforms float32 [..., K] -> the inverse-CDF draw of
+//   every categorical, int32 [..., K], and each row's joint log-probability [...].
+// agora_act: features h [*g, n, H], output kernel w [*g, H, sum(sizes) + 1], bias b
+//   [*g, sum(sizes) + 1], uniforms [*g, n, K] -> the same draws and log-probabilities of
+//   the logits h . w + b, and the value (the last column); the logits of a tile of 6
+//   rows are formed in cache (6x16 register tiles) and drawn at once, never written out.
+//
+// Each row is read once (max, exp, prefix sums, draws and logs in one pass); rows are
+// split over XLA's intra-op thread pool and a row's result does not depend on the split.
+// Built with -mavx2 -mfma; agents/native.py loads it only on CPUs that have both.
 #include <immintrin.h>
 
 #include <algorithm>
