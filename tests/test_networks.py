@@ -18,6 +18,7 @@ from agents.networks import (
     entropy,
     from_members,
     init_population,
+    joint_apply,
     log_prob,
     population_apply,
     sample_actions,
@@ -293,3 +294,24 @@ def test_sample_frequencies_match_softmax_many_choices():
     assert np.all(a[:, 2] % 2 == 1)
     want = np.stack([np_log_softmax(price[g])[a[:, g]] for g in range(3)], -1)
     np.testing.assert_allclose(np.asarray(lp), want, rtol=1e-5, atol=1e-4)
+
+
+def test_joint_apply_equals_apply_with_gradients(net, pop, obs):
+    """The PPO loss's one-matmul forward: same logits, value and parameter gradients as
+    ``net.apply`` (up to summation order)."""
+    p0 = member(pop, 0)
+
+    def loss(apply_fn, p):
+        logits, value = apply_fn(p, obs[0])
+        return sum(jnp.sum(jnp.sin(v)) for v in logits.values()) + jnp.sum(value**2)
+
+    (lj, vj), (la, va) = jax.jit(joint_apply(net))(p0, obs[0]), jax.jit(net.apply)(p0, obs[0])
+    assert set(lj) == set(la)
+    for k in la:
+        np.testing.assert_allclose(np.asarray(lj[k]), np.asarray(la[k]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(vj), np.asarray(va), rtol=1e-5, atol=1e-6)
+    gj = jax.jit(jax.grad(lambda p: loss(joint_apply(net), p)))(p0)
+    ga = jax.jit(jax.grad(lambda p: loss(net.apply, p)))(p0)
+    assert jax.tree.structure(gj) == jax.tree.structure(ga)
+    for x, y in zip(jax.tree.leaves(gj), jax.tree.leaves(ga)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
