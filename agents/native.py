@@ -123,10 +123,15 @@ def _warn_once(why: str) -> None:
     warnings.warn(f"native sampler unavailable ({why}); acting uses the slower XLA sampler", RuntimeWarning, stacklevel=3)
 
 
-def _check(logits: jax.Array, sizes) -> np.ndarray:
+def _sizes(sizes) -> np.ndarray:
     sizes = np.asarray(sizes, np.int64)
     if sizes.ndim != 1 or sizes.size == 0 or np.any(sizes < 1):
         raise ValueError(f"sizes must be a non-empty list of positive choice counts, got {sizes.tolist()}")
+    return sizes
+
+
+def _check(logits: jax.Array, sizes) -> np.ndarray:
+    sizes = _sizes(sizes)
     if logits.ndim < 1 or logits.shape[-1] < int(sizes.sum()):
         raise ValueError(f"logits of shape {logits.shape} have fewer than sum(sizes)={int(sizes.sum())} columns")
     return sizes
@@ -166,10 +171,8 @@ def act(h: jax.Array, w: jax.Array, b: jax.Array, u: jax.Array, sizes) -> tuple[
     rows' ``h . w + b`` is formed in cache and drawn at once (uniforms ``u [*g, n, K]``,
     as :func:`draw`), so the logits never reach memory. Returns ``(actions int32 [*g, n,
     K], log_prob float32 [*g, n], value float32 [*g, n])``."""
-    sizes = np.asarray(sizes, np.int64)
+    sizes = _sizes(sizes)
     h, w, b, u = (jnp.asarray(x, jnp.float32) for x in (h, w, b, u))
-    if sizes.ndim != 1 or sizes.size == 0 or np.any(sizes < 1):
-        raise ValueError(f"sizes must be a non-empty list of positive choice counts, got {sizes.tolist()}")
     g, (n, hdim) = h.shape[:-2], h.shape[-2:]
     want = {"w": g + (hdim, int(sizes.sum()) + 1), "b": g + (int(sizes.sum()) + 1,), "u": g + (n, sizes.size)}
     for name, x in (("w", w), ("b", b), ("u", u)):

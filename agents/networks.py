@@ -165,18 +165,26 @@ def joint_width(action_spec) -> int:
     return sum(head_sizes(action_spec))
 
 
+def _split_columns(x: jax.Array, action_spec, per_entry) -> dict[str, jax.Array]:
+    """Slice the last axis of ``x`` into the heads in sorted name order; head ``h`` takes
+    ``prod(h.shape) * per_entry(h)`` columns, reshaped to ``[..., *h.shape, per_entry(h)]``
+    (the trailing axis dropped when ``per_entry`` is None)."""
+    batch, off, out = x.shape[:-1], 0, {}
+    for h in sorted(action_spec, key=lambda h: h.name):
+        shape = tuple(int(s) for s in h.shape) + ((int(per_entry(h)),) if per_entry else ())
+        size = math.prod(shape)
+        out[h.name] = x[..., off:off + size].reshape(batch + shape)
+        off += size
+    return out
+
+
 def split_joint(joint: jax.Array, action_spec) -> tuple[Logits, jax.Array]:
     """The joint output ``[..., joint_width + 1]`` as ``(logits dict, value)``, exactly
     what ``ActorCritic.__call__(obs)`` returns."""
-    batch, off, logits = joint.shape[:-1], 0, {}
-    for h in sorted(action_spec, key=lambda h: h.name):
-        shape = tuple(int(s) for s in h.shape) + (int(h.choices),)
-        size = math.prod(shape)
-        logits[h.name] = joint[..., off:off + size].reshape(batch + shape)
-        off += size
-    if joint.shape[-1] != off + 1:
-        raise ValueError(f"joint output has {joint.shape[-1]} columns, the spec needs {off} logits + 1 value")
-    return logits, joint[..., off]
+    width = joint_width(action_spec)
+    if joint.shape[-1] != width + 1:
+        raise ValueError(f"joint output has {joint.shape[-1]} columns, the spec needs {width} logits + 1 value")
+    return _split_columns(joint, action_spec, lambda h: h.choices), joint[..., width]
 
 
 def joint_apply(net: ActorCritic):
@@ -191,16 +199,6 @@ def joint_apply(net: ActorCritic):
         return split_joint(h @ kernel + bias, net.action_spec)
 
     return apply
-
-
-def _split_actions(flat: jax.Array, action_spec) -> Actions:
-    batch, off, out = flat.shape[:-1], 0, {}
-    for h in sorted(action_spec, key=lambda h: h.name):
-        shape = tuple(int(s) for s in h.shape)
-        m = math.prod(shape)
-        out[h.name] = flat[..., off:off + m].reshape(batch + shape)
-        off += m
-    return out
 
 
 def _check_divisible(n: int, num_members: int) -> None:
@@ -344,9 +342,8 @@ def act_parts(key: jax.Array, features: jax.Array, kernel: jax.Array, bias: jax.
     if native is None:
         native = _native.available()
     if not native:
-        joint = jnp.einsum("...nh,...hc->...nc", features, kernel) + bias[..., None, :]
-        logits, value = split_joint(joint, action_spec)
-        actions, lp = sample_actions(key, logits, batch_ndim=joint.ndim - 1)
+        logits, value = split_joint(features @ kernel + bias[..., None, :], action_spec)
+        actions, lp = sample_actions(key, logits, batch_ndim=value.ndim)
         return actions, lp, value
     if kernel.shape[-1] != joint_width(action_spec) + 1:
         raise ValueError(f"output kernel has {kernel.shape[-1]} columns, the spec needs {joint_width(action_spec)} + 1")
@@ -359,7 +356,7 @@ def act_parts(key: jax.Array, features: jax.Array, kernel: jax.Array, bias: jax.
         rows, rep = PS(None, mesh.axis_names[0]), PS()
         call = jax.shard_map(call, mesh=mesh, in_specs=(rows, rep, rep, rows), out_specs=(rows, rows, rows))
     flat, lp, value = call(features, kernel, bias, u)
-    return _split_actions(flat, action_spec), lp, value
+    return _split_columns(flat, action_spec, None), lp, value
 
 
 __all__ = [
