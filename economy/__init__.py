@@ -18,7 +18,6 @@ from economy.config import (
     MarketConfig,
     NicheConfig,
     ProjectConfig,
-    RewardWeights,
     WorldConfig,
     apply_overrides,
     load_config,
@@ -29,12 +28,13 @@ from economy.market import BUY, HOLD, SELL, Clearing, clear, clearing_tick, lott
 from economy.registry import PRODUCTION_RULES, ProductionContext, default_rule, make_rule, register_rule
 from economy.sharding import agent_mesh, shard_state, state_sharding
 from economy.state import ActionHead, EconomyParams, EconomyState
+from economy.streams import derive, stream_id, world_key
 
 __all__ = [
     "ActionHead", "AutoReset", "BUY", "Clearing", "ConfigError", "Economy", "EconomyConfig",
     "EconomyParams", "EconomyState", "GoodConfig", "HOLD", "MarketConfig", "NicheConfig",
-    "PRODUCTION_RULES", "ProductionContext", "ProjectConfig", "RewardWeights", "SELL",
+    "PRODUCTION_RULES", "ProductionContext", "ProjectConfig", "SELL",
     "WorldConfig", "agent_mesh", "apply_overrides", "clear", "clearing_tick", "default_rule", "ledger",
     "load_config", "load_yaml", "make_rule", "order_book", "price_grid", "ration", "register_rule",
-    "shard_state", "state_sharding",
+    "shard_state", "state_sharding", "derive", "stream_id", "world_key",
 ]

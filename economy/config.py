@@ -147,14 +147,6 @@ class WorldConfig(_Frozen):
         return self
 
 
-class RewardWeights(_Frozen):
-    """Weights of the reward components summed into the scalar reward."""
-
-    utility: float = 1.0
-    specialisation: float = 0.0
-    collaboration: float = 0.0
-
-
 class EconomyConfig(_Frozen):
     """The whole economy. Derived sizes are properties, computed from the fields."""
 
@@ -171,7 +163,6 @@ class EconomyConfig(_Frozen):
     market: MarketConfig = MarketConfig()
     project: ProjectConfig = ProjectConfig()
     world: WorldConfig = WorldConfig()
-    reward: RewardWeights = RewardWeights()
 
     # ---- derived -------------------------------------------------------------------
     @property

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
-from economy import market, rng
+from economy import market, rng, streams
 from economy.config import EconomyConfig
 from economy.generator import generate
 from economy.production import CustomNiche, work
@@ -65,19 +65,20 @@ class Economy:
         return self.cfg.num_agents
 
     def world_key(self, seed: int, evaluation: bool = False) -> jax.Array:
-        """Key of world ``seed``. Training seeds lie below ``world.eval_seed_start``;
-        ``evaluation=True`` maps ``seed`` into the held-out range above it."""
+        """Key of world ``seed`` (in the world namespace, :func:`economy.streams.world_key`).
+        Training seeds lie below ``world.eval_seed_start``; ``evaluation=True`` maps ``seed``
+        into the held-out range above it."""
         start = self.cfg.world.eval_seed_start
         if seed < 0:
             raise ValueError(f"world seed must be non-negative, got {seed}")
         if evaluation:
-            return jax.random.key(start + seed)
+            return streams.world_key(start + seed)
         if seed >= start:
             raise ValueError(
                 f"world seed {seed} lies in the held-out evaluation range [{start}, ...); "
                 "use evaluation=True or a smaller seed"
             )
-        return jax.random.key(seed)
+        return streams.world_key(seed)
 
     def reset(self, key: jax.Array) -> tuple[jax.Array, EconomyState]:
         """Draw a world. Returns ``(obs [N, obs_dim], state)``."""
@@ -251,8 +252,10 @@ class Economy:
             working, jnp.take_along_axis(w.history, jnp.minimum(a["niche"], cfg.num_niches - 1)[:, None], -1)[:, 0], 0.0
         )
         collaboration = w.public.astype(jnp.float32) * (1.0 / cfg.collaboration_scale)
-        rw = cfg.reward
-        reward = rw.utility * cons.utility + rw.specialisation * specialisation + rw.collaboration * collaboration
+        # The environment's reward is the utility of this step's basket. Everything a learner
+        # may be rewarded for is a per-agent entry of ``info``; how those are weighted per
+        # population member is self-play's business (selfplay.rewards, train.variants.rewards).
+        reward = cons.utility
         info = {
             "utility": cons.utility,
             "specialisation": specialisation,

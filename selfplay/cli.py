@@ -144,6 +144,13 @@ def _train(args) -> int:
         return EXIT_USAGE
     from economy import ConfigError
     from selfplay.run import CheckpointError, train_run
+    from selfplay.train import mesh_size
+
+    try:
+        mesh_size(cfg)  # more devices asked for than there are: exit 2 before anything is written
+    except ConfigError as err:
+        print(f"agora train: {err}", file=sys.stderr)
+        return EXIT_USAGE
 
     run_dir = Path(args.run_dir or cfg.train.run_dir.format(name=Path(args.config).stem))
     e, t = cfg.economy, cfg.train

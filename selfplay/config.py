@@ -17,14 +17,20 @@ with :class:`economy.ConfigError`, whose message names it as a dotted path.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Sequence
+import math
+from typing import Annotated, Any, Literal, Mapping, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator,
+)
 
 from agents.scripted import ScriptedConfig
 from economy import ConfigError, EconomyConfig, apply_overrides, load_yaml
-from economy.config import format_validation_error
+from economy.config import FrozenMap, format_validation_error
 from selfplay.batching import minibatch_split
+from selfplay.population import FITNESS
+from selfplay.rewards import REWARD_COMPONENTS
+from selfplay.variants import VARIANTS
 
 
 class _Frozen(BaseModel):
@@ -57,39 +63,93 @@ class SimulateConfig(_Frozen):
 
 
 Range = tuple[float, float]
+RangeMap = Annotated[dict[str, Range], AfterValidator(FrozenMap)]
 
 
-def _check_range(name: str, r: Range, positive: bool = False) -> None:
-    lo, hi = r
-    if lo > hi:
-        raise ValueError(f"{name}={list(r)}: lo > hi")
-    if positive and lo <= 0:
-        raise ValueError(f"{name}={list(r)}: must be positive (sampled log-uniformly)")
+def _as_range(value: Any) -> Range | None:
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) for x in value
+    ):
+        return float(value[0]), float(value[1])
+    return None
+
+
+def variant_problems(data: Any, prefix: str = "") -> tuple[dict | None, list[str]]:
+    """Check ``train.variants`` against the declarations (:mod:`selfplay.variants`) and the
+    reward components (:mod:`selfplay.rewards`) registered now. Returns ``({"ranges": ...,
+    "rewards": ...}`` with every declared name filled with its default, problems)``; each
+    problem names its dotted key under ``prefix``."""
+    if not isinstance(data, Mapping):
+        return None, [f"{prefix.rstrip('.')} = {data!r}: must be a mapping of name: [lo, hi]"]
+    problems: list[str] = []
+    ranges: dict[str, Range] = {}
+    rewards: dict[str, Range] = {}
+    for name, value in data.items():
+        if name == "rewards":
+            continue
+        v = VARIANTS.get(name)
+        if v is None:
+            problems.append(f"{prefix}{name}: unknown key (declared variants: {sorted(VARIANTS)}; reward weights go under {prefix}rewards)")
+            continue
+        r = _as_range(value)
+        why = "must be [lo, hi], two numbers" if r is None else v.check_range(*r)
+        if why:
+            problems.append(f"{prefix}{name} = {value!r}: {why}")
+        else:
+            ranges[name] = r
+    given = data.get("rewards") or {}
+    if not isinstance(given, Mapping):
+        problems.append(f"{prefix}rewards = {given!r}: must be a mapping of reward component: [lo, hi]")
+        given = {}
+    for name, value in given.items():
+        if name not in REWARD_COMPONENTS:
+            problems.append(f"{prefix}rewards.{name}: unknown reward component (registered: {sorted(REWARD_COMPONENTS)})")
+            continue
+        r = _as_range(value)
+        why = "must be [lo, hi], two numbers" if r is None else None
+        if r is not None and not all(math.isfinite(x) for x in r):
+            why = "must be finite numbers"
+        elif r is not None and r[0] > r[1]:
+            why = "lo > hi"
+        if why:
+            problems.append(f"{prefix}rewards.{name} = {value!r}: {why}")
+        else:
+            rewards[name] = r
+    if problems:
+        return None, problems
+    return {
+        "ranges": {n: ranges.get(n, v.default) for n, v in VARIANTS.items()},
+        "rewards": {c: rewards.get(c, comp.default) for c, comp in REWARD_COMPONENTS.items()},
+    }, []
 
 
 class VariantRanges(_Frozen):
-    """RL variants: each member's hyperparameters are drawn from these ranges at start
-    (learning rate and entropy coefficient log-uniformly, the rest uniformly). A range
-    ``[x, x]`` fixes the value for every member."""
+    """RL variants and reward weights, per member, drawn at start. In YAML::
 
-    learning_rate: Range = (1e-3, 3e-3)
-    ent_coef: Range = (3e-4, 3e-3)  # the entropy is summed over all heads' entries (about 40 nats at start)
-    clip_eps: Range = (0.15, 0.3)
-    gamma: Range = (0.9, 0.97)
-    gae_lambda: Range = (0.9, 0.97)
-    utility: Range = (1.0, 1.0)  # reward weight of the utility component
-    specialisation: Range = (0.0, 0.0)  # reward weight of the specialisation component
-    collaboration: Range = (0.0, 0.0)  # reward weight of the collaboration component
+        variants:
+          learning_rate: [1.0e-3, 3.0e-3]   # any declared variant (selfplay.variants)
+          rewards:
+            specialisation: [0.0, 0.2]      # any registered reward component (selfplay.rewards)
 
-    @model_validator(mode="after")
-    def _check(self):
-        for name in type(self).model_fields:
-            _check_range(name, getattr(self, name), positive=name in ("learning_rate", "ent_coef"))
-        for name in ("clip_eps", "gamma", "gae_lambda"):
-            lo, hi = getattr(self, name)
-            if not (0.0 <= lo and hi <= 1.0):
-                raise ValueError(f"{name}={[lo, hi]}: must lie in [0, 1]")
-        return self
+    A range ``[x, x]`` fixes the value for every member; a name left out takes its
+    declared default range (reward components other than ``utility``: 0)."""
+
+    ranges: RangeMap  # {variant: (lo, hi)}, every declared variant
+    rewards: RangeMap  # {reward component: (lo, hi)}, every registered component
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_yaml(cls, data):
+        if isinstance(data, cls):
+            return data
+        out, problems = variant_problems(data)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return out
+
+    @model_serializer
+    def _to_yaml(self):
+        return {**{k: list(v) for k, v in self.ranges.items()}, "rewards": {k: list(v) for k, v in self.rewards.items()}}
 
 
 class PBTConfig(_Frozen):
@@ -98,9 +158,20 @@ class PBTConfig(_Frozen):
     enabled: bool = True
     interval: int = Field(10, ge=1)  # updates between PBT rounds
     fraction: float = Field(0.25, ge=0.0, le=0.5)  # bottom fraction that copies the top fraction
-    perturb: Range = (0.8, 1.25)  # hyperparameters of a copy are multiplied by one of these
-    fitness: Literal["utility", "niche_shared"] = "utility"  # niche_shared: divided by members sharing the dominant niche
+    perturb: Range = (0.8, 1.25)  # a copy's hyperparameters are perturbed by one of these (each variant's law)
+    fitness: str = "utility"  # a name in selfplay.population.FITNESS: utility, niche_shared, market_welfare
     fitness_ema: float = Field(0.5, gt=0.0, le=1.0)  # weight of the newest update in the fitness average
+    # What a copy takes from its source besides parameters and optimiser state (always):
+    # "hyperparameters" and/or "reward_weights". Reward weights stay with their slot by
+    # default: they are the experimental condition.
+    inherit: tuple[Literal["hyperparameters", "reward_weights"], ...] = ("hyperparameters",)
+
+    @field_validator("fitness")
+    @classmethod
+    def _check_fitness(cls, v):
+        if v not in FITNESS:
+            raise ValueError(f"unknown fitness {v!r} (registered: {sorted(FITNESS)})")
+        return v
 
 
 class LeagueConfig(_Frozen):
@@ -132,11 +203,12 @@ class TrainConfig(_Frozen):
     rollout_steps: int = Field(32, ge=1)  # T: environment steps per update
     epochs: int = Field(2, ge=1)
     minibatches: int = Field(4, ge=1)  # per epoch: steps of every agent split first, then agents (see selfplay.ppo)
-    vf_coef: float = Field(0.5, ge=0.0)
+    value_norm: bool = True  # critic learns returns normalised by their running mean and std per member
+    value_norm_rate: float = Field(0.1, gt=0.0, le=1.0)  # weight of the newest update in those running moments
     max_grad_norm: float = Field(0.5, gt=0.0)
     seed: int = Field(0, ge=0)  # seeds members, hyperparameters, worlds and actions
     network: NetworkConfig = NetworkConfig()
-    variants: VariantRanges = VariantRanges()
+    variants: VariantRanges = Field(default_factory=lambda: VariantRanges.model_validate({}))
     pbt: PBTConfig = PBTConfig()
     league: LeagueConfig = LeagueConfig()
     analysis: AnalysisConfig = AnalysisConfig()
@@ -220,6 +292,12 @@ def run_config_from_dict(data: Any) -> RunConfig:
         if not isinstance(value, dict):
             problems.append(f"{name} = {value!r}: must be a mapping")
             continue
+        if name == "train" and "variants" in value:
+            # Checked here so each problem names its dotted key (train.variants.NAME).
+            _, bad = variant_problems(value["variants"], prefix="train.variants.")
+            if bad:
+                problems += bad
+                value = {k: v for k, v in value.items() if k != "variants"}
         try:
             sections[name] = model.model_validate(value)
         except ValidationError as e:

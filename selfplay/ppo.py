@@ -4,18 +4,20 @@ minibatch-epoch update.
 Everything here is a pure function of arrays for ONE member; the training loop runs the
 population by ``jax.vmap`` over members, e.g.::
 
-    update = jax.vmap(ppo_update, in_axes=(0, 0, None, None, 0, 0, 0, 0, 0, None, None))
+    update = jax.vmap(ppo_update, in_axes=(0, 0, None, None, 0, 0, 0, None, None))
     params, opt_state, metrics = update(params, opt_state, tx, apply_fn, batch, keys,
-                                        clip_eps, ent_coef, vf_coef, num_epochs, num_minibatches)
+                                        hyper, num_epochs, num_minibatches)
 
 (``tx``, ``apply_fn``, ``num_epochs`` and ``num_minibatches`` are shared and static;
-under ``jax.jit`` mark them static or close over them). Per-member learning rates live
+under ``jax.jit`` mark them static or close over them). ``hyper`` is a mapping of the
+member's hyperparameters (:mod:`selfplay.variants`): the loss reads ``clip_eps``,
+``ent_coef`` and ``vf_coef`` from it and ignores the rest. Per-member learning rates live
 in ``opt_state`` when ``tx`` is built with ``optax.inject_hyperparams``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -87,15 +89,11 @@ def clipped_surrogate(log_ratio: jax.Array, advantages: jax.Array, clip_eps: flo
     return jnp.maximum(unclipped, clipped)
 
 
-def ppo_loss(
-    params: Any,
-    apply_fn: Callable,
-    batch: dict,
-    clip_eps: float | jax.Array,
-    ent_coef: float | jax.Array,
-    vf_coef: float | jax.Array,
-) -> tuple[jax.Array, dict]:
+def ppo_loss(params: Any, apply_fn: Callable, batch: dict, hyper: Mapping[str, Any]) -> tuple[jax.Array, dict]:
     """PPO loss of one member on one minibatch. Returns ``(loss, metrics)``.
+
+    ``hyper``: the member's hyperparameters; the loss reads ``clip_eps``, ``ent_coef`` and
+    ``vf_coef`` (scalars, may be traced) and ignores other entries.
 
     ``apply_fn(params, obs) -> (logits, value)``; ``batch``: ``obs [n, D]``, ``actions``
     (dict of ``[n, *head.shape]``), ``log_prob [n]`` (behaviour policy), ``advantages
@@ -109,6 +107,7 @@ def ppo_loss(
     ``approx_kl`` (mean of ``(ratio - 1) - log ratio``), ``clip_fraction`` (share of
     samples with ``|ratio - 1| > eps``).
     """
+    clip_eps, ent_coef, vf_coef = hyper["clip_eps"], hyper["ent_coef"], hyper["vf_coef"]
     logits, value = apply_fn(params, batch["obs"])
     old_log_prob = batch["log_prob"]
     bd = old_log_prob.ndim
@@ -164,9 +163,7 @@ def ppo_update(
     apply_fn: Callable,
     batch: dict,
     key: jax.Array,
-    clip_eps: float | jax.Array,
-    ent_coef: float | jax.Array,
-    vf_coef: float | jax.Array,
+    hyper: Mapping[str, Any],
     num_epochs: int,
     num_minibatches: int,
 ) -> tuple[Any, Any, dict]:
@@ -197,7 +194,7 @@ def ppo_update(
     def minibatch_step(carry, mb):
         p, o = carry
         mb = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), mb)
-        (loss, metrics), grads = grad_fn(p, apply_fn, mb, clip_eps, ent_coef, vf_coef)
+        (loss, metrics), grads = grad_fn(p, apply_fn, mb, hyper)
         updates, o = tx.update(grads, o, p)
         p = optax.apply_updates(p, updates)
         return (p, o), {**metrics, "loss": loss}

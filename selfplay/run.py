@@ -22,12 +22,15 @@ import yaml
 
 from analysis.report import read_jsonl
 from economy import ConfigError
-from selfplay.config import RunConfig, run_config_from_dict
-from selfplay.train import COMPONENTS, HYPER, Trainer, TrainState
+from selfplay.checkpoint import CheckpointError, CheckpointMismatchError, Checkpoints
+from selfplay.config import RunConfig
+from selfplay.train import Trainer, TrainState
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be read; the message names it."""
+__all__ = [
+    "CheckpointError", "CheckpointMismatchError", "Checkpoints", "Dashboard", "Recorder", "prepare_run_dir",
+    "snapshot", "train_run",
+]
 
 
 def snapshot(cfg: RunConfig) -> dict:
@@ -65,65 +68,19 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
-class Checkpoints:
-    """orbax ``CheckpointManager`` over the whole :class:`TrainState`."""
-
-    def __init__(self, directory: Path, keep: int):
-        import orbax.checkpoint as ocp
-
-        self.ocp = ocp
-        self.directory = directory
-        self.mgr = ocp.CheckpointManager(
-            directory.absolute(),
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False),
-        )
-
-    def latest(self) -> int | None:
-        return self.mgr.latest_step()
-
-    @staticmethod
-    def _flat(ts: TrainState) -> dict:
-        """Leaves by index, without zero-size ones (orbax cannot store those, e.g. an
-        empty league); :meth:`restore` rebuilds them from the template."""
-        return {f"leaf_{i:04d}": x for i, x in enumerate(jax.tree.leaves(ts)) if x.size}
-
-    def save(self, ts: TrainState) -> int:
-        step = int(ts.update)
-        if step not in self.mgr.all_steps():
-            self.mgr.save(step, args=self.ocp.args.StandardSave(self._flat(ts)))
-            self.mgr.wait_until_finished()
-        return step
-
-    def restore(self, template: TrainState) -> TrainState:
-        """The newest readable checkpoint. A corrupted newest one is reported and the
-        previous one tried; nothing is deleted."""
-        leaves, treedef = jax.tree.flatten(template)
-        abstract = jax.tree.map(self.ocp.utils.to_shape_dtype_struct, self._flat(template))
-
-        def rebuild(flat: dict) -> TrainState:
-            # The abstract target carries the template's shardings: restored leaves come back
-            # laid out as the update expects (on any number of devices or processes).
-            return jax.tree.unflatten(treedef, [flat.get(f"leaf_{i:04d}", x) for i, x in enumerate(leaves)])
-
-        errors = []
-        for step in sorted(self.mgr.all_steps(), reverse=True):
-            try:
-                return rebuild(self.mgr.restore(step, args=self.ocp.args.StandardRestore(abstract)))
-            except Exception as e:  # noqa: BLE001 - any failure to read is reported by name
-                errors.append(f"step {step} ({self.directory / str(step)}): {type(e).__name__}: {str(e)[:300]}")
-                print(f"warning: checkpoint step {step} in {self.directory} is unreadable; trying an older one")
-        raise CheckpointError("no readable checkpoint in " + str(self.directory) + ":\n  " + "\n  ".join(errors))
-
-    def close(self):
-        self.mgr.close()
-
-
 def member_scalars(m: dict, names: dict) -> dict[str, float]:
-    """Flatten one update's metrics into TensorBoard tags."""
+    """Flatten one update's metrics into TensorBoard tags: per member, its reward, each
+    reward component, its hyperparameters and, beside them, its reward weights
+    (``member/P/reward_weight/NAME``)."""
     out: dict[str, float] = {}
     P = len(m["reward"])
-    per_member = ["reward", *COMPONENTS, "specialisation_index", "fitness", "entropy", "policy_loss",
-                  "value_loss", "approx_kl", "clip_fraction", *HYPER]
+    per_member = ["reward", *names["components"], "specialisation_index", "fitness", "entropy", "policy_loss",
+                  "value_loss", "approx_kl", "clip_fraction", "value_mean", "value_std", *names["variants"]]
+    for c, w in m.get("reward_weights", {}).items():
+        w = np.asarray(w, np.float64)
+        out[f"population/reward_weight/{c}_mean"] = float(w.mean())
+        for p in range(P):
+            out[f"member/{p}/reward_weight/{c}"] = float(w[p])
     for k in per_member:
         if k not in m:
             continue
@@ -244,7 +201,10 @@ class Recorder:
 
     def __init__(self, run_dir: Path, cfg: RunConfig, ts: TrainState, enabled: bool):
         self.cfg, self.enabled = cfg, enabled
-        self.names = {"niches": list(cfg.economy.niche_names) + ["rest"], "goods": list(cfg.economy.good_names)}
+        self.names = {
+            "niches": list(cfg.economy.niche_names) + ["rest"], "goods": list(cfg.economy.good_names),
+            "components": list(cfg.train.variants.rewards), "variants": list(cfg.train.variants.ranges),
+        }
         self.steps_per_update = cfg.economy.num_agents * cfg.train.rollout_steps
         if not enabled:
             return
@@ -252,8 +212,8 @@ class Recorder:
         if int(ts.update) == 0:
             w = self.dash.writer
             w.add_text("config", "```\n" + yaml.safe_dump(snapshot(cfg), sort_keys=False) + "\n```", 0)
-            hp = {h: np.asarray(getattr(ts.hyper, h)).round(5).tolist() for h in HYPER}
-            hp["reward_w"] = np.asarray(ts.hyper.reward_w).round(4).tolist()
+            hp = {h: np.asarray(v).round(5).tolist() for h, v in ts.hyper.items()}
+            hp["reward_weights"] = {c: np.asarray(v).round(4).tolist() for c, v in ts.reward_weights.items()}
             w.add_text("hyperparameters", "```\n" + json.dumps(hp, indent=1) + "\n```", 0)
         self.files = {name: open(run_dir / f"{name}.jsonl", "a") for name in ("metrics", "lineage", "analysis")}
 
@@ -269,18 +229,22 @@ class Recorder:
         an = m.pop("analysis")
         if bool(m["pbt_event"]):
             src = np.asarray(m["pbt_source"])
-            events = [{"update": u, "child": int(c), "parent": int(src[c]), "fitness_parent": float(m["fitness"][c])}
+            inherited = ["parameters", "optimiser_state", "value_norm", *t.pbt.inherit]
+            events = [{"update": u, "child": int(c), "parent": int(src[c]), "fitness_parent": float(m["fitness"][c]),
+                       "founder": int(m["founder"][c]), "inherited": inherited}
                       for c in range(len(src)) if src[c] != c]
             self._write("lineage", events)
             if events:
                 text = "\n".join(f"update {e['update']}: member {e['child']} <- member {e['parent']}" for e in events)
-                hp = {h: np.asarray(m[h]).round(5).tolist() for h in HYPER}
+                text += "\n\ninherited: " + ", ".join(inherited)
+                hp = {h: np.asarray(m[h]).round(5).tolist() for h in self.names["variants"]}
+                hp["reward_weights"] = {c: np.asarray(v).round(4).tolist() for c, v in m["reward_weights"].items()}
                 self.dash.writer.add_text("pbt", text + "\n\nhyperparameters: " + json.dumps(hp), u)
         if u % t.log_every == 0 or last:
             scalars = member_scalars(m, self.names)
             scalars["perf/agent_steps_per_s"] = self.steps_per_update / dt
             self.dash.scalars(u, scalars, m)
-            self._write("metrics", [{"update": u, **{k: np.asarray(v).tolist() for k, v in m.items()}}])
+            self._write("metrics", [{"update": u, **jax.tree.map(lambda v: np.asarray(v).tolist(), m)}])
         if bool(m["analysis_done"]):
             self._write("analysis", [analysis_record(u, an)])
             self.dash.analysis(u, an)
@@ -309,8 +273,8 @@ def train_run(
     t = cfg.train
     run_dir = Path(run_dir)
     lead = jax.process_index() == 0
+    trainer = Trainer(cfg)  # checks the devices (mesh.agents) before anything is written
     prepare_run_dir(cfg, run_dir, resume, write=lead)
-    trainer = Trainer(cfg)
     ckpt = Checkpoints(run_dir / "checkpoints", t.keep_checkpoints)
     ts = trainer.init(jax.random.key(t.seed))
     if resume and ckpt.latest() is not None:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from agents.scripted import ScriptedConfig, random_actions, scripted_actions
-from economy import Economy, EconomyState
+from economy import Economy, EconomyState, streams
 from selfplay.config import RunConfig
 
 Policy = Callable[[jax.Array, EconomyState], dict]  # (key, state) -> actions
@@ -92,9 +92,10 @@ class Timing(NamedTuple):
 
 
 def run_keys(env: Economy, seed: int) -> tuple[jax.Array, jax.Array]:
-    """``(world key, agents key)`` of a simulation seed: the world is ``env.world_key(seed)``."""
-    key_world = env.world_key(seed)
-    return key_world, jax.random.fold_in(key_world, 1)
+    """``(world key, agents key)`` of a simulation seed: the world is ``env.world_key(seed)``
+    (world namespace); the agents' key is the ``simulate/agents`` stream of the run root
+    ``jax.random.key(seed)``, disjoint from every key the world draws."""
+    return env.world_key(seed), streams.derive(jax.random.key(seed), "simulate", "agents")
 
 
 def simulate_timed(cfg: RunConfig) -> tuple[list[StepRecord], Timing]:

@@ -1,10 +1,10 @@
 """Population self-play: PPO with per-member RL variants, PBT and a league, all on the device.
 
-``make_train(cfg)`` returns a :class:`Trainer` whose ``init(key)`` builds the whole
-training state and whose ``update(state)`` is ONE jitted function: a ``lax.scan``
-rollout of the economy, GAE, PPO epochs vmapped over members, then PBT and league
-bookkeeping. ``train(key)`` scans ``update`` over the configured number of updates, so
-seeds (or whole populations) vmap.
+:class:`Trainer` holds the compiled pieces of one configuration: ``init(key)`` builds the
+whole training state and ``update(state)`` is ONE jitted function: a ``lax.scan`` rollout
+of the economy, the reward components, GAE, PPO epochs vmapped over members, then PBT and
+league bookkeeping. :func:`make_train` returns a pure ``train(key)`` (init and a scan of
+updates), so seeds (or whole populations) vmap.
 
 Players. ``P`` learning members and ``K`` frozen league snapshots share the ``N``
 agents: agent ``i`` is played by player ``i % (P + K)``; players ``0..P-1`` are the
@@ -12,17 +12,25 @@ members. The agent axis is regrouped per player by a reshape (:func:`to_members`
 the forward pass is vmapped over stacked parameters, so no parameters are gathered per
 agent. Every market holds agents of every player (the config checks divisibility).
 
-Rewards. The economy returns per-agent components (utility, specialisation,
-collaboration); member ``p`` is trained on ``w_p . components`` with its own weights.
+Rewards. Reward components are a registry (:mod:`selfplay.rewards`); member ``p`` is
+trained on ``sum_c reward_weights[c][p] * component_c``. Hyperparameters are declared once
+each (:mod:`selfplay.variants`) and live in ``TrainState.hyper`` by name.
+
+Values. With ``train.value_norm`` the critic predicts returns normalised by a running
+mean and standard deviation per member (:class:`ValueNorm`): GAE works in reward units,
+the value loss (and its clip) in normalised units, so the critic can follow returns of
+any scale.
 
 Truncation. Episodes end for a whole world at ``economy.episode_length``; the next world
 is drawn in the scan (a ``lax.cond``) and the value of the true final observation is
 kept as the GAE bootstrap, so truncation is not mistaken for termination.
+
+Randomness. One key tree (:func:`init_keys`, :func:`update_keys`), named streams derived
+only by ``fold_in`` (:mod:`economy.streams`).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import jax
@@ -36,56 +44,39 @@ from agents.networks import (
     ActorCritic, act_parts, from_members, init_population, joint_apply, population_apply, sample_actions, to_members,
 )
 from analysis.niches import specialisation_index
-from economy.sharding import agent_mesh, state_sharding
 from analysis.population import population_analysis
-from economy import Economy, EconomyState
+from economy import ConfigError, Economy, EconomyState
+from economy.sharding import agent_mesh, state_sharding
+from economy.streams import derive, world_key
+from selfplay import population as pop
+from selfplay import rewards as rw
+from selfplay import variants
 from selfplay.config import RunConfig
+from selfplay.population import LeagueState, PBTState
 from selfplay.ppo import gae, ppo_update
 
-COMPONENTS = ("utility", "specialisation", "collaboration")
-HYPER = ("learning_rate", "ent_coef", "clip_eps", "gamma", "gae_lambda")
+VALUE_STD_FLOOR = 1e-2  # smallest standard deviation used to normalise value targets
 
 
-@struct.dataclass
-class Hyper:
-    """Per-member hyperparameters, float32 ``[P]`` (``reward_w``: ``[P, 3]``). The
-    learning rate used by the optimiser lives in its state (``optax.inject_hyperparams``)
-    and is kept equal to ``learning_rate`` here."""
+class ValueNorm(NamedTuple):
+    """Running moments of each member's returns (float32 ``[P]``)."""
 
-    learning_rate: jax.Array
-    ent_coef: jax.Array
-    clip_eps: jax.Array
-    gamma: jax.Array
-    gae_lambda: jax.Array
-    reward_w: jax.Array
-
-
-@struct.dataclass
-class PBTState:
-    fitness: jax.Array  # float32 [P] running fitness
-    parent: jax.Array  # int32 [P] member copied at the last PBT event (own index if never)
-    copied_at: jax.Array  # int32 [P] update of the last copy (-1 if never)
-    generation: jax.Array  # int32 [P] number of copies in this slot's lineage
-
-
-@struct.dataclass
-class LeagueState:
-    params: Any  # [K, ...] frozen snapshots
-    source: jax.Array  # int32 [K] member the snapshot was taken from
-    made_at: jax.Array  # int32 [K] update of the snapshot
-    refreshes: jax.Array  # int32 [] snapshots taken so far
+    mean: jax.Array
+    var: jax.Array
 
 
 @struct.dataclass
 class TrainState:
     params: Any  # [P, ...]
     opt_state: Any  # [P, ...]
-    hyper: Hyper
+    hyper: dict  # {variant name: float32 [P]} (selfplay.variants)
+    reward_weights: dict  # {reward component: float32 [P]} (selfplay.rewards)
+    value_norm: ValueNorm
     pbt: PBTState
     league: LeagueState
     env_state: EconomyState
     obs: jax.Array  # float32 [N, obs_dim]
-    key: jax.Array  # uint32 [2] raw key data (checkpointable)
+    key: jax.Array  # uint32 [2] raw data of the run key (checkpointable; per-update keys fold in the update)
     episode: jax.Array  # int32 [] worlds drawn so far
     update: jax.Array  # int32 [] updates done
 
@@ -94,53 +85,50 @@ class Transition(NamedTuple):
     obs: jax.Array  # [P, n, D]
     actions: dict  # [P, n, ...]
     log_prob: jax.Array  # [P, n]
-    value: jax.Array  # [P, n]
-    reward: jax.Array  # [P, n]
+    value: jax.Array  # [P, n] in reward units
+    components: dict  # {agent-level component: [P, n]}
+    units: jax.Array  # [P, n] int32 units of work
     done: jax.Array  # [P, n] bool
-    bootstrap: jax.Array  # [P, n]
+    bootstrap: jax.Array  # [P, n] in reward units
 
 
-def _log_uniform(key, lo, hi, shape):
-    return jnp.exp(jax.random.uniform(key, shape, minval=math.log(lo), maxval=math.log(hi)))
+def init_keys(root: jax.Array) -> dict[str, jax.Array]:
+    """The named streams of a run's root key ``jax.random.key(train.seed)`` (or the key
+    given to :meth:`Trainer.init`): learners' parameters, their hyperparameters, their
+    reward weights, and the run key every update derives its streams from."""
+    learners = derive(root, "learners")
+    return {
+        "params": derive(learners, "params"),
+        "variants": derive(learners, "variants"),
+        "reward_weights": derive(learners, "reward_weights"),
+        "run": derive(root, "run"),
+    }
 
 
-def sample_hyper(key: jax.Array, cfg: RunConfig) -> Hyper:
-    """Draw each member's RL variant from ``train.variants``."""
-    v, p = cfg.train.variants, cfg.train.members
-    k = jax.random.split(key, 8)
-    uni = lambda kk, r: jax.random.uniform(kk, (p,), minval=r[0], maxval=r[1])
-    return Hyper(
-        learning_rate=_log_uniform(k[0], *v.learning_rate, (p,)),
-        ent_coef=_log_uniform(k[1], *v.ent_coef, (p,)),
-        clip_eps=uni(k[2], v.clip_eps),
-        gamma=uni(k[3], v.gamma),
-        gae_lambda=uni(k[4], v.gae_lambda),
-        reward_w=jnp.stack([uni(k[5], v.utility), uni(k[6], v.specialisation), uni(k[7], v.collaboration)], -1),
-    )
+def update_keys(run: jax.Array, update: jax.Array | int) -> dict[str, jax.Array]:
+    """The streams of update ``update`` (0-based): ``rollout`` (then per step ``t``:
+    :func:`step_keys`), ``ppo`` (then per member ``p``: ``derive(ppo, p)``, which
+    ``ppo_update`` splits over epochs), ``pbt`` (then per variant name) and ``analysis``."""
+    base = derive(run, update)
+    return {name: derive(base, name) for name in ("rollout", "ppo", "pbt", "analysis")}
 
 
-def pbt_sources(fitness: jax.Array, fraction: float) -> jax.Array:
-    """int32 ``[P]``: the member each slot copies (itself unless it is in the bottom
-    ``fraction``, which copies the top ``fraction``: worst from best, and so on)."""
-    p = fitness.shape[0]
-    k = int(p * fraction)
-    src = jnp.arange(p, dtype=jnp.int32)
-    if k == 0:
-        return src
-    order = jnp.argsort(fitness, stable=True).astype(jnp.int32)  # ascending
-    return src.at[order[:k]].set(order[::-1][:k])
+def step_keys(rollout: jax.Array, t: jax.Array | int) -> tuple[jax.Array, jax.Array]:
+    """``(act, env)`` keys of rollout step ``t``."""
+    step = derive(rollout, t)
+    return derive(step, "act"), derive(step, "env")
 
 
 def mesh_size(cfg: RunConfig, device_count: int | None = None) -> int:
     """Devices of the agent axis: ``mesh.agents``, or (``auto``) the most devices of all
-    processes that divide ``economy.num_markets``. Raises ``ValueError`` naming the key
+    processes that divide ``economy.num_markets``. Raises :class:`ConfigError` naming the key
     when the config asks for more devices than there are."""
     n = jax.device_count() if device_count is None else device_count
     m = cfg.economy.num_markets
     if cfg.mesh.agents == "auto":
         return max(d for d in range(1, min(n, m) + 1) if m % d == 0)
     if cfg.mesh.agents > n:
-        raise ValueError(f"mesh.agents={cfg.mesh.agents}: only {n} devices are available")
+        raise ConfigError(f"mesh.agents={cfg.mesh.agents}: only {n} devices are available")
     return cfg.mesh.agents
 
 
@@ -153,11 +141,26 @@ class Trainer:
         self.env = Economy(cfg.economy) if env is None else env
         self.num_members = t.members
         self.num_players = t.players
+        # Names, fixed for this trainer: every declared variant and registered component
+        # (the config fills defaults for those it does not name).
+        self.variant_names = tuple(t.variants.ranges)
+        self.components = tuple(c for c in rw.component_names() if c in t.variants.rewards)
+        missing = [c for c in t.variants.rewards if c not in rw.REWARD_COMPONENTS]
+        if missing:
+            raise ConfigError(f"train.variants.rewards: components {missing} are not registered in this process")
         self.net = ActorCritic(self.env.action_spec, hidden=tuple(t.network.hidden), activation=t.network.activation)
         self.tx = optax.chain(
             optax.clip_by_global_norm(t.max_grad_norm),
             optax.inject_hyperparams(optax.adam)(learning_rate=1e-3, eps=1e-5),
         )
+        self._check_optimizer_variants()
+        # Share of each member's agents in each market (static layout): agent i is played by
+        # player i % players and trades in market i // (N / M).
+        n, m = cfg.economy.num_agents, cfg.economy.num_markets
+        agent = np.arange(n)
+        counts = np.zeros((self.num_players, m))
+        np.add.at(counts, (agent % self.num_players, agent // (n // m)), 1.0)
+        self.presence = (counts / counts.sum(-1, keepdims=True))[: self.num_members].astype(np.float32)
         # Devices: agents (and markets) split by whole markets over the mesh, everything else
         # replicated; the update keeps that layout (so it never gathers the agent state).
         self.mesh = agent_mesh(jax.devices()[: mesh_size(cfg)])
@@ -173,16 +176,28 @@ class Trainer:
             in_shardings=replicated, out_shardings=self.state_sharding,
         )
 
+    def _check_optimizer_variants(self) -> None:
+        known = jax.eval_shape(self.tx.init, {"w": jnp.zeros((1,))})[1].hyperparams
+        for name in variants.names("optimizer"):
+            if name in self.variant_names and name not in known:
+                raise ConfigError(
+                    f"train.variants.{name}: declared with target 'optimizer' but the optimiser has no injected "
+                    f"hyperparameter {name!r} (it has {sorted(known)})"
+                )
+
     # ---- state ------------------------------------------------------------------------
     def world_key(self, episode: jax.Array) -> jax.Array:
-        """Training worlds only: seeds ``(seed * 7919 + episode) mod eval_seed_start``."""
+        """Training worlds only: seeds ``(seed * 7919 + episode) mod eval_seed_start``, in the
+        world namespace (:func:`economy.streams.world_key`)."""
         start = self.cfg.economy.world.eval_seed_start
         seed = (jnp.asarray(self.cfg.train.seed, jnp.uint32) * jnp.uint32(7919) + episode.astype(jnp.uint32)) % jnp.uint32(start)
-        return jax.random.key(seed)
+        return world_key(seed)
 
-    def _set_lr(self, opt_state, lr):
+    def _set_opt_hyper(self, opt_state, hyper: dict):
+        """``opt_state`` (of all members) with the optimiser-target variants of ``hyper``."""
+        names = [n for n in variants.names("optimizer") if n in hyper]
         clip_state, adam_state = opt_state
-        hp = dict(adam_state.hyperparams, learning_rate=lr)
+        hp = dict(adam_state.hyperparams, **{n: hyper[n] for n in names})
         return (clip_state, adam_state._replace(hyperparams=hp))
 
     def init(self, key: jax.Array) -> TrainState:
@@ -212,40 +227,31 @@ class Trainer:
 
     def _init_learners(self, key: jax.Array):
         t = self.cfg.train
-        k_params, k_hyper, _ = jax.random.split(key, 3)
-        params = init_population(self.net, k_params, self.env.obs_dim, t.members)
-        hyper = sample_hyper(k_hyper, self.cfg)
+        keys = init_keys(key)
+        params = init_population(self.net, keys["params"], self.env.obs_dim, t.members)
+        hyper = variants.sample(keys["variants"], t.variants.ranges, t.members)
+        weights = {
+            c: jax.random.uniform(derive(keys["reward_weights"], c), (t.members,), minval=lo, maxval=hi)
+            for c, (lo, hi) in t.variants.rewards.items()
+        }
         opt_state = jax.vmap(self.tx.init)(params)
-        opt_state = jax.vmap(self._set_lr)(opt_state, hyper.learning_rate)
-        return params, opt_state, hyper
+        opt_state = self._set_opt_hyper(opt_state, hyper)
+        return params, opt_state, hyper, weights
 
     def _assemble(self, key, learners, obs, env_state) -> TrainState:
         t = self.cfg.train
-        params, opt_state, hyper = learners
-        k_run = jax.random.split(key, 3)[2]
-        k = t.league.size
-        slots = jnp.arange(k, dtype=jnp.int32) % t.members
-        league = LeagueState(
-            params=jax.tree.map(lambda x: x[slots], params),
-            source=slots,
-            made_at=jnp.zeros((k,), jnp.int32),
-            refreshes=jnp.zeros((), jnp.int32),
-        )
-        pbt = PBTState(
-            fitness=jnp.zeros((t.members,), jnp.float32),
-            parent=jnp.arange(t.members, dtype=jnp.int32),
-            copied_at=jnp.full((t.members,), -1, jnp.int32),
-            generation=jnp.zeros((t.members,), jnp.int32),
-        )
+        params, opt_state, hyper, weights = learners
         return TrainState(
             params=params,
             opt_state=opt_state,
             hyper=hyper,
-            pbt=pbt,
-            league=league,
+            reward_weights=weights,
+            value_norm=ValueNorm(jnp.zeros((t.members,), jnp.float32), jnp.ones((t.members,), jnp.float32)),
+            pbt=pop.init_pbt(t.members),
+            league=pop.init_league(params, t.league.size, t.members),
             env_state=env_state,
             obs=obs,
-            key=jax.random.key_data(k_run),
+            key=jax.random.key_data(init_keys(key)["run"]),
             episode=jnp.ones((), jnp.int32),
             update=jnp.zeros((), jnp.int32),
         )
@@ -254,75 +260,124 @@ class Trainer:
     def _players_params(self, ts: TrainState):
         return jax.tree.map(lambda a, b: jnp.concatenate([a, b], 0), ts.params, ts.league.params)
 
+    def _value_scale(self, ts: TrainState):
+        """``(mean, std)`` ``[P, 1]`` turning the critic's output into reward units."""
+        if not self.cfg.train.value_norm:
+            one = jnp.ones((self.num_members, 1), jnp.float32)
+            return 0.0 * one, one
+        vn = ts.value_norm
+        return vn.mean[:, None], jnp.sqrt(jnp.maximum(vn.var, VALUE_STD_FLOOR**2))[:, None]
+
+    def _member_value(self, ts: TrainState, obs: jax.Array) -> jax.Array:
+        """Members' values ``[P, n]`` (reward units) of agent-major observations ``[N, D]``."""
+        mu, sd = self._value_scale(ts)
+        _, v = population_apply(self.net, ts.params, to_members(obs, self.num_players)[: self.num_members])
+        return v * sd + mu
+
     def _rollout(self, ts: TrainState, key: jax.Array):
         env, P, PL = self.env, self.num_members, self.num_players
-        J = env.cfg.num_niches
+        J, M = env.cfg.num_niches, env.cfg.num_markets
         params_all = self._players_params(ts)
+        mu, sd = self._value_scale(ts)
 
-        def body(carry, key):
+        def body(carry, t):
             env_state, obs, episode = carry
-            k_act, k_step = jax.random.split(key)
+            k_act, k_env = step_keys(key, t)
             obs_m = to_members(obs, PL)  # [PL, n, D]
             # The torso by XLA; the output layer and the draws in one native pass where it runs.
             parts = population_apply(self.net, params_all, obs_m, parts=True)
             act_m, log_prob, value = act_parts(k_act, *parts, env.action_spec, mesh=self.mesh)
-            next_obs, env_state, _, term, trunc, info = env.step(k_step, env_state, from_members(act_m))
-            comps = jnp.stack([info[c] for c in COMPONENTS], -1)  # [N, 3]
-            comps_m = to_members(comps, PL)[:P]  # [P, n, 3]
-            reward = jnp.sum(comps_m * ts.hyper.reward_w[:, None, :], -1)
+            actions = from_members(act_m)
+            next_obs, next_state, _, term, trunc, info = env.step(k_env, env_state, actions)
+            comps = rw.agent_components(self.components, rw.StepData(info, next_state, env_state, actions))
+            comps_m = {c: to_members(x, PL)[:P] for c, x in comps.items()}  # [P, n] each
             terminated = jnp.any(term)
             done = terminated | jnp.any(trunc)
 
             def new_world():
-                _, v_next = population_apply(self.net, ts.params, to_members(next_obs, PL)[:P])
+                v_next = self._member_value(ts, next_obs)
                 o, s = env.reset(self.world_key(episode))
                 return jnp.where(terminated, 0.0, v_next), o, s, episode + 1
 
             def same_world():
-                return jnp.zeros_like(reward), next_obs, env_state, episode
+                return jnp.zeros((P, obs_m.shape[1]), jnp.float32), next_obs, next_state, episode
 
-            bootstrap, obs2, env_state, episode = jax.lax.cond(done, new_world, same_world)
+            bootstrap, obs2, env_state2, episode = jax.lax.cond(done, new_world, same_world)
             tr = Transition(
                 obs=obs_m[:P],
                 actions=jax.tree.map(lambda a: a[:P], act_m),
                 log_prob=log_prob[:P],
-                value=value[:P],
-                reward=reward,
-                done=jnp.broadcast_to(done, reward.shape),
+                value=value[:P] * sd + mu,
+                components=comps_m,
+                units=to_members(info["units"], PL)[:P],
+                done=jnp.broadcast_to(done, (P, obs_m.shape[1])),
                 bootstrap=bootstrap,
             )
             chose = jax.nn.one_hot(act_m["niche"][:P], J + 1, dtype=jnp.int32)  # [P, n, J+1]
-            units = to_members(info["units"], PL)[:P]  # [P, n]
             stats = {
-                "components": jnp.mean(comps_m, 1),  # [P, 3]
                 "niche_counts": jnp.sum(chose, 1),  # [P, J+1]
-                "niche_output": jnp.sum(chose * units[..., None], 1),  # [P, J+1] units of work by chosen niche
+                "niche_output": jnp.sum(chose * tr.units[..., None], 1),  # [P, J+1] units of work by chosen niche
                 "market_price": jnp.mean(info["market_price"].astype(jnp.float32), 0),  # [G]
                 "market_volume": jnp.sum(info["market_volume"], 0),  # [G]
                 "market_occupancy": info["niche_occupancy"],  # [M, J+1] all players
+                "market_utility": jnp.mean(info["utility"].reshape(M, -1), -1),  # [M] all players
                 "project": jnp.mean(info["project"].astype(jnp.float32)),
             }
-            return (env_state, obs2, episode), (tr, stats)
+            return (env_state2, obs2, episode), (tr, stats)
 
-        keys = jax.random.split(key, self.cfg.train.rollout_steps)
-        (env_state, obs, episode), (traj, stats) = jax.lax.scan(body, (ts.env_state, ts.obs, ts.episode), keys)
-        _, last_value = population_apply(self.net, ts.params, to_members(obs, PL)[:P])
+        steps = jnp.arange(self.cfg.train.rollout_steps, dtype=jnp.uint32)
+        (env_state, obs, episode), (traj, stats) = jax.lax.scan(body, (ts.env_state, ts.obs, ts.episode), steps)
+        last_value = self._member_value(ts, obs)
         return env_state, obs, episode, traj, stats, last_value
+
+    def rewards(self, ts: TrainState, traj: Transition) -> tuple[jax.Array, dict]:
+        """``(reward [T, P, n], components {name: [T, P, n]})`` of a rollout: agent-level
+        components as recorded, member-level ones computed now, weighted per member."""
+        data = rw.RolloutData(
+            niche=traj.actions["niche"], units=traj.units, agent=traj.components, num_niches=self.env.cfg.num_niches
+        )
+        comps = {**traj.components, **rw.member_components(self.components, data)}
+        comps = {c: comps[c] for c in self.components}
+        return rw.weighted_reward(comps, ts.reward_weights), comps
+
+    def advantages(self, ts: TrainState, reward: jax.Array, traj: Transition, last_value: jax.Array):
+        """GAE per member in reward units, member-major: ``(advantages, returns)`` ``[P, T, n]``
+        from ``reward [T, P, n]``, the rollout's values, dones and bootstraps, and
+        ``last_value [P, n]``, with each member's ``gamma`` and ``gae_lambda``."""
+        tm = lambda x: jnp.swapaxes(x, 0, 1)
+        return jax.vmap(gae)(
+            tm(reward), tm(traj.value), tm(traj.done), tm(traj.bootstrap), last_value,
+            ts.hyper["gamma"], ts.hyper["gae_lambda"],
+        )
+
+    def _normalise_values(self, ts: TrainState, ret: jax.Array):
+        """Updated :class:`ValueNorm` from returns ``[P, ...]`` and the ``(mean, std)``
+        ``[P]`` to normalise value targets with."""
+        t = self.cfg.train
+        if not t.value_norm:
+            return ts.value_norm, jnp.zeros((self.num_members,)), jnp.ones((self.num_members,))
+        axes = tuple(range(1, ret.ndim))
+        m, v = jnp.mean(ret, axes), jnp.var(ret, axes)
+        a = t.value_norm_rate
+        first = ts.update == 0
+        old = ts.value_norm
+        mean = jnp.where(first, m, (1 - a) * old.mean + a * m)
+        second = jnp.where(first, v + m**2, (1 - a) * (old.var + old.mean**2) + a * (v + m**2))
+        var = jnp.maximum(second - mean**2, 0.0)
+        return ValueNorm(mean, var), mean, jnp.sqrt(jnp.maximum(var, VALUE_STD_FLOOR**2))
 
     def _update(self, ts: TrainState):
         t = self.cfg.train
         P = self.num_members
         J = self.env.cfg.num_niches
-        key = jax.random.wrap_key_data(ts.key)
-        key, k_roll, k_ppo, k_pbt = jax.random.split(key, 4)
-        env_state, obs, episode, traj, stats, last_value = self._rollout(ts, k_roll)
+        keys = update_keys(jax.random.wrap_key_data(ts.key), ts.update)
+        env_state, obs, episode, traj, stats, last_value = self._rollout(ts, keys["rollout"])
+        reward, comps = self.rewards(ts, traj)  # [T, P, n]
 
-        # GAE per member: [T, P, n] -> member-major [P, T, n].
+        adv, ret = self.advantages(ts, reward, traj, last_value)
         tm = lambda x: jnp.swapaxes(x, 0, 1)
-        adv, ret = jax.vmap(gae)(
-            tm(traj.reward), tm(traj.value), tm(traj.done), tm(traj.bootstrap), last_value,
-            ts.hyper.gamma, ts.hyper.gae_lambda,
-        )
+        value_norm, v_mean, v_std = self._normalise_values(ts, ret)
+        norm = lambda x: (x - v_mean[:, None, None]) / v_std[:, None, None]
         # PPO batch: each agent a stream of T samples, [T, P, n, ...] -> [P, n, T, ...]; the
         # minibatches split every agent's steps (see ppo_update), so the agent axis stays
         # where the rollout left it (sharded by markets) and nothing moves between devices.
@@ -331,63 +386,66 @@ class Trainer:
             "obs": streams(traj.obs),
             "actions": jax.tree.map(streams, traj.actions),
             "log_prob": streams(traj.log_prob),
-            "values": streams(traj.value),
+            "values": jnp.swapaxes(norm(tm(traj.value)), 1, 2),
             "advantages": jnp.swapaxes(adv, 1, 2),
-            "returns": jnp.swapaxes(ret, 1, 2),
+            "returns": jnp.swapaxes(norm(ret), 1, 2),
         }
-        vf = jnp.full((P,), t.vf_coef, jnp.float32)
+        loss_hyper = {n: ts.hyper[n] for n in variants.names("loss") if n in ts.hyper}
+        ppo_keys = jax.vmap(lambda p: derive(keys["ppo"], p))(jnp.arange(P, dtype=jnp.uint32))
         params, opt_state, losses = jax.vmap(
-            lambda p, o, b, k, c, e, v: ppo_update(
-                p, o, self.tx, joint_apply(self.net), b, k, c, e, v, t.epochs, t.minibatches
-            )
-        )(ts.params, ts.opt_state, batch, jax.random.split(k_ppo, P), ts.hyper.clip_eps, ts.hyper.ent_coef, vf)
+            lambda p, o, b, k, h: ppo_update(p, o, self.tx, joint_apply(self.net), b, k, h, t.epochs, t.minibatches)
+        )(ts.params, ts.opt_state, batch, ppo_keys, loss_hyper)
 
-        # Fitness: mean utility per agent-step (optionally shared among members of one niche).
-        comps = jnp.mean(stats["components"], 0)  # [P, 3]
+        # Fitness (selfplay.population.FITNESS), as a running average.
+        comp_means = {c: jnp.mean(x, (0, 2)) for c, x in comps.items()}  # [P] per agent-step
         niche_counts = jnp.sum(stats["niche_counts"], 0)  # [P, J+1]
         occupancy = jnp.sum(stats["market_occupancy"], 0)  # [M, J+1]
+        market_utility = jnp.mean(stats["market_utility"], 0)  # [M]
         niche = tm(traj.actions["niche"])  # [P, T, n]
         agent_spec = jax.vmap(lambda x: specialisation_index(x, J + 1))(niche)  # [P, n]
         market_volume = jnp.mean(stats["market_volume"].astype(jnp.float32), 0)  # [G]
         analysis, do_analysis = self._analysis(
             ts, params, traj.obs, niche_counts, jnp.sum(stats["niche_output"], 0), occupancy, agent_spec,
-            env_state, market_volume, jax.random.fold_in(k_pbt, 1),
+            env_state, market_volume, keys["analysis"],
         )
-        fit_now = comps[:, 0]
-        dominant = jnp.argmax(niche_counts[:, :J], -1)
-        if t.pbt.fitness == "niche_shared":
-            sharing = jnp.sum(dominant[:, None] == dominant[None, :], -1)
-            fit_now = fit_now / sharing
-        a = t.pbt.fitness_ema
-        fitness = jnp.where(ts.update == 0, fit_now, (1 - a) * ts.pbt.fitness + a * fit_now)
+        fit_now = pop.FITNESS[t.pbt.fitness](
+            pop.FitnessInputs(comp_means, niche_counts, market_utility, jnp.asarray(self.presence))
+        ).astype(jnp.float32)
+        fitness = pop.update_fitness(ts.pbt.fitness, fit_now, ts.update == 0, t.pbt.fitness_ema)
 
         u = ts.update + 1
         ts = ts.replace(
-            params=params, opt_state=opt_state, env_state=env_state, obs=obs, episode=episode,
-            pbt=ts.pbt.replace(fitness=fitness), key=jax.random.key_data(key), update=u,
+            params=params, opt_state=opt_state, value_norm=value_norm, env_state=env_state, obs=obs, episode=episode,
+            pbt=ts.pbt._replace(fitness=fitness), update=u,
         )
         do_pbt = jnp.asarray(t.pbt.enabled and P > 1) & (u % t.pbt.interval == 0)
-        src = jnp.where(do_pbt, pbt_sources(fitness, t.pbt.fraction), jnp.arange(P, dtype=jnp.int32))
-        ts = jax.lax.cond(do_pbt, lambda s: self._exploit_explore(s, src, k_pbt), lambda s: s, ts)
+        src = jnp.where(do_pbt, pop.pbt_sources(fitness, t.pbt.fraction), jnp.arange(P, dtype=jnp.int32))
+        ts = jax.lax.cond(do_pbt, lambda s: self._exploit_explore(s, src, keys["pbt"]), lambda s: s, ts)
         if t.league.size:
             do_league = u % t.league.refresh_every == 0
             ts = jax.lax.cond(do_league, self._refresh_league, lambda s: s, ts)
 
         metrics = {
             "update": u,
-            "reward": jnp.mean(traj.reward, (0, 2)),  # [P] per agent-step
-            **{c: comps[:, i] for i, c in enumerate(COMPONENTS)},  # [P]
+            "reward": jnp.mean(reward, (0, 2)),  # [P] per agent-step
+            **comp_means,  # [P] each reward component, per agent-step
+            "reward_weights": ts.reward_weights,  # {component: [P]}, after PBT
             "specialisation_index": jnp.mean(agent_spec, -1),  # [P]
             "niche_shares": niche_counts / jnp.sum(niche_counts, -1, keepdims=True),  # [P, J+1]
             "occupancy": jnp.sum(occupancy, 0) / jnp.sum(occupancy),  # [J+1] all players
             "market_price": jnp.mean(stats["market_price"], 0),  # [G]
             "market_volume": market_volume,  # [G]
+            "market_utility": market_utility,  # [M] all players
             "project": jnp.mean(stats["project"]),
-            "fitness": ts.pbt.fitness,
+            "fitness_now": fit_now,  # [P] this update's fitness (before the running average)
+            "fitness": ts.pbt.fitness,  # [P] running fitness, after PBT
             "pbt_source": src,  # [P]
             "pbt_event": do_pbt,
+            "founder": ts.pbt.founder,  # [P] founding member each slot descends from
+            "value_mean": value_norm.mean,  # [P] running mean of returns (before PBT)
+            "value_std": jnp.sqrt(value_norm.var),  # [P]
             **{k: v for k, v in losses.items()},  # [P] each
-            **{h: getattr(ts.hyper, h) for h in HYPER},  # [P] each, after PBT
+            **{h: ts.hyper[h] for h in self.variant_names},  # [P] each, after PBT
             "analysis": analysis,  # see analysis.population_analysis; zeros unless analysis_done
             "analysis_done": do_analysis,
         }
@@ -423,46 +481,22 @@ class Trainer:
 
     # ---- PBT and league -----------------------------------------------------------------
     def _exploit_explore(self, ts: TrainState, src: jax.Array, key: jax.Array) -> TrainState:
-        """Bottom members copy parameters, optimiser state and hyperparameters of the top
-        ones (bit-identical), then perturb the hyperparameters."""
-        P = self.num_members
-        lo, hi = self.cfg.train.pbt.perturb
-        copied = src != jnp.arange(P)
-        take = lambda x: x[src]
-        params = jax.tree.map(take, ts.params)
-        opt_state = jax.tree.map(take, ts.opt_state)
-        h = jax.tree.map(take, ts.hyper)
-        keys = jax.random.split(key, len(HYPER))
-        factor = lambda k: jnp.where(copied, jnp.where(jax.random.bernoulli(k, 0.5, (P,)), hi, lo), 1.0)
-        h = h.replace(
-            learning_rate=h.learning_rate * factor(keys[0]),
-            ent_coef=h.ent_coef * factor(keys[1]),
-            clip_eps=jnp.clip(h.clip_eps * factor(keys[2]), 0.02, 0.5),
-            gamma=jnp.clip(1.0 - (1.0 - h.gamma) * factor(keys[3]), 0.0, 0.999),
-            gae_lambda=jnp.clip(1.0 - (1.0 - h.gae_lambda) * factor(keys[4]), 0.0, 0.999),
+        """Slots with ``src != own`` copy their source (:func:`selfplay.population.exploit_explore`):
+        parameters, optimiser state and the critic's value normalisation always,
+        hyperparameters and reward weights as ``train.pbt.inherit`` says; then the copies'
+        hyperparameters are perturbed and the optimiser takes its new ones."""
+        pbt_cfg = self.cfg.train.pbt
+        (params, value_norm), opt_state, hyper, weights, pbt = pop.exploit_explore(
+            (ts.params, ts.value_norm), ts.opt_state, ts.hyper, ts.reward_weights, ts.pbt, src, key, ts.update,
+            pbt_cfg.inherit, pbt_cfg.perturb,
         )
-        opt_state = jax.vmap(self._set_lr)(opt_state, h.learning_rate)
-        pbt = ts.pbt.replace(
-            fitness=ts.pbt.fitness[src],
-            parent=jnp.where(copied, src, ts.pbt.parent),
-            copied_at=jnp.where(copied, ts.update, ts.pbt.copied_at),
-            generation=jnp.where(copied, ts.pbt.generation[src] + 1, ts.pbt.generation),
-        )
-        return ts.replace(params=params, opt_state=opt_state, hyper=h, pbt=pbt)
+        opt_state = self._set_opt_hyper(opt_state, hyper)
+        return ts.replace(params=params, value_norm=value_norm, opt_state=opt_state, hyper=hyper,
+                          reward_weights=weights, pbt=pbt)
 
     def _refresh_league(self, ts: TrainState) -> TrainState:
         """Snapshot the fittest member into the oldest league slot (round robin)."""
-        lg = ts.league
-        slot = lg.refreshes % self.cfg.train.league.size
-        best = jnp.argmax(ts.pbt.fitness).astype(jnp.int32)
-        params = jax.tree.map(lambda l, p: l.at[slot].set(p[best]), lg.params, ts.params)
-        lg = lg.replace(
-            params=params,
-            source=lg.source.at[slot].set(best),
-            made_at=lg.made_at.at[slot].set(ts.update),
-            refreshes=lg.refreshes + 1,
-        )
-        return ts.replace(league=lg)
+        return ts.replace(league=pop.refresh_league(ts.league, ts.params, ts.pbt.fitness, ts.update))
 
     # ---- evaluation -------------------------------------------------------------------------
     def policy(self, ts: TrainState, greedy: bool = False):
@@ -502,8 +536,8 @@ def make_train(cfg: RunConfig, num_updates: int | None = None):
     """A pure ``train(key) -> (final TrainState, metrics stacked over updates)``: init and
     ``num_updates`` (default ``train.updates``) updates in one traceable function, so
     ``jax.jit(jax.vmap(make_train(cfg)))(keys)`` trains one population per key at once
-    (the keys seed parameters, hyperparameters and actions; the worlds follow
-    ``train.seed``, so seeds are compared on the same worlds)."""
+    (the keys seed parameters, hyperparameters, reward weights and actions; the worlds
+    follow ``train.seed``, so seeds are compared on the same worlds)."""
     trainer = Trainer(cfg)
     n = cfg.train.updates if num_updates is None else num_updates
 
@@ -511,3 +545,12 @@ def make_train(cfg: RunConfig, num_updates: int | None = None):
         return trainer._scan_updates(trainer.init_state(key), n)
 
     return train
+
+
+# Re-exported for callers of the pure PBT helpers through the trainer module.
+pbt_sources = pop.pbt_sources
+
+__all__ = [
+    "TrainState", "Trainer", "Transition", "ValueNorm", "init_keys", "make_train", "mesh_size", "pbt_sources",
+    "specialisation_index", "step_keys", "update_keys",
+]

@@ -74,6 +74,10 @@ def test_missing_config_file(capsys, tmp_path):
         (["train.lerning_rate=0.1"], ["train.lerning_rate", "unknown key"]),
         (["train.variants.learning_rate=[0.01, 0.001]"], ["learning_rate", "lo > hi"]),
         (["train.pbt.fitness=best"], ["train.pbt.fitness", "'best'"]),
+        (["economy.reward.specialisation=0.5"], ["economy.reward", "unknown key"]),
+        (["train.variants.rewards.wealth=[0, 1]"], ["train.variants.rewards.wealth", "unknown reward component"]),
+        (["train.variants.specialisation=[0, 1]"], ["train.variants.specialisation", "train.variants.rewards"]),
+        (["train.pbt.inherit=[params]"], ["train.pbt.inherit", "params"]),
         (["train.minibatches=0"], ["train.minibatches", "0"]),
         (["train.minibatches=48", "train.rollout_steps=16"], ["train.minibatches=48", "3 groups", "64 agents per player"]),
     ],
@@ -85,6 +89,21 @@ def test_train_bad_config_exits_2_before_compiling(capsys, tmp_path, overrides, 
     for name in names:
         assert name in err, (name, err)
     assert not (tmp_path / "run").exists()  # nothing written for a bad config
+
+
+def test_train_more_devices_than_there_are_exits_2(capsys, tmp_path):
+    """``mesh.agents`` above the device count: exit 2 naming the key, nothing written."""
+    import jax
+
+    n = jax.device_count()
+    want = next((d for d in (2, 4) if d > n), None)  # tiny has 4 markets: mesh.agents must divide 4
+    if want is None:
+        pytest.skip(f"{n} devices: no mesh.agents dividing 4 exceeds them")
+    rc = main(["train", TINY, f"mesh.agents={want}", "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == EXIT_USAGE, err
+    assert f"mesh.agents={want}" in err and "devices" in err, err
+    assert not (tmp_path / "run").exists()
 
 
 def test_no_command_prints_usage(capsys):

@@ -24,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import economy
+from economy import streams
 from conftest import CONFIGS, ROOT, subprocess_env
 
 T = 32  # steps per rollout (static: one compile per world size)
@@ -535,13 +536,8 @@ def test_info_contents(tiny_cfg, tiny_env, tiny_fns):
     assert (units[niche_flat == J] == 0).all()
     outputs = np.asarray(tiny_env.params.outputs)
     np.testing.assert_array_equal(info["produced"], (units[:, None] * outputs[niche_flat]).sum(0))
-    # Reward = the configured weighted sum of its components.
-    rw = cfg.reward
-    np.testing.assert_allclose(
-        reward,
-        rw.utility * info["utility"] + rw.specialisation * info["specialisation"] + rw.collaboration * info["collaboration"],
-        rtol=1e-6, atol=1e-7,
-    )
+    # The environment's own reward is the utility component (self-play weights the rest).
+    np.testing.assert_array_equal(reward, info["utility"])
 
 
 # --------------------------------------------------------------------------------------
@@ -550,8 +546,11 @@ def test_info_contents(tiny_cfg, tiny_env, tiny_fns):
 def test_world_key(tiny_cfg, tiny_env):
     env, start = tiny_env, tiny_cfg.world.eval_seed_start
     data = lambda k: np.asarray(jax.random.key_data(k))
-    np.testing.assert_array_equal(data(env.world_key(5)), data(jax.random.key(5)))
-    np.testing.assert_array_equal(data(env.world_key(start - 1)), data(jax.random.key(start - 1)))
+    # World keys live in their own namespace: never a run's root key(seed).
+    np.testing.assert_array_equal(data(env.world_key(5)), [streams.WORLD_TAG, 5])
+    np.testing.assert_array_equal(data(env.world_key(start - 1)), [streams.WORLD_TAG, start - 1])
+    np.testing.assert_array_equal(data(env.world_key(3, evaluation=True)), [streams.WORLD_TAG, start + 3])
+    assert not np.array_equal(data(env.world_key(5)), data(jax.random.key(5)))
     for seed in (start, start + 1, 10 * start):
         with pytest.raises(ValueError, match=str(seed)) as e:
             env.world_key(seed)

@@ -151,7 +151,8 @@ def test_ppo_loss_gradient_zero_for_clipped_samples():
     def apply_fn(p, obs):
         return {"a": p["logits"]}, p["v"]
 
-    grads, metrics = jax.grad(ppo_loss, has_aux=True)(params, apply_fn, batch, EPS, 0.0, 0.5)
+    hyper = {"clip_eps": EPS, "ent_coef": 0.0, "vf_coef": 0.5}
+    grads, metrics = jax.grad(ppo_loss, has_aux=True)(params, apply_fn, batch, hyper)
     g = np.asarray(grads["logits"])
     assert np.all(g[CLIPPED] == 0.0), g
     assert np.all(np.abs(g[~CLIPPED]).sum(-1) > 0.0), g
@@ -161,6 +162,169 @@ def test_ppo_loss_gradient_zero_for_clipped_samples():
     # Value loss (PPO2): v=0, v_old=0, R=1 -> 0.5 * 1.
     np.testing.assert_allclose(float(metrics["value_loss"]), 0.5, rtol=1e-6)
 
+
+# ---- ppo_loss against a float64 NumPy reference -----------------------------------------
+
+# A toy apply_fn whose parameters are the per-sample logits of two heads with the economy's
+# structure (a scalar head and a per-good head: logits [n, C] and [n, G, C], actions [n] and
+# [n, G]) and the per-sample values.
+NR, GR = 12, 3
+REF_HEADS = {"niche": (NR, 5), "side": (NR, GR, 3)}
+REF_HYPER = {"clip_eps": 0.15, "ent_coef": 0.05, "vf_coef": 0.7, "lr": 3e-4, "gamma": 0.99}  # extra keys ignored
+# Ratio targets and the signs of the normalised advantages: clipped-active (ratio > 1+eps
+# with A > 0, ratio < 1-eps with A < 0), outside the range but unclipped (the pessimistic
+# term is the unclipped one), and inside the range; none within 0.05 of a clip boundary.
+REF_RATIOS = np.array([1.6, 0.5, 1.3, 0.7, 1.4, 0.6, 1.25, 0.75, 1.05, 0.92, 1.1, 0.95])
+REF_SIGNS = np.array([1, -1, 1, -1, -1, 1, -1, 1, 1, -1, -1, 1])
+
+
+def np_log_softmax_last(x):
+    x = np.asarray(x, np.float64)
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+def ref_ppo_loss(logits, v, batch, clip_eps, ent_coef, vf_coef, *, ent_sign=-1.0, value_max=np.maximum,
+                 policy_eps=None, value_eps=None):
+    """Float64 PPO loss from the definitions; the keyword arguments inject known bugs
+    (entropy sign, min for max in the value loss, another eps in either clip)."""
+    pe = clip_eps if policy_eps is None else policy_eps
+    ve = clip_eps if value_eps is None else value_eps
+    new_lp = np.zeros(len(v))
+    ent = np.zeros(len(v))
+    for name, x in logits.items():
+        ls = np_log_softmax_last(x)
+        a = np.asarray(batch["actions"][name])
+        chosen = np.take_along_axis(ls, a[..., None], -1)[..., 0]
+        new_lp += chosen.reshape(len(v), -1).sum(-1)  # summed over the head's entries
+        ent += (-(np.exp(ls) * ls).sum(-1)).reshape(len(v), -1).sum(-1)
+    log_ratio = new_lp - np.asarray(batch["log_prob"], np.float64)
+    ratio = np.exp(log_ratio)
+    adv = np.asarray(batch["advantages"], np.float64)
+    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    policy = np.maximum(-ratio * adv, -np.clip(ratio, 1 - pe, 1 + pe) * adv).mean()
+    v_old, ret = (np.asarray(batch[k], np.float64) for k in ("values", "returns"))
+    v_clip = v_old + np.clip(v - v_old, -ve, ve)
+    value = 0.5 * value_max((v - ret) ** 2, (v_clip - ret) ** 2).mean()
+    entropy = ent.mean()
+    loss = policy + vf_coef * value + ent_sign * ent_coef * entropy
+    metrics = {
+        "policy_loss": policy, "value_loss": value, "entropy": entropy,
+        "approx_kl": ((ratio - 1) - log_ratio).mean(), "clip_fraction": (np.abs(ratio - 1) > pe).mean(),
+    }
+    return loss, metrics
+
+
+def _ref_case():
+    rng = np.random.default_rng(42)
+    logits = {k: 1.5 * rng.standard_normal(s) for k, s in REF_HEADS.items()}
+    actions = {k: rng.integers(0, s[-1], s[:-1]) for k, s in REF_HEADS.items()}
+    new_lp = sum(
+        np.take_along_axis(np_log_softmax_last(logits[k]), actions[k][..., None], -1)[..., 0].reshape(NR, -1).sum(-1)
+        for k in REF_HEADS
+    )
+    # Raw advantages with a mean and scale far from (0, 1): normalisation matters.
+    adv = 2.0 + 3.0 * REF_SIGNS * (1.0 + 0.5 * rng.random(NR))
+    # Every new value is more than eps (0.15) from the old one; half the returns lie beyond the
+    # new value (the clipped term is the larger), half on the old value's side (the unclipped).
+    v_old = rng.standard_normal(NR)
+    step = rng.choice([-1.0, 1.0], NR) * (0.3 + 0.5 * rng.random(NR))
+    v = v_old + step
+    v_clip = v_old + np.clip(step, -0.15, 0.15)
+    beyond = np.arange(NR) % 2 == 0
+    ret = np.where(beyond, v + np.sign(step) * (0.2 + rng.random(NR)), v_clip - np.sign(step) * (0.2 + rng.random(NR)))
+    f32 = lambda x: np.asarray(x, np.float32)  # noqa: E731
+    logits = {k: f32(x) for k, x in logits.items()}
+    v = f32(v)
+    batch = {
+        "obs": np.zeros((NR, 1), np.float32),
+        "actions": {k: np.asarray(a, np.int32) for k, a in actions.items()},
+        "log_prob": f32(new_lp - np.log(REF_RATIOS)),
+        "advantages": f32(adv),
+        "returns": f32(ret),
+        "values": f32(v_old),
+    }
+    return logits, v, batch
+
+
+def _toy_apply(p, obs):
+    return p["logits"], p["v"]
+
+
+_LOSS_AND_GRAD = jax.jit(jax.value_and_grad(ppo_loss, has_aux=True), static_argnums=1)
+
+
+def test_ppo_loss_matches_float64_reference():
+    """Loss, every metric and the gradients (w.r.t. each head's logits and the values)
+    against a float64 NumPy reference written from the PPO definitions, with an entropy
+    bonus on and the value clip active both ways. The reference differs from the loss by
+    orders of magnitude more than the tolerance under each injected bug: entropy sign
+    flipped, min for max in the value loss, the clip at another eps (policy or value)."""
+    logits, v, batch = _ref_case()
+    h = {k: x for k, x in REF_HYPER.items()}
+    eps, ent_coef, vf_coef = h["clip_eps"], h["ent_coef"], h["vf_coef"]
+    ref = lambda lg, vv, **kw: ref_ppo_loss(lg, vv, batch, eps, ent_coef, vf_coef, **kw)  # noqa: E731
+    lg64 = {k: np.asarray(x, np.float64) for k, x in logits.items()}
+    v64 = np.asarray(v, np.float64)
+    want, want_m = ref(lg64, v64)
+
+    # The case exercises what it must: ratios in each regime, both value-loss branches.
+    ratio = np.exp(
+        sum(np.take_along_axis(np_log_softmax_last(lg64[k]), batch["actions"][k][..., None], -1)[..., 0]
+            .reshape(NR, -1).sum(-1) for k in REF_HEADS) - batch["log_prob"]
+    )
+    a = np.asarray(batch["advantages"], np.float64)
+    a = (a - a.mean()) / (a.std() + 1e-8)
+    np.testing.assert_array_equal(np.sign(a), REF_SIGNS)
+    active = ((ratio > 1 + eps) & (a > 0)) | ((ratio < 1 - eps) & (a < 0))
+    outside = np.abs(ratio - 1) > eps
+    assert active.sum() >= 2 and (outside & ~active).sum() >= 2 and (~outside).sum() >= 2, (ratio, a)
+    v_old, ret = batch["values"].astype(np.float64), batch["returns"].astype(np.float64)
+    vc = v_old + np.clip(v64 - v_old, -eps, eps)
+    clipped_larger = (vc - ret) ** 2 > (v64 - ret) ** 2 + 1e-3
+    unclipped_larger = (v64 - ret) ** 2 > (vc - ret) ** 2 + 1e-3
+    assert clipped_larger.sum() >= 3 and unclipped_larger.sum() >= 3 and (clipped_larger | unclipped_larger).all()
+    assert (np.abs(np.abs(v64 - v_old) - eps) > 0.1).all()  # no sample near the value clip's kink
+
+    params = {"logits": {k: jnp.asarray(x) for k, x in logits.items()}, "v": jnp.asarray(v)}
+    hyper_j = {k: jnp.float32(x) for k, x in h.items()}
+    (loss, metrics), grads = _LOSS_AND_GRAD(params, _toy_apply, jax.tree.map(jnp.asarray, batch), hyper_j)
+    tol = dict(rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(float(loss), want, **tol)
+    assert set(metrics) == set(want_m)
+    for k in want_m:
+        np.testing.assert_allclose(float(metrics[k]), want_m[k], **tol, err_msg=k)
+    np.testing.assert_allclose(float(metrics["clip_fraction"]), outside.mean())
+
+    # Power: each injected bug moves the loss by far more than the tolerance.
+    for bug in (dict(ent_sign=+1.0), dict(value_max=np.minimum), dict(policy_eps=0.2), dict(value_eps=0.2)):
+        assert abs(ref(lg64, v64, **bug)[0] - want) > 1e-3, bug
+
+    # Gradients against central finite differences of the reference (no sample near a kink).
+    fd_h = 1e-6
+    for name in REF_HEADS:
+        g = np.asarray(grads["logits"][name], np.float64)
+        fd = np.zeros_like(lg64[name])
+        for idx in np.ndindex(fd.shape):
+            up = {k: x.copy() for k, x in lg64.items()}
+            dn = {k: x.copy() for k, x in lg64.items()}
+            up[name][idx] += fd_h
+            dn[name][idx] -= fd_h
+            fd[idx] = (ref(up, v64)[0] - ref(dn, v64)[0]) / (2 * fd_h)
+        np.testing.assert_allclose(g, fd, rtol=1e-4, atol=2e-6, err_msg=name)
+        assert np.abs(fd).max() > 1e-2, name  # a real gradient, not zeros against zeros
+    fd_v = np.zeros(NR)
+    for i in range(NR):
+        e = np.zeros(NR)
+        e[i] = fd_h
+        fd_v[i] = (ref(lg64, v64 + e)[0] - ref(lg64, v64 - e)[0]) / (2 * fd_h)
+    np.testing.assert_allclose(np.asarray(grads["v"], np.float64), fd_v, rtol=1e-4, atol=2e-6)
+    # The value gradient is vf_coef * (v - R) / n where the unclipped term is the larger, and
+    # exactly zero where the clipped term is (the clip is saturated: |v - v_old| > eps).
+    np.testing.assert_array_equal(np.asarray(grads["v"])[clipped_larger], 0.0)
+    np.testing.assert_allclose(
+        np.asarray(grads["v"], np.float64)[unclipped_larger], (vf_coef * (v64 - ret) / NR)[unclipped_larger], rtol=1e-5
+    )
 
 # ---- ppo_update -------------------------------------------------------------------------
 
@@ -179,15 +343,20 @@ def streams(batch, lead=0):
     return jax.tree.map(lambda x: x.reshape(x.shape[:lead] + (STREAMS, -1) + x.shape[lead + 1 :]), batch)
 
 
+def hyper(clip_eps, ent_coef, vf_coef):
+    """The loss's hyperparameters as ``ppo_update`` takes them (a mapping of scalars)."""
+    return {"clip_eps": clip_eps, "ent_coef": ent_coef, "vf_coef": vf_coef}
+
+
 def _update(params, opt_state, batch, key, clip_eps, ent_coef, vf_coef):
     return ppo_update(
-        params, opt_state, TX, NET.apply, streams(batch), key, clip_eps, ent_coef, vf_coef, EPOCHS, MINIBATCHES
+        params, opt_state, TX, NET.apply, streams(batch), key, hyper(clip_eps, ent_coef, vf_coef), EPOCHS, MINIBATCHES
     )
 
 
 UPDATE = jax.jit(_update)
 _VUPDATE = jax.jit(
-    jax.vmap(ppo_update, in_axes=(0, 0, None, None, 0, 0, 0, 0, 0, None, None)), static_argnums=(2, 3, 9, 10)
+    jax.vmap(ppo_update, in_axes=(0, 0, None, None, 0, 0, 0, None, None)), static_argnums=(2, 3, 7, 8)
 )
 
 
@@ -271,7 +440,7 @@ def test_update_vmapped_over_members_equals_separate_runs(pop):
     clip = jnp.asarray([0.1, 0.3], jnp.float32)
     ent = jnp.asarray([0.0, 0.01], jnp.float32)
     vf = jnp.asarray([0.5, 1.0], jnp.float32)
-    vparams, vopt, vmetrics = VUPDATE(pop, opt_state, TX, NET.apply, batch, keys, clip, ent, vf, EPOCHS, MINIBATCHES)
+    vparams, vopt, vmetrics = VUPDATE(pop, opt_state, TX, NET.apply, batch, keys, hyper(clip, ent, vf), EPOCHS, MINIBATCHES)
     assert all(x.shape[0] == 2 for x in jax.tree.leaves((vparams, vopt, vmetrics)))
     for m in range(2):
         sp, so, sm = UPDATE(member(pop, m), member(opt_state, m), batches[m], keys[m], clip[m], ent[m], vf[m])
@@ -294,10 +463,10 @@ def test_update_rejects_indivisible_minibatches(pop):
     params = member(pop, 0)
     batch = {"x": jnp.zeros((3, 10, 2))}
     with pytest.raises(ValueError, match="num_minibatches=4 needs 2 groups.*K=10.*B=3 streams"):
-        ppo_update(params, TX.init(params), TX, NET.apply, batch, jax.random.key(0), 0.2, 0.0, 0.5, 1, 4)
+        ppo_update(params, TX.init(params), TX, NET.apply, batch, jax.random.key(0), hyper(0.2, 0.0, 0.5), 1, 4)
     with pytest.raises(ValueError, match="streams, samples"):
         ppo_update(params, TX.init(params), TX, NET.apply, {"x": jnp.zeros((3, 8)), "y": jnp.zeros((4, 8))},
-                   jax.random.key(0), 0.2, 0.0, 0.5, 1, 4)
+                   jax.random.key(0), hyper(0.2, 0.0, 0.5), 1, 4)
 
 
 @pytest.mark.parametrize("num_minibatches, groups, parts", [(4, 1, 4), (8, 2, 4), (6, 3, 2), (1, 1, 1)])

@@ -206,8 +206,8 @@ def test_specialisation_weight_raises_specialisation(trainer):
     out = {}
     for w in (0.0, 1.0):
         ts = trainer.init(jax.random.key(5))
-        weights = ts.hyper.reward_w.at[:, 1].set(w)
-        ts = ts.replace(hyper=ts.hyper.replace(reward_w=weights))
+        weights = dict(ts.reward_weights, specialisation=jnp.full((trainer.num_members,), w, jnp.float32))
+        ts = trainer.place(ts.replace(reward_weights=weights))
         ts, metrics = run_updates(trainer, ts, n)
         out[w] = np.mean([m["specialisation_index"].mean() for m in metrics[-5:]])
     assert out[1.0] > out[0.0] + 0.05, out
@@ -235,15 +235,23 @@ def test_pbt_copy_is_bit_identical(trainer):
         clip_old, adam_old = ts.opt_state
         for x, y in zip(jax.tree.leaves(adam_new.inner_state), jax.tree.leaves(adam_old.inner_state)):
             np.testing.assert_array_equal(x[child], y[parent])
-        np.testing.assert_array_equal(new.hyper.reward_w[child], ts.hyper.reward_w[parent])
+        for x, y in zip(jax.tree.leaves(new.value_norm), jax.tree.leaves(ts.value_norm)):
+            np.testing.assert_array_equal(x[child], y[parent])
+        # Reward weights are the slot's condition: not inherited by default.
+        for c in ts.reward_weights:
+            np.testing.assert_array_equal(new.reward_weights[c][child], ts.reward_weights[c][child])
     # Copies are perturbed by one of the two factors; the optimiser uses the new rate.
     lo, hi = trainer.cfg.train.pbt.perturb
     for child, parent in ((1, 0), (3, 1)):
-        ratio = new.hyper.learning_rate[child] / ts.hyper.learning_rate[parent]
+        ratio = new.hyper["learning_rate"][child] / ts.hyper["learning_rate"][parent]
         assert np.isclose(ratio, lo, rtol=1e-6) or np.isclose(ratio, hi, rtol=1e-6), ratio
-    np.testing.assert_array_equal(new.opt_state[1].hyperparams["learning_rate"], new.hyper.learning_rate)
-    np.testing.assert_array_equal(new.hyper.learning_rate[[0, 2]], ts.hyper.learning_rate[[0, 2]])
+        gap = (1 - new.hyper["gamma"][child]) / (1 - ts.hyper["gamma"][parent])  # discounts: complement law
+        assert np.isclose(gap, lo, rtol=1e-4) or np.isclose(gap, hi, rtol=1e-4), gap
+    np.testing.assert_array_equal(new.opt_state[1].hyperparams["learning_rate"], new.hyper["learning_rate"])
+    for h in ts.hyper:
+        np.testing.assert_array_equal(new.hyper[h][[0, 2]], ts.hyper[h][[0, 2]])
     assert list(new.pbt.parent) == [0, 0, 2, 1]
+    assert list(new.pbt.founder) == [0, 0, 2, 1]
 
 
 def test_pbt_sources():
@@ -414,3 +422,227 @@ def test_ctrl_c_writes_a_final_checkpoint(trainer, tmp_path):
     got = ckpt.restore(trainer.init(jax.random.key(0)))
     ckpt.close()
     assert int(got.update) == steps[0]
+
+
+# ---- the trainer's wiring: fitness, PBT, league, reward weights, truncation, keys -------------
+def test_fitness_pbt_and_lineage_follow_the_logged_components(trainer, trained):
+    """The configured fitness (``utility``) of each update equals the logged utility
+    component; the running fitness is the documented moving average; PBT events copy the
+    sources ``pbt_sources`` picks from the fitness before the copy (worst from best); the
+    founders follow the copies."""
+    from selfplay.population import pbt_sources as sources
+
+    _, metrics = trained
+    a = trainer.cfg.train.pbt.fitness_ema
+    frac = trainer.cfg.train.pbt.fraction
+    prev = None
+    founders = np.arange(trainer.num_members)
+    events = 0
+    for m in metrics:
+        np.testing.assert_allclose(m["fitness_now"], m["utility"], rtol=1e-6)
+        running = m["fitness_now"] if prev is None else (1 - a) * prev + a * m["fitness_now"]
+        src = np.asarray(m["pbt_source"])
+        if bool(m["pbt_event"]):
+            np.testing.assert_array_equal(src, np.asarray(sources(jnp.asarray(running, jnp.float32), frac)))
+            events += int((src != np.arange(len(src))).any())
+        else:
+            np.testing.assert_array_equal(src, np.arange(len(src)))
+        np.testing.assert_allclose(m["fitness"], running[src], rtol=1e-5)
+        founders = founders[src]
+        np.testing.assert_array_equal(m["founder"], founders)
+        prev = np.asarray(m["fitness"], np.float64)
+    assert events >= 5  # copies did happen
+
+
+def test_reward_weights_stay_with_their_slot_through_pbt(trainer):
+    """Each slot keeps its own reward weights through PBT rounds (the default ``inherit``),
+    while parameters are copied; metrics carry the weights by component name."""
+    P = trainer.num_members
+    ts = trainer.init(jax.random.key(7))
+    own = np.asarray([0.0, 0.05, 0.1, 0.2], np.float32)
+    ts = trainer.place(ts.replace(reward_weights=dict(ts.reward_weights, specialisation=jnp.asarray(own))))
+    ts, metrics = run_updates(trainer, ts, 10)  # PBT at updates 5 and 10
+    copies = sum(int((np.asarray(m["pbt_source"]) != np.arange(P)).sum()) for m in metrics)
+    assert copies >= 1
+    for m in metrics:
+        np.testing.assert_array_equal(m["reward_weights"]["specialisation"], own)
+        assert set(m["reward_weights"]) == {"utility", "specialisation", "collaboration"}
+    np.testing.assert_array_equal(jax.device_get(ts.reward_weights["specialisation"]), own)
+
+
+def test_reward_weight_ranges_are_drawn_per_slot_and_inherited_on_request():
+    """``[0.2, 0.2]`` gives 0.2 in every slot; ``[0, 0.2]`` draws one weight per slot in the
+    range; with ``inherit`` listing ``reward_weights`` a copy takes its source's, without it
+    the slot keeps its own; hyperparameters follow ``hyperparameters`` the same way."""
+    from selfplay import population as pop
+    from selfplay.config import load_run_config as load
+
+    P = 4
+    for rng_, check in (([0.2, 0.2], lambda w: np.allclose(w, 0.2)),
+                        ([0.0, 0.2], lambda w: (w >= 0).all() and (w <= 0.2).all() and len(set(w.tolist())) == P)):
+        c = load(CONFIGS / "tiny.yaml", OVERRIDES + [f"train.variants.rewards.specialisation={rng_}"])
+        *_, weights = Trainer(c)._init_learners(jax.random.key(0))  # traced, not compiled
+        w = np.asarray(weights["specialisation"])
+        assert check(w), (rng_, w)
+        np.testing.assert_array_equal(weights["utility"], 1.0)
+    params = {"w": jnp.arange(P, dtype=jnp.float32)[:, None] * jnp.ones((P, 3))}
+    hyper = {"learning_rate": jnp.asarray([1e-3, 2e-3, 3e-3, 4e-3]), "gamma": jnp.asarray([0.9, 0.91, 0.92, 0.93])}
+    weights = {"specialisation": jnp.asarray([0.0, 0.1, 0.2, 0.3])}
+    src = jnp.asarray([0, 0, 2, 2], jnp.int32)
+    state = pop.init_pbt(P)
+    for inherit in ((), ("hyperparameters",), ("reward_weights",), ("hyperparameters", "reward_weights")):
+        p2, o2, h2, w2, pbt = pop.exploit_explore(params, params, hyper, weights, state, src, jax.random.key(1),
+                                                  jnp.int32(5), inherit, (0.8, 1.25))
+        np.testing.assert_array_equal(p2["w"][:, 0], [0, 0, 2, 2])
+        want_w = np.asarray(weights["specialisation"])[np.asarray(src)] if "reward_weights" in inherit else weights["specialisation"]
+        np.testing.assert_array_equal(w2["specialisation"], want_w)
+        base = np.asarray(hyper["learning_rate"])[np.asarray(src)] if "hyperparameters" in inherit else np.asarray(hyper["learning_rate"])
+        ratio = np.asarray(h2["learning_rate"]) / base
+        assert np.allclose(ratio[[0, 2]], 1.0) and all(np.isclose(r, 0.8) or np.isclose(r, 1.25) for r in ratio[[1, 3]])
+        assert list(pbt.parent) == [0, 0, 2, 2] and list(pbt.copied_at) == [-1, 5, -1, 5]
+
+
+def test_registered_fitness_on_hand_cases():
+    """``utility``, ``niche_shared`` and ``market_welfare`` rank a hand-made population as
+    their definitions say; ``market_welfare`` does not penalise a member whose agents pay
+    into the public project when its market's welfare rises."""
+    from selfplay.population import FITNESS, FitnessInputs
+
+    # Member 0 builds (its own utility is low) in market 0, whose welfare is the highest;
+    # member 1 free-rides in market 1; members 2 and 3 share both markets.
+    util = jnp.asarray([0.30, 0.50, 0.40, 0.45])
+    niche_counts = jnp.asarray([[0, 0, 9, 1], [9, 1, 0, 0], [8, 2, 0, 0], [1, 9, 0, 0]])  # J = 3 niches + rest
+    market_utility = jnp.asarray([0.6, 0.4])
+    presence = jnp.asarray([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [0.25, 0.75]])
+    x = FitnessInputs({"utility": util, "collaboration": jnp.asarray([1.0, 0.0, 0.0, 0.0])}, niche_counts,
+                      market_utility, presence)
+    np.testing.assert_allclose(FITNESS["utility"](x), util)
+    # Dominant niches: 2, 0, 0, 1 -> members 1 and 2 share niche 0.
+    np.testing.assert_allclose(FITNESS["niche_shared"](x), [0.30, 0.25, 0.20, 0.45], rtol=1e-6)
+    np.testing.assert_allclose(FITNESS["market_welfare"](x), [0.6, 0.4, 0.5, 0.45], rtol=1e-6)
+    assert int(jnp.argmin(FITNESS["utility"](x))) == 0 and int(jnp.argmax(FITNESS["market_welfare"](x))) == 0
+    # Equal fitness (every member everywhere): PBT copies nobody.
+    from selfplay.population import pbt_sources as sources
+
+    np.testing.assert_array_equal(sources(jnp.full((4,), 0.5), 0.5), np.arange(4))
+
+
+def test_league_refreshes_round_robin_from_the_fittest(cfg):
+    """Slots refresh round robin with the fittest member at each refresh (``league.source``),
+    and the snapshot equals that member's parameters then."""
+    lcfg = load_run_config(
+        CONFIGS / "tiny.yaml", OVERRIDES + ["train.members=2", "train.league.size=2", "train.league.refresh_every=2"]
+    )
+    tr = Trainer(lcfg)
+    ts = tr.init(jax.random.key(0))
+    fits, snaps = {}, {}
+    for _ in range(6):
+        ts, m = tr.update(ts)
+        m = jax.device_get(m)
+        u = int(m["update"])
+        fits[u] = np.asarray(m["fitness"])
+        snaps[u] = jax.device_get(ts.params)
+    ts = jax.device_get(ts)
+    assert int(ts.league.refreshes) == 3
+    np.testing.assert_array_equal(ts.league.made_at, [6, 4])  # slot 0 at 2 then 6, slot 1 at 4
+    for slot, u in ((0, 6), (1, 4)):
+        best = int(np.argmax(fits[u]))
+        assert int(ts.league.source[slot]) == best
+        for x, y in zip(jax.tree.leaves(ts.league.params), jax.tree.leaves(snaps[u])):
+            np.testing.assert_array_equal(x[slot], y[best])
+
+
+def test_truncation_bootstrap_and_advantages(trainer):
+    """With ``episode_length`` (50) not dividing ``rollout_steps`` (16), a world ends inside
+    the rollout: at that step the bootstrap equals the members' value of the pre-reset
+    observation (replayed here with the same keys and actions), elsewhere it is 0; the
+    trainer's advantages equal a NumPy GAE reference with bootstrapping at truncation."""
+    from agents.networks import from_members, population_apply, to_members
+    from selfplay.train import step_keys, update_keys
+
+    env, P, PL = trainer.env, trainer.num_members, trainer.num_players
+    ts = trainer.init(jax.random.key(4))
+    ts, _ = run_updates(trainer, ts, 1)
+    ts = jax.device_get(ts)
+    ts = ts.replace(env_state=ts.env_state.replace(step=jnp.int32(env.cfg.episode_length - 3)))
+    ts = trainer.place(ts)
+    keys = update_keys(jax.random.wrap_key_data(ts.key), ts.update)
+    _, _, _, traj, _, last_value = jax.jit(trainer._rollout)(ts, keys["rollout"])
+    done = np.asarray(traj.done[:, 0, 0])
+    assert done.tolist() == [False, False, True] + [False] * 13
+    # Replay steps 0..2 with the same keys and actions: the pre-reset observation at step 2.
+    state = ts.env_state
+    for t in range(3):
+        acts = from_members({k: v[t] for k, v in traj.actions.items()})
+        _, k_env = step_keys(keys["rollout"], t)
+        obs, state, *_ = env.step(k_env, state, acts)
+    mu, sd = trainer._value_scale(ts)
+    _, v = population_apply(trainer.net, ts.params, to_members(obs, PL)[:P])
+    np.testing.assert_allclose(traj.bootstrap[2], np.asarray(v * sd + mu), rtol=1e-5, atol=1e-5)
+    assert not np.any(np.asarray(traj.bootstrap)[np.arange(16) != 2])
+    # Advantages against NumPy GAE (float64), member by member.
+    reward, _ = trainer.rewards(ts, traj)
+    adv, ret = jax.device_get(trainer.advantages(ts, reward, traj, last_value))
+    r, val, bs = (np.asarray(x, np.float64) for x in (reward, traj.value, traj.bootstrap))
+    for p in range(P):
+        g, lam = float(ts.hyper["gamma"][p]), float(ts.hyper["gae_lambda"][p])
+        a = np.zeros(r.shape[2])
+        want = np.zeros((16, r.shape[2]))
+        for t in reversed(range(16)):
+            nxt = bs[t, p] if done[t] else (val[t + 1, p] if t < 15 else np.asarray(last_value[p], np.float64))
+            delta = r[t, p] + g * nxt - val[t, p]
+            a = delta + (0.0 if done[t] else g * lam * a)
+            want[t] = a
+        np.testing.assert_allclose(adv[p], want, rtol=2e-4, atol=2e-4)
+        np.testing.assert_allclose(ret[p], want + val[:, p], rtol=2e-4, atol=2e-4)
+
+
+def test_random_streams_are_distinct(trainer):
+    """Every key derived in init and in updates (learners, variants, reward weights, run;
+    per update the rollout's per-step action and environment keys, the environment's own
+    splits, per-member PPO keys and their epoch splits, PBT per variant, analysis) and the
+    world keys of the first episodes are distinct."""
+    from economy.streams import derive
+    from selfplay.train import init_keys, step_keys, update_keys
+
+    t = trainer.cfg.train
+    seen: dict[tuple, str] = {}
+
+    def add(key, name):
+        data = tuple(np.asarray(jax.random.key_data(key)).ravel().tolist())
+        assert data not in seen, f"{name} repeats {seen[data]}"
+        seen[data] = name
+
+    for seed in (0, 1):
+        root = jax.random.key(seed)
+        add(root, f"root{seed}")
+        ik = init_keys(root)
+        for k, v in ik.items():
+            add(v, f"{seed}/init/{k}")
+        for name in trainer.variant_names:
+            add(derive(ik["variants"], name), f"{seed}/variants/{name}")
+        for c in trainer.components:
+            add(derive(ik["reward_weights"], c), f"{seed}/reward_weights/{c}")
+        run = ik["run"]
+        for u in range(3):
+            uk = update_keys(run, u)
+            for k, v in uk.items():
+                add(v, f"{seed}/{u}/{k}")
+            for s in range(t.rollout_steps):
+                k_act, k_env = step_keys(uk["rollout"], s)
+                add(k_act, f"{seed}/{u}/act{s}")
+                add(k_env, f"{seed}/{u}/env{s}")
+                for i, k in enumerate(jax.random.split(k_env, 4)):  # Economy.step's own split
+                    add(k, f"{seed}/{u}/env{s}/{i}")
+            for p in range(trainer.num_members):
+                kp = derive(uk["ppo"], p)
+                add(kp, f"{seed}/{u}/ppo{p}")
+                for e, k in enumerate(jax.random.split(kp, t.epochs)):  # ppo_update's epochs
+                    add(k, f"{seed}/{u}/ppo{p}/epoch{e}")
+            for name in trainer.variant_names:
+                add(derive(uk["pbt"], name), f"{seed}/{u}/pbt/{name}")
+    for episode in range(4):
+        wk = trainer.world_key(jnp.int32(episode))
+        add(wk, f"world{episode}")
+        for i, k in enumerate(jax.random.split(wk, 7)):  # the world generator's own split
+            add(k, f"world{episode}/{i}")

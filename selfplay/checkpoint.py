@@ -1,0 +1,249 @@
+"""Training-state checkpoints stored by name (orbax).
+
+Layout of ``DIR/<step>/`` (one orbax ``CheckpointManager`` step, two items):
+
+``arrays/``
+    The state's array leaves as a nested dict keyed by their pytree path components,
+    e.g. ``{"params": {"params": {"Dense_0": {"kernel": ...}}}, "update": ...}`` (from
+    ``jax.tree_util.tree_flatten_with_path``: attribute names, dict keys, sequence
+    indices). orbax stores each array under its name (``params.params.Dense_0.kernel``
+    in its OCDBT/zarr store), so a field added to or moved within the state can never be
+    restored into the wrong place. Zero-size leaves (e.g. an empty league) are left out:
+    orbax cannot store them; :meth:`Checkpoints.restore` rebuilds them from the template.
+``meta/``
+    JSON ``{"schema": SCHEMA_VERSION, "leaves": [{"path": "params/params/Dense_0/kernel",
+    "shape": [...], "dtype": "float32"}, ...]}`` listing every leaf in flatten order,
+    zero-size ones included.
+
+Restoring reads ``meta`` first and compares it with the running code's state. Any
+structural difference (a path present on one side only, another order, shape or dtype,
+another schema, or an old checkpoint written by leaf position: schema 0, a single
+``default`` item of ``leaf_0000``... arrays) raises :class:`CheckpointMismatchError`
+at once, naming the first differing path; older steps are not tried, since they come from
+the same code. A step that cannot be read (missing or truncated files) is reported and
+the next older one tried; :class:`CheckpointError` lists every reason when none is
+readable. Restoring never deletes anything; saving keeps the newest ``keep`` steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from economy import ConfigError
+
+SCHEMA_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint could be read; the message names each step and why."""
+
+
+class CheckpointMismatchError(ConfigError):
+    """A readable checkpoint whose structure differs from the running code's state (the
+    CLI treats it as a usage error: resume elsewhere or with ``--no-resume``)."""
+
+
+def _component(k: Any) -> str:
+    tu = jax.tree_util
+    if isinstance(k, tu.GetAttrKey):
+        return k.name
+    if isinstance(k, tu.DictKey):
+        return str(k.key)
+    if isinstance(k, tu.SequenceKey):
+        return str(k.idx)
+    if isinstance(k, tu.FlattenedIndexKey):
+        return str(k.key)
+    raise TypeError(f"unsupported pytree key {k!r}")
+
+
+def _layout(ts: Any) -> tuple[list[tuple[str, ...]], list[Any], list[dict], Any]:
+    """Paths (tuples of names), leaves, meta entries and treedef of ``ts``."""
+    with_path, treedef = jax.tree_util.tree_flatten_with_path(ts)
+    paths = [tuple(_component(k) for k in p) for p, _ in with_path]
+    leaves = [x for _, x in with_path]
+    if len({".".join(p) for p in paths}) != len(paths):  # orbax names arrays by "."-joined path
+        raise ValueError("training state has leaf paths that collide once joined; cannot checkpoint by name")
+    # .dtype/.shape, not np.asarray: leaves may be sharded over other processes' devices.
+    dtype = lambda x: str(x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype)  # noqa: E731
+    meta = [{"path": "/".join(p), "shape": list(np.shape(x)), "dtype": dtype(x)} for p, x in zip(paths, leaves)]
+    return paths, leaves, meta, treedef
+
+
+def _nest(paths: list[tuple[str, ...]], leaves: list[Any]) -> dict:
+    """Nested dict of the non-empty leaves, keyed by path components."""
+    out: dict = {}
+    for path, x in zip(paths, leaves):
+        if np.size(x):
+            node = out
+            for name in path[:-1]:
+                node = node.setdefault(name, {})
+            node[path[-1]] = x
+    return out
+
+
+def _first_difference(saved: list[dict], want: list[dict]) -> str | None:
+    """The first leaf (in flatten order) where ``saved`` (checkpoint) and ``want`` (this
+    code's state) differ, described; ``None`` if they match."""
+    saved_paths, want_paths = {e["path"] for e in saved}, {e["path"] for e in want}
+    for i in range(max(len(saved), len(want))):
+        s = saved[i] if i < len(saved) else None
+        w = want[i] if i < len(want) else None
+        if s == w:
+            continue
+        if w is not None and w["path"] not in saved_paths:
+            return f"'{w['path']}' (missing in the checkpoint)"
+        if s is not None and s["path"] not in want_paths:
+            return f"'{s['path']}' (in the checkpoint but not in this version's state)"
+        if s is None or w is None or s["path"] != w["path"]:
+            return f"'{(w or s)['path']}' (leaves in another order)"
+        return (
+            f"'{w['path']}' (shape {tuple(s['shape'])} {s['dtype']} in the checkpoint, "
+            f"{tuple(w['shape'])} {w['dtype']} here)"
+        )
+    return None
+
+
+@contextlib.contextmanager
+def _quiet_failed_read(settle_s: float = 0.2):
+    """orbax reads a step's arrays concurrently on a private event loop and closes the loop
+    at the first failed read; tensorstore then finishes the other reads on its threads and
+    reports "Event loop is closed" (unraisable), "Future exception was never retrieved"
+    (asyncio log) and never-awaited coroutines. That noise says nothing more than the error
+    already caught: drop it (only it) while a failed read settles."""
+    prev_hook, log = sys.unraisablehook, logging.getLogger("asyncio")
+
+    def hook(u):
+        if not (isinstance(u.exc_value, RuntimeError) and str(u.exc_value) == "Event loop is closed"):
+            prev_hook(u)
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Future exception was never retrieved")
+
+    sys.unraisablehook = hook
+    log.addFilter(keep)
+    try:
+        yield
+    except Exception:
+        time.sleep(settle_s)
+        with warnings.catch_warnings():  # orbax's abandoned coroutines, collected here
+            warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
+            gc.collect()
+        raise
+    finally:
+        sys.unraisablehook = prev_hook
+        log.removeFilter(keep)
+
+
+class Checkpoints:
+    """orbax ``CheckpointManager`` over a whole training-state pytree, stored by name
+    (module docstring); synchronous saves, the newest ``keep`` steps kept."""
+
+    def __init__(self, directory: Path, keep: int):
+        import orbax.checkpoint as ocp
+
+        self.ocp = ocp
+        self.directory = Path(directory)
+        # Naming the items fixes orbax in multi-item mode; otherwise it guesses the mode from
+        # the first step it sees and an old single-item checkpoint would lock it in.
+        self.mgr = ocp.CheckpointManager(
+            self.directory.absolute(),
+            item_names=("arrays", "meta"),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False),
+        )
+
+    def latest(self) -> int | None:
+        return self.mgr.latest_step()
+
+    def save(self, ts: Any, step: int | None = None) -> int:
+        """Write ``ts`` as step ``step`` (default ``int(ts.update)``) unless that step
+        exists already; returns the step."""
+        if step is None:
+            update = getattr(ts, "update", None)
+            if update is None or callable(update):  # (a dict's .update is a method)
+                raise ValueError("the state has no `update` field: pass step=")
+            step = int(update)
+        if step not in self.mgr.all_steps():
+            paths, leaves, meta, _ = _layout(ts)
+            args = self.ocp.args
+            self.mgr.save(
+                step,
+                args=args.Composite(
+                    arrays=args.StandardSave(_nest(paths, leaves)),
+                    meta=args.JsonSave({"schema": SCHEMA_VERSION, "leaves": meta}),
+                ),
+            )
+            self.mgr.wait_until_finished()
+        return step
+
+    def _mismatch(self, step: int, why: str) -> CheckpointMismatchError:
+        return CheckpointMismatchError(
+            f"checkpoint step {step} in {self.directory} does not match this version's training state: {why}; "
+            "start afresh with --no-resume or use another run directory"
+        )
+
+    def _read_meta(self, step: int) -> dict:
+        step_dir = self.directory / str(step)
+        if not (step_dir / "meta").exists() and (step_dir / "default").exists():
+            raise CheckpointMismatchError(
+                f"checkpoint step {step} in {self.directory} was written by an older Agora (leaves stored by "
+                "position, schema 0) and cannot be read by name; start afresh with --no-resume or use another "
+                "run directory"
+            )
+        meta = self.mgr.restore(step, args=self.ocp.args.Composite(meta=self.ocp.args.JsonRestore())).meta
+        if not isinstance(meta, dict) or "leaves" not in meta:
+            raise ValueError(f"meta item is not an Agora checkpoint description: {str(meta)[:100]}")
+        return meta
+
+    def restore(self, template: Any) -> Any:
+        """The newest readable checkpoint, as ``template``'s pytree type with its shardings.
+        Raises :class:`CheckpointMismatchError` on a structural difference and
+        :class:`CheckpointError` when no step is readable; nothing is deleted."""
+        paths, leaves, want, treedef = _layout(template)
+        # The abstract target carries the template's shardings: restored leaves come back
+        # laid out as the update expects (on any number of devices or processes).
+        abstract = jax.tree.map(self.ocp.utils.to_shape_dtype_struct, _nest(paths, leaves))
+        errors = []
+        for step in sorted(self.mgr.all_steps(), reverse=True):
+            try:
+                meta = self._read_meta(step)
+                if meta.get("schema") != SCHEMA_VERSION:
+                    raise self._mismatch(step, f"schema {meta.get('schema')} in the checkpoint, {SCHEMA_VERSION} here")
+                diff = _first_difference(meta["leaves"], want)
+                if diff:
+                    raise self._mismatch(step, f"first difference at path {diff}")
+                args = self.ocp.args.Composite(arrays=self.ocp.args.StandardRestore(abstract))
+                with _quiet_failed_read():
+                    arrays = self.mgr.restore(step, args=args).arrays if abstract else {}
+                out = []
+                for path, x in zip(paths, leaves):
+                    if np.size(x):
+                        node = arrays
+                        for name in path:
+                            node = node[name]
+                        x = node
+                    out.append(x)
+                return jax.tree.unflatten(treedef, out)
+            except CheckpointMismatchError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any failure to read is reported by name
+                errors.append(f"step {step} ({self.directory / str(step)}): {type(e).__name__}: {str(e)[:300]}")
+                print(
+                    f"warning: checkpoint step {step} in {self.directory} is unreadable ({type(e).__name__}); "
+                    "trying an older one",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        raise CheckpointError(f"no readable checkpoint in {self.directory}:\n  " + "\n  ".join(errors or ["(none)"]))
+
+    def close(self) -> None:
+        self.mgr.close()

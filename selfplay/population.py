@@ -1,0 +1,183 @@
+"""Population-based training and the league, as pure functions of arrays.
+
+Fitness is a named choice from :data:`FITNESS` (``train.pbt.fitness``); every function
+there maps one update's :class:`FitnessInputs` to float32 ``[P]`` (higher is fitter), and
+the trainer keeps a moving average (``fitness = (1 - a) * fitness + a * now``, with
+``a = train.pbt.fitness_ema``; the first update sets it). Built in:
+
+* ``utility``: the member's mean utility per agent-step;
+* ``niche_shared``: that utility divided by the number of members (itself included)
+  whose most worked niche is the member's own (fitness sharing);
+* ``market_welfare``: the mean utility of ALL agents of the markets the member plays in,
+  each market weighted by the member's share of agents there, so a member whose agents
+  pay into the public project is not selected against when its markets gain. (With every
+  member in every market in equal numbers, as the default layout has it, all members tie;
+  PBT then copies nobody, see :func:`pbt_sources`.)
+
+:func:`exploit_explore` copies parameters and optimiser state of the sources (always),
+their hyperparameters and reward weights as ``inherit`` lists, then perturbs the copies'
+hyperparameters by their declared laws (:func:`selfplay.variants.perturb`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from selfplay import variants
+
+INHERITABLE = ("hyperparameters", "reward_weights")  # parameters and optimiser state are always copied
+
+
+class FitnessInputs(NamedTuple):
+    components: dict  # {component: float32 [P]} mean per agent-step of each reward component
+    niche_counts: jax.Array  # int32 [P, J+1] agent-steps per niche (last: resting)
+    market_utility: jax.Array  # float32 [M] mean utility per agent-step of all agents of each market
+    presence: jax.Array  # float32 [P, M] share of member p's agents in market m (rows sum to 1)
+
+
+FITNESS: dict[str, Callable[[FitnessInputs], jax.Array]] = {}
+
+
+def register_fitness(name: str, fn: Callable[[FitnessInputs], jax.Array] | None = None):
+    """Add a named fitness (``train.pbt.fitness``); usable as a decorator."""
+
+    def add(f):
+        FITNESS[name] = f
+        return f
+
+    return add if fn is None else add(fn)
+
+
+@register_fitness("utility")
+def utility_fitness(x: FitnessInputs) -> jax.Array:
+    return x.components["utility"]
+
+
+@register_fitness("niche_shared")
+def niche_shared_fitness(x: FitnessInputs) -> jax.Array:
+    dominant = jnp.argmax(x.niche_counts[:, :-1], -1)
+    sharing = jnp.sum(dominant[:, None] == dominant[None, :], -1)
+    return x.components["utility"] / sharing
+
+
+@register_fitness("market_welfare")
+def market_welfare_fitness(x: FitnessInputs) -> jax.Array:
+    w = x.presence / jnp.sum(x.presence, -1, keepdims=True)
+    return w @ x.market_utility
+
+
+def update_fitness(previous: jax.Array, now: jax.Array, first: jax.Array, ema: float) -> jax.Array:
+    """The running fitness: ``now`` at the first update, else ``(1 - ema) * previous + ema * now``."""
+    return jnp.where(first, now, (1.0 - ema) * previous + ema * now)
+
+
+def pbt_sources(fitness: jax.Array, fraction: float) -> jax.Array:
+    """int32 ``[P]``: the member each slot copies. The bottom ``k = floor(P * fraction)``
+    copy the top ``k`` (worst from best, second worst from second best, ...), but only from
+    a strictly fitter member: ties (e.g. equal ``market_welfare``) copy nobody. Everyone
+    else keeps itself."""
+    p = fitness.shape[0]
+    k = int(p * fraction)
+    own = jnp.arange(p, dtype=jnp.int32)
+    if k == 0:
+        return own
+    order = jnp.argsort(fitness, stable=True).astype(jnp.int32)  # ascending
+    bottom, top = order[:k], order[::-1][:k]
+    src = jnp.where(fitness[top] > fitness[bottom], top, bottom)
+    return own.at[bottom].set(src)
+
+
+class PBTState(NamedTuple):
+    fitness: jax.Array  # float32 [P] running fitness
+    parent: jax.Array  # int32 [P] member copied at the last PBT event (own index if never)
+    copied_at: jax.Array  # int32 [P] update of the last copy (-1 if never)
+    generation: jax.Array  # int32 [P] number of copies in this slot's lineage
+    founder: jax.Array  # int32 [P] founding member (slot at update 0) this slot's parameters descend from
+
+
+def init_pbt(members: int) -> PBTState:
+    own = jnp.arange(members, dtype=jnp.int32)
+    return PBTState(
+        fitness=jnp.zeros((members,), jnp.float32),
+        parent=own,
+        copied_at=jnp.full((members,), -1, jnp.int32),
+        generation=jnp.zeros((members,), jnp.int32),
+        founder=own,
+    )
+
+
+def exploit_explore(
+    params: Any,
+    opt_state: Any,
+    hyper: dict,
+    reward_weights: dict,
+    pbt: PBTState,
+    src: jax.Array,
+    key: jax.Array,
+    update: jax.Array,
+    inherit: tuple[str, ...],
+    factors: tuple[float, float],
+):
+    """Slots with ``src != own`` copy the source's parameters and optimiser state
+    (bit-identical), its hyperparameters if ``"hyperparameters" in inherit`` and its reward
+    weights if ``"reward_weights" in inherit``; a copied slot's hyperparameters (inherited
+    or its own) are then perturbed (:func:`selfplay.variants.perturb`, ``key``). Returns
+    ``(params, opt_state, hyper, reward_weights, pbt)``; the caller writes optimiser
+    hyperparameters back into ``opt_state``."""
+    P = src.shape[0]
+    copied = src != jnp.arange(P, dtype=jnp.int32)
+    take = lambda x: x[src]
+    params = jax.tree.map(take, params)
+    opt_state = jax.tree.map(take, opt_state)
+    if "hyperparameters" in inherit:
+        hyper = jax.tree.map(take, hyper)
+    if "reward_weights" in inherit:
+        reward_weights = jax.tree.map(take, reward_weights)
+    hyper = variants.perturb(key, hyper, copied, factors)
+    pbt = PBTState(
+        fitness=pbt.fitness[src],
+        parent=jnp.where(copied, src, pbt.parent),
+        copied_at=jnp.where(copied, update, pbt.copied_at),
+        generation=jnp.where(copied, pbt.generation[src] + 1, pbt.generation),
+        founder=pbt.founder[src],
+    )
+    return params, opt_state, hyper, reward_weights, pbt
+
+
+class LeagueState(NamedTuple):
+    params: Any  # [K, ...] frozen snapshots
+    source: jax.Array  # int32 [K] member the snapshot was taken from
+    made_at: jax.Array  # int32 [K] update of the snapshot
+    refreshes: jax.Array  # int32 [] snapshots taken so far
+
+
+def init_league(params: Any, size: int, members: int) -> LeagueState:
+    slots = jnp.arange(size, dtype=jnp.int32) % members
+    return LeagueState(
+        params=jax.tree.map(lambda x: x[slots], params),
+        source=slots,
+        made_at=jnp.zeros((size,), jnp.int32),
+        refreshes=jnp.zeros((), jnp.int32),
+    )
+
+
+def refresh_league(league: LeagueState, params: Any, fitness: jax.Array, update: jax.Array) -> LeagueState:
+    """Snapshot the fittest member into the oldest league slot (round robin over slots)."""
+    size = league.source.shape[0]
+    slot = league.refreshes % size
+    best = jnp.argmax(fitness).astype(jnp.int32)
+    return LeagueState(
+        params=jax.tree.map(lambda l, p: l.at[slot].set(p[best]), league.params, params),
+        source=league.source.at[slot].set(best),
+        made_at=league.made_at.at[slot].set(update),
+        refreshes=league.refreshes + 1,
+    )
+
+
+__all__ = [
+    "FITNESS", "FitnessInputs", "INHERITABLE", "LeagueState", "PBTState", "exploit_explore", "init_league", "init_pbt",
+    "pbt_sources", "refresh_league", "register_fitness", "update_fitness",
+]

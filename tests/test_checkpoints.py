@@ -1,0 +1,204 @@
+"""Checkpoints stored by name (selfplay.checkpoint): exact round trips, refusal of any
+structural mismatch (never a silent load into the wrong fields), fallback past unreadable
+steps. Small pytrees only, no training."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from typing import NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import economy
+from selfplay.checkpoint import SCHEMA_VERSION, CheckpointError, CheckpointMismatchError, Checkpoints
+
+
+class Adam(NamedTuple):  # like optax's ScaleByAdamState
+    count: jax.Array
+    mu: dict
+    nu: dict
+
+
+@flax.struct.dataclass
+class State:
+    params: dict
+    opt_state: tuple
+    league: jax.Array  # zero-size: orbax cannot store it
+    key: jax.Array
+    update: jax.Array
+
+
+@flax.struct.dataclass
+class StateV2:  # one field inserted: an old checkpoint must not load into it
+    params: dict
+    opt_state: tuple
+    fitness_ema: jax.Array
+    league: jax.Array
+    key: jax.Array
+    update: jax.Array
+
+
+def make(update: int = 5, seed: int = 0, rows: int = 2, cls=State):
+    r = np.random.default_rng(seed)
+    params = {
+        "params": {
+            "Dense_0": {"kernel": jnp.asarray(r.normal(size=(rows, 3)), jnp.float32), "bias": jnp.zeros(3)},
+            "head": {"scale": jnp.asarray(r.normal(size=4), jnp.bfloat16)},
+        }
+    }
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    adam = Adam(jnp.int32(update), jax.tree.map(lambda x: x + 1, zeros), jax.tree.map(lambda x: x + 2, zeros))
+    extra = {"fitness_ema": jnp.arange(3, dtype=jnp.float32)} if cls is StateV2 else {}
+    return cls(
+        params=params,
+        opt_state=(adam, jnp.asarray([True, False])),
+        league=jnp.zeros((0, 3), jnp.float32),
+        key=jnp.asarray(r.integers(0, 2**32, size=2, dtype=np.uint32)),
+        update=jnp.int32(update),
+        **extra,
+    )
+
+
+def assert_same(a, b):
+    assert type(a) is type(b)
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def save_all(directory, *states, keep=5):
+    ckpt = Checkpoints(directory, keep=keep)
+    for ts in states:
+        ckpt.save(ts)
+    ckpt.close()
+
+
+def restore(directory, template, keep=5):
+    ckpt = Checkpoints(directory, keep=keep)
+    try:
+        return ckpt.restore(template)
+    finally:
+        ckpt.close()
+
+
+def test_mismatch_is_a_config_error():
+    assert issubclass(CheckpointMismatchError, economy.ConfigError)
+    assert issubclass(CheckpointError, RuntimeError) and not issubclass(CheckpointError, economy.ConfigError)
+
+
+def test_round_trip_is_exact_and_stored_by_name(tmp_path):
+    ts = make(update=7, seed=1)
+    ckpt = Checkpoints(tmp_path, keep=3)
+    assert ckpt.latest() is None
+    assert ckpt.save(ts) == 7 and ckpt.save(ts) == 7  # saving an existing step is a no-op
+    assert ckpt.latest() == 7
+    ckpt.close()
+    got = restore(tmp_path, make(update=0, seed=2))
+    assert_same(got, ts)
+    assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(got))
+    # On disk: arrays under their names, meta listing every leaf (zero-size one included).
+    meta = json.loads((tmp_path / "7" / "meta" / "metadata").read_text())
+    paths = [e["path"] for e in meta["leaves"]]
+    assert meta["schema"] == SCHEMA_VERSION and len(paths) == len(jax.tree.leaves(ts))
+    assert "params/params/Dense_0/kernel" in paths and "opt_state/0/mu/params/head/scale" in paths
+    assert {"path": "league", "shape": [0, 3], "dtype": "float32"} in meta["leaves"]
+    assert {"path": "update", "shape": [], "dtype": "int32"} in meta["leaves"]
+    # orbax's own tree metadata keys arrays by path tuple, e.g. "('params', 'params', 'Dense_0', 'kernel')".
+    stored = json.loads((tmp_path / "7" / "arrays" / "_METADATA").read_text())["tree_metadata"]
+    assert "('params', 'params', 'Dense_0', 'kernel')" in stored and "('opt_state', '0', 'count')" in stored
+    assert "('league',)" not in stored and not any("leaf_" in k for k in stored)
+
+
+def test_explicit_step_for_a_state_without_update(tmp_path):
+    tree = {"w": jnp.arange(4.0), "empty": jnp.zeros((0,), jnp.int32)}
+    ckpt = Checkpoints(tmp_path, keep=2)
+    with pytest.raises(ValueError, match="step="):
+        ckpt.save(tree)
+    assert ckpt.save(tree, step=3) == 3
+    ckpt.close()
+    assert_same(restore(tmp_path, jax.tree.map(jnp.zeros_like, tree)), tree)
+
+
+def test_added_field_is_refused_by_name(tmp_path):
+    save_all(tmp_path, make(update=4), make(update=20))
+    with pytest.raises(CheckpointMismatchError) as err:
+        restore(tmp_path, make(cls=StateV2))
+    msg = str(err.value)
+    assert "step 20" in msg and "'fitness_ema'" in msg and "missing in the checkpoint" in msg and "--no-resume" in msg
+    # The other way round: a checkpoint field this version lacks.
+    save_all(tmp_path / "v2", make(update=3, cls=StateV2))
+    with pytest.raises(CheckpointMismatchError, match="'fitness_ema' .in the checkpoint but not"):
+        restore(tmp_path / "v2", make())
+
+
+def test_changed_shape_or_dtype_is_refused_by_name(tmp_path):
+    save_all(tmp_path, make(update=2, rows=2))
+    with pytest.raises(CheckpointMismatchError, match=r"'params/params/Dense_0/kernel' \(shape \(2, 3\)"):
+        restore(tmp_path, make(rows=4))
+    other = make()
+    other = other.replace(update=other.update.astype(jnp.float32))
+    with pytest.raises(CheckpointMismatchError, match="'update'.*int32.*float32"):
+        restore(tmp_path, other)
+
+
+def test_old_position_layout_is_refused(tmp_path):
+    import orbax.checkpoint as ocp
+
+    ts = make(update=6)
+    mgr = ocp.CheckpointManager(
+        tmp_path.absolute(),
+        options=ocp.CheckpointManagerOptions(max_to_keep=3, create=True, enable_async_checkpointing=False),
+    )
+    flat = {f"leaf_{i:04d}": x for i, x in enumerate(jax.tree.leaves(ts)) if x.size}
+    mgr.save(6, args=ocp.args.StandardSave(flat))
+    mgr.wait_until_finished()
+    mgr.close()
+    ckpt = Checkpoints(tmp_path, keep=3)
+    assert ckpt.latest() == 6
+    with pytest.raises(CheckpointMismatchError, match="older Agora.*position.*schema 0"):
+        ckpt.restore(make(update=0))
+    ckpt.close()
+
+
+def test_other_schema_is_refused(tmp_path):
+    save_all(tmp_path, make(update=1))
+    path = tmp_path / "1" / "meta" / "metadata"
+    meta = json.loads(path.read_text())
+    path.write_text(json.dumps({**meta, "schema": 99}))
+    with pytest.raises(CheckpointMismatchError, match=f"schema 99 in the checkpoint, {SCHEMA_VERSION} here"):
+        restore(tmp_path, make())
+
+
+def test_keep_last_two(tmp_path):
+    save_all(tmp_path, *(make(update=u, seed=u) for u in (1, 2, 3)), keep=2)
+    assert sorted(int(p.name) for p in tmp_path.iterdir() if p.name.isdigit()) == [2, 3]
+    assert_same(restore(tmp_path, make(update=0), keep=2), make(update=3, seed=3))
+
+
+def corrupt(step_dir):
+    """Truncate every array data file of a step (orbax's OCDBT ``d/`` folders)."""
+    files = [p for p in (step_dir / "arrays").rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert files
+    for p in files:
+        p.write_bytes(b"")
+
+
+def test_unreadable_newest_falls_back_then_fails(tmp_path, capsys):
+    save_all(tmp_path, make(update=10, seed=10), make(update=20, seed=20))
+    corrupt(tmp_path / "20")
+    assert_same(restore(tmp_path, make(update=0)), make(update=10, seed=10))
+    err = capsys.readouterr().err
+    assert "step 20" in err and "unreadable" in err
+    assert sorted(int(p.name) for p in tmp_path.iterdir() if p.name.isdigit()) == [10, 20]  # nothing deleted
+    shutil.rmtree(tmp_path / "10" / "arrays")
+    with pytest.raises(CheckpointError) as err:
+        restore(tmp_path, make(update=0))
+    msg = str(err.value)
+    assert "step 20" in msg and "step 10" in msg and str(tmp_path) in msg
+    assert "step 10" in capsys.readouterr().err
