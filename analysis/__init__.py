@@ -1,4 +1,5 @@
-"""Agora's analysis: policy diversity, niche and market metrics, dashboards (issue 4)."""
+"""Agora's analysis: policy diversity, niche, market and monopoly metrics, plots and the
+self-contained HTML report of a run (:func:`write_report`)."""
 
 # Importing economy first sets the XLA:CPU scheduler flag (see economy/__init__.py)
 # before any computation, as importing any Agora package does.
@@ -19,8 +20,13 @@ from analysis.niches import (
     price_dispersion,
     specialisation_index,
 )
+from analysis.population import population_analysis
+from analysis.report import NotARunError, write_report
 
 __all__ = [
+    "NotARunError",
+    "population_analysis",
+    "write_report",
     "effective_policies",
     "gini",
     "herfindahl",

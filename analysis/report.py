@@ -359,6 +359,7 @@ def _overview(c: _Context, figs: _Figures) -> str:
     ]
     at = f" (analysis at update {a['update']})" if "update" in a else ""
     out += f"<h3>Final numbers{_e(at)}</h3>" + _table(["quantity", "value"], finals)
+    out += _members_table(c)
     if not c.analysis:
         out += _missing_analysis()
     if not c.metrics:
@@ -372,6 +373,30 @@ def _overview(c: _Context, figs: _Figures) -> str:
         out += figs.img("PBT fitness per member", lambda: plots.series_figure(
             s[0], s[1], "PBT fitness per member", "fitness"))
     return out
+
+
+def _members_table(c: _Context) -> str:
+    """Each member's hyperparameters and, beside them, its reward weights (the slot's
+    experimental condition), its fitness and founding member, at the last logged update."""
+    variants = _get(c.train, "variants", default={}) or {}
+    hyper = [k for k in variants if k != "rewards"] if isinstance(variants, dict) else []
+    weights = _last(c.metrics, "reward_weights")
+    weights = weights if isinstance(weights, dict) else {}
+    last = {k: _last(c.metrics, k) for k in (*hyper, "fitness", "founder")}
+    cols = [k for k in hyper if isinstance(last[k], list)]
+    comps = [k for k, v in weights.items() if isinstance(v, list)]
+    if not (cols or comps) or not c.P:
+        return ""
+    pick = lambda v, p: v[p] if isinstance(v, list) and p < len(v) else None
+    rows = [
+        [f"m{p}", *[_fmt(pick(last[k], p), 4) for k in cols], *[_fmt(pick(weights[k], p), 3) for k in comps],
+         _fmt(pick(last["fitness"], p), 4), _fmt(pick(last["founder"], p))]
+        for p in range(c.P)
+    ]
+    header = ["member", *cols, *[f"weight: {k}" for k in comps], "fitness", "founder"]
+    return (f"<h3>Members at update {c.last_update}</h3><p>Hyperparameters (after PBT) and reward weights "
+            "(each slot's condition; copied by PBT only when <code>train.pbt.inherit</code> lists them).</p>"
+            + _table(header, rows))
 
 
 def _diversity(c: _Context, figs: _Figures) -> str:

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 
 import economy
@@ -57,3 +58,32 @@ def subprocess_env(**extra: str) -> dict:
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "2"
     env.update(extra)
     return env
+
+
+# Two-sided tail of 5 standard deviations of a normal: the per-entry significance of
+# :func:`assert_frequencies` (about 5.7e-7, so a few hundred entries at once stay far
+# from a false alarm).
+FREQ_ALPHA = 5.733e-7
+
+
+def assert_frequencies(counts, p, alpha: float = FREQ_ALPHA, err_msg: str = "") -> None:
+    """Counts of ``n`` independent categorical draws against their probabilities ``p``,
+    entry by entry: each count must lie in the two-sided exact binomial interval
+    ``Binomial(n, p_i)`` at significance ``alpha`` (the 5-sigma level by default). For many
+    expected draws this is ``|f_i - p_i| <= 5 sqrt(p_i (1 - p_i) / n)``; for few it stays
+    exact; a choice of probability 0 (masked) must never be drawn."""
+    from scipy import stats
+
+    counts = np.asarray(counts, np.int64)
+    p = np.asarray(p, np.float64)
+    assert counts.shape == p.shape, (counts.shape, p.shape)
+    np.testing.assert_allclose(p.sum(), 1.0, rtol=1e-6, err_msg=err_msg)
+    n = int(counts.sum())
+    lo = stats.binom.ppf(alpha / 2, n, p)
+    hi = stats.binom.isf(alpha / 2, n, p)
+    hi = np.where(p > 0, hi, 0.0)  # probability 0: nothing may be drawn
+    bad = (counts < lo) | (counts > hi)
+    assert not bad.any(), (
+        f"{err_msg} draws outside the binomial {1 - alpha:.7f} interval at entries {np.flatnonzero(bad)}: "
+        f"counts {counts[bad]}, expected {n * p[bad]}, interval {lo[bad]}..{hi[bad]}"
+    )

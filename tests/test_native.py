@@ -21,6 +21,7 @@ from agents import native
 from agents.networks import act_parts, head_sizes, joint_width, split_joint
 from economy import rng
 from economy.state import ActionHead
+from conftest import assert_frequencies
 
 if not native.available():
     ok, why = native._cpu_supported()
@@ -54,7 +55,9 @@ DRAW = jax.jit(lambda key, x: native.sample(key, x, SIZES))
 
 @pytest.mark.parametrize("masked", [False, True], ids=["fast-path", "masked"])
 def test_draw_frequencies_and_log_probs(masked):
-    """8000 draws of one row; every frequency within 0.025 of softmax (> 4 sd at any p).
+    """8000 draws of one row; every count within its exact binomial 5-sigma interval
+    (``|f - p| <= 5 sqrt(p (1 - p) / 8000)`` for all but rare choices, probability-0 choices
+    never drawn: :func:`conftest.assert_frequencies`).
     ``masked``: every other choice of the second 64-choice categorical at -1e4, which puts
     the row on the per-categorical path (logits more than 80 apart); those are never drawn."""
     r = np.random.default_rng(5 + masked)
@@ -69,7 +72,7 @@ def test_draw_frequencies_and_log_probs(masked):
     for j, seg in enumerate(segments(row)):
         p = np.exp(np_log_softmax(seg))
         assert a[:, j].min() >= 0 and a[:, j].max() < seg.size
-        np.testing.assert_allclose(np.bincount(a[:, j], minlength=seg.size) / DRAWS, p, atol=0.025)
+        assert_frequencies(np.bincount(a[:, j], minlength=seg.size), p, err_msg=f"categorical {j}")
         want_lp += np_log_softmax(seg)[a[:, j]]
     if masked:
         assert np.all(a[:, 2] % 2 == 1)

@@ -24,6 +24,7 @@ from agents.networks import (
     sample_actions,
     to_members,
 )
+from conftest import assert_frequencies
 
 P, n = 3, 8
 HIDDEN = (32, 32)
@@ -256,9 +257,9 @@ def test_sample_actions_deterministic_in_range(pop_out, tiny_env):
 
 
 def test_sample_frequencies_match_softmax():
-    """8000 draws per categorical; tolerance 0.025 absolute on every frequency, which is
-    over 4 standard deviations (sqrt(0.25 / 8000) = 0.0056) even at p = 0.5; the key is
-    fixed, so the test is deterministic."""
+    """8000 draws per categorical; every count within its exact binomial interval at the
+    5-sigma level (``|f - p| <= 5 sqrt(p (1 - p) / 8000)`` for all but rare choices,
+    :func:`conftest.assert_frequencies`); the key is fixed, so the test is deterministic."""
     draws = 8000
     rng = np.random.default_rng(3)
     niche = rng.standard_normal(8).astype(np.float32)
@@ -269,17 +270,16 @@ def test_sample_frequencies_match_softmax():
     }
     actions, lp = SAMPLE(jax.random.key(11), logits)
     assert lp.shape == (draws,)
-    freq = np.bincount(np.asarray(actions["niche"]), minlength=8) / draws
-    np.testing.assert_allclose(freq, np.exp(np_log_softmax(niche)), atol=0.025)
+    assert_frequencies(np.bincount(np.asarray(actions["niche"]), minlength=8), np.exp(np_log_softmax(niche)))
     a_side = np.asarray(actions["side"])
     for g in range(6):
-        freq = np.bincount(a_side[:, g], minlength=3) / draws
-        np.testing.assert_allclose(freq, np.exp(np_log_softmax(side[g])), atol=0.025)
+        assert_frequencies(np.bincount(a_side[:, g], minlength=3), np.exp(np_log_softmax(side[g])), err_msg=f"side {g}")
 
 
 def test_sample_frequencies_match_softmax_many_choices():
-    """64 choices (the two-level search): 8000 draws per categorical, frequencies within
-    0.025 of softmax (> 4 sd at every p) for peaked, spread and masked rows."""
+    """64 choices (the two-level search): 8000 draws per categorical, every count within
+    its exact binomial 5-sigma interval for peaked, spread and masked rows (masked
+    choices, probability 0, never drawn)."""
     draws = 8000
     rng = np.random.default_rng(4)
     price = (np.array([0.5, 1.5, 3.0])[:, None] * rng.standard_normal((3, 64))).astype(np.float32)
@@ -290,7 +290,7 @@ def test_sample_frequencies_match_softmax_many_choices():
     a = np.asarray(actions["price"])
     for g in range(3):
         p = np.exp(np_log_softmax(price[g]))
-        np.testing.assert_allclose(np.bincount(a[:, g], minlength=64) / draws, p, atol=0.025)
+        assert_frequencies(np.bincount(a[:, g], minlength=64), p, err_msg=f"price {g}")
     assert np.all(a[:, 2] % 2 == 1)
     want = np.stack([np_log_softmax(price[g])[a[:, g]] for g in range(3)], -1)
     np.testing.assert_allclose(np.asarray(lp), want, rtol=1e-5, atol=1e-4)

@@ -1,10 +1,13 @@
 """PPO: GAE against a float64 NumPy reference, the clipped loss's gradients, and the
 minibatch-epoch update (learning, vmapping over members, determinism).
 
-Few shapes: GAE at ``[T, n] = [7, 5]``; the update on a toy actor-critic (obs dim 4,
-heads ``a`` (3 choices) and ``b`` (2 entries x 4 choices), hidden 16) with a batch of
-32, 2 epochs x 4 minibatches; all update tests share one jitted single-member function
-and one jitted vmapped one.
+``ppo_loss`` is checked against a float64 NumPy reference (loss, metrics, and gradients
+by finite differences) on a toy apply_fn whose parameters are per-sample logits.
+
+Few shapes: GAE at ``[T, n] = [7, 5]``; the reference loss at 12 samples; the update on
+a toy actor-critic (obs dim 4, heads ``a`` (3 choices) and ``b`` (2 entries x 4 choices),
+hidden 16) with a batch of 32, 2 epochs x 4 minibatches; all update tests share one
+jitted single-member function and one jitted vmapped one.
 """
 
 from __future__ import annotations
@@ -261,7 +264,7 @@ def test_ppo_loss_matches_float64_reference():
     orders of magnitude more than the tolerance under each injected bug: entropy sign
     flipped, min for max in the value loss, the clip at another eps (policy or value)."""
     logits, v, batch = _ref_case()
-    h = {k: x for k, x in REF_HYPER.items()}
+    h = REF_HYPER
     eps, ent_coef, vf_coef = h["clip_eps"], h["ent_coef"], h["vf_coef"]
     ref = lambda lg, vv, **kw: ref_ppo_loss(lg, vv, batch, eps, ent_coef, vf_coef, **kw)  # noqa: E731
     lg64 = {k: np.asarray(x, np.float64) for k, x in logits.items()}

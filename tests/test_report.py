@@ -45,7 +45,10 @@ def make_run(path: Path, updates=(2, 4, 6, 8, 10), analysis=True, truncate=False
         },
         "simulate": {"steps": 10, "seed": 0},
         "train": {"members": P, "updates": 20, "rollout_steps": 8, "league": {"size": 0, "refresh_every": 10},
-                  "pbt": {"enabled": True, "interval": 4}},
+                  "pbt": {"enabled": True, "interval": 4},
+                  "variants": {"learning_rate": [1e-3, 3e-3], "ent_coef": [3e-4, 3e-3], "clip_eps": [0.15, 0.3],
+                               "gamma": [0.9, 0.97], "gae_lambda": [0.9, 0.97],
+                               "rewards": {"utility": [1, 1], "specialisation": [0, 0.2]}}},
     }
     (path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     lines = []
@@ -58,6 +61,8 @@ def make_run(path: Path, updates=(2, 4, 6, 8, 10), analysis=True, truncate=False
                   "entropy", "policy_loss", "value_loss", "approx_kl", "clip_fraction", "learning_rate",
                   "ent_coef", "clip_eps", "gamma", "gae_lambda"):
             m[k] = rng.random(P).tolist()
+        m["reward_weights"] = {"utility": [1.0] * P, "specialisation": [0.0125, 0.1375, 0.1875][:P]}
+        m["founder"] = [0, 0, 2][:P]
         lines.append(json.dumps(m))
     text = "\n".join(lines) + "\n"
     if truncate:  # a run writing its next line right now
@@ -311,3 +316,19 @@ def test_report_in_headless_chromium(chromium, finished_report):
     assert not bad, bad
     severe = [e for e in chromium.get_log("browser") if e.get("level") == "SEVERE"]
     assert not severe, severe
+
+
+def test_report_shows_each_members_weights_beside_its_hyperparameters(finished_report):
+    """The overview's member table: one row per member with its hyperparameters, its reward
+    weight per component (the slot's condition), fitness and founder, at the last update."""
+    text = finished_report.read_text()
+    table = text[text.index("Members at update 10"):]
+    table = table[: table.index("</table>")]
+    header = re.findall(r"<th(?: [^>]*)?>(.*?)</th>", table)
+    assert header[:6] == ["member", "learning_rate", "ent_coef", "clip_eps", "gamma", "gae_lambda"]
+    assert header[6:] == ["weight: utility", "weight: specialisation", "fitness", "founder"]
+    rows = re.findall(r"<tr>(.*?)</tr>", table)[1:]
+    assert len(rows) == P
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", r) for r in rows]
+    assert [c[0] for c in cells] == ["m0", "m1", "m2"]
+    assert [c[7] for c in cells] == ["0.0125", "0.138", "0.188"] and [c[-1] for c in cells] == ["0", "0", "2"]

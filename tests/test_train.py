@@ -646,3 +646,39 @@ def test_random_streams_are_distinct(trainer):
         add(wk, f"world{episode}")
         for i, k in enumerate(jax.random.split(wk, 7)):  # the world generator's own split
             add(k, f"world{episode}/{i}")
+
+
+def test_readme_extension_examples():
+    """The README's two examples (a reward component, a hyperparameter), executed as
+    written: each becomes a config key, the reward is the weighted sum of the logged
+    components, and the optimiser runs with each member's own ``b1`` through PBT."""
+    import re
+
+    from selfplay import rewards, variants
+
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"<!-- tested: tests/test_train.py::test_readme_extension_examples -->\n```python\n(.*?)```", text, re.S)
+    assert len(blocks) == 2
+    try:
+        for b in blocks:
+            exec(compile(b, "README.md", "exec"), {})
+        c = load_run_config(CONFIGS / "tiny.yaml", OVERRIDES + [
+            "train.variants.rewards.thrift=[0, 0.1]", "train.variants.b1=[0.8, 0.95]",
+            "train.pbt.interval=2", "train.pbt.fraction=0.5",
+        ])
+        tr = Trainer(c)
+        assert tr.components == ("utility", "specialisation", "collaboration", "thrift")
+        ts, metrics = run_updates(tr, tr.init(jax.random.key(1)), 4)
+        for m in metrics:
+            w = m["reward_weights"]
+            assert (w["thrift"] >= 0).all() and (w["thrift"] <= 0.1).all() and len(set(w["thrift"].tolist())) == 4
+            want = sum(np.asarray(w[k], np.float64) * m[k] for k in tr.components)
+            np.testing.assert_allclose(m["reward"], want, rtol=1e-4, atol=1e-7)
+            assert (m["thrift"] > 0).all()
+        assert any((m["pbt_source"] != np.arange(4)).any() for m in metrics)
+        b1 = np.asarray(jax.device_get(ts.hyper["b1"]))
+        np.testing.assert_array_equal(jax.device_get(ts.opt_state[1].hyperparams["b1"]), b1)
+        assert ((b1 > 0.7) & (b1 < 1.0)).all() and len(set(b1.tolist())) > 1
+    finally:
+        rewards.unregister_component("thrift")
+        variants.unregister_variant("b1")
