@@ -48,8 +48,13 @@ def uniform_pair(key: jax.Array, shape: tuple[int, ...]) -> tuple[jax.Array, jax
 
 
 def stochastic_round(x: jax.Array, u: jax.Array) -> jax.Array:
-    """Unbiased rounding of non-negative ``x`` to int32 with uniforms ``u``: E = x."""
-    return jnp.floor(x + u).astype(jnp.int32)
+    """Unbiased rounding of non-negative ``x`` to int32 with uniforms ``u`` in [0, 1): E = x.
+
+    ``floor(x + u)`` alone can round up a whole ``x >= 128`` when ``u`` is within float32
+    rounding of 1 (``x + u`` becomes ``x + 1``); the ``min`` with ``ceil(x)`` keeps the
+    result in ``{floor(x), ceil(x)}``, so eating or spoiling a whole stock never takes more
+    than is held."""
+    return jnp.minimum(jnp.floor(x + u), jnp.ceil(x)).astype(jnp.int32)
 
 
 def floor_div(a: jax.Array, b: jax.Array, recip_b: jax.Array | None = None) -> jax.Array:

@@ -558,8 +558,8 @@ def test_world_key(tiny_cfg, tiny_env):
     with pytest.raises(ValueError, match="-1"):
         env.world_key(-1)
     # evaluation=True maps into the held-out range, disjoint from every training seed.
-    np.testing.assert_array_equal(data(env.world_key(0, evaluation=True)), data(jax.random.key(start)))
-    np.testing.assert_array_equal(data(env.world_key(7, evaluation=True)), data(jax.random.key(start + 7)))
+    np.testing.assert_array_equal(data(env.world_key(0, evaluation=True)), data(streams.world_key(start)))
+    np.testing.assert_array_equal(data(env.world_key(7, evaluation=True)), data(streams.world_key(start + 7)))
     assert not np.array_equal(data(env.world_key(7, evaluation=True)), data(env.world_key(7)))
 
 

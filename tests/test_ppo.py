@@ -443,7 +443,9 @@ def test_update_vmapped_over_members_equals_separate_runs(pop):
     clip = jnp.asarray([0.1, 0.3], jnp.float32)
     ent = jnp.asarray([0.0, 0.01], jnp.float32)
     vf = jnp.asarray([0.5, 1.0], jnp.float32)
-    vparams, vopt, vmetrics = VUPDATE(pop, opt_state, TX, NET.apply, batch, keys, hyper(clip, ent, vf), EPOCHS, MINIBATCHES)
+    vparams, vopt, vmetrics = VUPDATE(
+        pop, opt_state, TX, NET.apply, batch, keys, hyper(clip, ent, vf), EPOCHS, MINIBATCHES
+    )
     assert all(x.shape[0] == 2 for x in jax.tree.leaves((vparams, vopt, vmetrics)))
     for m in range(2):
         sp, so, sm = UPDATE(member(pop, m), member(opt_state, m), batches[m], keys[m], clip[m], ent[m], vf[m])

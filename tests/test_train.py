@@ -361,10 +361,16 @@ def test_train_run_writes_run_directory(cfg, tmp_path):
     assert [json.loads(x)["update"] for x in lines] == [1, 2, 3, 4, 5]
     lineage = [json.loads(x) for x in (run_dir / "lineage.jsonl").read_text().splitlines()]
     assert lineage and all(e["update"] == 5 and e["child"] != e["parent"] for e in lineage)  # PBT at update 5
+    assert all(e["inherited"] == ["parameters", "optimiser_state", "value_norm", "hyperparameters"] for e in lineage)
+    # Every metrics line carries the reward weights by component, P floats each.
+    for x in lines:
+        w = json.loads(x)["reward_weights"]
+        assert set(w) == {"utility", "specialisation", "collaboration"} and all(len(v) == 4 for v in w.values())
     scalars, texts, histograms, images = read_events(run_dir / "tb")
     for tag in ("population/utility_mean", "member/0/reward", "member/3/learning_rate", "member/2/entropy",
                 "niche_share/farmer", "niche_share/rest", "member/1/niche_share/baker", "market/price/bread",
-                "market/volume/grain", "perf/agent_steps_per_s"):
+                "market/volume/grain", "perf/agent_steps_per_s", "member/2/reward_weight/specialisation",
+                "member/1/gamma", "member/0/vf_coef"):
         assert tag in scalars, (tag, sorted(scalars)[:20])
         assert [s for s, _ in scalars[tag]] == [1, 2, 3, 4, 5], tag
     m5 = json.loads(lines[-1])
