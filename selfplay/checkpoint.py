@@ -204,16 +204,26 @@ class Checkpoints:
             raise ValueError(f"meta item is not an Agora checkpoint description: {str(meta)[:100]}")
         return meta
 
-    def restore(self, template: Any) -> Any:
-        """The newest readable checkpoint, as ``template``'s pytree type with its shardings.
-        Raises :class:`CheckpointMismatchError` on a structural difference and
-        :class:`CheckpointError` when no step is readable; nothing is deleted."""
+    def steps(self) -> list[int]:
+        """Steps on disk, oldest first."""
+        return sorted(self.mgr.all_steps())
+
+    def restore(self, template: Any, step: int | None = None) -> Any:
+        """The newest readable checkpoint (or exactly ``step``), as ``template``'s pytree
+        type with its shardings. Raises :class:`CheckpointMismatchError` on a structural
+        difference and :class:`CheckpointError` when no step (or not ``step``) is readable;
+        nothing is deleted."""
         paths, leaves, want, treedef = _layout(template)
         # The abstract target carries the template's shardings: restored leaves come back
         # laid out as the update expects (on any number of devices or processes).
         abstract = jax.tree.map(self.ocp.utils.to_shape_dtype_struct, _nest(paths, leaves))
         errors = []
-        for step in sorted(self.mgr.all_steps(), reverse=True):
+        candidates = sorted(self.mgr.all_steps(), reverse=True)
+        if step is not None:
+            if step not in candidates:
+                raise CheckpointError(f"no checkpoint at update {step} in {self.directory} (steps: {sorted(candidates)})")
+            candidates = [step]
+        for step in candidates:
             try:
                 meta = self._read_meta(step)
                 if meta.get("schema") != SCHEMA_VERSION:

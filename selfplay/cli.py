@@ -3,6 +3,8 @@
     agora simulate CONFIG [key=value ...]   run the economy with baseline agents, print a table
     agora bench [options]                   benchmark suite: env, acting, update (benchmarks/suite.py)
     agora train CONFIG [key=value ...]      population self-play (PPO, RL variants, PBT, league)
+    agora eval RUN_DIR [--against RUN_B]    held-out evaluation beside the baselines (RUN_DIR/eval.json); cross-play
+    agora study STUDY.yaml                  conditions x seeds: train, evaluate, aggregate with 95 % intervals
     agora report RUN_DIR                    write RUN_DIR/report.html, a self-contained HTML report
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad config (the message names
@@ -50,6 +52,23 @@ def _parser() -> argparse.ArgumentParser:
     dist.add_argument("--num-processes", type=int, default=_env_int("AGORA_NUM_PROCESSES"))
     dist.add_argument("--process-id", type=int, default=_env_int("AGORA_PROCESS_ID"))
     dist.add_argument("--distributed", action="store_true", help="jax.distributed.initialize() with cluster auto-detection")
+
+    ev = sub.add_parser("eval", help="evaluate a run's population on held-out worlds beside the scripted and random baselines")
+    ev.add_argument("run_dir", help="run directory written by agora train")
+    ev.add_argument("--update", type=int, help="evaluate the checkpoint of this update (default: the latest)")
+    ev.add_argument("--worlds", type=int, default=8, help="held-out worlds (seeds economy.world.eval_seed_start + k; default 8)")
+    ev.add_argument("--steps", type=int, help="steps per world (default: economy.episode_length)")
+    ev.add_argument("--burn-in", type=int, help="steps not measured at the start of each world (default: steps // 4)")
+    ev.add_argument("--greedy", action="store_true", help="the population plays its most likely actions")
+    ev.add_argument("--against", help="cross-play: another run directory (or 'scripted') in the odd agent slots")
+
+    st = sub.add_parser("study", help="conditions x seeds: train, evaluate on held-out worlds, aggregate with 95 % intervals")
+    st.add_argument("study", help="study file (e.g. configs/studies/smoke.yaml)")
+    st.add_argument("--study-dir", help="study directory (default: the file's study_dir, {name} = its name)")
+    st.add_argument("--shard", help="I/N: run only every N-th run starting at the I-th (1-based); "
+                    "default under a Slurm job array: SLURM_ARRAY_TASK_ID of SLURM_ARRAY_TASK_COUNT")
+    st.add_argument("--aggregate", action="store_true", help="only write results.json/.md and report.html from the complete runs")
+    st.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     report = sub.add_parser("report", help="write RUN_DIR/report.html, a self-contained HTML report of a run")
     report.add_argument("run_dir", help="run directory written by agora train (config.yaml, metrics.jsonl, ...)")
@@ -174,6 +193,77 @@ def _train(args) -> int:
     return EXIT_OK
 
 
+def _eval(args) -> int:
+    """``agora eval``: RUN_DIR/eval.json (or, with --against, RUN_DIR/crossplay_NAME.json)."""
+    import json
+
+    from economy import ConfigError
+    from selfplay.checkpoint import CheckpointError
+    from selfplay.evaluate import EvalSettings, NotARunError, crossplay, evaluate_run, format_eval_table
+
+    settings = EvalSettings(worlds=args.worlds, steps=args.steps, burn_in=args.burn_in, greedy=args.greedy)
+    try:
+        if args.against:
+            if args.update is not None:
+                raise ConfigError("--update applies to agora eval without --against")
+            result = crossplay(args.run_dir, args.against, settings)
+            name = "scripted" if args.against == "scripted" else Path(args.against).resolve().name
+            out = Path(args.run_dir) / f"crossplay_{name}.json"
+            out.write_text(json.dumps(result, indent=1))
+            for side, m in result["sides"].items():
+                shares = " ".join(f"{n}={x:.2f}" for n, x in zip(result["niche_names"], m["niche_shares"]))
+                print(f"{side}: utility {m['utility']:.4f}, output share {m['output_share']:.3f}; niches {shares}")
+        else:
+            result = evaluate_run(args.run_dir, settings, update=args.update)
+            out = Path(args.run_dir) / "eval.json"
+            print(f"update {result['update']}: {result['worlds']} held-out worlds x {result['steps']} steps "
+                  f"(burn-in {result['burn_in']})")
+            print(format_eval_table(result))
+    except (ConfigError, NotARunError) as err:
+        print(f"agora eval: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except CheckpointError as err:
+        print(f"agora eval: {err}", file=sys.stderr)
+        return EXIT_FAIL
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
+def _study(args) -> int:
+    """``agora study``: train and evaluate this process's runs, then aggregate (unsharded)."""
+    from economy import ConfigError
+    from selfplay.checkpoint import CheckpointError
+    from selfplay.study import aggregate, enable_compile_cache, load_study, parse_shard, run_study
+
+    try:
+        study = load_study(args.study, args.study_dir)
+        shard = None if args.aggregate else parse_shard(args.shard)
+    except ConfigError as err:
+        print(f"agora study: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    enable_compile_cache(study.study_dir)
+    try:
+        if not args.aggregate:
+            run_study(study, shard, progress=not args.no_progress)
+        if shard is not None:
+            print(f"shard {shard[0]}/{shard[1]} done; when every shard is: agora study {args.study} --aggregate")
+            return EXIT_OK
+        results = aggregate(study)
+    except ConfigError as err:
+        print(f"agora study: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except CheckpointError as err:
+        print(f"agora study: {err}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return 130
+    if results["missing"]:
+        print(f"missing runs (not in the results): {', '.join(results['missing'])}")
+    print((study.study_dir / "results.md").read_text())
+    print(f"wrote {study.study_dir / 'results.json'}, results.md, report.html")
+    return EXIT_OK
+
+
 def _report(args) -> int:
     from analysis.report import NotARunError, write_report
 
@@ -226,6 +316,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _bench(args)
     if args.command == "report":
         return _report(args)
+    if args.command == "eval":
+        return _eval(args)
+    if args.command == "study":
+        return _study(args)
     return _unavailable(args.command)
 
 

@@ -168,13 +168,14 @@ class Dashboard:
         kl = np.asarray(an["kl"])
         figures = {
             "kl_heatmap": plots.heatmap_figure(kl, f"mean KL(pi_i || pi_j), update {u}", order=plots.cluster_order(kl + kl.T)),
-            "niche_shares": plots.niche_shares_figure(
-                np.array([s[0] for s in self.shares]), np.array([s[1] for s in self.shares]), self.names["niches"]
-            ),
             "lineage": plots.lineage_figure(
                 read_jsonl(self.run_dir / "lineage.jsonl")[0], self.cfg.train.members, u
             ),
         }
+        if self.shares:  # none yet when the first analysis comes before the first logged update
+            figures["niche_shares"] = plots.niche_shares_figure(
+                np.array([s[0] for s in self.shares]), np.array([s[1] for s in self.shares]), self.names["niches"]
+            )
         for tag, fig in figures.items():
             self.writer.add_figure(f"images/{tag}", fig, u, close=True)
 

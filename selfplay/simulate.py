@@ -53,19 +53,23 @@ def step_metrics(env: Economy, state: EconomyState, info: dict) -> dict[str, jax
     }
 
 
-def rollout(env: Economy, policy: Policy, key: jax.Array, state: EconomyState, steps: int):
+def rollout(env: Economy, policy: Policy, key: jax.Array, state: EconomyState, steps: int, metrics=None):
     """Run ``steps`` steps from ``state`` in one ``lax.scan``.
 
-    Pure and jittable with ``env``, ``policy`` and ``steps`` static (and vmappable over
-    ``key`` and ``state`` to run several worlds). Returns ``(final state, metrics)``,
-    metrics as in :func:`step_metrics` with a leading ``[T]`` axis.
+    Pure and jittable with ``env``, ``policy``, ``steps`` and ``metrics`` static (and
+    vmappable over ``key`` and ``state`` to run several worlds). Returns ``(final state,
+    metrics)``, metrics as in :func:`step_metrics` with a leading ``[T]`` axis, or as
+    ``metrics(env, state, info, actions)`` returns them (``selfplay.evaluate`` measures
+    per-member quantities that way, on the same steps and keys).
     """
 
     def body(state: EconomyState, key: jax.Array):
         key_act, key_step = jax.random.split(key)
         actions = policy(key_act, state)
         _, state, _, _, _, info = env.step(key_step, state, actions)
-        return state, step_metrics(env, state, info)
+        if metrics is None:
+            return state, step_metrics(env, state, info)
+        return state, metrics(env, state, info, actions)
 
     return jax.lax.scan(body, state, jax.random.split(key, steps))
 

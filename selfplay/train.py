@@ -77,6 +77,7 @@ class TrainState:
     env_state: EconomyState
     obs: jax.Array  # float32 [N, obs_dim]
     key: jax.Array  # uint32 [2] raw data of the run key (checkpointable; per-update keys fold in the update)
+    world_seed: jax.Array  # uint32 [] train.seed: the training worlds' seeds follow it (kept out of the compiled update)
     episode: jax.Array  # int32 [] worlds drawn so far
     update: jax.Array  # int32 [] updates done
 
@@ -172,8 +173,8 @@ class Trainer:
         )
         self._run = jax.jit(self._scan_updates, static_argnums=1, donate_argnums=0)
         self._init = jax.jit(
-            lambda key_data: self.init_state(jax.random.wrap_key_data(key_data)),
-            in_shardings=replicated, out_shardings=self.state_sharding,
+            lambda key_data, seed: self.init_state(jax.random.wrap_key_data(key_data), seed),
+            in_shardings=(replicated, replicated), out_shardings=self.state_sharding,
         )
 
     def _check_optimizer_variants(self) -> None:
@@ -186,11 +187,13 @@ class Trainer:
                 )
 
     # ---- state ------------------------------------------------------------------------
-    def world_key(self, episode: jax.Array) -> jax.Array:
+    def world_key(self, episode: jax.Array, seed: jax.Array | int | None = None) -> jax.Array:
         """Training worlds only: seeds ``(seed * 7919 + episode) mod eval_seed_start``, in the
-        world namespace (:func:`economy.streams.world_key`)."""
+        world namespace (:func:`economy.streams.world_key`); ``seed``: ``train.seed``
+        (``TrainState.world_seed`` inside the update, so one compiled update serves every seed)."""
         start = self.cfg.economy.world.eval_seed_start
-        seed = (jnp.asarray(self.cfg.train.seed, jnp.uint32) * jnp.uint32(7919) + episode.astype(jnp.uint32)) % jnp.uint32(start)
+        seed = self.cfg.train.seed if seed is None else seed
+        seed = (jnp.asarray(seed).astype(jnp.uint32) * jnp.uint32(7919) + episode.astype(jnp.uint32)) % jnp.uint32(start)
         return world_key(seed)
 
     def _set_opt_hyper(self, opt_state, hyper: dict):
@@ -203,11 +206,14 @@ class Trainer:
     def init(self, key: jax.Array) -> TrainState:
         """The whole training state from one key; every leaf is a distinct buffer (so an
         update may donate it)."""
-        return self._init(np.asarray(jax.random.key_data(key)))
+        return self._init(np.asarray(jax.random.key_data(key)), np.uint32(self.cfg.train.seed))
 
-    def init_state(self, key: jax.Array) -> TrainState:
-        """:meth:`init` as a pure, traceable function (for ``jit``/``vmap`` over keys)."""
-        return self._assemble(key, self._init_learners(key), *self._init_world())
+    def init_state(self, key: jax.Array, world_seed: jax.Array | int | None = None) -> TrainState:
+        """:meth:`init` as a pure, traceable function (for ``jit``/``vmap`` over keys);
+        ``world_seed``: ``train.seed`` unless given (traced, so one compiled init serves
+        every seed)."""
+        seed = jnp.asarray(self.cfg.train.seed if world_seed is None else world_seed, jnp.uint32)
+        return self._assemble(key, self._init_learners(key), *self._init_world(seed), seed)
 
     def _state_sharding(self, ts: TrainState) -> TrainState:
         """A pytree of shardings matching ``ts``: the economy's agent and market arrays and
@@ -222,8 +228,8 @@ class Trainer:
         """``ts`` laid out as the update expects it (:attr:`state_sharding`)."""
         return jax.device_put(ts, self.state_sharding)
 
-    def _init_world(self):
-        return self.env.reset(self.world_key(jnp.zeros((), jnp.int32)))
+    def _init_world(self, seed: jax.Array):
+        return self.env.reset(self.world_key(jnp.zeros((), jnp.int32), seed))
 
     def _init_learners(self, key: jax.Array):
         t = self.cfg.train
@@ -238,7 +244,7 @@ class Trainer:
         opt_state = self._set_opt_hyper(opt_state, hyper)
         return params, opt_state, hyper, weights
 
-    def _assemble(self, key, learners, obs, env_state) -> TrainState:
+    def _assemble(self, key, learners, obs, env_state, world_seed) -> TrainState:
         t = self.cfg.train
         params, opt_state, hyper, weights = learners
         return TrainState(
@@ -252,6 +258,7 @@ class Trainer:
             env_state=env_state,
             obs=obs,
             key=jax.random.key_data(init_keys(key)["run"]),
+            world_seed=world_seed,
             episode=jnp.ones((), jnp.int32),
             update=jnp.zeros((), jnp.int32),
         )
@@ -296,7 +303,7 @@ class Trainer:
 
             def new_world():
                 v_next = self._member_value(ts, next_obs)
-                o, s = env.reset(self.world_key(episode))
+                o, s = env.reset(self.world_key(episode, ts.world_seed))
                 return jnp.where(terminated, 0.0, v_next), o, s, episode + 1
 
             def same_world():
@@ -502,11 +509,16 @@ class Trainer:
     def policy(self, ts: TrainState, greedy: bool = False):
         """The population as a ``(key, state) -> actions`` policy for :func:`selfplay.simulate.rollout`
         (members and league snapshots in their agent slots; ``greedy``: most likely actions)."""
+        act = self.act_on(ts, greedy)
+        return lambda key, state: act(key, self.env.observe(state))
+
+    def act_on(self, ts: TrainState, greedy: bool = False):
+        """``(key, obs [n, D]) -> actions [n, ...]``: row ``i`` played by player ``i % (P + K)``
+        (``n`` a multiple of the players; cross-play gives each population its own rows)."""
         PL = self.num_players
         params_all = self._players_params(ts)
 
-        def act(key, state):
-            obs = self.env.observe(state)
+        def act(key, obs):
             logits, _ = population_apply(self.net, params_all, to_members(obs, PL))
             if greedy:
                 a = {k: jnp.argmax(v, -1).astype(jnp.int32) for k, v in logits.items()}

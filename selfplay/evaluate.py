@@ -1,0 +1,361 @@
+"""Held-out evaluation (``agora eval``) and cross-play.
+
+A trained population (a run directory's checkpoint), the scripted baseline and uniform
+random play each play the same ``K`` held-out worlds (seeds ``eval_seed_start + k``)
+with the same action keys (the ``evaluation`` stream, fixed), for ``T`` steps each; the
+measures are taken after a burn-in of ``B`` steps and averaged over worlds. Two
+evaluations of one checkpoint agree bit for bit.
+
+Metrics (the names :mod:`selfplay.study` and the reports use), per world then averaged:
+
+* ``utility``: mean utility per agent-step;
+* ``niche_shares`` ``[J+1]``: share of agent-steps in each niche (last: resting);
+* ``effective_niches``: ``exp`` of the entropy of work over the ``J`` niches (agent-steps
+  of working agents); ``active_niches``: niches with >= 1 % of that work;
+* ``member_niche_mi_bits``: mutual information between member and niche over work,
+  I(member; niche) in bits: 0 when every member works the same mix, ``log2 P`` at most;
+* ``project_per_agent_step``: public-project units paid in per agent-step;
+  ``project_stock``: mean project stock of a market;
+* ``gini``: Gini coefficient of wealth (money + holdings at the market's last prices)
+  at the end;
+* monopoly as whole-economy dominance: ``largest_output_share`` (units of work),
+  ``largest_wealth_share`` (at the end), ``largest_utility_share``: the largest learning
+  member's share of the whole economy's; ``largest_lineage_share``: the largest share of
+  the members descending from one founding member (PBT lineage);
+* ``kl_mean``, ``js_mean``, ``effective_policies``: policy diversity of the members on a
+  probe set of the evaluation's final observations (:mod:`analysis.diversity`).
+
+Baselines have no members: their member and lineage metrics (and diversity) are null.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import yaml
+
+from agents.networks import population_apply
+from agents.scripted import random_actions, scripted_actions
+from analysis.diversity import effective_policies, js_matrix, kl_matrix, mean_offdiag
+from analysis.niches import gini
+from analysis.population import wealth
+from economy import ConfigError, Economy
+from economy.streams import derive
+from selfplay.config import RunConfig, run_config_from_dict
+from selfplay.simulate import rollout
+
+METRICS = (
+    "utility", "niche_shares", "effective_niches", "active_niches", "member_niche_mi_bits", "project_per_agent_step",
+    "project_stock", "gini", "largest_output_share", "largest_wealth_share", "largest_utility_share",
+    "largest_lineage_share", "kl_mean", "js_mean", "effective_policies",
+)
+MEMBER_METRICS = (
+    "member_niche_mi_bits", "largest_output_share", "largest_wealth_share", "largest_utility_share",
+    "largest_lineage_share", "kl_mean", "js_mean", "effective_policies",
+)
+ACTIVE_SHARE = 0.01  # a niche with at least this share of work is active
+PROBE_STATES = 1024  # observations of the final states in the diversity probe set
+
+
+class NotARunError(ValueError):
+    """The directory is not a run directory of ``agora train`` (or has no checkpoint)."""
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    worlds: int = 8  # held-out worlds: seeds eval_seed_start + 0 .. worlds - 1
+    steps: int | None = None  # steps per world (default: economy.episode_length)
+    burn_in: int | None = None  # steps not measured at the start of each world (default: steps // 4)
+    greedy: bool = False  # the population plays its most likely actions
+
+    def resolved(self, cfg: RunConfig) -> "EvalSettings":
+        steps = self.steps or cfg.economy.episode_length
+        burn = steps // 4 if self.burn_in is None else self.burn_in
+        if self.worlds < 1:
+            raise ConfigError(f"--worlds={self.worlds}: at least one world")
+        if steps < 1 or not 0 <= burn < steps:
+            raise ConfigError(f"--burn-in={burn} must lie in [0, --steps={steps})")
+        return EvalSettings(self.worlds, steps, burn, self.greedy)
+
+
+def eval_keys(env: Economy, worlds: int) -> list[tuple[jax.Array, jax.Array]]:
+    """``(world key, action key)`` of each held-out evaluation world: the world is
+    ``env.world_key(k, evaluation=True)``, the actions the ``evaluation/k`` stream."""
+    root = derive(jax.random.key(0), "evaluation")
+    return [(env.world_key(k, evaluation=True), derive(root, k)) for k in range(worlds)]
+
+
+# ---- measuring one world ------------------------------------------------------------------
+def _step_sums(groups: np.ndarray, num_groups: int, J: int, scale: float):
+    """Per-step measures for :func:`selfplay.simulate.rollout`: sums per group (member,
+    side, or one group for a baseline)."""
+    g = jnp.asarray(groups)
+
+    def metrics(env, state, info, actions):
+        one = jax.nn.one_hot(g, num_groups, dtype=jnp.float32)  # [N, G]
+        niche = jax.nn.one_hot(actions["niche"], J + 1, dtype=jnp.float32)  # [N, J+1]
+        return {
+            "utility": one.T @ info["utility"],  # [G]
+            "work": one.T @ niche,  # [G, J+1] agent-steps per niche
+            "output": one.T @ info["units"].astype(jnp.float32),  # [G] units of work
+            "public": jnp.sum(info["collaboration"]) * scale,  # [] project units paid in
+            "project": jnp.mean(info["project"].astype(jnp.float32)),  # [] mean stock of a market
+        }
+
+    return metrics
+
+
+def _mi_bits(work: np.ndarray) -> float:
+    """I(member; niche) in bits of a ``[P, J]`` table of work counts."""
+    total = work.sum()
+    if total <= 0:
+        return 0.0
+    p = work / total
+    pm, pj = p.sum(1, keepdims=True), p.sum(0, keepdims=True)
+    nz = p > 0
+    return float(np.sum(p[nz] * np.log2(p[nz] / (pm @ pj)[nz])))
+
+
+def _largest_share(x: np.ndarray, members: int) -> float | None:
+    total = float(np.sum(x))
+    return float(np.max(x[:members]) / total) if total > 0 else None
+
+
+def world_metrics(sums: dict, final_wealth: np.ndarray, groups: np.ndarray, members: int, burn_in: int) -> dict:
+    """The metrics of one world from the per-step sums ``[T, ...]`` (steps from
+    ``burn_in`` on), the final wealth per agent and the agents' groups; member metrics
+    only when ``members`` > 0 (groups ``0 .. members-1`` are the learning members)."""
+    s = {k: np.asarray(v, np.float64)[burn_in:] for k, v in sums.items()}
+    steps, n = s["utility"].shape[0], groups.shape[0]
+    work = s["work"].sum(0)  # [G, J+1]
+    all_work = work.sum(0)
+    busy = all_work[:-1]
+    p = busy / busy.sum() if busy.sum() > 0 else np.zeros_like(busy)
+    nz = p > 0
+    out = {
+        "utility": float(s["utility"].sum() / (n * steps)),
+        "niche_shares": (all_work / all_work.sum()).tolist(),
+        "effective_niches": float(np.exp(-np.sum(p[nz] * np.log(p[nz])))) if nz.any() else 0.0,
+        "active_niches": int(np.sum(p >= ACTIVE_SHARE)),
+        "project_per_agent_step": float(s["public"].sum() / (n * steps)),
+        "project_stock": float(s["project"].mean()),
+        "gini": float(gini(jnp.asarray(final_wealth, jnp.float32))),
+    }
+    if members:
+        wealth_g = np.bincount(groups, weights=final_wealth, minlength=work.shape[0])
+        out.update(
+            member_niche_mi_bits=_mi_bits(work[:members, :-1]),
+            largest_output_share=_largest_share(s["output"].sum(0), members),
+            largest_wealth_share=_largest_share(wealth_g, members),
+            largest_utility_share=_largest_share(s["utility"].sum(0), members),
+        )
+    return out
+
+
+def mean_metrics(per_world: list[dict]) -> dict:
+    """Average each metric over worlds (element-wise for lists; null stays null)."""
+    out = {}
+    for k in per_world[0]:
+        vals = [w[k] for w in per_world]
+        out[k] = None if any(v is None for v in vals) else np.mean(np.asarray(vals, np.float64), 0).tolist()
+    return out
+
+
+def play(env: Economy, policy: Callable, groups: np.ndarray, num_groups: int, settings: EvalSettings, members: int,
+         probe: bool = False):
+    """Play every evaluation world with ``policy``; returns ``(per-world metrics, probe
+    observations or None)``. One compile per policy (``jax.jit`` of the whole rollout)."""
+    J = env.cfg.num_niches
+    run = jax.jit(functools.partial(
+        rollout, env, policy, steps=settings.steps,
+        metrics=_step_sums(groups, num_groups, J, env.cfg.collaboration_scale),
+    ))
+    reset = jax.jit(env.reset)
+    per_world, probes = [], []
+    for world, key in eval_keys(env, settings.worlds):
+        _, state = reset(world)
+        final, sums = run(key, state)
+        w = np.asarray(wealth(final.goods, final.money, final.price), np.float64)
+        per_world.append(world_metrics(jax.device_get(sums), w, groups, members, settings.burn_in))
+        if probe:
+            obs = np.asarray(env.observe(final))
+            stride = max(1, obs.shape[0] * settings.worlds // PROBE_STATES)
+            probes.append(obs[::stride])
+    return per_world, (np.concatenate(probes)[:PROBE_STATES] if probe else None)
+
+
+# ---- a trained population ---------------------------------------------------------------
+def load_run(run_dir: str | Path, update: int | None = None):
+    """``(cfg, trainer, state)`` of a run directory's latest (or ``update``) checkpoint."""
+    from selfplay.checkpoint import Checkpoints
+    from selfplay.train import Trainer
+
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
+    if not path.is_file() or not (run_dir / "checkpoints").is_dir():
+        raise NotARunError(f"{run_dir} is not a run directory of agora train (needs config.yaml and checkpoints/)")
+    cfg = run_config_from_dict(yaml.safe_load(path.read_text()))
+    trainer = Trainer(cfg)
+    ckpt = Checkpoints(run_dir / "checkpoints", keep=10**6)
+    try:
+        if ckpt.latest() is None:
+            raise NotARunError(f"{run_dir} has no checkpoint yet")
+        ts = ckpt.restore(trainer.init(jax.random.key(cfg.train.seed)), step=update)
+    finally:
+        ckpt.close()
+    return cfg, trainer, ts
+
+
+def _diversity(trainer, ts, probe: np.ndarray) -> dict:
+    P = trainer.num_members
+    obs = jnp.broadcast_to(jnp.asarray(probe), (P,) + probe.shape)
+    logits, _ = jax.jit(lambda p, o: population_apply(trainer.net, p, o))(ts.params, obs)
+    kl, js = kl_matrix(logits), js_matrix(logits)
+    return {
+        "kl_mean": float(mean_offdiag(kl)),
+        "js_mean": float(mean_offdiag(js)),
+        "effective_policies": float(effective_policies(js)),
+    }
+
+
+def evaluate_population(cfg: RunConfig, trainer, ts, settings: EvalSettings) -> dict:
+    """The trained population's metrics on the evaluation worlds."""
+    env = trainer.env
+    n, PL, P = env.cfg.num_agents, trainer.num_players, trainer.num_members
+    groups = np.arange(n) % PL
+    per_world, probe = play(env, trainer.policy(ts, greedy=settings.greedy), groups, PL, settings, P, probe=True)
+    out = mean_metrics(per_world)
+    founders = np.asarray(jax.device_get(ts.pbt.founder))
+    out["largest_lineage_share"] = float(np.bincount(founders, minlength=P).max() / P)
+    out.update(_diversity(trainer, ts, probe))
+    return {k: out.get(k) for k in METRICS}
+
+
+def evaluate_baseline(env: Economy, name: str, settings: EvalSettings) -> dict:
+    """``scripted`` or ``random`` play on the evaluation worlds (member metrics null)."""
+    policy = {"scripted": functools.partial(scripted_actions, env), "random": functools.partial(random_actions, env)}[name]
+    per_world, _ = play(env, policy, np.zeros(env.cfg.num_agents, np.int64), 1, settings, 0)
+    out = mean_metrics(per_world)
+    return {k: out.get(k) for k in METRICS}
+
+
+def evaluate_run(run_dir: str | Path, settings: EvalSettings = EvalSettings(), update: int | None = None,
+                 baselines: bool = True, write: bool = True) -> dict:
+    """``agora eval``: the run's population and (``baselines``) the scripted and random
+    baselines on the same worlds; writes ``RUN_DIR/eval.json`` when ``write``."""
+    cfg, trainer, ts = load_run(run_dir, update)
+    s = settings.resolved(cfg)
+    policies = {"trained": evaluate_population(cfg, trainer, ts, s)}
+    if baselines:
+        for name in ("scripted", "random"):
+            policies[name] = evaluate_baseline(trainer.env, name, s)
+    result = {"policies": policies, "worlds": s.worlds, "steps": s.steps, "burn_in": s.burn_in, "greedy": s.greedy,
+              "update": int(ts.update)}
+    if write:
+        path = Path(run_dir) / "eval.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(path)
+    return result
+
+
+# ---- cross-play -------------------------------------------------------------------------
+def _economy_diff(a: RunConfig, b: RunConfig) -> list[str]:
+    from selfplay.run import _diff
+
+    return _diff(a.economy.model_dump(mode="json"), b.economy.model_dump(mode="json"), "economy.")
+
+
+def crossplay(run_a: str | Path, against: str, settings: EvalSettings = EvalSettings()) -> dict:
+    """Population A in the even agent slots, B (a run directory, or ``scripted``) in the
+    odd ones, on the evaluation worlds: each side's utility, niche shares and share of
+    output (units of work). Raises :class:`ConfigError` naming the economy keys that
+    differ between the two runs."""
+    cfg_a, trainer_a, ts_a = load_run(run_a)
+    env = trainer_a.env
+    s = settings.resolved(cfg_a)
+    act_a = trainer_a.act_on(ts_a, greedy=s.greedy)
+    n = env.cfg.num_agents
+    if against == "scripted":
+        scripted = functools.partial(scripted_actions, env)
+        act_b = None
+    else:
+        cfg_b, trainer_b, ts_b = load_run(against)
+        diff = _economy_diff(cfg_a, cfg_b)
+        if diff:
+            raise ConfigError(f"cross-play needs one economy: {run_a} and {against} differ in {', '.join(diff)}")
+        act_b = trainer_b.act_on(ts_b, greedy=s.greedy)
+        if (n // 2) % trainer_b.num_players:
+            raise ConfigError(f"cross-play: {against}'s {trainer_b.num_players} players must divide {n // 2} agents")
+    if (n // 2) % trainer_a.num_players:
+        raise ConfigError(f"cross-play: {run_a}'s {trainer_a.num_players} players must divide {n // 2} agents")
+    side = np.arange(n) % 2
+
+    def policy(key, state):
+        # Each side's agents (every other slot, so both meet in every market) are spread over
+        # all of that population's players, as in its own training.
+        ka, kb = derive(key, "a"), derive(key, "b")
+        obs = env.observe(state)
+        a = act_a(ka, obs[0::2])
+        b = act_b(kb, obs[1::2]) if act_b is not None else {k: v[1::2] for k, v in scripted(kb, state).items()}
+        return {k: jnp.stack([a[k], b[k]], 1).reshape((n,) + a[k].shape[1:]) for k in a}
+
+    J = env.cfg.num_niches
+    per_side = {0: [], 1: []}
+    run = jax.jit(functools.partial(rollout, env, policy, steps=s.steps,
+                                    metrics=_step_sums(side, 2, J, env.cfg.collaboration_scale)))
+    for world, key in eval_keys(env, s.worlds):
+        _, state = jax.jit(env.reset)(world)
+        _, sums = run(key, state)
+        sums = {k: np.asarray(v, np.float64)[s.burn_in:] for k, v in jax.device_get(sums).items()}
+        out_total = sums["output"].sum()
+        for g in (0, 1):
+            work = sums["work"][:, g].sum(0)
+            per_step = sums["utility"][:, g] / (side == g).sum()
+            per_side[g].append({
+                "utility": float(per_step.mean()),
+                "utility_steps": per_step.tolist(),  # mean utility of the side's agents at each measured step
+                "niche_shares": (work / work.sum()).tolist(),
+                "output_share": float(sums["output"][:, g].sum() / out_total) if out_total > 0 else None,
+            })
+    names = {0: str(run_a), 1: str(against)}
+    return {"sides": {names[g]: mean_metrics(per_side[g]) for g in (0, 1)}, "worlds": s.worlds, "steps": s.steps,
+            "burn_in": s.burn_in, "niche_names": list(env.cfg.niche_names) + ["rest"]}
+
+
+# ---- printing -----------------------------------------------------------------------------
+def format_eval_table(result: dict, niche_names: list[str] | None = None) -> str:
+    """A fixed-width table: one row per metric, one column per policy."""
+    pols = list(result["policies"])
+    rows = []
+    for k in METRICS:
+        cells = []
+        for p in pols:
+            v = result["policies"][p].get(k)
+            if v is None:
+                cells.append("—")
+            elif isinstance(v, list):
+                cells.append(" ".join(f"{x:.2f}" for x in v))
+            else:
+                cells.append(f"{v:.4g}")
+        rows.append([k, *cells])
+    header = ["metric", *pols]
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    text = [line(header)] + [line(r) for r in rows]
+    if niche_names:
+        text.append("niche_shares order: " + ", ".join(niche_names))
+    return "\n".join(text)
+
+
+__all__ = [
+    "EvalSettings", "METRICS", "MEMBER_METRICS", "NotARunError", "crossplay", "eval_keys", "evaluate_baseline",
+    "evaluate_population", "evaluate_run", "format_eval_table", "load_run", "mean_metrics", "play", "world_metrics",
+]

@@ -1,0 +1,323 @@
+"""``agora study STUDY.yaml``: conditions x seeds, trained, evaluated on the same held-out
+worlds, aggregated to a mean and a 95 % interval per metric.
+
+A study file::
+
+    name: smoke                      # default: the file's stem
+    config: ../tiny.yaml             # the base run config (relative to the study file)
+    overrides: [train.updates=10]    # applied to every run
+    conditions:                      # each: a name and its own overrides
+      - {name: spec_on,  overrides: ["train.variants.rewards.specialisation=[0.2, 0.2]"]}
+      - {name: spec_off, overrides: []}
+    seeds: 2                         # a count (seeds 0..n-1) or a list of seeds (train.seed)
+    eval: {worlds: 2, steps: 50}     # agora eval's settings (burn_in, greedy too)
+    study_dir: runs/studies/{name}   # default
+
+Every condition x seed is its own run directory (``STUDY_DIR/runs/CONDITION/seed_S``:
+config, checkpoints, metrics, ``eval.json``), trained by ``agora train``'s loop, so a
+killed study resumes where it stopped and finished runs are skipped. The runs are
+independent: ``--shard I/N`` (or a Slurm job array) trains every N-th of them, and
+``--aggregate`` writes the results from whatever runs are complete. The scripted and
+random baselines play the same worlds with the same keys (``STUDY_DIR/baselines.json``).
+
+Outputs: ``results.json`` (per condition: overrides, per-seed metrics, mean, ``ci95`` =
+Student's t interval of the mean over seeds; baselines; missing runs), ``results.md``
+and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from economy import ConfigError, load_yaml
+from economy.config import format_validation_error
+from selfplay.config import RunConfig, load_run_config
+from selfplay.evaluate import METRICS, EvalSettings
+
+CI_METHOD = "Student's t, 95 %, over seeds"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ConditionConfig(_Frozen):
+    name: str
+    overrides: tuple[str, ...] = ()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        if not v or not all(c.isalnum() or c in "-_." for c in v):
+            raise ValueError(f"condition name {v!r} must be non-empty letters, digits, '-', '_' or '.' (it names a folder)")
+        return v
+
+
+class StudyEvalConfig(_Frozen):
+    worlds: int = Field(8, ge=1)
+    steps: int | None = Field(None, ge=1)
+    burn_in: int | None = Field(None, ge=0)
+    greedy: bool = False
+
+
+class StudyConfig(_Frozen):
+    name: str | None = None
+    config: str  # the base run config, relative to the study file
+    overrides: tuple[str, ...] = ()
+    conditions: tuple[ConditionConfig, ...] = Field(min_length=1)
+    seeds: int | tuple[int, ...]
+    eval: StudyEvalConfig = StudyEvalConfig()
+    study_dir: str = "runs/studies/{name}"
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v):
+        if isinstance(v, int):
+            if v < 1:
+                raise ValueError(f"seeds={v}: at least one seed")
+        else:
+            if not v:
+                raise ValueError("seeds=[]: at least one seed")
+            if any(s < 0 for s in v) or len(set(v)) != len(v):
+                raise ValueError(f"seeds={list(v)}: seeds must be distinct non-negative integers")
+        return v
+
+    @model_validator(mode="after")
+    def _unique(self):
+        names = [c.name for c in self.conditions]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"conditions: duplicate names {dupes}")
+        return self
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+
+@dataclass(frozen=True)
+class Run:
+    condition: str
+    seed: int
+    cfg: RunConfig
+    run_dir: Path
+
+
+@dataclass
+class Study:
+    cfg: StudyConfig
+    name: str
+    base: Path
+    study_dir: Path
+    runs: list[Run]
+    settings: EvalSettings
+
+    def run_dir(self, condition: str, seed: int) -> Path:
+        return self.study_dir / "runs" / condition / f"seed_{seed}"
+
+
+def load_study(path: str | Path, study_dir: str | Path | None = None) -> Study:
+    """Validate a study file and every run config it implies (before anything trains).
+    Raises :class:`ConfigError` naming the problem."""
+    path = Path(path)
+    data = load_yaml(path)
+    try:
+        cfg = StudyConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, data, prefix="").replace("invalid config", f"invalid study file {path}")) from None
+    base = (path.parent / cfg.config).resolve() if not Path(cfg.config).is_absolute() else Path(cfg.config)
+    if not base.is_file():
+        raise ConfigError(f"{path}: config={cfg.config!r}: run config not found ({base})")
+    name = cfg.name or path.stem
+    sdir = Path(study_dir) if study_dir is not None else Path(cfg.study_dir.format(name=name))
+    runs, problems = [], []
+    for c in cfg.conditions:
+        for seed in cfg.seed_list:
+            try:
+                rc = load_run_config(base, [*cfg.overrides, *c.overrides, f"train.seed={seed}"])
+            except ConfigError as e:
+                problems.append(f"conditions.{c.name} (seed {seed}): {e}")
+                break
+            runs.append(Run(c.name, seed, rc, sdir / "runs" / c.name / f"seed_{seed}"))
+    if problems:
+        raise ConfigError(f"invalid study file {path}:\n  " + "\n  ".join(problems))
+    e = cfg.eval
+    settings = EvalSettings(e.worlds, e.steps, e.burn_in, e.greedy).resolved(runs[0].cfg)
+    return Study(cfg, name, base, sdir, runs, settings)
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"I/N"`` (1-based) -> ``(I, N)``; None: no shard. Without ``text``, a Slurm job
+    array (``SLURM_ARRAY_TASK_ID``, ``SLURM_ARRAY_TASK_MIN``, ``SLURM_ARRAY_TASK_COUNT``)."""
+    if text is None:
+        count = os.environ.get("SLURM_ARRAY_TASK_COUNT")
+        if not count:
+            return None
+        task = int(os.environ["SLURM_ARRAY_TASK_ID"]) - int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+        return task + 1, int(count)
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard={text!r}: expected I/N, e.g. 1/4") from None
+    if not (n >= 1 and 1 <= i <= n):
+        raise ConfigError(f"--shard={text!r}: I must lie in 1..N")
+    return i, n
+
+
+def _eval_matches(run: Run, settings: EvalSettings) -> bool:
+    path = run.run_dir / "eval.json"
+    if not path.is_file():
+        return False
+    try:
+        e = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return False
+    want = {"worlds": settings.worlds, "steps": settings.steps, "burn_in": settings.burn_in, "greedy": settings.greedy}
+    return e.get("update") == run.cfg.train.updates and all(e.get(k) == v for k, v in want.items())
+
+
+def complete(run: Run, settings: EvalSettings) -> bool:
+    """Trained to its last update and evaluated with the study's settings."""
+    return _eval_matches(run, settings)
+
+
+def _done_updates(run: Run) -> int:
+    ck = run.run_dir / "checkpoints"
+    steps = [int(p.name) for p in ck.glob("*") if p.name.isdigit()] if ck.is_dir() else []
+    return max(steps, default=0)
+
+
+def run_study(study: Study, shard: tuple[int, int] | None = None, progress: bool = True, log=print) -> list[Run]:
+    """Train and evaluate this process's share of the runs (all without ``shard``), skipping
+    complete ones; returns the runs it trained or evaluated."""
+    from tqdm import tqdm
+
+    from selfplay.evaluate import evaluate_run
+    from selfplay.run import train_run
+
+    mine = study.runs if shard is None else study.runs[shard[0] - 1 :: shard[1]]
+    todo = [r for r in mine if not complete(r, study.settings)]
+    total = sum(r.cfg.train.updates for r in mine)
+    done = sum(r.cfg.train.updates for r in mine if r not in todo) + sum(min(_done_updates(r), r.cfg.train.updates) for r in todo)
+    log(f"agora study {study.name}: {len(study.runs)} runs ({len(study.cfg.conditions)} conditions x "
+        f"{len(study.cfg.seed_list)} seeds); this process: {len(mine)}, {len(mine) - len(todo)} complete")
+    bar = tqdm(total=total, initial=done, disable=not progress, unit="upd", dynamic_ncols=True)
+    try:
+        for r in todo:
+            bar.set_description(f"{r.condition}/seed {r.seed}")
+            if _done_updates(r) < r.cfg.train.updates:
+                train_run(r.cfg, r.run_dir, resume=True, progress=False, on_update=lambda u, m: bar.update(1))
+            evaluate_run(r.run_dir, study.settings, baselines=False)
+    finally:
+        bar.close()
+    return todo
+
+
+def baselines(study: Study) -> dict:
+    """The scripted and random baselines on the study's evaluation worlds (cached in
+    ``STUDY_DIR/baselines.json`` with the settings they were measured with)."""
+    from economy import Economy
+    from selfplay.evaluate import evaluate_baseline
+
+    path = study.study_dir / "baselines.json"
+    s = study.settings
+    want = {"worlds": s.worlds, "steps": s.steps, "burn_in": s.burn_in}
+    economy = study.runs[0].cfg.economy.model_dump(mode="json")
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("settings") == want and cached.get("economy") == economy:
+            return cached["policies"]
+    env = Economy(study.runs[0].cfg.economy)
+    policies = {name: evaluate_baseline(env, name, s) for name in ("scripted", "random")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"settings": want, "economy": economy, "policies": policies}, indent=1))
+    tmp.replace(path)
+    return policies
+
+
+def mean_ci(values: list[Any]) -> tuple[Any, Any]:
+    """Mean over seeds and Student's t 95 % interval of the mean (element-wise for lists;
+    null with a null value or, for the interval, fewer than two seeds)."""
+    from scipy import stats
+
+    if any(v is None for v in values):
+        return None, None
+    x = np.asarray(values, np.float64)
+    mean = x.mean(0)
+    if len(values) < 2:
+        return mean.tolist(), None
+    half = stats.t.ppf(0.975, len(values) - 1) * x.std(0, ddof=1) / math.sqrt(len(values))
+    ci = np.stack([mean - half, mean + half], -1)
+    return mean.tolist(), ci.tolist()
+
+
+def aggregate(study: Study) -> dict:
+    """``results.json``, ``results.md`` and ``report.html`` from the complete runs."""
+    conditions, missing = {}, []
+    for c in study.cfg.conditions:
+        seeds, dirs = {}, {}
+        for r in (r for r in study.runs if r.condition == c.name):
+            if not complete(r, study.settings):
+                missing.append(str(r.run_dir.relative_to(study.study_dir)))
+                continue
+            seeds[str(r.seed)] = json.loads((r.run_dir / "eval.json").read_text())["policies"]["trained"]
+            dirs[str(r.seed)] = str(r.run_dir.relative_to(study.study_dir))
+        mean, ci = {}, {}
+        for k in METRICS:
+            if seeds:
+                mean[k], ci[k] = mean_ci([m.get(k) for m in seeds.values()])
+            else:
+                mean[k], ci[k] = None, None
+        conditions[c.name] = {"overrides": [*study.cfg.overrides, *c.overrides], "seeds": seeds, "run_dirs": dirs,
+                              "mean": mean, "ci95": ci}
+    s = study.settings
+    cfg0 = study.runs[0].cfg
+    results = {
+        "study": study.name,
+        "base": str(study.cfg.config),
+        "metrics": list(METRICS),
+        "niche_names": [*cfg0.economy.niche_names, "rest"],
+        "ci_method": CI_METHOD,
+        "eval": {"worlds": s.worlds, "steps": s.steps, "burn_in": s.burn_in, "greedy": s.greedy},
+        "conditions": conditions,
+        "baselines": baselines(study),
+        "missing": missing,
+    }
+    study.study_dir.mkdir(parents=True, exist_ok=True)
+    _write(study.study_dir / "results.json", json.dumps(results, indent=1))
+    from analysis.study_report import format_results_md, write_study_report
+
+    _write(study.study_dir / "results.md", format_results_md(results))
+    write_study_report(study.study_dir)
+    return results
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def enable_compile_cache(study_dir: Path) -> None:
+    """Share compiled programs between the runs of a study (and its shards): one update
+    program serves every seed and every condition that only changes drawn values."""
+    import jax
+
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(study_dir / ".jax_cache"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
+
+
+__all__ = [
+    "CI_METHOD", "ConditionConfig", "Run", "Study", "StudyConfig", "aggregate", "baselines", "complete",
+    "enable_compile_cache", "load_study", "mean_ci", "parse_shard", "run_study",
+]
