@@ -223,7 +223,7 @@ def test_world_metrics_on_a_hand_case():
     from selfplay.evaluate import world_metrics
 
     groups = np.asarray([0, 1, 2, 3, 0, 1, 2, 3])  # 4 players, members 0..2
-    T, G, J = 3, 4, 2
+    T = 3
     sums = {
         "utility": np.tile([4.0, 2.0, 1.0, 1.0], (T, 1)),  # per group per step
         "work": np.tile(np.asarray([[2, 0, 0], [2, 0, 0], [0, 2, 0], [0, 1, 1]], float), (T, 1, 1)),
