@@ -360,6 +360,7 @@ def _overview(c: _Context, figs: _Figures) -> str:
     at = f" (analysis at update {a['update']})" if "update" in a else ""
     out += f"<h3>Final numbers{_e(at)}</h3>" + _table(["quantity", "value"], finals)
     out += _members_table(c)
+    out += _eval_table(c)
     if not c.analysis:
         out += _missing_analysis()
     if not c.metrics:
@@ -373,6 +374,28 @@ def _overview(c: _Context, figs: _Figures) -> str:
         out += figs.img("PBT fitness per member", lambda: plots.series_figure(
             s[0], s[1], "PBT fitness per member", "fitness"))
     return out
+
+
+def _eval_table(c: _Context) -> str:
+    """``agora eval``'s numbers (RUN_DIR/eval.json), when the run has been evaluated: one
+    column per policy, one row per metric (the names of eval.json and results.json)."""
+    path = c.run_dir / "eval.json"
+    try:
+        e = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        e = None
+    if not isinstance(e, dict) or not isinstance(e.get("policies"), dict):
+        return ""
+    pols = list(e["policies"])
+    rows = []
+    for k in next(iter(e["policies"].values()), {}):
+        vals = [e["policies"][p].get(k) for p in pols]
+        if any(isinstance(v, list) for v in vals):
+            continue
+        rows.append([k, *[_fmt(v, 4) for v in vals]])
+    head = (f"<h3>Held-out evaluation (agora eval: update {_fmt(e.get('update'))}, {_fmt(e.get('worlds'))} worlds x "
+            f"{_fmt(e.get('steps'))} steps, burn-in {_fmt(e.get('burn_in'))})</h3>")
+    return head + _table(["metric", *pols], rows)
 
 
 def _members_table(c: _Context) -> str:

@@ -157,6 +157,10 @@ def test_eval_is_deterministic_and_writes_eval_json(smoke, capsys):
     assert 0 <= t["member_niche_mi_bits"] <= 2 and 1 <= t["effective_policies"] <= 4
     assert 0.25 <= t["largest_lineage_share"] <= 1 and 0.25 - 1e-9 <= t["largest_output_share"] <= 1
     assert e["policies"]["scripted"]["kl_mean"] is None
+    # The run report shows the evaluation under the same metric names.
+    assert main(["report", str(run)]) == EXIT_OK
+    html = (run / "report.html").read_text()
+    assert "Held-out evaluation" in html and "member_niche_mi_bits" in html and "largest_lineage_share" in html
 
 
 def test_scripted_baseline_equals_simulate_on_the_same_world_and_key(smoke):
