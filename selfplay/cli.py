@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--greedy", action="store_true", help="the population plays its most likely actions")
     ev.add_argument("--against", help="cross-play: another run directory (or 'scripted') in the odd agent slots")
 
-    st = sub.add_parser("study", help="conditions x seeds: train, evaluate on held-out worlds, aggregate with 95 % intervals")
+    st = sub.add_parser("study", help="conditions x seeds: train, evaluate on held-out worlds, aggregate with 95 %% intervals")
     st.add_argument("study", help="study file (e.g. configs/studies/smoke.yaml)")
     st.add_argument("--study-dir", help="study directory (default: the file's study_dir, {name} = its name)")
     st.add_argument("--shard", help="I/N: run only every N-th run starting at the I-th (1-based); "

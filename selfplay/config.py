@@ -165,6 +165,9 @@ class PBTConfig(_Frozen):
     # "hyperparameters" and/or "reward_weights". Reward weights stay with their slot by
     # default: they are the experimental condition.
     inherit: tuple[Literal["hyperparameters", "reward_weights"], ...] = ("hyperparameters",)
+    # Diversity-preserving selection: a copy that would give one founder's lineage more than
+    # this share of the member slots is skipped (1.0: no cap).
+    max_lineage_share: float = Field(1.0, gt=0.0, le=1.0)
 
     @field_validator("fitness")
     @classmethod

@@ -74,11 +74,17 @@ def update_fitness(previous: jax.Array, now: jax.Array, first: jax.Array, ema: f
     return jnp.where(first, now, (1.0 - ema) * previous + ema * now)
 
 
-def pbt_sources(fitness: jax.Array, fraction: float) -> jax.Array:
+def pbt_sources(fitness: jax.Array, fraction: float, founder: jax.Array | None = None,
+                max_lineage_share: float = 1.0) -> jax.Array:
     """int32 ``[P]``: the member each slot copies. The bottom ``k = floor(P * fraction)``
     copy the top ``k`` (worst from best, second worst from second best, ...), but only from
     a strictly fitter member: ties (e.g. equal ``market_welfare``) copy nobody. Everyone
-    else keeps itself."""
+    else keeps itself.
+
+    Diversity-preserving selection: with ``founder`` (int32 ``[P]``, the founding member
+    each slot descends from) and ``max_lineage_share < 1``, a copy is skipped when it would
+    give the source's lineage more than ``max(1, floor(max_lineage_share * P))`` slots, so
+    no founder's descendants take over the population."""
     p = fitness.shape[0]
     k = int(p * fraction)
     own = jnp.arange(p, dtype=jnp.int32)
@@ -86,8 +92,23 @@ def pbt_sources(fitness: jax.Array, fraction: float) -> jax.Array:
         return own
     order = jnp.argsort(fitness, stable=True).astype(jnp.int32)  # ascending
     bottom, top = order[:k], order[::-1][:k]
-    src = jnp.where(fitness[top] > fitness[bottom], top, bottom)
-    return own.at[bottom].set(src)
+    better = fitness[top] > fitness[bottom]
+    if founder is None or max_lineage_share >= 1.0:
+        return own.at[bottom].set(jnp.where(better, top, bottom))
+    cap = max(1, int(max_lineage_share * p))
+    counts = jnp.zeros((p,), jnp.int32).at[founder].add(1)
+
+    def copy(i, carry):  # pair i: bottom[i] copies top[i] if its lineage stays within the cap
+        src, counts = carry
+        c, s = bottom[i], top[i]
+        fc, fs = founder[c], founder[s]
+        after = counts[fs] + 1 - (fc == fs).astype(jnp.int32)
+        ok = better[i] & (after <= cap)
+        counts = jnp.where(ok, counts.at[fc].add(-1).at[fs].add(1), counts)
+        return jnp.where(ok, src.at[c].set(s), src), counts
+
+    src, _ = jax.lax.fori_loop(0, k, copy, (own, counts))
+    return src
 
 
 class PBTState(NamedTuple):

@@ -137,21 +137,53 @@ def weighted_reward(components: dict[str, jax.Array], weights: dict[str, jax.Arr
 
 
 # ---- built-in components -----------------------------------------------------------------
+PMI_PSEUDOCOUNT = 1.0  # agent-steps added to every (member, niche) count before taking logs
+
+
+def niche_pmi_table(niche: jax.Array, num_niches: int, pseudocount: float = PMI_PSEUDOCOUNT) -> jax.Array:
+    """float32 ``[P, J+1]``: ``log pi_p(j) - log pibar(j)`` for each member ``p`` and niche
+    ``j`` (0 for resting, column ``J``), from the niches ``[T, P, n]`` its agents worked in
+    a rollout. ``pi_p(j) = (c_pj + a) / (c_p + a J)`` is member ``p``'s share of its working
+    agent-steps in niche ``j`` and ``pibar(j) = (c_j + P a) / (c + P a J)`` the population's
+    (``a``: ``pseudocount``), so identical members give 0 exactly."""
+    J = num_niches
+    P = niche.shape[1]
+    counts = jnp.sum(jax.nn.one_hot(niche, J + 1, dtype=jnp.float32), (0, 2))[:, :J]  # [P, J]
+    a = pseudocount
+    pm = (counts + a) / (jnp.sum(counts, -1, keepdims=True) + a * J)
+    tot = jnp.sum(counts, 0)
+    pbar = (tot + P * a) / (jnp.sum(tot) + P * a * J)
+    table = jnp.log(pm) - jnp.log(pbar)[None, :]
+    return jnp.concatenate([table, jnp.zeros((P, 1), jnp.float32)], -1)
+
+
+def niche_pmi(r: RolloutData) -> jax.Array:
+    """Member-level specialisation: an agent of member ``p`` working niche ``j`` is paid the
+    pointwise mutual information ``log pi_p(j) - log pibar(j)`` of this rollout
+    (:func:`niche_pmi_table`); resting pays 0. Its mean over a member's working agent-steps
+    is KL(pi_p || pibar) and its population mean is I(member; niche) (nats), as in DIAYN:
+    a member is paid for working niches the rest of the population does not."""
+    table = niche_pmi_table(r.niche, r.num_niches)
+    P = r.niche.shape[1]
+    return table[jnp.arange(P)[None, :, None], r.niche]
+
+
 register_component(
     "utility", lambda s: s.info["utility"], default=(1.0, 1.0),
     doc="log Cobb-Douglas utility of the basket eaten this step (the economy's own reward)",
 )
 register_component(
-    "specialisation", lambda s: s.info["specialisation"],
+    "persistence", lambda s: s.info["specialisation"],
     doc="per agent: the agent's recent history in the niche it works now (sticking to a niche pays); 0 when resting",
 )
 register_component(
     "collaboration", lambda s: s.info["collaboration"],
     doc="public-project units this agent produced, / economy.collaboration_scale",
 )
+register_component("specialisation", niche_pmi, level="member", doc=niche_pmi.__doc__)
 
 
 __all__ = [
     "REWARD_COMPONENTS", "RewardComponent", "RolloutData", "StepData", "agent_components", "component_names",
-    "member_components", "register_component", "unregister_component", "weighted_reward",
+    "member_components", "niche_pmi", "niche_pmi_table", "register_component", "unregister_component", "weighted_reward",
 ]

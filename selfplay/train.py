@@ -426,7 +426,10 @@ class Trainer:
             pbt=ts.pbt._replace(fitness=fitness), update=u,
         )
         do_pbt = jnp.asarray(t.pbt.enabled and P > 1) & (u % t.pbt.interval == 0)
-        src = jnp.where(do_pbt, pop.pbt_sources(fitness, t.pbt.fraction), jnp.arange(P, dtype=jnp.int32))
+        src = jnp.where(
+            do_pbt, pop.pbt_sources(fitness, t.pbt.fraction, ts.pbt.founder, t.pbt.max_lineage_share),
+            jnp.arange(P, dtype=jnp.int32),
+        )
         ts = jax.lax.cond(do_pbt, lambda s: self._exploit_explore(s, src, keys["pbt"]), lambda s: s, ts)
         if t.league.size:
             do_league = u % t.league.refresh_every == 0

@@ -1,0 +1,85 @@
+"""The reward-component registry and the member-level specialisation component (pointwise
+mutual information between member and niche) against closed forms."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from selfplay import rewards
+from selfplay.rewards import PMI_PSEUDOCOUNT, RolloutData, niche_pmi, niche_pmi_table
+
+J = 4  # niches; index J is resting
+
+
+def _rollout(niche: np.ndarray) -> RolloutData:
+    niche = jnp.asarray(niche, jnp.int32)
+    return RolloutData(niche=niche, units=jnp.ones_like(niche), agent={}, num_niches=J)
+
+
+def test_identical_members_are_paid_nothing():
+    rng = np.random.default_rng(0)
+    one = rng.integers(0, J + 1, (8, 1, 10))  # one member's [T, 1, n] niches
+    r = np.asarray(niche_pmi(_rollout(np.repeat(one, 3, axis=1))))  # three identical members
+    np.testing.assert_allclose(r, 0.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("P", [2, 4])
+def test_members_each_in_their_own_niche_are_paid_log_p(P):
+    """Member p works niche p only: every agent-step pays log(pi_p(p) / pibar(p)), which is
+    log P up to the pseudo-count (the closed form with it, and log P as counts grow)."""
+    T, n = 16, 32
+    niche = np.broadcast_to(np.arange(P)[None, :, None], (T, P, n))
+    r = np.asarray(niche_pmi(_rollout(niche)))
+    c, a = T * n, PMI_PSEUDOCOUNT
+    want = math.log((c + a) / (c + a * J)) - math.log((c + P * a) / (P * c + P * a * J))
+    np.testing.assert_allclose(r, want, rtol=1e-5)
+    assert abs(want - math.log(P)) < 0.01
+    # The population mean is I(member; niche) in nats: log P here.
+    assert float(r.mean()) == pytest.approx(want, rel=1e-5)
+
+
+def test_resting_pays_nothing_and_mean_is_kl():
+    rng = np.random.default_rng(1)
+    niche = rng.integers(0, J + 1, (12, 3, 20))
+    r = np.asarray(niche_pmi(_rollout(niche)))
+    assert (r[niche == J] == 0).all()
+    table = np.asarray(niche_pmi_table(jnp.asarray(niche), J))
+    # Mean over a member's working agent-steps = KL(pi_p || pibar) of the smoothed shares.
+    for p in range(3):
+        counts = np.bincount(niche[:, p].ravel(), minlength=J + 1)[:J].astype(float)
+        work = niche[:, p] < J
+        kl_emp = r[:, p][work].mean()
+        assert kl_emp == pytest.approx(float((counts / counts.sum() * table[p, :J]).sum()), rel=1e-5)
+
+
+def test_moving_toward_an_unoccupied_niche_is_paid_more():
+    """Members 1..3 all work niche 0; member 0 splits between niche 0 and niche 3, which
+    nobody else works. Its agents in niche 3 are paid more than those in niche 0, and the
+    more of member 0's work moves to niche 3, the more member 0 is paid in total."""
+    T, n = 10, 40
+
+    def member0_total(k):  # k of member 0's n agents work niche 3
+        niche = np.zeros((T, 4, n), np.int64)
+        niche[:, 0, :k] = 3
+        r = np.asarray(niche_pmi(_rollout(niche)))
+        assert r[0, 0, 0] > r[0, 0, -1]  # in niche 3 vs in niche 0
+        return float(r[:, 0].sum())
+
+    totals = [member0_total(k) for k in (5, 10, 20, 30)]
+    assert all(b > a for a, b in zip(totals, totals[1:])), totals
+
+
+def test_registry_rejects_bad_entries():
+    with pytest.raises(ValueError, match="already registered"):
+        rewards.register_component("utility", lambda s: s.info["utility"])
+    with pytest.raises(ValueError, match="identifier"):
+        rewards.register_component("not a name", lambda s: 0.0)
+    with pytest.raises(ValueError, match="level"):
+        rewards.register_component("x", lambda s: 0.0, level="market")
+    assert rewards.component_names()[-1] == "specialisation"  # member-level after agent-level
+    assert rewards.REWARD_COMPONENTS["specialisation"].level == "member"
