@@ -212,7 +212,10 @@ def _eval(args) -> int:
             out.write_text(json.dumps(result, indent=1))
             for side, m in result["sides"].items():
                 shares = " ".join(f"{n}={x:.2f}" for n, x in zip(result["niche_names"], m["niche_shares"]))
+                per = " ".join(f"{n}={'-' if x is None else f'{x:.3f}'}"
+                               for n, x in zip(result["niche_names"], m["utility_by_niche"]))
                 print(f"{side}: utility {m['utility']:.4f}, output share {m['output_share']:.3f}; niches {shares}")
+                print(f"  utility per agent-step by niche worked: {per}")
         else:
             result = evaluate_run(args.run_dir, settings, update=args.update)
             out = Path(args.run_dir) / "eval.json"

@@ -104,6 +104,7 @@ def _step_sums(groups: np.ndarray, num_groups: int, J: int, scale: float):
         return {
             "utility": one.T @ info["utility"],  # [G]
             "work": one.T @ niche,  # [G, J+1] agent-steps per niche
+            "niche_utility": one.T @ (niche * info["utility"][:, None]),  # [G, J+1] utility of agents by niche worked
             "output": one.T @ info["units"].astype(jnp.float32),  # [G] units of work
             "public": jnp.sum(info["collaboration"]) * scale,  # [] project units paid in
             "project": jnp.mean(info["project"].astype(jnp.float32)),  # [] mean stock of a market
@@ -160,11 +161,16 @@ def world_metrics(sums: dict, final_wealth: np.ndarray, groups: np.ndarray, memb
 
 
 def mean_metrics(per_world: list[dict]) -> dict:
-    """Average each metric over worlds (element-wise for lists; null stays null)."""
+    """Average each metric over worlds (element-wise for lists, over the worlds where an
+    entry is not null; null when it is null in every world)."""
     out = {}
     for k in per_world[0]:
         vals = [w[k] for w in per_world]
-        out[k] = None if any(v is None for v in vals) else np.mean(np.asarray(vals, np.float64), 0).tolist()
+        if isinstance(vals[0], list):
+            cols = list(zip(*vals))
+            out[k] = [None if all(v is None for v in c) else float(np.mean([v for v in c if v is not None])) for c in cols]
+        else:
+            out[k] = None if any(v is None for v in vals) else float(np.mean(np.asarray(vals, np.float64)))
     return out
 
 
@@ -324,6 +330,9 @@ def crossplay(run_a: str | Path, against: str, settings: EvalSettings = EvalSett
                 "utility_steps": per_step.tolist(),  # mean utility of the side's agents at each measured step
                 "niche_shares": (work / work.sum()).tolist(),
                 "output_share": float(sums["output"][:, g].sum() / out_total) if out_total > 0 else None,
+                # mean utility per agent-step of the side's agents by the niche they worked (null: nobody did)
+                "utility_by_niche": [float(u / w) if w > 0 else None
+                                     for u, w in zip(sums["niche_utility"][:, g].sum(0), work)],
             })
     names = {0: str(run_a), 1: str(against)}
     return {"sides": {names[g]: mean_metrics(per_side[g]) for g in (0, 1)}, "worlds": s.worlds, "steps": s.steps,

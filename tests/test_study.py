@@ -201,6 +201,8 @@ def test_crossplay_against_itself_and_mismatched_economies(smoke, tmp_path, caps
     assert a["output_share"] + b["output_share"] == pytest.approx(1.0)
     vs = crossplay(run, "scripted", EvalSettings(worlds=1, steps=12, burn_in=2))["sides"]
     assert sum(x["output_share"] for x in vs.values()) == pytest.approx(1.0) and set(vs) == {str(run), "scripted"}
+    for x in vs.values():  # utility by niche worked: null exactly where the side never worked the niche
+        assert all((u is None) == (share == 0) for u, share in zip(x["utility_by_niche"], x["niche_shares"]))
     cfg = yaml.safe_load((twin / "config.yaml").read_text())
     cfg["economy"]["project"]["decay"] = 0.1
     (twin / "config.yaml").write_text(yaml.safe_dump(cfg))
