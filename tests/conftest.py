@@ -87,3 +87,33 @@ def assert_frequencies(counts, p, alpha: float = FREQ_ALPHA, err_msg: str = "") 
         f"{err_msg} draws outside the binomial {1 - alpha:.7f} interval at entries {np.flatnonzero(bad)}: "
         f"counts {counts[bad]}, expected {n * p[bad]}, interval {lo[bad]}..{hi[bad]}"
     )
+
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+@pytest.fixture
+def chromium(tmp_path):
+    """Headless Chromium through selenium (skipped without it, a failure under CI=true)."""
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if missing:
+        msg = f"headless Chromium not installed ({', '.join(missing)} missing; apt-get install chromium chromium-driver)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg + " -- CI must install it (.ci/run)")
+        pytest.skip(msg)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--no-first-run", f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1280,1024"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=opts, service=Service(str(CHROMEDRIVER)))
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -5,7 +5,6 @@ Chromium (every section shown, every image loaded, no console errors)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -24,7 +23,6 @@ P, J, G, M = 3, 3, 2, 2
 NICHES = ["farmer", "fisher", "baker"]
 GOODS = ["grain", "bread"]
 SECTION_IDS = [sid for sid, _ in SECTIONS]
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
 def _shares(rng, *shape):
@@ -270,32 +268,6 @@ def test_cli_report_subprocess_exit_codes(tmp_path):
 
 
 # ---- the report in a browser ----------------------------------------------------------
-
-
-@pytest.fixture
-def chromium(tmp_path):
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    if missing:
-        msg = f"headless Chromium not installed ({', '.join(missing)} missing; apt-get install chromium chromium-driver)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg + " -- CI must install it (.ci/run)")
-        pytest.skip(msg)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1280,1024"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=opts, service=Service(str(CHROMEDRIVER)))
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def test_report_in_headless_chromium(chromium, finished_report):

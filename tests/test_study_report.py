@@ -6,7 +6,6 @@ results, and the report in headless Chromium (every image loaded, no console err
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -30,7 +29,6 @@ P = 3
 UPDATES = (1, 2, 3, 4, 5)
 NICHES = ["farmer", "fisher", "baker", "rest"]
 CURVE_KEYS = [k for k, _, _ in CURVE_METRICS]
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 SEEDS = {"on": ["0", "1"], "off": ["0", "1"], "solo": ["0"]}
 
 
@@ -304,32 +302,6 @@ def test_not_a_study_directory(tmp_path, what):
 
 
 # ---- the report in a browser ----------------------------------------------------------------
-
-
-@pytest.fixture
-def chromium(tmp_path):
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    if missing:
-        msg = f"headless Chromium not installed ({', '.join(missing)} missing; apt-get install chromium chromium-driver)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg + " -- CI must install it (.ci/run)")
-        pytest.skip(msg)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1280,1024"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=opts, service=Service(str(CHROMEDRIVER)))
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def test_study_report_in_headless_chromium(chromium, study_html):
