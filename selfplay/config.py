@@ -209,6 +209,9 @@ class TrainConfig(_Frozen):
     value_norm: bool = True  # critic learns returns normalised by their running mean and std per member
     value_norm_rate: float = Field(0.1, gt=0.0, le=1.0)  # weight of the newest update in those running moments
     max_grad_norm: float = Field(0.5, gt=0.0)
+    # Extra entropy bonus on the niche head alone (exploration of professions; 0: off). A
+    # run constant, not a per-member variant, so the training state keeps its structure.
+    niche_ent_coef: float = Field(0.0, ge=0.0)
     seed: int = Field(0, ge=0)  # seeds members, hyperparameters, worlds and actions
     network: NetworkConfig = NetworkConfig()
     variants: VariantRanges = Field(default_factory=lambda: VariantRanges.model_validate({}))

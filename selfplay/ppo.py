@@ -93,7 +93,9 @@ def ppo_loss(params: Any, apply_fn: Callable, batch: dict, hyper: Mapping[str, A
     """PPO loss of one member on one minibatch. Returns ``(loss, metrics)``.
 
     ``hyper``: the member's hyperparameters; the loss reads ``clip_eps``, ``ent_coef`` and
-    ``vf_coef`` (scalars, may be traced) and ignores other entries.
+    ``vf_coef`` (scalars, may be traced) and, when present, ``ent_coef_niche`` (an extra
+    entropy bonus on the niche head alone, reported as ``entropy_niche``); it ignores other
+    entries.
 
     ``apply_fn(params, obs) -> (logits, value)``; ``batch``: ``obs [n, D]``, ``actions``
     (dict of ``[n, *head.shape]``), ``log_prob [n]`` (behaviour policy), ``advantages
@@ -125,12 +127,18 @@ def ppo_loss(params: Any, apply_fn: Callable, batch: dict, hyper: Mapping[str, A
 
     ent = _entropy(logits, batch_ndim=bd).mean()
     loss = policy_loss + vf_coef * value_loss - ent_coef * ent
+    extra = {}
+    if hyper.get("ent_coef_niche") is not None:  # an extra entropy bonus on the niche head alone
+        ent_niche = _entropy({"niche": logits["niche"]}, batch_ndim=bd).mean()
+        loss = loss - hyper["ent_coef_niche"] * ent_niche
+        extra["entropy_niche"] = ent_niche
     metrics = {
         "policy_loss": policy_loss,
         "value_loss": value_loss,
         "entropy": ent,
         "approx_kl": ((ratio - 1.0) - log_ratio).mean(),
         "clip_fraction": (jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32).mean(),
+        **extra,
     }
     return loss, metrics
 

@@ -398,6 +398,8 @@ class Trainer:
             "returns": jnp.swapaxes(norm(ret), 1, 2),
         }
         loss_hyper = {n: ts.hyper[n] for n in variants.names("loss") if n in ts.hyper}
+        if t.niche_ent_coef > 0:
+            loss_hyper["ent_coef_niche"] = jnp.full((P,), t.niche_ent_coef, jnp.float32)
         ppo_keys = jax.vmap(lambda p: derive(keys["ppo"], p))(jnp.arange(P, dtype=jnp.uint32))
         params, opt_state, losses = jax.vmap(
             lambda p, o, b, k, h: ppo_update(p, o, self.tx, joint_apply(self.net), b, k, h, t.epochs, t.minibatches)

@@ -504,3 +504,32 @@ def test_minibatch_order_is_a_permutation_per_stream_and_shard_invariant():
     assert len({tuple(r) for r in order}) > 1
     more = np.asarray(jax.jit(minibatch_order, static_argnums=(1, 2))(key, 12, 8))
     np.testing.assert_array_equal(more[:6], order)
+
+
+def test_niche_entropy_bonus_adds_exactly_its_term():
+    """``ent_coef_niche`` subtracts c x (mean entropy of the niche head alone) from the loss
+    and reports that entropy; other heads and terms are untouched, and without the key the
+    loss has no such term."""
+    rng = np.random.default_rng(3)
+    n = 16
+    params = {"niche": jnp.asarray(rng.normal(size=(n, 5)), jnp.float32),
+              "side": jnp.asarray(rng.normal(size=(n, 3, 3)), jnp.float32),
+              "v": jnp.asarray(rng.normal(size=(n,)), jnp.float32)}
+    apply_fn = lambda p, obs: ({"niche": p["niche"], "side": p["side"]}, p["v"])
+    batch = {"obs": jnp.zeros((n, 1)), "actions": {"niche": jnp.asarray(rng.integers(0, 5, n), jnp.int32),
+                                                    "side": jnp.asarray(rng.integers(0, 3, (n, 3)), jnp.int32)},
+             "log_prob": jnp.asarray(rng.normal(size=n) - 4, jnp.float32), "advantages": jnp.asarray(rng.normal(size=n), jnp.float32),
+             "returns": jnp.asarray(rng.normal(size=n), jnp.float32), "values": jnp.asarray(rng.normal(size=n), jnp.float32)}
+    base = hyper(0.2, 0.01, 0.5)
+    l0, m0 = ppo_loss(params, apply_fn, batch, base)
+    l1, m1 = ppo_loss(params, apply_fn, batch, {**base, "ent_coef_niche": 0.3})
+    x = np.asarray(params["niche"], np.float64)
+    p = np.exp(x - x.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    h = float(np.mean(-(p * np.log(p)).sum(-1)))
+    assert float(m1["entropy_niche"]) == pytest.approx(h, rel=1e-5) and "entropy_niche" not in m0
+    assert float(l1) == pytest.approx(float(l0) - 0.3 * h, rel=1e-5, abs=1e-6)
+    g0 = jax.grad(lambda q: ppo_loss(q, apply_fn, batch, base)[0])(params)
+    g1 = jax.grad(lambda q: ppo_loss(q, apply_fn, batch, {**base, "ent_coef_niche": 0.3})[0])(params)
+    np.testing.assert_allclose(g1["side"], g0["side"], rtol=1e-6, atol=1e-7)
+    assert not np.allclose(g1["niche"], g0["niche"])
