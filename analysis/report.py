@@ -265,10 +265,14 @@ def write_report(run_dir: str | Path) -> Path:
     notes += figs.errors
 
     title = f"Agora run report: {run_dir.resolve().name}"
-    nav = "".join(f'<a href="#{sid}">{_e(name)}</a>' for sid, name in SECTIONS)
-    sections = "".join(
-        f'<section id="{sid}"><h2>{_e(name)}</h2>{body[sid]}</section>\n' for sid, name in SECTIONS
-    )
+    return write_page(run_dir / "report.html", title, run_dir, SECTIONS, body, notes)
+
+
+def write_page(out: Path, title: str, where: Path, sections: Sequence[tuple[str, str]], body: dict, notes: Sequence[str]) -> Path:
+    """Write a self-contained report page (run or study) atomically: a title, the folder it
+    describes, a navigation bar, notes, then one ``<section>`` per ``(id, name)``."""
+    nav = "".join(f'<a href="#{sid}">{_e(name)}</a>' for sid, name in sections)
+    parts = "".join(f'<section id="{sid}"><h2>{_e(name)}</h2>{body[sid]}</section>\n' for sid, name in sections)
     stamp = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     note_html = "".join(f'<p class="note">{_e(n)}</p>' for n in notes)
     doc = (
@@ -276,14 +280,20 @@ def write_report(run_dir: str | Path) -> Path:
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         '<link rel="icon" href="data:,">\n'
         f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-        f"<h1>{_e(title)}</h1>\n<p class=\"sub\">{_e(run_dir.resolve())} — generated {_e(stamp)}</p>\n"
-        f"<nav>{nav}</nav>\n{note_html}{sections}</body>\n</html>\n"
+        f"<h1>{_e(title)}</h1>\n<p class=\"sub\">{_e(where.resolve())} — generated {_e(stamp)}</p>\n"
+        f"<nav>{nav}</nav>\n{note_html}{parts}</body>\n</html>\n"
     )
-    out = run_dir / "report.html"
-    tmp = run_dir / "report.html.tmp"
-    tmp.write_text(doc, encoding="utf-8")
-    tmp.replace(out)
+    write_atomic(out, doc)
     return out
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename, so readers (another
+    process, a browser, a resumed study) never see a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
 
 
 class _Context:

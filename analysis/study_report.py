@@ -17,7 +17,6 @@ directory), each with its ``metrics.jsonl``.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -26,7 +25,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from analysis import plots
-from analysis.report import _CSS, NotARunError, _by_update, _column, _e, _Figures, _fmt, _kv_table, _table, read_jsonl
+from analysis.report import NotARunError, _by_update, _column, _e, _Figures, _fmt, _kv_table, _table, read_jsonl, write_page
 
 __all__ = [
     "BASELINES",
@@ -481,22 +480,4 @@ def write_study_report(study_dir: str | Path) -> Path:
         "curves": _curves_html(study_dir, results, figs),
     }
     title = f"Agora study report: {_study_name(results, study_dir.resolve().name)}"
-    nav = "".join(f'<a href="#{sid}">{_e(name)}</a>' for sid, name in STUDY_SECTIONS)
-    sections = "".join(
-        f'<section id="{sid}"><h2>{_e(name)}</h2>{body[sid]}</section>\n' for sid, name in STUDY_SECTIONS
-    )
-    stamp = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    note_html = "".join(f'<p class="note">{_e(n)}</p>' for n in figs.errors)
-    doc = (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        '<link rel="icon" href="data:,">\n'
-        f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-        f"<h1>{_e(title)}</h1>\n<p class=\"sub\">{_e(study_dir.resolve())} — generated {_e(stamp)}</p>\n"
-        f"<nav>{nav}</nav>\n{note_html}{sections}</body>\n</html>\n"
-    )
-    out = study_dir / "report.html"
-    tmp = study_dir / "report.html.tmp"
-    tmp.write_text(doc, encoding="utf-8")
-    tmp.replace(out)
-    return out
+    return write_page(study_dir / "report.html", title, study_dir, STUDY_SECTIONS, body, figs.errors)

@@ -197,6 +197,7 @@ def _eval(args) -> int:
     """``agora eval``: RUN_DIR/eval.json (or, with --against, RUN_DIR/crossplay_NAME.json)."""
     import json
 
+    from analysis.report import write_atomic
     from economy import ConfigError
     from selfplay.checkpoint import CheckpointError
     from selfplay.evaluate import EvalSettings, NotARunError, crossplay, evaluate_run, format_eval_table
@@ -209,7 +210,7 @@ def _eval(args) -> int:
             result = crossplay(args.run_dir, args.against, settings)
             name = "scripted" if args.against == "scripted" else Path(args.against).resolve().name
             out = Path(args.run_dir) / f"crossplay_{name}.json"
-            out.write_text(json.dumps(result, indent=1))
+            write_atomic(out, json.dumps(result, indent=1))
             for side, m in result["sides"].items():
                 shares = " ".join(f"{n}={x:.2f}" for n, x in zip(result["niche_names"], m["niche_shares"]))
                 per = " ".join(f"{n}={'-' if x is None else f'{x:.3f}'}"

@@ -46,6 +46,7 @@ from agents.scripted import random_actions, scripted_actions
 from analysis.diversity import effective_policies, js_matrix, kl_matrix, mean_offdiag
 from analysis.niches import gini
 from analysis.population import wealth
+from analysis.report import write_atomic
 from economy import ConfigError, Economy
 from economy.streams import derive
 from selfplay.config import RunConfig, run_config_from_dict
@@ -174,22 +175,28 @@ def mean_metrics(per_world: list[dict]) -> dict:
     return out
 
 
-def play(env: Economy, policy: Callable, groups: np.ndarray, num_groups: int, settings: EvalSettings, members: int,
-         probe: bool = False):
-    """Play every evaluation world with ``policy``; returns ``(per-world metrics, probe
-    observations or None)``. One compile per policy (``jax.jit`` of the whole rollout)."""
-    J = env.cfg.num_niches
+def _worlds(env: Economy, policy: Callable, groups: np.ndarray, num_groups: int, settings: EvalSettings):
+    """``(final state, per-step sums [T, ...] on the host)`` of every evaluation world played
+    by ``policy``; one compile per policy (``jax.jit`` of the whole rollout)."""
     run = jax.jit(functools.partial(
         rollout, env, policy, steps=settings.steps,
-        metrics=_step_sums(groups, num_groups, J, env.cfg.collaboration_scale),
+        metrics=_step_sums(groups, num_groups, env.cfg.num_niches, env.cfg.collaboration_scale),
     ))
     reset = jax.jit(env.reset)
-    per_world, probes = [], []
     for world, key in eval_keys(env, settings.worlds):
         _, state = reset(world)
         final, sums = run(key, state)
+        yield final, jax.device_get(sums)
+
+
+def play(env: Economy, policy: Callable, groups: np.ndarray, num_groups: int, settings: EvalSettings, members: int,
+         probe: bool = False):
+    """Play every evaluation world with ``policy``; returns ``(per-world metrics, probe
+    observations or None)``."""
+    per_world, probes = [], []
+    for final, sums in _worlds(env, policy, groups, num_groups, settings):
         w = np.asarray(wealth(final.goods, final.money, final.price), np.float64)
-        per_world.append(world_metrics(jax.device_get(sums), w, groups, members, settings.burn_in))
+        per_world.append(world_metrics(sums, w, groups, members, settings.burn_in))
         if probe:
             obs = np.asarray(env.observe(final))
             stride = max(1, obs.shape[0] * settings.worlds // PROBE_STATES)
@@ -265,10 +272,7 @@ def evaluate_run(run_dir: str | Path, settings: EvalSettings = EvalSettings(), u
     result = {"policies": policies, "worlds": s.worlds, "steps": s.steps, "burn_in": s.burn_in, "greedy": s.greedy,
               "update": int(ts.update)}
     if write:
-        path = Path(run_dir) / "eval.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(path)
+        write_atomic(Path(run_dir) / "eval.json", json.dumps(result, indent=1))
     return result
 
 
@@ -313,14 +317,9 @@ def crossplay(run_a: str | Path, against: str, settings: EvalSettings = EvalSett
         b = act_b(kb, obs[1::2]) if act_b is not None else {k: v[1::2] for k, v in scripted(kb, state).items()}
         return {k: jnp.stack([a[k], b[k]], 1).reshape((n,) + a[k].shape[1:]) for k in a}
 
-    J = env.cfg.num_niches
     per_side = {0: [], 1: []}
-    run = jax.jit(functools.partial(rollout, env, policy, steps=s.steps,
-                                    metrics=_step_sums(side, 2, J, env.cfg.collaboration_scale)))
-    for world, key in eval_keys(env, s.worlds):
-        _, state = jax.jit(env.reset)(world)
-        _, sums = run(key, state)
-        sums = {k: np.asarray(v, np.float64)[s.burn_in:] for k, v in jax.device_get(sums).items()}
+    for _, sums in _worlds(env, policy, side, 2, s):
+        sums = {k: np.asarray(v, np.float64)[s.burn_in:] for k, v in sums.items()}
         out_total = sums["output"].sum()
         for g in (0, 1):
             work = sums["work"][:, g].sum(0)

@@ -28,8 +28,6 @@ import jax.numpy as jnp
 
 from selfplay import variants
 
-INHERITABLE = ("hyperparameters", "reward_weights")  # parameters and optimiser state are always copied
-
 
 class FitnessInputs(NamedTuple):
     components: dict  # {component: float32 [P]} mean per agent-step of each reward component
@@ -199,6 +197,6 @@ def refresh_league(league: LeagueState, params: Any, fitness: jax.Array, update:
 
 
 __all__ = [
-    "FITNESS", "FitnessInputs", "INHERITABLE", "LeagueState", "PBTState", "exploit_explore", "init_league", "init_pbt",
+    "FITNESS", "FitnessInputs", "LeagueState", "PBTState", "exploit_explore", "init_league", "init_pbt",
     "pbt_sources", "refresh_league", "register_fitness", "update_fitness",
 ]

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import yaml
 
-from analysis.report import read_jsonl
+from analysis.report import read_jsonl, write_atomic
 from economy import ConfigError
 from selfplay.checkpoint import CheckpointError, CheckpointMismatchError, Checkpoints
 from selfplay.config import RunConfig
@@ -54,9 +54,7 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, write: bool = T
                 "use another run directory or --no-resume"
             )
     if write:
-        tmp = path.with_suffix(".yaml.tmp")  # atomic: other processes may be reading it
-        tmp.write_text(yaml.safe_dump(new, sort_keys=False))
-        tmp.replace(path)
+        write_atomic(path, yaml.safe_dump(new, sort_keys=False))  # other processes may be reading it
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:

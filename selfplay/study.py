@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from economy import ConfigError, load_yaml
 from economy.config import format_validation_error
+from analysis.report import write_atomic
 from selfplay.config import RunConfig, load_run_config
 from selfplay.evaluate import METRICS, EvalSettings
 
@@ -172,7 +173,8 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return i, n
 
 
-def _eval_matches(run: Run, settings: EvalSettings) -> bool:
+def complete(run: Run, settings: EvalSettings) -> bool:
+    """Trained to its last update and evaluated with the study's settings (its eval.json says so)."""
     path = run.run_dir / "eval.json"
     if not path.is_file():
         return False
@@ -182,11 +184,6 @@ def _eval_matches(run: Run, settings: EvalSettings) -> bool:
         return False
     want = {"worlds": settings.worlds, "steps": settings.steps, "burn_in": settings.burn_in, "greedy": settings.greedy}
     return e.get("update") == run.cfg.train.updates and all(e.get(k) == v for k, v in want.items())
-
-
-def complete(run: Run, settings: EvalSettings) -> bool:
-    """Trained to its last update and evaluated with the study's settings."""
-    return _eval_matches(run, settings)
 
 
 def _done_updates(run: Run) -> int:
@@ -238,9 +235,7 @@ def baselines(study: Study) -> dict:
     env = Economy(study.runs[0].cfg.economy)
     policies = {name: evaluate_baseline(env, name, s) for name in ("scripted", "random")}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"settings": want, "economy": economy, "policies": policies}, indent=1))
-    tmp.replace(path)
+    write_atomic(path, json.dumps({"settings": want, "economy": economy, "policies": policies}, indent=1))
     return policies
 
 
@@ -293,18 +288,12 @@ def aggregate(study: Study) -> dict:
         "missing": missing,
     }
     study.study_dir.mkdir(parents=True, exist_ok=True)
-    _write(study.study_dir / "results.json", json.dumps(results, indent=1))
+    write_atomic(study.study_dir / "results.json", json.dumps(results, indent=1))
     from analysis.study_report import format_results_md, write_study_report
 
-    _write(study.study_dir / "results.md", format_results_md(results))
+    write_atomic(study.study_dir / "results.md", format_results_md(results))
     write_study_report(study.study_dir)
     return results
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def enable_compile_cache(study_dir: Path) -> None:

@@ -270,8 +270,7 @@ class Trainer:
     def _value_scale(self, ts: TrainState):
         """``(mean, std)`` ``[P, 1]`` turning the critic's output into reward units."""
         if not self.cfg.train.value_norm:
-            one = jnp.ones((self.num_members, 1), jnp.float32)
-            return 0.0 * one, one
+            return jnp.zeros((self.num_members, 1), jnp.float32), jnp.ones((self.num_members, 1), jnp.float32)
         vn = ts.value_norm
         return vn.mean[:, None], jnp.sqrt(jnp.maximum(vn.var, VALUE_STD_FLOOR**2))[:, None]
 
