@@ -193,6 +193,17 @@ class AnalysisConfig(_Frozen):
     images: bool = True  # KL heat map, niche shares and lineage images in TensorBoard (host-side matplotlib)
 
 
+class ImitationConfig(_Frozen):
+    """A warm start by imitation: the first ``updates`` updates roll out the scripted
+    baseline (every agent) and fit each member to its actions by maximum likelihood, the
+    critic to the scripted economy's returns; PPO, PBT and the league start after them.
+    The learners begin at the baseline's niches and prices instead of at uniform random
+    actions (0: off, the learners start from their random initialisation)."""
+
+    updates: int = Field(0, ge=0)  # imitation updates, counted in train.updates
+    scripted: ScriptedConfig = ScriptedConfig()  # knobs of the scripted teacher
+
+
 class NetworkConfig(_Frozen):
     hidden: tuple[int, ...] = (128, 128)
     activation: Literal["tanh", "relu"] = "tanh"
@@ -213,6 +224,7 @@ class TrainConfig(_Frozen):
     # run constant, not a per-member variant, so the training state keeps its structure.
     niche_ent_coef: float = Field(0.0, ge=0.0)
     seed: int = Field(0, ge=0)  # seeds members, hyperparameters, worlds and actions
+    imitation: ImitationConfig = ImitationConfig()
     network: NetworkConfig = NetworkConfig()
     variants: VariantRanges = Field(default_factory=lambda: VariantRanges.model_validate({}))
     pbt: PBTConfig = PBTConfig()
@@ -250,6 +262,11 @@ class RunConfig(_Frozen):
                 "(each device holds whole markets)"
             )
         t, n = self.train, self.economy.num_agents
+        if t.imitation.updates >= t.updates:
+            raise ValueError(
+                f"train.imitation.updates={t.imitation.updates} must be below train.updates={t.updates} "
+                "(imitation is a warm start, not the run)"
+            )
         per_market = self.economy.agents_per_market
         if n % t.players:
             raise ValueError(

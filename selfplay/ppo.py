@@ -143,6 +143,31 @@ def ppo_loss(params: Any, apply_fn: Callable, batch: dict, hyper: Mapping[str, A
     return loss, metrics
 
 
+def imitation_loss(params: Any, apply_fn: Callable, batch: dict, hyper: Mapping[str, Any]) -> tuple[jax.Array, dict]:
+    """Imitation (behaviour cloning) loss of one member on one minibatch of a teacher's
+    actions, with the same inputs and metrics as :func:`ppo_loss`:
+
+    ``loss = -mean log pi(a_teacher | o) + vf_coef * 0.5 * mean((v - R)^2) - ent_coef * entropy``
+
+    (``ent_coef_niche`` as in :func:`ppo_loss`). ``policy_loss`` reports the negative
+    log-likelihood; ``approx_kl`` and ``clip_fraction`` are 0 (no behaviour ratio)."""
+    ent_coef, vf_coef = hyper["ent_coef"], hyper["vf_coef"]
+    logits, value = apply_fn(params, batch["obs"])
+    bd = batch["log_prob"].ndim
+    nll = -_log_prob(logits, batch["actions"], batch_ndim=bd).mean()
+    value_loss = 0.5 * jnp.square(value - batch["returns"]).mean()
+    ent = _entropy(logits, batch_ndim=bd).mean()
+    loss = nll + vf_coef * value_loss - ent_coef * ent
+    extra = {}
+    if hyper.get("ent_coef_niche") is not None:
+        ent_niche = _entropy({"niche": logits["niche"]}, batch_ndim=bd).mean()
+        loss = loss - hyper["ent_coef_niche"] * ent_niche
+        extra["entropy_niche"] = ent_niche
+    zero = jnp.zeros((), jnp.float32)
+    metrics = {"policy_loss": nll, "value_loss": value_loss, "entropy": ent, "approx_kl": zero, "clip_fraction": zero, **extra}
+    return loss, metrics
+
+
 def minibatch_order(key: jax.Array, streams: int, samples: int) -> jax.Array:
     """int32 ``[streams, samples]``: a random permutation of ``0..samples-1`` per stream,
     from a counter-based hash of ``(key, stream, sample)`` (:func:`economy.rng.bits`), so a
@@ -174,8 +199,10 @@ def ppo_update(
     hyper: Mapping[str, Any],
     num_epochs: int,
     num_minibatches: int,
+    loss_fn: Callable = ppo_loss,
 ) -> tuple[Any, Any, dict]:
-    """``num_epochs`` passes over ``batch``, one optimiser step per minibatch.
+    """``num_epochs`` passes over ``batch``, one optimiser step per minibatch of ``loss_fn``
+    (:func:`ppo_loss`, or :func:`imitation_loss` for a warm start).
 
     ``batch`` leaves are ``[B, K, ...]``: ``B`` streams (agents) of ``K`` samples (time
     steps). Each epoch shuffles every stream's samples (:func:`minibatch_order` with
@@ -197,7 +224,7 @@ def ppo_update(
         raise ValueError(f"batch leaves must share leading axes [streams, samples]; got {sorted(shapes)}")
     ((b, k),) = shapes
     minibatch_split(num_minibatches, b, k)  # checks divisibility
-    grad_fn = jax.value_and_grad(ppo_loss, has_aux=True)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def minibatch_step(carry, mb):
         p, o = carry
@@ -216,5 +243,5 @@ def ppo_update(
 
 
 __all__ = [
-    "clipped_surrogate", "gae", "minibatch_order", "minibatch_split", "minibatches", "ppo_loss", "ppo_update",
+    "clipped_surrogate", "gae", "imitation_loss", "minibatch_order", "minibatch_split", "minibatches", "ppo_loss", "ppo_update",
 ]

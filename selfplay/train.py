@@ -43,6 +43,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from agents.networks import (
     ActorCritic, act_parts, from_members, init_population, joint_apply, population_apply, sample_actions, to_members,
 )
+from agents.scripted import scripted_actions
 from analysis.niches import specialisation_index
 from analysis.population import population_analysis
 from economy import ConfigError, Economy, EconomyState
@@ -53,7 +54,7 @@ from selfplay import rewards as rw
 from selfplay import variants
 from selfplay.config import RunConfig
 from selfplay.population import LeagueState, PBTState
-from selfplay.ppo import gae, ppo_update
+from selfplay.ppo import gae, imitation_loss, ppo_loss, ppo_update
 
 VALUE_STD_FLOOR = 1e-2  # smallest standard deviation used to normalise value targets
 
@@ -280,7 +281,7 @@ class Trainer:
         _, v = population_apply(self.net, ts.params, to_members(obs, self.num_players)[: self.num_members])
         return v * sd + mu
 
-    def _rollout(self, ts: TrainState, key: jax.Array):
+    def _rollout(self, ts: TrainState, key: jax.Array, imitate: bool = False):
         env, P, PL = self.env, self.num_members, self.num_players
         J, M = env.cfg.num_niches, env.cfg.num_markets
         params_all = self._players_params(ts)
@@ -291,9 +292,15 @@ class Trainer:
             k_act, k_env = step_keys(key, t)
             obs_m = to_members(obs, PL)  # [PL, n, D]
             # The torso by XLA; the output layer and the draws in one native pass where it runs.
-            parts = population_apply(self.net, params_all, obs_m, parts=True)
-            act_m, log_prob, value = act_parts(k_act, *parts, env.action_spec, mesh=self.mesh)
-            actions = from_members(act_m)
+            if imitate:  # the scripted teacher plays every agent; the critic still values it
+                actions = scripted_actions(env, k_act, env_state, self.cfg.train.imitation.scripted)
+                act_m = to_members(actions, PL)
+                _, value = population_apply(self.net, params_all, obs_m)
+                log_prob = jnp.zeros_like(value)  # no behaviour ratio in the imitation loss
+            else:
+                parts = population_apply(self.net, params_all, obs_m, parts=True)
+                act_m, log_prob, value = act_parts(k_act, *parts, env.action_spec, mesh=self.mesh)
+                actions = from_members(act_m)
             next_obs, next_state, _, term, trunc, info = env.step(k_env, env_state, actions)
             comps = rw.agent_components(self.components, rw.StepData(info, next_state, env_state, actions))
             comps_m = {c: to_members(x, PL)[:P] for c, x in comps.items()}  # [P, n] each
@@ -373,11 +380,21 @@ class Trainer:
         return ValueNorm(mean, var), mean, jnp.sqrt(jnp.maximum(var, VALUE_STD_FLOOR**2))
 
     def _update(self, ts: TrainState):
+        """One update: PPO, or (the first ``train.imitation.updates``) imitation of the
+        scripted baseline; both branches of one ``lax.cond`` when imitation is on."""
+        k = self.cfg.train.imitation.updates
+        if not k:
+            return self._update_phase(ts, False)
+        return jax.lax.cond(
+            ts.update < k, lambda s: self._update_phase(s, True), lambda s: self._update_phase(s, False), ts
+        )
+
+    def _update_phase(self, ts: TrainState, imitate: bool):
         t = self.cfg.train
         P = self.num_members
         J = self.env.cfg.num_niches
         keys = update_keys(jax.random.wrap_key_data(ts.key), ts.update)
-        env_state, obs, episode, traj, stats, last_value = self._rollout(ts, keys["rollout"])
+        env_state, obs, episode, traj, stats, last_value = self._rollout(ts, keys["rollout"], imitate)
         reward, comps = self.rewards(ts, traj)  # [T, P, n]
 
         adv, ret = self.advantages(ts, reward, traj, last_value)
@@ -401,7 +418,10 @@ class Trainer:
             loss_hyper["ent_coef_niche"] = jnp.full((P,), t.niche_ent_coef, jnp.float32)
         ppo_keys = jax.vmap(lambda p: derive(keys["ppo"], p))(jnp.arange(P, dtype=jnp.uint32))
         params, opt_state, losses = jax.vmap(
-            lambda p, o, b, k, h: ppo_update(p, o, self.tx, joint_apply(self.net), b, k, h, t.epochs, t.minibatches)
+            lambda p, o, b, k, h: ppo_update(
+                p, o, self.tx, joint_apply(self.net), b, k, h, t.epochs, t.minibatches,
+                imitation_loss if imitate else ppo_loss,
+            )
         )(ts.params, ts.opt_state, batch, ppo_keys, loss_hyper)
 
         # Fitness (selfplay.population.FITNESS), as a running average.
@@ -419,20 +439,24 @@ class Trainer:
         fit_now = pop.FITNESS[t.pbt.fitness](
             pop.FitnessInputs(comp_means, niche_counts, market_utility, jnp.asarray(self.presence))
         ).astype(jnp.float32)
-        fitness = pop.update_fitness(ts.pbt.fitness, fit_now, ts.update == 0, t.pbt.fitness_ema)
+        # The running fitness starts afresh with the first PPO update (imitation's is the teacher's).
+        fitness = pop.update_fitness(ts.pbt.fitness, fit_now, ts.update <= t.imitation.updates, t.pbt.fitness_ema)
 
         u = ts.update + 1
         ts = ts.replace(
             params=params, opt_state=opt_state, value_norm=value_norm, env_state=env_state, obs=obs, episode=episode,
             pbt=ts.pbt._replace(fitness=fitness), update=u,
         )
-        do_pbt = jnp.asarray(t.pbt.enabled and P > 1) & (u % t.pbt.interval == 0)
+        do_pbt = jnp.asarray(t.pbt.enabled and P > 1 and not imitate) & (u % t.pbt.interval == 0)
         src = jnp.where(
             do_pbt, pop.pbt_sources(fitness, t.pbt.fraction, ts.pbt.founder, t.pbt.max_lineage_share),
             jnp.arange(P, dtype=jnp.int32),
         )
         ts = jax.lax.cond(do_pbt, lambda s: self._exploit_explore(s, src, keys["pbt"]), lambda s: s, ts)
-        if t.league.size:
+        if t.league.size and imitate:  # the snapshots follow the imitators, so PPO starts against them
+            league = pop.init_league(ts.params, t.league.size, P)
+            ts = ts.replace(league=league._replace(made_at=jnp.full_like(league.made_at, u)))
+        elif t.league.size:
             do_league = u % t.league.refresh_every == 0
             ts = jax.lax.cond(do_league, self._refresh_league, lambda s: s, ts)
 
@@ -452,6 +476,7 @@ class Trainer:
             "fitness": ts.pbt.fitness,  # [P] running fitness, after PBT
             "pbt_source": src,  # [P]
             "pbt_event": do_pbt,
+            "imitation": jnp.asarray(imitate),  # this update imitated the scripted baseline
             "founder": ts.pbt.founder,  # [P] founding member each slot descends from
             "value_mean": value_norm.mean,  # [P] running mean of returns (before PBT)
             "value_std": jnp.sqrt(value_norm.var),  # [P]

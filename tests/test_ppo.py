@@ -254,6 +254,21 @@ def _toy_apply(p, obs):
     return p["logits"], p["v"]
 
 
+def assert_logit_grads_match(grads, ref, lg64, v64, fd_h=1e-6):
+    """Each head's logit gradient in ``grads`` against central finite differences of the
+    float64 reference ``ref(logits, v)[0]`` (no sample near a kink)."""
+    for name in REF_HEADS:
+        fd = np.zeros_like(lg64[name])
+        for idx in np.ndindex(fd.shape):
+            up = {k: x.copy() for k, x in lg64.items()}
+            dn = {k: x.copy() for k, x in lg64.items()}
+            up[name][idx] += fd_h
+            dn[name][idx] -= fd_h
+            fd[idx] = (ref(up, v64)[0] - ref(dn, v64)[0]) / (2 * fd_h)
+        np.testing.assert_allclose(np.asarray(grads["logits"][name], np.float64), fd, rtol=1e-4, atol=2e-6, err_msg=name)
+        assert np.abs(fd).max() > 1e-2, name  # a real gradient, not zeros against zeros
+
+
 _LOSS_AND_GRAD = jax.jit(jax.value_and_grad(ppo_loss, has_aux=True), static_argnums=1)
 
 
@@ -305,17 +320,7 @@ def test_ppo_loss_matches_float64_reference():
 
     # Gradients against central finite differences of the reference (no sample near a kink).
     fd_h = 1e-6
-    for name in REF_HEADS:
-        g = np.asarray(grads["logits"][name], np.float64)
-        fd = np.zeros_like(lg64[name])
-        for idx in np.ndindex(fd.shape):
-            up = {k: x.copy() for k, x in lg64.items()}
-            dn = {k: x.copy() for k, x in lg64.items()}
-            up[name][idx] += fd_h
-            dn[name][idx] -= fd_h
-            fd[idx] = (ref(up, v64)[0] - ref(dn, v64)[0]) / (2 * fd_h)
-        np.testing.assert_allclose(g, fd, rtol=1e-4, atol=2e-6, err_msg=name)
-        assert np.abs(fd).max() > 1e-2, name  # a real gradient, not zeros against zeros
+    assert_logit_grads_match(grads, ref, lg64, v64)
     fd_v = np.zeros(NR)
     for i in range(NR):
         e = np.zeros(NR)
@@ -397,6 +402,50 @@ def member(tree, m):
 
 def hp(x):
     return jnp.float32(x)
+
+
+def test_imitation_loss_matches_float64_reference():
+    """The warm start's loss: negative log-likelihood of the teacher's actions (summed over
+    each head's entries), the unclipped value loss and the entropy bonus, against float64
+    NumPy, with its gradients: the logits' is ``(softmax - onehot(a)) / n`` minus the
+    entropy term, the values' ``vf_coef * (v - R) / n`` everywhere (no clip: a clipped
+    value loss would zero it where ``|v - v_old| > eps``, as in this case everywhere)."""
+    from selfplay.ppo import imitation_loss
+
+    logits, v, batch = _ref_case()
+    h = REF_HYPER
+    lg64 = {k: np.asarray(x, np.float64) for k, x in logits.items()}
+    v64 = np.asarray(v, np.float64)
+    ret = np.asarray(batch["returns"], np.float64)
+
+    def ref(lg, vv):
+        lp = np.zeros(NR)
+        ent = np.zeros(NR)
+        for name, x in lg.items():
+            ls = np_log_softmax_last(x)
+            a = np.asarray(batch["actions"][name])
+            lp += np.take_along_axis(ls, a[..., None], -1)[..., 0].reshape(NR, -1).sum(-1)
+            ent += (-(np.exp(ls) * ls).sum(-1)).reshape(NR, -1).sum(-1)
+        nll, value, entropy = -lp.mean(), 0.5 * ((vv - ret) ** 2).mean(), ent.mean()
+        return nll + h["vf_coef"] * value - h["ent_coef"] * entropy, nll, value, entropy
+
+    want, nll, value, entropy = ref(lg64, v64)
+    params = {"logits": {k: jnp.asarray(x) for k, x in logits.items()}, "v": jnp.asarray(v)}
+    hyper_j = {k: jnp.float32(x) for k, x in h.items()}
+    (loss, metrics), grads = jax.value_and_grad(imitation_loss, has_aux=True)(
+        params, _toy_apply, jax.tree.map(jnp.asarray, batch), hyper_j
+    )
+    tol = dict(rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(float(loss), want, **tol)
+    np.testing.assert_allclose(float(metrics["policy_loss"]), nll, **tol)
+    np.testing.assert_allclose(float(metrics["value_loss"]), value, **tol)
+    np.testing.assert_allclose(float(metrics["entropy"]), entropy, **tol)
+    assert float(metrics["approx_kl"]) == 0.0 and float(metrics["clip_fraction"]) == 0.0
+    # The same metric names as ppo_loss (the trainer switches between them under one cond).
+    _, ppo_m = ppo_loss(params, _toy_apply, jax.tree.map(jnp.asarray, batch), hyper_j)
+    assert set(metrics) == set(ppo_m)
+    np.testing.assert_allclose(np.asarray(grads["v"], np.float64), h["vf_coef"] * (v64 - ret) / NR, rtol=1e-5, atol=1e-7)
+    assert_logit_grads_match(grads, ref, lg64, v64)
 
 
 def test_update_increases_probability_of_advantaged_action(pop):

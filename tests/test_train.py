@@ -728,3 +728,37 @@ def test_member_level_specialisation_makes_members_differ():
             mi[w] = np.mean([_mi_bits(np.asarray(m["niche_shares"])[:, :-1]) for m in metrics[-5:]])
             assert (np.asarray(metrics[-1]["founder"]) == np.arange(4)).all()  # no lineage took a second slot
         assert mi[1.0] >= mi[0.0] + 1.0, (seed, mi)
+
+
+def test_imitation_warm_start_follows_the_teacher_then_hands_over_to_ppo():
+    """``train.imitation.updates=K``: the first K updates roll out the scripted baseline and
+    fit the members to it (their negative log-likelihood of its actions falls well below
+    the uniform policy's, a closed form of the action spec); no PBT round runs then even
+    where the interval falls; the league's snapshots are the imitators when PPO starts;
+    PPO's first rollout, played by the members themselves, works the teacher's niche mix
+    (total variation from it under half the uniform policy's); and the running fitness
+    starts afresh with the first PPO update."""
+    K, U = 8, 12
+    c = load_run_config(CONFIGS / "tiny.yaml", OVERRIDES + [
+        "train.members=2", "train.league.size=2", "train.pbt.interval=2", f"train.updates={U}",
+        f"train.imitation.updates={K}",
+    ])
+    tr = Trainer(c)
+    ts, metrics = run_updates(tr, tr.init(jax.random.key(0)), K)
+    host = jax.device_get(ts)
+    for leaf_l, leaf_p in zip(jax.tree.leaves(host.league.params), jax.tree.leaves(host.params)):
+        np.testing.assert_array_equal(leaf_l, leaf_p[np.arange(2) % 2])
+    ts, more = run_updates(tr, ts, U - K)
+    metrics += more
+    assert [bool(m["imitation"]) for m in metrics] == [True] * K + [False] * (U - K)
+    assert not any(bool(m["pbt_event"]) for m in metrics[:K]) and bool(metrics[K + 1]["pbt_event"])  # update K + 2
+    uniform_nll = sum(float(np.prod(h.shape, dtype=int)) * np.log(h.choices) for h in tr.env.action_spec)
+    first = np.asarray(metrics[0]["policy_loss"])
+    last = np.asarray(metrics[K - 1]["policy_loss"])
+    assert (np.abs(first - uniform_nll) < 0.15 * uniform_nll).all(), (first, uniform_nll)  # starts near uniform
+    assert (last < 0.75 * uniform_nll).all(), (last, uniform_nll)
+    teacher = np.mean([np.asarray(m["occupancy"]) for m in metrics[:K]], 0)
+    tv = lambda a, b: 0.5 * np.abs(a - b).sum()  # noqa: E731
+    uniform = np.full_like(teacher, 1.0 / teacher.size)
+    assert tv(np.asarray(metrics[K]["occupancy"]), teacher) < 0.5 * tv(uniform, teacher)
+    np.testing.assert_array_equal(metrics[K]["fitness"], metrics[K]["fitness_now"])
