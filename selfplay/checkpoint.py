@@ -15,7 +15,16 @@ Layout of ``DIR/<step>/`` (one orbax ``CheckpointManager`` step, two items):
     "shape": [...], "dtype": "float32"}, ...]}`` listing every leaf in flatten order,
     zero-size ones included.
 
-Restoring reads ``meta`` first and compares it with the running code's state. Any
+``DIGESTS.json``
+    Written last, after orbax has committed the step: the SHA-256 and size of every other
+    file of the step, the SHA-256 of every saved leaf's bytes (leaves held whole by this
+    process), and the SHA-256 of its own content. A step without it was cut short during
+    the write and is never taken as complete.
+
+Restoring checks ``DIGESTS.json`` first: any damaged, truncated or missing file (data
+chunk, manifest, metadata, small or large) makes the step unreadable, and so does a
+restored leaf whose bytes differ from its digest. orbax alone does not notice every
+damaged byte (a damaged small chunk was seen to load silently). Then it reads ``meta`` and compares it with the running code's state. Any
 structural difference (a path present on one side only, another order, shape or dtype,
 another schema, or an old checkpoint written by leaf position: schema 0, a single
 ``default`` item of ``leaf_0000``... arrays) raises :class:`CheckpointMismatchError`
@@ -29,6 +38,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
+import json
+import os
 import logging
 import sys
 import time
@@ -41,7 +53,8 @@ import numpy as np
 
 from economy import ConfigError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: DIGESTS.json (file and leaf digests); 1: by name without digests
+DIGESTS = "DIGESTS.json"
 
 
 class CheckpointError(RuntimeError):
@@ -111,6 +124,71 @@ def _first_difference(saved: list[dict], want: list[dict]) -> str | None:
             f"{tuple(w['shape'])} {w['dtype']} here)"
         )
     return None
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def leaf_digest(x: Any) -> str | None:
+    """SHA-256 of a leaf's dtype, shape and bytes (C order); ``None`` for a leaf this
+    process does not hold whole (sharded over other processes' devices)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return None
+    a = np.ascontiguousarray(np.asarray(x))
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _self_digest(record: dict) -> str:
+    return hashlib.sha256(json.dumps({k: v for k, v in record.items() if k != "sha256"}, sort_keys=True).encode()).hexdigest()
+
+
+def write_digests(step_dir: Path, paths: list[tuple[str, ...]], leaves: list[Any]) -> None:
+    """``step_dir/DIGESTS.json``: every file's SHA-256 and size, every saved leaf's digest
+    (:func:`leaf_digest`), and its own digest; written atomically, last."""
+    files = {}
+    for f in sorted(step_dir.rglob("*")):
+        if f.is_file() and f.name != DIGESTS:
+            files[f.relative_to(step_dir).as_posix()] = {"sha256": _sha256_file(f), "size": f.stat().st_size}
+    digests = {"/".join(p): leaf_digest(x) for p, x in zip(paths, leaves) if np.size(x)}
+    record = {"schema": SCHEMA_VERSION, "files": files, "leaves": {k: v for k, v in digests.items() if v is not None}}
+    record["sha256"] = _self_digest(record)
+    tmp = step_dir / (DIGESTS + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=0)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, step_dir / DIGESTS)
+
+
+def verify_files(step_dir: Path) -> dict:
+    """Check every file of a step against its ``DIGESTS.json``; returns the record (with the
+    leaf digests). Raises :class:`ValueError` naming the first problem."""
+    path = step_dir / DIGESTS
+    if not path.is_file():
+        raise ValueError(f"no {DIGESTS}: the write was cut short (or the step predates checkpoint digests)")
+    try:
+        record = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{DIGESTS} is damaged ({e})") from None
+    if not isinstance(record, dict) or record.get("sha256") != _self_digest(record) or not isinstance(record.get("files"), dict):
+        raise ValueError(f"{DIGESTS} is damaged (its own digest does not match)")
+    for rel, want in record["files"].items():
+        f = step_dir / rel
+        if not f.is_file():
+            raise ValueError(f"file {rel} is missing")
+        size = f.stat().st_size
+        if size != want["size"]:
+            raise ValueError(f"file {rel} has {size} bytes, {want['size']} when written")
+        if _sha256_file(f) != want["sha256"]:
+            raise ValueError(f"file {rel} is damaged (SHA-256 differs from the one written)")
+    return record
 
 
 @contextlib.contextmanager
@@ -183,7 +261,20 @@ class Checkpoints:
                 ),
             )
             self.mgr.wait_until_finished()
+            self._seal(step, paths, leaves)
         return step
+
+    def _seal(self, step: int, paths, leaves) -> None:
+        """Write the step's digests (process 0, once every process has committed its files)."""
+        multi = jax.process_count() > 1
+        if multi:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"agora checkpoint {step} written")
+        if jax.process_index() == 0:
+            write_digests(self.directory / str(step), paths, leaves)
+        if multi:
+            multihost_utils.sync_global_devices(f"agora checkpoint {step} sealed")
 
     def _mismatch(self, step: int, why: str) -> CheckpointMismatchError:
         return CheckpointMismatchError(
@@ -225,6 +316,10 @@ class Checkpoints:
             candidates = [step]
         for step in candidates:
             try:
+                step_dir = self.directory / str(step)
+                if not (step_dir / "meta").exists() and (step_dir / "default").exists():
+                    self._read_meta(step)  # an old leaf-position checkpoint: a mismatch, named
+                record = verify_files(step_dir)
                 meta = self._read_meta(step)
                 if meta.get("schema") != SCHEMA_VERSION:
                     raise self._mismatch(step, f"schema {meta.get('schema')} in the checkpoint, {SCHEMA_VERSION} here")
@@ -242,14 +337,20 @@ class Checkpoints:
                             node = node[name]
                         x = node
                     out.append(x)
+                for path, x in zip(paths, out):
+                    want_digest = record["leaves"].get("/".join(path))
+                    if want_digest is not None and np.size(x):
+                        got = leaf_digest(x)
+                        if got is not None and got != want_digest:
+                            raise ValueError(f"leaf {'/'.join(path)} restored with other bytes than were saved")
                 return jax.tree.unflatten(treedef, out)
             except CheckpointMismatchError:
                 raise
             except Exception as e:  # noqa: BLE001 - any failure to read is reported by name
                 errors.append(f"step {step} ({self.directory / str(step)}): {type(e).__name__}: {str(e)[:300]}")
                 print(
-                    f"warning: checkpoint step {step} in {self.directory} is unreadable ({type(e).__name__}); "
-                    "trying an older one",
+                    f"warning: checkpoint step {step} in {self.directory} is unreadable ({type(e).__name__}: "
+                    f"{str(e)[:200]}); trying an older one",
                     file=sys.stderr,
                     flush=True,
                 )

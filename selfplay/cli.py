@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+EXIT_NONFINITE = 3  # a run stopped by its non-finite guard
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -162,7 +163,7 @@ def _train(args) -> int:
         print(f"agora train: {problem}", file=sys.stderr)
         return EXIT_USAGE
     from economy import ConfigError
-    from selfplay.run import CheckpointError, train_run
+    from selfplay.run import CheckpointError, NonFiniteError, train_run
     from selfplay.train import mesh_size
 
     try:
@@ -184,9 +185,12 @@ def _train(args) -> int:
     except ConfigError as err:
         print(f"agora train: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except CheckpointError as err:
+    except CheckpointError as err:  # every checkpoint damaged: bad input, named
         print(f"agora train: {err}", file=sys.stderr)
-        return EXIT_FAIL
+        return EXIT_USAGE
+    except NonFiniteError as err:
+        print(f"agora train: {err}", file=sys.stderr)
+        return EXIT_NONFINITE
     except KeyboardInterrupt:
         return 130
     print(f"done: {int(ts.update)} updates; TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
@@ -228,7 +232,7 @@ def _eval(args) -> int:
         return EXIT_USAGE
     except CheckpointError as err:
         print(f"agora eval: {err}", file=sys.stderr)
-        return EXIT_FAIL
+        return EXIT_USAGE
     print(f"wrote {out}")
     return EXIT_OK
 
@@ -237,6 +241,7 @@ def _study(args) -> int:
     """``agora study``: train and evaluate this process's runs, then aggregate (unsharded)."""
     from economy import ConfigError
     from selfplay.checkpoint import CheckpointError
+    from selfplay.run import NonFiniteError
     from selfplay.study import aggregate, enable_compile_cache, load_study, parse_shard, run_study
 
     try:
@@ -258,7 +263,10 @@ def _study(args) -> int:
         return EXIT_USAGE
     except CheckpointError as err:
         print(f"agora study: {err}", file=sys.stderr)
-        return EXIT_FAIL
+        return EXIT_USAGE
+    except NonFiniteError as err:
+        print(f"agora study: {err}", file=sys.stderr)
+        return EXIT_NONFINITE
     except KeyboardInterrupt:
         return 130
     if results["missing"]:

@@ -204,6 +204,13 @@ class ImitationConfig(_Frozen):
     scripted: ScriptedConfig = ScriptedConfig()  # knobs of the scripted teacher
 
 
+class FaultConfig(_Frozen):
+    """Injected faults, for testing the run's guards (all off by default)."""
+
+    nan_update: int = Field(0, ge=0)  # at this update (1-based) member nan_member's reward turns NaN (0: never)
+    nan_member: int = Field(0, ge=0)
+
+
 class NetworkConfig(_Frozen):
     hidden: tuple[int, ...] = (128, 128)
     activation: Literal["tanh", "relu"] = "tanh"
@@ -225,6 +232,7 @@ class TrainConfig(_Frozen):
     niche_ent_coef: float = Field(0.0, ge=0.0)
     seed: int = Field(0, ge=0)  # seeds members, hyperparameters, worlds and actions
     imitation: ImitationConfig = ImitationConfig()
+    fault: FaultConfig = FaultConfig()
     network: NetworkConfig = NetworkConfig()
     variants: VariantRanges = Field(default_factory=lambda: VariantRanges.model_validate({}))
     pbt: PBTConfig = PBTConfig()
@@ -262,6 +270,8 @@ class RunConfig(_Frozen):
                 "(each device holds whole markets)"
             )
         t, n = self.train, self.economy.num_agents
+        if t.fault.nan_member >= t.members:
+            raise ValueError(f"train.fault.nan_member={t.fault.nan_member} must be below train.members={t.members}")
         if t.imitation.updates >= t.updates:
             raise ValueError(
                 f"train.imitation.updates={t.imitation.updates} must be below train.updates={t.updates} "

@@ -214,7 +214,7 @@ def ppo_update(
     usual global shuffle.)
 
     Returns ``(params, opt_state, metrics)`` with the metrics of :func:`ppo_loss` plus
-    ``loss``, averaged over all ``num_epochs * num_minibatches`` steps. Jittable, and
+    ``loss`` and ``grad_norm`` (global norm of the gradient, before clipping), averaged over all ``num_epochs * num_minibatches`` steps. Jittable, and
     vmappable over members (see the module docstring).
     """
     if num_epochs < 1 or num_minibatches < 1:
@@ -232,7 +232,7 @@ def ppo_update(
         (loss, metrics), grads = grad_fn(p, apply_fn, mb, hyper)
         updates, o = tx.update(grads, o, p)
         p = optax.apply_updates(p, updates)
-        return (p, o), {**metrics, "loss": loss}
+        return (p, o), {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
 
     def epoch(carry, key):
         order = minibatch_order(key, b, k)

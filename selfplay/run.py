@@ -10,7 +10,9 @@ lives in the checkpointed state and the update is deterministic.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -28,9 +30,73 @@ from selfplay.train import Trainer, TrainState
 
 
 __all__ = [
-    "CheckpointError", "CheckpointMismatchError", "Checkpoints", "Dashboard", "Recorder", "prepare_run_dir",
-    "snapshot", "train_run",
+    "CheckpointError", "CheckpointMismatchError", "Checkpoints", "Dashboard", "NonFiniteError", "Recorder",
+    "RunDirLocked", "nonfinite_report", "prepare_run_dir", "run_dir_lock", "snapshot", "train_run",
 ]
+
+
+LOCK_FILE = ".lock"
+
+
+class RunDirLocked(ConfigError):
+    """Another process trains in this run directory (it holds the directory's lock)."""
+
+
+class NonFiniteError(RuntimeError):
+    """A loss, gradient norm, parameter or fitness turned non-finite; the message names the
+    members, the quantities and the update (the CLI exits 3)."""
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path):
+    """Hold an exclusive OS lock (``flock``) on ``run_dir/.lock`` for the block; the file
+    names the holder's process id. A lock held elsewhere raises :class:`RunDirLocked`
+    naming the directory and the holder, having written nothing (the lock file is opened,
+    never created or truncated, until the lock is ours). The OS drops the lock when its
+    holder dies, so a killed trainer never leaves a stale lock. In a multi-process run,
+    process 0 takes it and tells the others whether it did."""
+    import fcntl
+
+    multi = jax.process_count() > 1
+    fd, holder = None, ""
+    if jax.process_index() == 0:
+        path = run_dir / LOCK_FILE
+        if run_dir.is_dir() and path.exists():
+            fd = os.open(path, os.O_RDWR)
+        else:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            fd = None
+    ok = fd is not None or jax.process_index() != 0
+    if multi:
+        from jax.experimental import multihost_utils
+
+        ok = bool(multihost_utils.broadcast_one_to_all(np.int32(fd is not None)))
+    if not ok:
+        who = f"process {holder}" if holder else "another process (see process 0)"
+        raise RunDirLocked(
+            f"run directory {run_dir} is in use: {who} holds its lock ({run_dir / LOCK_FILE}); "
+            "wait for it to finish, stop it, or use another run directory"
+        )
+    try:
+        if fd is not None:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+def nonfinite_report(m: dict) -> dict[str, list[int]]:
+    """``{quantity: [members]}`` of the non-finite entries of one update's ``m["nonfinite"]``."""
+    return {q: np.flatnonzero(np.asarray(v)).tolist() for q, v in m["nonfinite"].items() if np.any(v)}
 
 
 def snapshot(cfg: RunConfig) -> dict:
@@ -221,7 +287,9 @@ class Recorder:
             self.files[name].write(json.dumps(r) + "\n")
         self.files[name].flush()
 
-    def record(self, u: int, m: dict, dt: float, last: bool) -> None:
+    def record(self, u: int, m: dict, dt: float, last: bool, mark: dict | None = None) -> None:
+        """``mark``: extra fields for this update's ``metrics.jsonl`` line, which is then
+        written whatever ``log_every`` says (e.g. the non-finite quantities that stop a run)."""
         if not self.enabled:
             return
         t = self.cfg.train
@@ -239,11 +307,11 @@ class Recorder:
                 hp = {h: np.asarray(m[h]).round(5).tolist() for h in self.names["variants"]}
                 hp["reward_weights"] = {c: np.asarray(v).round(4).tolist() for c, v in m["reward_weights"].items()}
                 self.dash.writer.add_text("pbt", text + "\n\nhyperparameters: " + json.dumps(hp), u)
-        if u % t.log_every == 0 or last:
+        if u % t.log_every == 0 or last or mark:
             scalars = member_scalars(m, self.names)
             scalars["perf/agent_steps_per_s"] = self.steps_per_update / dt
             self.dash.scalars(u, scalars, m)
-            self._write("metrics", [{"update": u, **jax.tree.map(lambda v: np.asarray(v).tolist(), m)}])
+            self._write("metrics", [{"update": u, **jax.tree.map(lambda v: np.asarray(v).tolist(), m), **(mark or {})}])
         if bool(m["analysis_done"]):
             self._write("analysis", [analysis_record(u, an)])
             self.dash.analysis(u, an)
@@ -266,13 +334,24 @@ def train_run(
     """Train ``cfg`` in ``run_dir`` until ``train.updates`` (or ``stop_after`` updates in
     this call). Ctrl-C finishes the update in flight, writes a final checkpoint, then raises
     ``KeyboardInterrupt``. In a multi-process run (``jax.distributed``) every process calls
-    this with the same arguments; process 0 writes the logs, all write the checkpoints."""
+    this with the same arguments; process 0 writes the logs, all write the checkpoints.
+
+    One writer per run directory: process 0 holds its lock (:func:`run_dir_lock`) for the
+    whole call. A non-finite loss, gradient norm, parameter or fitness stops the run with
+    :class:`NonFiniteError` before that update is checkpointed; its ``metrics.jsonl`` line
+    is written, marked ``"nonfinite"``."""
+
+    run_dir = Path(run_dir)
+    trainer = Trainer(cfg)  # checks the devices (mesh.agents) before anything is written
+    with run_dir_lock(run_dir):
+        return _train_locked(cfg, trainer, run_dir, resume, progress, stop_after, on_update)
+
+
+def _train_locked(cfg, trainer, run_dir, resume, progress, stop_after, on_update) -> TrainState:
     from tqdm import tqdm
 
     t = cfg.train
-    run_dir = Path(run_dir)
     lead = jax.process_index() == 0
-    trainer = Trainer(cfg)  # checks the devices (mesh.agents) before anything is written
     prepare_run_dir(cfg, run_dir, resume, write=lead)
     ckpt = Checkpoints(run_dir / "checkpoints", t.keep_checkpoints)
     ts = trainer.init(jax.random.key(t.seed))
@@ -298,6 +377,16 @@ def train_run(
             m = jax.device_get(m)
             dt = time.perf_counter() - t0
             u = int(m["update"])
+            bad = nonfinite_report(m)
+            m.pop("nonfinite")
+            if bad:
+                recorder.record(u, m, dt, last=True, mark={"nonfinite": bad, "stopped": "non-finite"})
+                what = "; ".join(f"{q} of member{'s' if len(p) > 1 else ''} {', '.join(map(str, p))}"
+                                 for q, p in bad.items())
+                raise NonFiniteError(
+                    f"update {u}: non-finite {what}; stopped without checkpointing it (the newest checkpoint stays "
+                    f"{'update ' + str(ckpt.latest()) if ckpt.latest() is not None else 'none: there is none yet'}) in {run_dir}"
+                )
             if on_update is not None:
                 on_update(u, m)
             recorder.record(u, m, dt, last=u == end)

@@ -396,6 +396,9 @@ class Trainer:
         keys = update_keys(jax.random.wrap_key_data(ts.key), ts.update)
         env_state, obs, episode, traj, stats, last_value = self._rollout(ts, keys["rollout"], imitate)
         reward, comps = self.rewards(ts, traj)  # [T, P, n]
+        if t.fault.nan_update:  # an injected fault (train.fault): one member's reward turns NaN
+            hit = (ts.update + 1 == t.fault.nan_update) & (jnp.arange(P) == t.fault.nan_member)
+            reward = jnp.where(hit[None, :, None], jnp.nan, reward)
 
         adv, ret = self.advantages(ts, reward, traj, last_value)
         tm = lambda x: jnp.swapaxes(x, 0, 1)
@@ -482,6 +485,14 @@ class Trainer:
             "value_std": jnp.sqrt(value_norm.var),  # [P]
             **{k: v for k, v in losses.items()},  # [P] each
             **{h: ts.hyper[h] for h in self.variant_names},  # [P] each, after PBT
+            # Guards (the host loop stops the run on any): non-finite per member [P] bool.
+            "nonfinite": {
+                "loss": ~jnp.isfinite(losses["loss"]),
+                "grad_norm": ~jnp.isfinite(losses["grad_norm"]),
+                "parameters": ~jax.vmap(lambda p: jnp.all(jnp.stack(
+                    [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(p)])))(params),
+                "fitness": ~jnp.isfinite(fit_now) | ~jnp.isfinite(fitness),
+            },
             "analysis": analysis,  # see analysis.population_analysis; zeros unless analysis_done
             "analysis_done": do_analysis,
         }

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 from typing import NamedTuple
 
 import flax.struct
@@ -15,7 +16,9 @@ import numpy as np
 import pytest
 
 import economy
-from selfplay.checkpoint import SCHEMA_VERSION, CheckpointError, CheckpointMismatchError, Checkpoints
+from selfplay.checkpoint import (
+    DIGESTS, SCHEMA_VERSION, CheckpointError, CheckpointMismatchError, Checkpoints, _layout, write_digests,
+)
 
 
 class Adam(NamedTuple):  # like optax's ScaleByAdamState
@@ -171,6 +174,8 @@ def test_other_schema_is_refused(tmp_path):
     path = tmp_path / "1" / "meta" / "metadata"
     meta = json.loads(path.read_text())
     path.write_text(json.dumps({**meta, "schema": 99}))
+    paths, leaves, _, _ = _layout(make(update=1))
+    write_digests(tmp_path / "1", paths, leaves)  # as another version would have sealed it
     with pytest.raises(CheckpointMismatchError, match=f"schema 99 in the checkpoint, {SCHEMA_VERSION} here"):
         restore(tmp_path, make())
 
@@ -202,3 +207,55 @@ def test_unreadable_newest_falls_back_then_fails(tmp_path, capsys):
     msg = str(err.value)
     assert "step 20" in msg and "step 10" in msg and str(tmp_path) in msg
     assert "step 10" in capsys.readouterr().err
+
+
+def _damage(path, how):
+    data = path.read_bytes()
+    if how == "flip":
+        i = len(data) // 2
+        path.write_bytes(data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1:]) if data else path.write_bytes(b"\x01")
+    elif how == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path.unlink()
+
+
+def test_any_damaged_byte_of_any_file_refuses_the_step(tmp_path, capsys):
+    """Every file of the newest step (orbax's data chunks, manifests and metadata, the meta
+    item, DIGESTS.json itself), one byte flipped, truncated to half or deleted: the step is
+    refused with a warning naming it and the older one restored; nothing is deleted."""
+    pristine = tmp_path / "pristine"
+    save_all(pristine, make(update=10, seed=10), make(update=20, seed=20))
+    files = sorted(p.relative_to(pristine / "20") for p in (pristine / "20").rglob("*") if p.is_file())
+    assert len(files) >= 8 and Path(DIGESTS) in files
+    assert any(f.parent.name == "d" for f in files)  # the data chunks are among them
+    for i, rel in enumerate(files):
+        for how in ("flip", "truncate", "delete"):
+            d = tmp_path / f"case_{i}_{how}"
+            shutil.copytree(pristine, d)
+            _damage(d / "20" / rel, how)
+            assert_same(restore(d, make(update=0)), make(update=10, seed=10))
+            err = capsys.readouterr().err
+            assert "step 20" in err and "unreadable" in err, (rel, how, err)
+            assert (d / "20").is_dir()
+            shutil.rmtree(d)
+
+
+def test_a_step_without_digests_is_incomplete_and_leaf_digests_are_checked(tmp_path, capsys):
+    """A step cut short before its digests were written is never taken as complete; a step
+    whose files match their digests but whose restored leaves differ from the saved ones
+    (another step's arrays sealed in its place) is refused by the leaf digests."""
+    save_all(tmp_path, make(update=10, seed=10), make(update=20, seed=20))
+    (tmp_path / "20" / DIGESTS).unlink()
+    assert_same(restore(tmp_path, make(update=0)), make(update=10, seed=10))
+    assert "cut short" in capsys.readouterr().err
+    record = json.loads((tmp_path / "10" / DIGESTS).read_text())
+    paths, leaves, _, _ = _layout(make(update=20, seed=20))
+    shutil.rmtree(tmp_path / "10" / "arrays")
+    save_all(tmp_path / "other", make(update=10, seed=99))
+    shutil.copytree(tmp_path / "other" / "10" / "arrays", tmp_path / "10" / "arrays")
+    write_digests(tmp_path / "10", paths, leaves)  # files sealed afresh, leaves of another state
+    sealed = json.loads((tmp_path / "10" / DIGESTS).read_text())
+    assert sealed["leaves"] != record["leaves"]
+    with pytest.raises(CheckpointError, match="restored with other bytes"):
+        restore(tmp_path, make(update=0))

@@ -460,7 +460,8 @@ def test_update_increases_probability_of_advantaged_action(pop):
     # 8 Adam steps at lr 1e-2 reach about +0.046 here.
     assert after[1] > before[1] + 0.03, (before, after)
     assert after[0] < before[0] and after[2] < before[2], (before, after)  # negative advantage
-    assert set(metrics) == {"loss", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"}
+    assert set(metrics) == {"loss", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm"}
+    assert np.isfinite(float(metrics["grad_norm"])) and float(metrics["grad_norm"]) > 0
     for k, m in metrics.items():
         assert m.shape == () and np.isfinite(float(m)), k
     assert 0.0 <= float(metrics["clip_fraction"]) <= 1.0
