@@ -46,14 +46,14 @@ Actions = dict[str, jax.Array]
 class ScriptedConfig(BaseModel):
     """Knobs of the scripted baseline (frozen; the defaults are the baseline)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     epsilon: float = Field(0.05, ge=0.0, le=1.0)  # probability of a uniformly random niche (or rest) instead of the best
     value_noise: float = Field(0.3, ge=0.0)  # log-normal spread of each agent's niche values per step
     restock_value: float = Field(0.5, ge=0.0, le=1.0)  # weight of work that waits for inputs still to be bought
     public_value: float = Field(20.0, ge=0.0)  # money value of one public-project unit at an empty local stock
     cash_share: float = Field(0.5, ge=0.0)  # wealth kept in consumer goods, as a multiple of cash (split by preference)
-    price_spread: int = Field(1, ge=1)  # orders go 1..price_spread price steps beyond the last price (uniformly drawn)
+    price_spread: int = Field(1, ge=1, le=1024)  # orders go 1..price_spread price steps beyond the last price (uniformly drawn)
 
 
 def _per_agent(x: jax.Array, n: int) -> jax.Array:

@@ -13,6 +13,7 @@ offending key (as a dotted path) and value.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Annotated, Any, Iterable, Mapping
 
@@ -52,8 +53,37 @@ Recipe = Annotated[dict[str, NonNegInt], AfterValidator(FrozenMap)]
 Params = Annotated[dict[str, float], AfterValidator(FrozenMap)]
 
 
+FLOAT_LIMIT = 1e30  # |float| in a config: sums and products of a few stay finite in float32
+
+
+def check_int32(v: Any) -> Any:
+    """Every integer of a config (also inside tuples and mappings) fits in int32 and every
+    float stays below :data:`FLOAT_LIMIT`: the simulator's arrays are int32/float32, so a
+    larger number could only overflow later."""
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int) and not -INT32_MAX <= v <= INT32_MAX:
+        raise ValueError(f"{v} does not fit in a 32-bit integer (|value| <= {INT32_MAX})")
+    if isinstance(v, float) and abs(v) > FLOAT_LIMIT:
+        raise ValueError(f"{v} is too large for float32 arithmetic (|value| <= {FLOAT_LIMIT:g})")
+    if isinstance(v, (tuple, list)):
+        for x in v:
+            check_int32(x)
+    if isinstance(v, dict):
+        for x in v.values():
+            check_int32(x)
+    return v
+
+
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    """Frozen, unknown keys refused, no NaN or infinite floats, every integer within int32."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _int32(cls, v):
+        return check_int32(v)
 
 
 class GoodConfig(_Frozen):
@@ -377,7 +407,13 @@ def format_validation_error(e: ValidationError, data: Any = None, prefix: str = 
         if err["type"] == "extra_forbidden":
             lines.append(f"{loc}: unknown key (value {err['input']!r})")
         elif err["type"] in ("value_error", "assertion_error") and not err["loc"]:
-            lines.append(msg)
+            # A model-wide check names keys relative to the model ("niches.4.outputs: ..."):
+            # give each part its section's prefix so the key is named in full.
+            parts = msg.split("; ")
+            if prefix:
+                parts = [f"{prefix}{m}" if re.match(r"[A-Za-z_]\w*[.:=\[ ]", m) and not m.startswith(prefix) else m
+                         for m in parts]
+            lines += parts
         else:
             lines.append(f"{loc} = {err['input']!r}: {msg}")
     return "invalid config:\n  " + "\n  ".join(lines)

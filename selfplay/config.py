@@ -26,15 +26,33 @@ from pydantic import (
 
 from agents.scripted import ScriptedConfig
 from economy import ConfigError, EconomyConfig, apply_overrides, load_yaml
-from economy.config import FrozenMap, format_validation_error
+from economy.config import FrozenMap, check_int32, format_validation_error
 from selfplay.batching import minibatch_split
 from selfplay.population import FITNESS
 from selfplay.rewards import REWARD_COMPONENTS
 from selfplay.variants import VARIANTS
 
 
+def check_name_template(field: str, v: str) -> str:
+    """A directory template: non-empty, ``{name}`` its only substitution."""
+    try:
+        v.format(name="x")
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(f"{field}={v!r}: only {{name}} may be substituted ({type(e).__name__}: {e})") from None
+    if not v.strip():
+        raise ValueError(f"{field} must not be empty")
+    return v
+
+
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Frozen, unknown keys refused, no NaN or infinite floats, every integer within int32."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _int32(cls, v):
+        return check_int32(v)
 
 
 class MeshConfig(_Frozen):
@@ -243,6 +261,11 @@ class TrainConfig(_Frozen):
     keep_checkpoints: int = Field(3, ge=1)
     run_dir: str = "runs/{name}"  # ``{name}``: the config file's stem
 
+    @field_validator("run_dir")
+    @classmethod
+    def _run_dir(cls, v):
+        return check_name_template("run_dir", v)
+
     @property
     def players(self) -> int:
         return self.members + self.league.size
@@ -292,7 +315,9 @@ class RunConfig(_Frozen):
             ) from None
         if per_market % t.players:
             raise ValueError(
-                f"{t.players} players must divide the agents per market ({per_market}) so every member trades in every market"
+                f"train.members={t.members} + train.league.size={t.league.size} = {t.players} players must divide the "
+                f"agents per market (economy.num_agents / economy.num_markets = {per_market}) so every member trades "
+                "in every market"
             )
         return self
 

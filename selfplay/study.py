@@ -40,14 +40,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from economy import ConfigError, load_yaml
 from economy.config import format_validation_error
 from analysis.report import write_atomic
-from selfplay.config import RunConfig, load_run_config
+from selfplay.config import RunConfig, check_name_template, load_run_config
 from selfplay.evaluate import METRICS, EvalSettings
 
 CI_METHOD = "Student's t, 95 %, over seeds"
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from selfplay.config import _Frozen  # noqa: E402  (frozen, unknown keys refused, int32, no NaN)
 
 
 class ConditionConfig(_Frozen):
@@ -77,6 +76,11 @@ class StudyConfig(_Frozen):
     seeds: int | tuple[int, ...]
     eval: StudyEvalConfig = StudyEvalConfig()
     study_dir: str = "runs/studies/{name}"
+
+    @field_validator("study_dir")
+    @classmethod
+    def _study_dir(cls, v):
+        return check_name_template("study_dir", v)
 
     @field_validator("seeds")
     @classmethod
