@@ -1,0 +1,145 @@
+"""The economy as a PettingZoo ParallelEnv (economy.interop.pettingzoo): PettingZoo's own
+API and seed tests, bit-for-bit agreement with the JAX environment for the same world,
+keys and actions, the ledger through the wrapper, and bad actions refused before the
+world changes."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+pytest.importorskip("pettingzoo")
+from pettingzoo.test import parallel_api_test, parallel_seed_test  # noqa: E402
+
+from economy import Economy, ledger  # noqa: E402
+from economy.interop.pettingzoo import parallel_env  # noqa: E402
+from tests.conftest import CONFIGS  # noqa: E402
+
+TINY = CONFIGS / "tiny.yaml"
+SHORT = ["episode_length=12"]  # a short episode: the API tests play it to the end
+
+
+@pytest.fixture(scope="module")
+def env():
+    return parallel_env(TINY, *SHORT, seed=0)
+
+
+def test_pettingzoo_api_and_seed_tests(env):
+    parallel_api_test(env, num_cycles=20)
+    parallel_seed_test(lambda: parallel_env(TINY, *SHORT), num_cycles=20)
+
+
+def test_spaces_follow_the_action_spec(env):
+    cfg = env.cfg
+    G, J = cfg.num_goods, cfg.num_niches
+    assert env.possible_agents == [f"agent_{i}" for i in range(cfg.num_agents)] and env.max_num_agents == cfg.num_agents
+    assert env.metadata["is_parallelizable"] and env.metadata["name"]
+    a = env.action_space("agent_3")
+    assert a is env.action_space("agent_0") and env.observation_space("agent_1") is env.observation_space("agent_2")
+    assert a["niche"].n == J + 1
+    for head, choices in (("side", 3), ("quantity", len(cfg.market.quantity_levels)), ("price", cfg.market.price_ticks)):
+        np.testing.assert_array_equal(a[head].nvec, np.full(G, choices))
+    box = env.observation_space("agent_0")
+    assert box.shape == (env.economy.obs_dim,) and box.dtype == np.float32
+    # A new good and niche change the spaces with no code change.
+    bigger = parallel_env(CONFIGS / "examples" / "weaver.yaml")  # two goods and two niches added
+    b = bigger.action_space("agent_0")
+    assert b["niche"].n == J + 3 and b["price"].nvec.shape == (G + 2,)
+    assert bigger.observation_space("agent_0").shape == (bigger.economy.obs_dim,) != box.shape
+
+
+def _random_actions(env, rng):
+    n = env.max_num_agents
+    arrays = {h.name: rng.integers(0, h.choices, (n,) + h.shape) for h in env.economy.action_spec}
+    return arrays, {a: {k: v[i] for k, v in arrays.items()} for i, a in enumerate(env.possible_agents)}
+
+
+def test_same_world_keys_and_actions_as_the_jax_environment(env):
+    """Observations, rewards and truncation through the wrapper equal Economy.step's for the
+    same world key, step keys and actions, bit for bit; the ledger identity holds through
+    the wrapper (money conserved, goods change by produced minus consumed)."""
+    rng = np.random.default_rng(0)
+    econ = Economy(env.cfg)
+    reset, step = jax.jit(econ.reset), jax.jit(econ.step)  # the JAX environment, jitted as it runs
+    obs, infos = env.reset(seed=5)
+    assert all(type(o) is np.ndarray and o.dtype == np.float32 for o in obs.values())
+    ref_obs, state = reset(env.world_key())
+    np.testing.assert_array_equal(np.stack([obs[a] for a in env.possible_agents]), np.asarray(ref_obs))
+    before = ledger(env.economy_state)
+    for t in range(env.cfg.episode_length):
+        arrays, actions = _random_actions(env, rng)
+        obs, rew, term, trunc, info = env.step(actions)
+        ref_obs, state, ref_rew, _, ref_trunc, ref_info = step(env.step_key(t), state, jax.tree.map(np.int32, arrays))
+        np.testing.assert_array_equal(np.stack([obs[a] for a in env.possible_agents]), np.asarray(ref_obs))
+        np.testing.assert_array_equal(np.asarray([rew[a] for a in env.possible_agents], np.float32), np.asarray(ref_rew))
+        assert [trunc[a] for a in env.possible_agents] == np.asarray(ref_trunc).tolist() and not any(term.values())
+        assert all(type(r) is float for r in rew.values()) and set(info["agent_0"]) >= {"utility", "collaboration"}
+        np.testing.assert_array_equal(np.asarray([info[a]["utility"] for a in env.possible_agents], np.float32),
+                                      np.asarray(ref_info["utility"]))
+        after = ledger(env.economy_state)
+        assert after["money"] == before["money"]
+        np.testing.assert_array_equal(
+            after["goods"], before["goods"] + env.last_info["produced"].astype(np.int64) - env.last_info["consumed"]
+        )
+        before = after
+    assert env.agents == [] and all(trunc.values())  # the whole world ends at episode_length
+    # The same seed replays the same world; a held-out env plays the evaluation range.
+    again = parallel_env(TINY, *SHORT)
+    o1, _ = again.reset(seed=5)
+    np.testing.assert_array_equal(o1["agent_7"], np.asarray(reset(env.world_key(0))[0])[7])
+    held = parallel_env(TINY, *SHORT, held_out=True)
+    held.reset(seed=5)
+    assert held.world_seed() == env.world_seed(0)
+    assert not np.array_equal(np.asarray(jax.random.key_data(held.world_key())), np.asarray(jax.random.key_data(env.world_key(0))))
+
+
+@pytest.mark.parametrize("case", ["missing_agent", "unknown_agent", "unknown_head", "missing_head", "out_of_range",
+                                  "negative", "wrong_shape", "not_integer", "not_a_dict"])
+def test_bad_actions_raise_naming_agent_and_head_before_the_world_changes(env, case):
+    rng = np.random.default_rng(1)
+    env.reset(seed=2)
+    _, actions = _random_actions(env, rng)
+    G = env.cfg.num_goods
+    agent, head = "agent_9", "price"
+    if case == "missing_agent":
+        del actions[agent]
+        head = None
+    elif case == "unknown_agent":
+        actions["agent_99999"] = actions.pop(agent)
+        agent, head = "agent_99999", None
+    elif case == "unknown_head":
+        actions[agent]["tax"] = 1
+        head = "tax"
+    elif case == "missing_head":
+        del actions[agent][head]
+    elif case == "out_of_range":
+        actions[agent][head] = np.full(G, env.cfg.market.price_ticks)
+    elif case == "negative":
+        head = "niche"
+        actions[agent][head] = -1
+    elif case == "wrong_shape":
+        actions[agent][head] = np.zeros(G + 1, np.int64)
+    elif case == "not_integer":
+        actions[agent][head] = np.full(G, 1.5)
+    else:
+        actions[agent] = [0, 1]
+        head = None
+    leaves = [np.asarray(x).copy() for x in jax.tree.leaves(env.economy_state)]
+    with pytest.raises(ValueError) as err:
+        env.step(actions)
+    msg = str(err.value)
+    assert repr(agent) in msg and (head is None or repr(head) in msg), msg
+    for x, y in zip(jax.tree.leaves(env.economy_state), leaves):
+        np.testing.assert_array_equal(np.asarray(x), y)
+    assert env._t == 0 and env.agents == env.possible_agents
+
+
+def test_example_script_runs(capsys):
+    """examples/pettingzoo_random.py, the README's example, on a small economy."""
+    import runpy
+
+    mod = runpy.run_path(str(CONFIGS.parent / "examples" / "pettingzoo_random.py"), run_name="example")
+    assert mod["main"](["--agents", "256", "--steps", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "5 steps of 256 agents with random actions: mean utility" in out
