@@ -250,6 +250,8 @@ class Checkpoints:
             if update is None or callable(update):  # (a dict's .update is a method)
                 raise ValueError("the state has no `update` field: pass step=")
             step = int(update)
+        if step in self.mgr.all_steps() and not (self.directory / str(step) / DIGESTS).is_file():
+            self._discard_unsealed(step)
         if step not in self.mgr.all_steps():
             paths, leaves, meta, _ = _layout(ts)
             args = self.ocp.args
@@ -263,6 +265,21 @@ class Checkpoints:
             self.mgr.wait_until_finished()
             self._seal(step, paths, leaves)
         return step
+
+    def _discard_unsealed(self, step: int) -> None:
+        """A step cut short before its digests (a kill during the write) is written anew
+        when training reaches it again, instead of standing as the newest step forever."""
+        import shutil
+
+        if jax.process_index() == 0:
+            print(f"warning: checkpoint step {step} in {self.directory} was never completed; writing it again",
+                  file=sys.stderr, flush=True)
+            shutil.rmtree(self.directory / str(step))
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"agora checkpoint {step} discarded")
+        self.mgr.reload()
 
     def _seal(self, step: int, paths, leaves) -> None:
         """Write the step's digests (process 0, once every process has committed its files)."""

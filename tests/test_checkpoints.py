@@ -259,3 +259,14 @@ def test_a_step_without_digests_is_incomplete_and_leaf_digests_are_checked(tmp_p
     assert sealed["leaves"] != record["leaves"]
     with pytest.raises(CheckpointError, match="restored with other bytes"):
         restore(tmp_path, make(update=0))
+
+
+def test_an_unsealed_step_is_written_again_when_training_reaches_it(tmp_path, capsys):
+    """Killed between orbax's commit and the digests: the step is refused on restore, and
+    saving that step again replaces it (it would otherwise stand unsealed forever)."""
+    save_all(tmp_path, make(update=10, seed=10), make(update=20, seed=1))
+    (tmp_path / "20" / DIGESTS).unlink()
+    assert_same(restore(tmp_path, make(update=0)), make(update=10, seed=10))
+    save_all(tmp_path, make(update=20, seed=20))
+    assert "never completed" in capsys.readouterr().err
+    assert_same(restore(tmp_path, make(update=0)), make(update=20, seed=20))
