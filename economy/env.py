@@ -57,6 +57,7 @@ class Economy:
             ActionHead("price", (G,), cfg.market.price_ticks),
         )
         self.obs_dim = 4 * G + 3 * J + 2
+        self._price_unit = float(np.mean([g.base_price for g in cfg.goods]))  # info["value_added"]'s money unit
         self._checked_step = jax.jit(checkify.checkify(self._step_checked))
 
     # ---- public API ---------------------------------------------------------------------
@@ -252,6 +253,15 @@ class Economy:
             working, jnp.take_along_axis(w.history, jnp.minimum(a["niche"], cfg.num_niches - 1)[:, None], -1)[:, 0], 0.0
         )
         collaboration = w.public.astype(jnp.float32) * (1.0 / cfg.collaboration_scale)
+        # Value added by this step's work at the market's prices before it (outputs minus
+        # inputs), in units of the catalogue's mean base price: what the scripted agents
+        # rank niches by, paid whether or not the goods are then sold or eaten.
+        net = (p.outputs - p.inputs).astype(jnp.float32)  # [J+1, G] (row J: rest)
+        margin = state.price.astype(jnp.float32) @ net.T  # [M, J+1]
+        margin_agent = jnp.take_along_axis(
+            jnp.broadcast_to(margin[:, None, :], (m, b, margin.shape[-1])).reshape(n, -1), a["niche"][:, None], -1
+        )[:, 0]
+        value_added = w.units.astype(jnp.float32) * margin_agent / self._price_unit
         # The environment's reward is the utility of this step's basket. Everything a learner
         # may be rewarded for is a per-agent entry of ``info``; how those are weighted per
         # population member is self-play's business (selfplay.rewards, train.variants.rewards).
@@ -260,6 +270,7 @@ class Economy:
             "utility": cons.utility,
             "specialisation": specialisation,
             "collaboration": collaboration,
+            "value_added": value_added,  # float32 [N]
             "produced": jnp.sum(w.produced, 0),
             "consumed": jnp.sum(w.used + cons.eaten + cons.spoiled, 0),
             "eaten": jnp.sum(cons.eaten, 0),

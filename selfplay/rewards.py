@@ -180,6 +180,11 @@ register_component(
     "collaboration", lambda s: s.info["collaboration"],
     doc="public-project units this agent produced, / economy.collaboration_scale",
 )
+register_component(
+    "income", lambda s: s.info["value_added"],
+    doc="per agent: value added by this step's work at the market's last prices (outputs minus inputs), in units "
+        "of the catalogue's mean base price; the scripted agents' niche criterion, paid before any trade",
+)
 register_component("specialisation", niche_pmi, level="member", doc=niche_pmi.__doc__)
 
 

@@ -520,6 +520,15 @@ def test_info_contents(tiny_cfg, tiny_env, tiny_fns):
     for name in ("market_price", "market_volume"):
         assert info[name].shape == (M, G) and info[name].dtype.kind == "i", name
     assert (info["market_volume"] >= 0).all()
+    # Value added: units x (outputs - inputs) of the chosen niche at the market's prices
+    # before the step, in mean base prices (NumPy, agent by agent's market and niche).
+    net = np.asarray(tiny_env.params.outputs, np.float64) - np.asarray(tiny_env.params.inputs, np.float64)
+    price = np.asarray(state.price, np.float64)[np.arange(N) // B]  # [N, G]
+    want = info["units"] * np.einsum("ng,ng->n", price, net[np.asarray(acts["niche"])])
+    want /= np.mean([g.base_price for g in cfg.goods])
+    assert info["value_added"].dtype == np.float32 and (info["units"] > 0).sum() > N // 4
+    np.testing.assert_allclose(info["value_added"], want, rtol=1e-6, atol=1e-6)
+    assert (info["value_added"][np.asarray(acts["niche"]) == J] == 0).all()
     assert (info["market_price"] >= cfg.market.min_price).all() and (info["market_price"] <= cfg.market.max_price).all()
     np.testing.assert_array_equal(new.volume, info["market_volume"])
     occ = info["niche_occupancy"]
