@@ -225,7 +225,7 @@ class ImitationConfig(_Frozen):
 class FaultConfig(_Frozen):
     """Injected faults, for testing the run's guards (all off by default)."""
 
-    nan_update: int = Field(0, ge=0)  # at this update (1-based) member nan_member's reward turns NaN (0: never)
+    nan_update: int = Field(0, ge=0)  # from this update (1-based) member nan_member's reward is NaN (0: never)
     nan_member: int = Field(0, ge=0)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import yaml
 
@@ -92,6 +93,15 @@ def run_dir_lock(run_dir: Path):
         if fd is not None:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+
+def inject_nan(trainer: Trainer, ts: TrainState, member: int) -> TrainState:
+    """The fault of ``train.fault``: member ``member``'s utility weight turns NaN, so its
+    reward, loss, gradients and parameters do in the next update (a change of the state's
+    data, not of the compiled update)."""
+    w = dict(ts.reward_weights)
+    w["utility"] = w["utility"].at[member].set(jnp.nan)
+    return trainer.place(ts.replace(reward_weights=w))
 
 
 def nonfinite_report(m: dict) -> dict[str, list[int]]:
@@ -373,6 +383,8 @@ def _train_locked(cfg, trainer, run_dir, resume, progress, stop_after, on_update
     try:
         while int(ts.update) < end and not interrupted:
             t0 = time.perf_counter()
+            if t.fault.nan_update == int(ts.update) + 1:
+                ts = inject_nan(trainer, ts, t.fault.nan_member)
             ts, m = trainer.update(ts)
             m = jax.device_get(m)
             dt = time.perf_counter() - t0

@@ -396,9 +396,6 @@ class Trainer:
         keys = update_keys(jax.random.wrap_key_data(ts.key), ts.update)
         env_state, obs, episode, traj, stats, last_value = self._rollout(ts, keys["rollout"], imitate)
         reward, comps = self.rewards(ts, traj)  # [T, P, n]
-        if t.fault.nan_update:  # an injected fault (train.fault): one member's reward turns NaN
-            hit = (ts.update + 1 == t.fault.nan_update) & (jnp.arange(P) == t.fault.nan_member)
-            reward = jnp.where(hit[None, :, None], jnp.nan, reward)
 
         adv, ret = self.advantages(ts, reward, traj, last_value)
         tm = lambda x: jnp.swapaxes(x, 0, 1)
