@@ -75,8 +75,10 @@ def test_same_world_keys_and_actions_as_the_jax_environment(env):
         np.testing.assert_array_equal(np.asarray([rew[a] for a in env.possible_agents], np.float32), np.asarray(ref_rew))
         assert [trunc[a] for a in env.possible_agents] == np.asarray(ref_trunc).tolist() and not any(term.values())
         assert all(type(r) is float for r in rew.values()) and set(info["agent_0"]) >= {"utility", "collaboration"}
-        np.testing.assert_array_equal(np.asarray([info[a]["utility"] for a in env.possible_agents], np.float32),
-                                      np.asarray(ref_info["utility"]))
+        for name, key in (("utility", "utility"), ("persistence", "specialisation"), ("collaboration", "collaboration"),
+                          ("income", "value_added")):
+            np.testing.assert_array_equal(np.asarray([info[a][name] for a in env.possible_agents], np.float32),
+                                          np.asarray(ref_info[key]), err_msg=name)
         after = ledger(env.economy_state)
         assert after["money"] == before["money"]
         np.testing.assert_array_equal(

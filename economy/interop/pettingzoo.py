@@ -29,7 +29,7 @@ episode, t)``; the same seed and actions give the same trajectory. ``reset()`` w
 seed draws the next world of the sequence; ``options={"world": k}`` plays world ``k``.
 
 Rewards are the economy's reward (the utility of the basket eaten); each agent's
-``infos`` carry its reward components (``utility``, ``persistence``, ``collaboration``)
+``infos`` carry its reward components (``utility``, ``persistence``, ``collaboration``, ``income``)
 and its units of work. Bad actions (an agent missing or unknown, a head missing or
 unknown, a value out of range, a wrong shape or a non-integer) raise ``ValueError`` naming
 the agent and the head, before the world changes.
@@ -179,9 +179,10 @@ class AgoraParallelEnv(ParallelEnv):
         agents = self.agents
         utility, persistence = self.last_info["utility"], self.last_info["specialisation"]
         collaboration, units = self.last_info["collaboration"], self.last_info["units"]
+        income = self.last_info["value_added"]
         infos = {
             a: {"utility": float(utility[i]), "persistence": float(persistence[i]),
-                "collaboration": float(collaboration[i]), "units": int(units[i])}
+                "collaboration": float(collaboration[i]), "income": float(income[i]), "units": int(units[i])}
             for i, a in enumerate(agents)
         }
         out = (
