@@ -71,3 +71,12 @@ def congestion_rule(ctx: ProductionContext) -> jax.Array:
     ``capacity / workers`` once more than ``params.capacity`` agents of the market work it."""
     crowd = jnp.maximum(ctx.workers.astype(jnp.float32) / ctx.params["capacity"], 1.0)
     return default_rule(ctx) / crowd
+
+
+@register_rule("tooled")
+def tooled_rule(ctx: ProductionContext) -> jax.Array:
+    """Capital: an agent holding at least one unit of the good at catalogue index
+    ``params.tool`` works ``1 + params.bonus`` times as much (tools make work productive,
+    so the goods that make tools are demanded by producers, not only by consumers)."""
+    held = ctx.goods[:, int(ctx.params["tool"])] >= 1
+    return default_rule(ctx) * (1.0 + ctx.params["bonus"] * held.astype(jnp.float32))

@@ -28,7 +28,9 @@ DEFAULT_CFG = economy.load_config(CONFIGS / "economy" / "default.yaml")
 NICHES = DEFAULT_CFG.niche_names
 RULES = sorted(economy.PRODUCTION_RULES)  # at collection: the built-in rules
 # Parameters each known rule needs (a rule registered elsewhere gets none).
-RULE_PARAMS = {"congestion": {"capacity": 4.0}, "seasonal": {"amplitude": 0.5, "period": 20.0}}
+RULE_PARAMS = {
+    "congestion": {"capacity": 4.0}, "seasonal": {"amplitude": 0.5, "period": 20.0}, "tooled": {"tool": 5.0, "bonus": 1.0},
+}
 EPS = 1e-3  # float slack when bracketing stochastically rounded units
 
 
@@ -270,6 +272,26 @@ def test_rule_runs_with_exact_ledger(rule):
         assert int(info["produced"][g]) == delta.sum()
         assert (np.asarray(info["produced"]) == 0)[np.arange(cfg.num_goods) != g].all()
         state = new
+
+
+def test_tooled_rule_multiplies_work_of_tool_holders():
+    """``tooled``: an agent holding at least one unit of the tool good works
+    ``1 + bonus`` times the default rule's units; without one, exactly the default."""
+    from economy.registry import tooled_rule
+
+    goods = np.zeros((4, 6), np.int32)
+    goods[:, 5] = [0, 1, 3, 0]
+    goods[3, 4] = 7  # another good does not count
+    ctx = economy.ProductionContext(
+        skill=jnp.asarray([0.0, 0.5, 1.0, 1.0]), richness=jnp.asarray([1.0, 2.0, 0.5, 1.0]), project=jnp.ones(4),
+        workers=jnp.zeros(4, jnp.int32), goods=jnp.asarray(goods), labour=jnp.float32(3.0), skill_floor=0.25,
+        step=jnp.int32(0), params={"tool": jnp.float32(5), "bonus": jnp.float32(0.5)},
+    )
+    base = np.asarray(economy.default_rule(ctx))
+    np.testing.assert_allclose(np.asarray(tooled_rule(ctx)), base * np.array([1.0, 1.5, 1.5, 1.0]), rtol=1e-6)
+    cap = economy.load_config(CONFIGS / "economy" / "capital.yaml")
+    assert [n.name for n in cap.niches if n.rule == "tooled"] == ["farmer", "fisher", "woodcutter", "miner"]
+    assert cap.good_names[5] == "tools"
 
 
 def test_congestion_lowers_per_worker_output():
