@@ -56,7 +56,7 @@ Params = Annotated[dict[str, float], AfterValidator(FrozenMap)]
 FLOAT_LIMIT = 1e30  # |float| in a config: sums and products of a few stay finite in float32
 
 
-def check_int32(v: Any) -> Any:
+def check_number_bounds(v: Any) -> Any:
     """Every integer of a config (also inside tuples and mappings) fits in int32 and every
     float stays below :data:`FLOAT_LIMIT`: the simulator's arrays are int32/float32, so a
     larger number could only overflow later."""
@@ -68,10 +68,10 @@ def check_int32(v: Any) -> Any:
         raise ValueError(f"{v} is too large for float32 arithmetic (|value| <= {FLOAT_LIMIT:g})")
     if isinstance(v, (tuple, list)):
         for x in v:
-            check_int32(x)
+            check_number_bounds(x)
     if isinstance(v, dict):
         for x in v.values():
-            check_int32(x)
+            check_number_bounds(x)
     return v
 
 
@@ -83,7 +83,7 @@ class _Frozen(BaseModel):
     @field_validator("*", mode="after")
     @classmethod
     def _int32(cls, v):
-        return check_int32(v)
+        return check_number_bounds(v)
 
 
 class GoodConfig(_Frozen):

@@ -258,9 +258,7 @@ class Economy:
         # rank niches by, paid whether or not the goods are then sold or eaten.
         net = (p.outputs - p.inputs).astype(jnp.float32)  # [J+1, G] (row J: rest)
         margin = state.price.astype(jnp.float32) @ net.T  # [M, J+1]
-        margin_agent = jnp.take_along_axis(
-            jnp.broadcast_to(margin[:, None, :], (m, b, margin.shape[-1])).reshape(n, -1), a["niche"][:, None], -1
-        )[:, 0]
+        margin_agent = jnp.take_along_axis(margin, a["niche"].reshape(m, b), axis=1).reshape(n)
         value_added = w.units.astype(jnp.float32) * margin_agent / self._price_unit
         # The environment's reward is the utility of this step's basket. Everything a learner
         # may be rewarded for is a per-agent entry of ``info``; how those are weighted per

@@ -299,7 +299,8 @@ class Checkpoints:
             "start afresh with --no-resume or use another run directory"
         )
 
-    def _read_meta(self, step: int) -> dict:
+    def _refuse_position_layout(self, step: int) -> None:
+        """An old leaf-position checkpoint (schema 0) is a mismatch, named, not a damaged step."""
         step_dir = self.directory / str(step)
         if not (step_dir / "meta").exists() and (step_dir / "default").exists():
             raise CheckpointMismatchError(
@@ -307,6 +308,8 @@ class Checkpoints:
                 "position, schema 0) and cannot be read by name; start afresh with --no-resume or use another "
                 "run directory"
             )
+
+    def _read_meta(self, step: int) -> dict:
         meta = self.mgr.restore(step, args=self.ocp.args.Composite(meta=self.ocp.args.JsonRestore())).meta
         if not isinstance(meta, dict) or "leaves" not in meta:
             raise ValueError(f"meta item is not an Agora checkpoint description: {str(meta)[:100]}")
@@ -333,10 +336,8 @@ class Checkpoints:
             candidates = [step]
         for step in candidates:
             try:
-                step_dir = self.directory / str(step)
-                if not (step_dir / "meta").exists() and (step_dir / "default").exists():
-                    self._read_meta(step)  # an old leaf-position checkpoint: a mismatch, named
-                record = verify_files(step_dir)
+                self._refuse_position_layout(step)
+                record = verify_files(self.directory / str(step))
                 meta = self._read_meta(step)
                 if meta.get("schema") != SCHEMA_VERSION:
                     raise self._mismatch(step, f"schema {meta.get('schema')} in the checkpoint, {SCHEMA_VERSION} here")

@@ -26,7 +26,7 @@ from pydantic import (
 
 from agents.scripted import ScriptedConfig
 from economy import ConfigError, EconomyConfig, apply_overrides, load_yaml
-from economy.config import FrozenMap, check_int32, format_validation_error
+from economy.config import FrozenMap, check_number_bounds, format_validation_error
 from selfplay.batching import minibatch_split
 from selfplay.population import FITNESS
 from selfplay.rewards import REWARD_COMPONENTS
@@ -52,7 +52,7 @@ class _Frozen(BaseModel):
     @field_validator("*", mode="after")
     @classmethod
     def _int32(cls, v):
-        return check_int32(v)
+        return check_number_bounds(v)
 
 
 class MeshConfig(_Frozen):

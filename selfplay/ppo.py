@@ -89,6 +89,15 @@ def clipped_surrogate(log_ratio: jax.Array, advantages: jax.Array, clip_eps: flo
     return jnp.maximum(unclipped, clipped)
 
 
+def _niche_entropy_bonus(logits: dict, hyper: Mapping[str, Any], batch_ndim: int) -> tuple[jax.Array, dict]:
+    """``(ent_coef_niche * entropy of the niche head, {"entropy_niche": ...})`` when
+    ``hyper`` has ``ent_coef_niche`` (an extra bonus on the niche head alone), else ``(0, {})``."""
+    if hyper.get("ent_coef_niche") is None:
+        return jnp.zeros((), jnp.float32), {}
+    ent_niche = _entropy({"niche": logits["niche"]}, batch_ndim=batch_ndim).mean()
+    return hyper["ent_coef_niche"] * ent_niche, {"entropy_niche": ent_niche}
+
+
 def ppo_loss(params: Any, apply_fn: Callable, batch: dict, hyper: Mapping[str, Any]) -> tuple[jax.Array, dict]:
     """PPO loss of one member on one minibatch. Returns ``(loss, metrics)``.
 
@@ -126,12 +135,8 @@ def ppo_loss(params: Any, apply_fn: Callable, batch: dict, hyper: Mapping[str, A
     value_loss = 0.5 * jnp.maximum(jnp.square(value - returns), jnp.square(value_clipped - returns)).mean()
 
     ent = _entropy(logits, batch_ndim=bd).mean()
-    loss = policy_loss + vf_coef * value_loss - ent_coef * ent
-    extra = {}
-    if hyper.get("ent_coef_niche") is not None:  # an extra entropy bonus on the niche head alone
-        ent_niche = _entropy({"niche": logits["niche"]}, batch_ndim=bd).mean()
-        loss = loss - hyper["ent_coef_niche"] * ent_niche
-        extra["entropy_niche"] = ent_niche
+    bonus, extra = _niche_entropy_bonus(logits, hyper, bd)
+    loss = policy_loss + vf_coef * value_loss - ent_coef * ent - bonus
     metrics = {
         "policy_loss": policy_loss,
         "value_loss": value_loss,
@@ -157,12 +162,8 @@ def imitation_loss(params: Any, apply_fn: Callable, batch: dict, hyper: Mapping[
     nll = -_log_prob(logits, batch["actions"], batch_ndim=bd).mean()
     value_loss = 0.5 * jnp.square(value - batch["returns"]).mean()
     ent = _entropy(logits, batch_ndim=bd).mean()
-    loss = nll + vf_coef * value_loss - ent_coef * ent
-    extra = {}
-    if hyper.get("ent_coef_niche") is not None:
-        ent_niche = _entropy({"niche": logits["niche"]}, batch_ndim=bd).mean()
-        loss = loss - hyper["ent_coef_niche"] * ent_niche
-        extra["entropy_niche"] = ent_niche
+    bonus, extra = _niche_entropy_bonus(logits, hyper, bd)
+    loss = nll + vf_coef * value_loss - ent_coef * ent - bonus
     zero = jnp.zeros((), jnp.float32)
     metrics = {"policy_loss": nll, "value_loss": value_loss, "entropy": ent, "approx_kl": zero, "clip_fraction": zero, **extra}
     return loss, metrics
