@@ -37,7 +37,8 @@ import numpy as np
 from economy import rng
 
 SOURCE = Path(__file__).with_name("native_sample.cc")
-TARGETS = {"agora_sample": "AgoraSample", "agora_act": "AgoraAct"}
+TARGETS = {"agora_sample": "AgoraSample", "agora_act": "AgoraAct", "agora_stats": "AgoraStats",
+           "agora_stats_grad": "AgoraStatsGrad"}
 FLAGS = ("-O3", "-mavx2", "-mfma", "-std=c++17", "-fPIC", "-shared")
 
 
@@ -173,11 +174,7 @@ def act(h: jax.Array, w: jax.Array, b: jax.Array, u: jax.Array, sizes) -> tuple[
     K], log_prob float32 [*g, n], value float32 [*g, n])``."""
     sizes = _sizes(sizes)
     h, w, b, u = (jnp.asarray(x, jnp.float32) for x in (h, w, b, u))
-    g, (n, hdim) = h.shape[:-2], h.shape[-2:]
-    want = {"w": g + (hdim, int(sizes.sum()) + 1), "b": g + (int(sizes.sum()) + 1,), "u": g + (n, sizes.size)}
-    for name, x in (("w", w), ("b", b), ("u", u)):
-        if x.shape != want[name]:
-            raise ValueError(f"agora_act: {name} has shape {x.shape}, expected {want[name]} (h is {h.shape})")
+    g, n = _layer_shapes("agora_act", h, w, b, sizes, u=u)
     call = jax.ffi.ffi_call(
         "agora_act",
         (jax.ShapeDtypeStruct(g + (n, sizes.size), jnp.int32), jax.ShapeDtypeStruct(g + (n,), jnp.float32),
@@ -187,4 +184,54 @@ def act(h: jax.Array, w: jax.Array, b: jax.Array, u: jax.Array, sizes) -> tuple[
     return call(h, w, b, u, sizes=sizes)
 
 
-__all__ = ["act", "available", "build", "cache_dir", "draw", "sample"]
+def _layer_shapes(name: str, h, w, b, sizes, **rows) -> tuple:
+    """Checks ``h [*g, n, H]``, ``w [*g, H, sum(sizes) + 1]``, ``b [*g, sum(sizes) + 1]`` and
+    per-row arrays ``rows`` (``[*g, n, K]``, or ``[*g, n]`` for names starting ``v``);
+    returns ``(g, n)``."""
+    sizes = _sizes(sizes)
+    g, (n, hdim) = h.shape[:-2], h.shape[-2:]
+    c = int(sizes.sum()) + 1
+    want = {"w": g + (hdim, c), "b": g + (c,)}
+    want.update({k: g + (n,) if k.startswith("v") else g + (n, sizes.size) for k in rows})
+    for key, x in (("w", w), ("b", b), *rows.items()):
+        if x.shape != want[key]:
+            raise ValueError(f"{name}: {key} has shape {x.shape}, expected {want[key]} (h is {h.shape})")
+    return g, n
+
+
+def stats(h: jax.Array, w: jax.Array, b: jax.Array, actions: jax.Array, sizes):
+    """The policy's loss terms in one custom call: with the output layer as :func:`act`
+    (``h [*g, n, H]``, ``w [*g, H, C]``, ``b [*g, C]``, ``C = sum(sizes) + 1``) and the
+    actions taken ``int32 [*g, n, K]``, returns ``(log_prob [*g, n, K], entropy [*g, n, K],
+    value [*g, n])``: every categorical's log-probability of its action and its entropy,
+    the logits formed a tile of rows at a time in cache (never written out). Out-of-range
+    actions are clamped (the caller validates them)."""
+    h, w, b = (jnp.asarray(x, jnp.float32) for x in (h, w, b))
+    actions = jnp.asarray(actions, jnp.int32)
+    g, n = _layer_shapes("agora_stats", h, w, b, sizes, actions=actions)
+    k = len(sizes)
+    call = jax.ffi.ffi_call(
+        "agora_stats",
+        (jax.ShapeDtypeStruct(g + (n, k), jnp.float32), jax.ShapeDtypeStruct(g + (n, k), jnp.float32),
+         jax.ShapeDtypeStruct(g + (n,), jnp.float32)),
+        vmap_method="broadcast_all",
+    )
+    return call(h, w, b, actions, sizes=_sizes(sizes))
+
+
+def stats_grad(h, w, b, actions, g_log_prob, g_entropy, g_value, sizes) -> jax.Array:
+    """The gradient of ``sum(g_log_prob * log_prob + g_entropy * entropy) + sum(g_value *
+    value)`` (of :func:`stats`) with respect to the output layer's result ``z = h . w + b``:
+    ``dz float32 [*g, n, C]``, recomputing each tile's logits in cache. For categorical
+    ``j`` with probabilities ``p``: ``dz_i = glp_j [i = a_j] - p_i (glp_j + gent_j (log p_i
+    + H_j))``; the value column is ``g_value``."""
+    h, w, b, glp, gent, gv = (jnp.asarray(x, jnp.float32) for x in (h, w, b, g_log_prob, g_entropy, g_value))
+    actions = jnp.asarray(actions, jnp.int32)
+    g, n = _layer_shapes("agora_stats_grad", h, w, b, sizes, actions=actions, glp=glp, gent=gent, v=gv)
+    call = jax.ffi.ffi_call(
+        "agora_stats_grad", jax.ShapeDtypeStruct(g + (n, w.shape[-1]), jnp.float32), vmap_method="broadcast_all"
+    )
+    return call(h, w, b, actions, glp, gent, gv, sizes=_sizes(sizes))
+
+
+__all__ = ["act", "available", "build", "cache_dir", "draw", "sample", "stats", "stats_grad"]

@@ -21,6 +21,8 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -299,72 +301,254 @@ inline void tile_matmul(const float* h, int64_t hdim, const float* packed, const
   }
 }
 
+// The output layer of a call: features h [*g, n, H], kernel w [*g, H, C], bias b [*g, C]
+// with C = sum(sizes) + 1 (the categoricals' logits, then the value), every group's kernel
+// packed into zero-padded panels [cp/16][H][16] and its bias padded to cp columns.
+struct Layer {
+  int64_t groups = 1, n = 0, hdim = 0, cols = 0, cp = 0, need = 0;
+  size_t gr = 0;
+  std::shared_ptr<std::vector<float>> packed, bias;
+  const float* h = nullptr;
+};
+
+// Checks h, w, b (and each per-row array's shape [*g, n, last] given in rows) and packs w.
+ffi::Error make_layer(const char* name, ffi::Buffer<ffi::F32>& h, ffi::Buffer<ffi::F32>& w, ffi::Buffer<ffi::F32>& b,
+                      ffi::Span<const int64_t> sizes, std::initializer_list<std::pair<ffi::Span<const int64_t>, int64_t>> rows,
+                      Layer* L) {
+  auto bad = [name](const char* what) { return ffi::Error::InvalidArgument(std::string(name) + ": " + what); };
+  const auto hd = h.dimensions(), wd = w.dimensions(), bd = b.dimensions();
+  if (hd.size() < 2 || wd.size() != hd.size() || bd.size() + 1 != hd.size())
+    return bad("expected h [*g, n, H], w [*g, H, C], b [*g, C]");
+  L->gr = hd.size() - 2;
+  for (size_t i = 0; i < L->gr; ++i) {
+    if (wd[i] != hd[i] || bd[i] != hd[i]) return bad("h, w and b differ in their group axes");
+    L->groups *= hd[i];
+  }
+  L->n = hd[L->gr];
+  L->hdim = hd[L->gr + 1];
+  L->cols = wd[L->gr + 1];
+  L->need = total_size(sizes);
+  if (L->need < 0) return bad("a categorical with no choices");
+  if (wd[L->gr] != L->hdim) return bad("w's rows differ from h's features");
+  if (bd[L->gr] != L->cols) return bad("b's length differs from w's columns");
+  if (L->cols != L->need + 1) return bad("w must have sum(sizes) + 1 columns (logits, value)");
+  for (const auto& [dims, last] : rows) {
+    if (dims.size() != hd.size() && dims.size() + 1 != hd.size()) return bad("a per-row array has the wrong rank");
+    for (size_t i = 0; i <= L->gr; ++i)
+      if (dims[i] != hd[i]) return bad("a per-row array differs from h in its group or row axes");
+    if (last >= 0 && (dims.size() != hd.size() || dims[L->gr + 1] != last))
+      return bad("a per-row array's last axis differs from the number of categoricals");
+  }
+  L->cp = (L->cols + kPanel - 1) / kPanel * kPanel;
+  L->packed = std::make_shared<std::vector<float>>(static_cast<size_t>(L->groups * L->cp * L->hdim), 0.f);
+  L->bias = std::make_shared<std::vector<float>>(static_cast<size_t>(L->groups * L->cp), 0.f);
+  const float* wp = w.typed_data();
+  const float* bp = b.typed_data();
+  for (int64_t g = 0; g < L->groups; ++g) {
+    float* pg = L->packed->data() + g * L->cp * L->hdim;
+    for (int64_t q = 0; q < L->hdim; ++q) {
+      const float* src = wp + (g * L->hdim + q) * L->cols;
+      for (int64_t c = 0; c < L->cols; ++c) pg[(c / kPanel) * L->hdim * kPanel + q * kPanel + c % kPanel] = src[c];
+    }
+    std::memcpy(L->bias->data() + g * L->cp, bp + g * L->cols, L->cols * sizeof(float));
+  }
+  L->h = h.typed_data();
+  return ffi::Error::Success();
+}
+
+// Runs row_fn(row, logits of the row) for every row of the layer, the logits formed a tile
+// of kTileRows rows at a time in cache (h . w + b), blocks of rows split over the pool.
+template <typename RowFn>
+void for_each_row(ffi::ThreadPool& pool, const Layer& L, int64_t k, RowFn row_fn) {
+  const int64_t blocks = (L.n + kBlockRows - 1) / kBlockRows;
+  const Layer* lp = &L;
+  parallel_for(pool, L.groups * blocks, L.need, k, [=](int64_t item, Scratch& sc) {
+    const Layer& l = *lp;
+    const int64_t g = item / blocks, r0 = (item % blocks) * kBlockRows, r1 = std::min(l.n, r0 + kBlockRows);
+    const float* pg = l.packed->data() + g * l.cp * l.hdim;
+    const float* bg = l.bias->data() + g * l.cp;
+    std::vector<float> out(kTileRows * l.cp), pad;
+    for (int64_t t = r0; t < r1; t += kTileRows) {
+      const int64_t rows = std::min(kTileRows, r1 - t);
+      const float* ht = l.h + (g * l.n + t) * l.hdim;
+      if (rows < kTileRows) {  // the last tile: copy its rows into a zero-padded tile
+        pad.assign(kTileRows * l.hdim, 0.f);
+        std::memcpy(pad.data(), ht, rows * l.hdim * sizeof(float));
+        ht = pad.data();
+      }
+      tile_matmul(ht, l.hdim, pg, bg, l.cp, out.data());
+      for (int64_t r = 0; r < rows; ++r) row_fn(g * l.n + t + r, out.data() + r * l.cp, sc);
+    }
+  });
+}
+
 // features h [*g, n, H], kernel w [*g, H, C], bias b [*g, C], uniforms u [*g, n, K]:
 // logits = h . w + b (C = sum(sizes) + 1: the categoricals' logits, then the value) are
 // formed a tile of rows at a time in cache and drawn at once; they never reach memory.
 ffi::Error ActImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> h, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
                    ffi::Buffer<ffi::F32> u, ffi::Span<const int64_t> sizes, ffi::ResultBuffer<ffi::S32> act,
                    ffi::ResultBuffer<ffi::F32> lp, ffi::ResultBuffer<ffi::F32> value) {
-  const auto hd = h.dimensions(), wd = w.dimensions(), bd = b.dimensions(), ud = u.dimensions();
-  if (hd.size() < 2 || wd.size() != hd.size() || bd.size() + 1 != hd.size() || ud.size() != hd.size())
-    return ffi::Error::InvalidArgument("agora_act: expected h [*g, n, H], w [*g, H, C], b [*g, C], u [*g, n, K]");
-  const size_t gr = hd.size() - 2;
-  int64_t groups = 1;
-  for (size_t i = 0; i < gr; ++i) {
-    if (wd[i] != hd[i] || bd[i] != hd[i] || ud[i] != hd[i])
-      return ffi::Error::InvalidArgument("agora_act: h, w, b and u differ in their group axes");
-    groups *= hd[i];
-  }
-  const int64_t n = hd[gr], hdim = hd[gr + 1], cols = wd[gr + 1], k = ud[gr + 1], need = total_size(sizes);
-  if (need < 0) return ffi::Error::InvalidArgument("agora_act: a categorical with no choices");
-  if (wd[gr] != hdim) return ffi::Error::InvalidArgument("agora_act: w's rows differ from h's features");
-  if (bd[gr] != cols) return ffi::Error::InvalidArgument("agora_act: b's length differs from w's columns");
-  if (ud[gr] != n) return ffi::Error::InvalidArgument("agora_act: u's rows differ from h's");
-  if (static_cast<int64_t>(sizes.size()) != k)
-    return ffi::Error::InvalidArgument("agora_act: uniforms' last axis differs from the number of categoricals");
-  if (cols != need + 1) return ffi::Error::InvalidArgument("agora_act: w must have sum(sizes) + 1 columns (logits, value)");
-  const int64_t cp = (cols + kPanel - 1) / kPanel * kPanel;
-  // Pack every group's kernel into zero-padded panels [cp/16][H][16] and pad its bias.
-  auto packed = std::make_shared<std::vector<float>>(static_cast<size_t>(groups * cp * hdim), 0.f);
-  auto bias = std::make_shared<std::vector<float>>(static_cast<size_t>(groups * cp), 0.f);
-  const float* wp = w.typed_data();
-  const float* bp = b.typed_data();
-  for (int64_t g = 0; g < groups; ++g) {
-    float* pg = packed->data() + g * cp * hdim;
-    for (int64_t q = 0; q < hdim; ++q) {
-      const float* src = wp + (g * hdim + q) * cols;
-      for (int64_t c = 0; c < cols; ++c) pg[(c / kPanel) * hdim * kPanel + q * kPanel + c % kPanel] = src[c];
-    }
-    std::memcpy(bias->data() + g * cp, bp + g * cols, cols * sizeof(float));
-  }
-  const float* hp = h.typed_data();
+  Layer L;
+  const int64_t k = static_cast<int64_t>(sizes.size());
+  if (auto e = make_layer("agora_act", h, w, b, sizes, {{u.dimensions(), k}}, &L); e.failure()) return e;
   const float* uu = u.typed_data();
   int32_t* a = act->typed_data();
   float* l = lp->typed_data();
   float* v = value->typed_data();
   const int64_t* sz = sizes.begin();
-  const int64_t blocks = (n + kBlockRows - 1) / kBlockRows;
-  parallel_for(pool, groups * blocks, need, k, [=](int64_t item, Scratch& sc) {
-    const int64_t g = item / blocks, r0 = (item % blocks) * kBlockRows, r1 = std::min(n, r0 + kBlockRows);
-    const float* pg = packed->data() + g * cp * hdim;
-    const float* bg = bias->data() + g * cp;
-    std::vector<float> out(kTileRows * cp), pad;
-    for (int64_t t = r0; t < r1; t += kTileRows) {
-      const int64_t rows = std::min(kTileRows, r1 - t);
-      const float* ht = hp + (g * n + t) * hdim;
-      if (rows < kTileRows) {  // the last tile: copy its rows into a zero-padded tile
-        pad.assign(kTileRows * hdim, 0.f);
-        std::memcpy(pad.data(), ht, rows * hdim * sizeof(float));
-        ht = pad.data();
-      }
-      tile_matmul(ht, hdim, pg, bg, cp, out.data());
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t row = g * n + t + r;
-        const float* x = out.data() + r * cp;
-        l[row] = sample_row(x, uu + row * k, a + row * k, sz, k, need, sc);
-        v[row] = x[need];
-      }
+  const int64_t need = L.need;
+  for_each_row(pool, L, k, [=](int64_t row, const float* x, Scratch& sc) {
+    l[row] = sample_row(x, uu + row * k, a + row * k, sz, k, need, sc);
+    v[row] = x[need];
+  });
+  return ffi::Error::Success();
+}
+
+// ---- the policy's loss terms: log-probabilities, entropies and their gradient ------------
+
+// sum_i v[i] and sum_i v[i] * w[i] for i < c.
+inline void seg_sums(const float* v, const float* w, int64_t c, float* sv, float* svw) {
+  int64_t i = 0;
+  float s = 0.f, t = 0.f;
+  if (c >= 8) {
+    __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();
+    for (; i + 8 <= c; i += 8) {
+      const __m256 x = _mm256_loadu_ps(v + i);
+      a = _mm256_add_ps(a, x);
+      b = _mm256_fmadd_ps(x, _mm256_loadu_ps(w + i), b);
     }
+    float at[8], bt[8];
+    _mm256_storeu_ps(at, a);
+    _mm256_storeu_ps(bt, b);
+    for (int q = 0; q < 8; ++q) {
+      s += at[q];
+      t += bt[q];
+    }
+  }
+  for (; i < c; ++i) {
+    s += v[i];
+    t += v[i] * w[i];
+  }
+  *sv = s;
+  *svw = t;
+}
+
+// For each categorical j of the row x (sizes[j] consecutive logits), with a shift m_j (the
+// row's max, or the categorical's own where the row spans more than 80): e_i = exp(x_i -
+// m_j) in sc.e, d_i = x_i - m_j in sc.cdf, s_j = sum_i e_i (sc.sums), t_j = sum_i e_i d_i
+// (t), log s_j (sc.logs), m_j (sc.shifts).
+void row_sums(const float* x, const int64_t* sizes, int64_t k, int64_t need, Scratch& sc, float* t) {
+  float* e = sc.e.data();
+  float* d = sc.cdf.data();
+  float lo, hi;
+  min_max(x, need, &lo, &hi);
+  if (lo >= hi - 80.f) {
+    exp_shift(x, hi, e, need);
+    for (int64_t j = 0; j < k; ++j) sc.shifts[j] = hi;
+  } else {
+    int64_t off = 0;
+    for (int64_t j = 0; j < k; ++j) {
+      float l2, h2;
+      min_max(x + off, sizes[j], &l2, &h2);
+      exp_shift(x + off, h2, e + off, sizes[j]);
+      sc.shifts[j] = h2;
+      off += sizes[j];
+    }
+  }
+  int64_t off = 0;
+  for (int64_t j = 0; j < k; ++j) {
+    const int64_t c = sizes[j];
+    const __m256 m = _mm256_set1_ps(sc.shifts[j]);
+    int64_t i = 0;
+    for (; i + 8 <= c; i += 8) _mm256_storeu_ps(d + off + i, _mm256_sub_ps(_mm256_loadu_ps(x + off + i), m));
+    for (; i < c; ++i) d[off + i] = x[off + i] - sc.shifts[j];
+    seg_sums(e + off, d + off, c, &sc.sums[j], &t[j]);
+    off += c;
+  }
+  log_many(sc.sums.data(), sc.logs.data(), k);
+}
+
+inline int64_t clamp_action(int32_t a, int64_t c) { return a < 0 ? 0 : (a >= c ? c - 1 : a); }
+
+// h, w, b as agora_act, actions a [*g, n, K] -> per categorical log p(a_j) [*g, n, K] and
+// entropy [*g, n, K], and the value [*g, n].
+ffi::Error StatsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> h, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
+                     ffi::Buffer<ffi::S32> act, ffi::Span<const int64_t> sizes, ffi::ResultBuffer<ffi::F32> lp,
+                     ffi::ResultBuffer<ffi::F32> ent, ffi::ResultBuffer<ffi::F32> value) {
+  Layer L;
+  const int64_t k = static_cast<int64_t>(sizes.size());
+  if (auto e = make_layer("agora_stats", h, w, b, sizes, {{act.dimensions(), k}}, &L); e.failure()) return e;
+  const int32_t* a = act.typed_data();
+  float* l = lp->typed_data();
+  float* en = ent->typed_data();
+  float* v = value->typed_data();
+  const int64_t* sz = sizes.begin();
+  const int64_t need = L.need;
+  for_each_row(pool, L, k, [=](int64_t row, const float* x, Scratch& sc) {
+    float t[64];
+    std::vector<float> tv;
+    float* tp = k <= 64 ? t : (tv.resize(k), tv.data());
+    row_sums(x, sz, k, need, sc, tp);
+    int64_t off = 0;
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t c = sz[j];
+      const float ls = sc.logs[j];
+      l[row * k + j] = x[off + clamp_action(a[row * k + j], c)] - sc.shifts[j] - ls;
+      en[row * k + j] = ls - tp[j] / sc.sums[j];
+      off += c;
+    }
+    v[row] = x[need];
+  });
+  return ffi::Error::Success();
+}
+
+// The gradient of sum_j (glp_j log p(a_j) + gent_j H_j) + gv * value with respect to the
+// output layer's result z = h . w + b: dz [*g, n, C] with, for categorical j,
+// dz_i = glp_j [i = a_j] - p_i (glp_j + gent_j (log p_i + H_j)), and gv in the value column.
+ffi::Error StatsGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> h, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
+                         ffi::Buffer<ffi::S32> act, ffi::Buffer<ffi::F32> glp, ffi::Buffer<ffi::F32> gent,
+                         ffi::Buffer<ffi::F32> gv, ffi::Span<const int64_t> sizes, ffi::ResultBuffer<ffi::F32> dz) {
+  Layer L;
+  const int64_t k = static_cast<int64_t>(sizes.size());
+  if (auto e = make_layer("agora_stats_grad", h, w, b, sizes,
+                          {{act.dimensions(), k}, {glp.dimensions(), k}, {gent.dimensions(), k}, {gv.dimensions(), -1}}, &L);
+      e.failure())
+    return e;
+  const int32_t* a = act.typed_data();
+  const float* gl = glp.typed_data();
+  const float* ge = gent.typed_data();
+  const float* gvv = gv.typed_data();
+  float* d = dz->typed_data();
+  const int64_t* sz = sizes.begin();
+  const int64_t need = L.need, cols = L.cols;
+  for_each_row(pool, L, k, [=](int64_t row, const float* x, Scratch& sc) {
+    float t[64];
+    std::vector<float> tv;
+    float* tp = k <= 64 ? t : (tv.resize(k), tv.data());
+    row_sums(x, sz, k, need, sc, tp);
+    float* dr = d + row * cols;
+    const float* e = sc.e.data();
+    const float* dd = sc.cdf.data();
+    int64_t off = 0;
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t c = sz[j];
+      const float s = sc.sums[j], ls = sc.logs[j];
+      const float g1 = gl[row * k + j], g2 = ge[row * k + j];
+      const float ent_j = ls - tp[j] / s;
+      // log p_i + H = (x_i - m) - ls + H
+      const float c0 = g1 + g2 * (ent_j - ls), inv = 1.f / s;
+      // dz_i = -e_i / s * (c0 + g2 * d_i)
+      const __m256 vc0 = _mm256_set1_ps(c0), vg2 = _mm256_set1_ps(g2), vinv = _mm256_set1_ps(-inv);
+      int64_t i = 0;
+      for (; i + 8 <= c; i += 8) {
+        const __m256 q = _mm256_fmadd_ps(vg2, _mm256_loadu_ps(dd + off + i), vc0);
+        _mm256_storeu_ps(dr + off + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(e + off + i), vinv), q));
+      }
+      for (; i < c; ++i) dr[off + i] = -e[off + i] * inv * (c0 + g2 * dd[off + i]);
+      dr[off + clamp_action(a[row * k + j], c)] += g1;
+      off += c;
+    }
+    dr[need] = gvv[row];
   });
   return ffi::Error::Success();
 }
@@ -378,6 +562,31 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AgoraSample, SampleImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Attr<ffi::Span<const int64_t>>("sizes")
                                   .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AgoraStats, StatsImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Attr<ffi::Span<const int64_t>>("sizes")
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AgoraStatsGrad, StatsGradImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("sizes")
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AgoraAct, ActImpl,

@@ -24,6 +24,7 @@ scalar head.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -31,6 +32,7 @@ import distrax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from economy import rng
 
 Logits = dict[str, jax.Array]
@@ -359,7 +361,143 @@ def act_parts(key: jax.Array, features: jax.Array, kernel: jax.Array, bias: jax.
     return _split_columns(flat, action_spec, None), lp, value
 
 
+# ---- the policy's loss terms from the output layer, forward and backward in one pass ----
+
+
+def _groups(sizes: tuple) -> list[tuple[int, int, int, int]]:
+    """Runs of equal-size categoricals: ``(column offset, first categorical, count, choices)``."""
+    out, off, i = [], 0, 0
+    while i < len(sizes):
+        j = i
+        while j < len(sizes) and sizes[j] == sizes[i]:
+            j += 1
+        out.append((off, i, j - i, sizes[i]))
+        off, i = off + (j - i) * sizes[i], j
+    return out
+
+
+def _xla_terms(z: jax.Array, actions: jax.Array, sizes: tuple):
+    """XLA path of :func:`policy_terms` from the output ``z [..., C]``: per categorical
+    log-probability of its action, entropy, and the pieces the gradient needs."""
+    lps, ents, res = [], [], []
+    for off, i, k, c in _groups(sizes):
+        x = z[..., off:off + k * c].reshape(z.shape[:-1] + (k, c))
+        m = jax.lax.stop_gradient(jnp.max(x, -1, keepdims=True))
+        e = jnp.exp(x - m)
+        s = jnp.sum(e, -1, keepdims=True)
+        ls = jnp.log(s)
+        ent = ls[..., 0] - jnp.sum(e * (x - m), -1) / s[..., 0]
+        a = jnp.clip(actions[..., i:i + k], 0, c - 1)
+        lps.append(jnp.take_along_axis(x, a[..., None], -1)[..., 0] - m[..., 0] - ls[..., 0])
+        ents.append(ent)
+        res.append((m + ls, ent))
+    return jnp.concatenate(lps, -1), jnp.concatenate(ents, -1), res
+
+
+def _xla_grad(z, actions, res, g_lp, g_ent, g_v, sizes):
+    """``dz`` of :func:`policy_terms` by XLA (the formula of :func:`agents.native.stats_grad`)."""
+    parts = []
+    for (off, i, k, c), (log_z, ent) in zip(_groups(sizes), res):
+        x = z[..., off:off + k * c].reshape(z.shape[:-1] + (k, c))
+        logp = x - log_z
+        gl, ge = g_lp[..., i:i + k, None], g_ent[..., i:i + k, None]
+        chosen = jnp.arange(c) == jnp.clip(actions[..., i:i + k, None], 0, c - 1)
+        d = jnp.where(chosen, gl, 0.0) - jnp.exp(logp) * (gl + ge * (logp + ent[..., None]))
+        parts.append(d.reshape(z.shape[:-1] + (k * c,)))
+    return jnp.concatenate(parts + [g_v[..., None]], -1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def policy_terms(h: jax.Array, kernel: jax.Array, bias: jax.Array, actions: jax.Array, sizes: tuple, native: bool):
+    """What the PPO loss needs from the output layer, as one differentiable function:
+    features ``h [n, H]``, kernel ``[H, C]`` and bias ``[C]`` (``C = sum(sizes) + 1``: the
+    categoricals' logits in :func:`head_sizes` order, then the value; ``parts=True`` of
+    :class:`ActorCritic`) and the actions taken ``int32 [n, K]`` -> ``(log_prob [n, K],
+    entropy [n, K], value [n])`` per categorical.
+
+    Its gradient is written out, not traced through a log-softmax: for categorical ``j``
+    with probabilities ``p``, ``dz_i = glp_j [i = a_j] - p_i (glp_j + gent_j (log p_i +
+    H_j))`` with respect to ``z = h . kernel + bias``, then ``dh = dz kernel^T``,
+    ``dkernel = h^T dz``, ``dbias = sum dz``. ``native`` (static): the forward pass and
+    ``dz`` by the native kernels (:func:`agents.native.stats`, :func:`agents.native.stats_grad`;
+    logits formed in cache, never stored), else by XLA (the same numbers up to float
+    rounding). Works under ``vmap`` (members) and ``jit``."""
+    return _policy_terms_fwd(h, kernel, bias, actions, sizes, native)[0]
+
+
+def _policy_terms_fwd(h, kernel, bias, actions, sizes, native):
+    from agents import native as _native
+
+    if native:
+        lp, ent, value = _native.stats(h, kernel, bias, actions, sizes)
+        return (lp, ent, value), (h, kernel, bias, actions, None, None)
+    z = h @ kernel + bias
+    lp, ent, res = _xla_terms(z, actions, sizes)
+    return (lp, ent, z[..., -1]), (h, kernel, bias, actions, z, res)
+
+
+def _policy_terms_bwd(sizes, native, residuals, grads):
+    from agents import native as _native
+
+    h, kernel, bias, actions, z, res = residuals
+    g_lp, g_ent, g_v = grads
+    if native:
+        dz = _native.stats_grad(h, kernel, bias, actions, g_lp, g_ent, g_v, sizes)
+    else:
+        dz = _xla_grad(z, actions, res, g_lp, g_ent, g_v, sizes)
+    rows = lambda x: x.reshape((-1, x.shape[-1]))  # noqa: E731
+    d_kernel = rows(h).T @ rows(dz)
+    return dz @ kernel.T, d_kernel, jnp.sum(rows(dz), 0), None
+
+
+policy_terms.defvjp(_policy_terms_fwd, _policy_terms_bwd)
+
+
+def flat_actions(actions: Actions, action_spec) -> jax.Array:
+    """``actions`` dict -> int32 ``[..., K]`` in :func:`head_sizes` order."""
+    heads = sorted(action_spec, key=lambda h: h.name)
+    nd = {h.name: len(h.shape) for h in heads}
+    return jnp.concatenate(
+        [jnp.asarray(actions[h.name], jnp.int32).reshape(jnp.shape(actions[h.name])[:jnp.ndim(actions[h.name]) - nd[h.name]] + (-1,))
+         for h in heads], -1)
+
+
+class FusedPolicy:
+    """The network as the PPO loss sees it, through :func:`policy_terms`.
+
+    ``evaluate(params, obs [n, D], actions) -> (log_prob [n], entropy {head: [n]}, value
+    [n])``: the joint log-probability of the actions, each head's entropy (summed over
+    its entries) and the value, with the gradient of :func:`policy_terms`. Calling it as
+    ``apply_fn(params, obs)`` gives ``(logits, value)`` like :func:`joint_apply`.
+
+    ``native`` (default: :func:`agents.native.available`, which announces once why not
+    where it cannot run): the native kernels, else the XLA path."""
+
+    def __init__(self, net: ActorCritic, native: bool | None = None):
+        from agents import native as _native
+
+        self.net = net
+        ok = _native.available()  # builds and registers the kernels (or says once why not)
+        if native and not ok:
+            raise RuntimeError(f"native kernels unavailable: {_native._load()}")
+        self.native = ok if native is None else bool(native)
+        self.sizes = tuple(head_sizes(net.action_spec))
+        self._apply = joint_apply(net)
+        heads = sorted(net.action_spec, key=lambda h: h.name)
+        counts = [math.prod(h.shape) for h in heads]
+        starts = np.cumsum([0] + counts)
+        self._heads = [(h.name, int(a), int(b)) for h, a, b in zip(heads, starts[:-1], starts[1:])]
+
+    def __call__(self, params, obs):
+        return self._apply(params, obs)
+
+    def evaluate(self, params, obs, actions):
+        h, kernel, bias = self.net.apply(params, obs, parts=True)
+        lp, ent, value = policy_terms(h, kernel, bias, flat_actions(actions, self.net.action_spec), self.sizes, self.native)
+        return jnp.sum(lp, -1), {name: jnp.sum(ent[..., a:b], -1) for name, a, b in self._heads}, value
+
+
 __all__ = [
-    "ActorCritic", "act_parts", "entropy", "from_members", "head_sizes", "init_population", "joint_apply",
+    "ActorCritic", "FusedPolicy", "act_parts", "entropy", "flat_actions", "policy_terms", "from_members", "head_sizes", "init_population", "joint_apply",
     "joint_width", "log_prob", "population_apply", "sample_actions", "split_joint", "to_members",
 ]

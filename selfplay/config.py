@@ -248,6 +248,11 @@ class TrainConfig(_Frozen):
     # Extra entropy bonus on the niche head alone (exploration of professions; 0: off). A
     # run constant, not a per-member variant, so the training state keeps its structure.
     niche_ent_coef: float = Field(0.0, ge=0.0)
+    # How the PPO loss gets log-probabilities and entropies from the output layer: "fused"
+    # (agents.networks.policy_terms: one native pass, forward and backward, on a one-device
+    # CPU mesh; its XLA twin elsewhere) or "traced" (autodiff through per-head distrax
+    # categoricals). The same loss and gradients up to float rounding (tests/test_fast_ppo.py).
+    loss_path: Literal["fused", "traced"] = "fused"
     seed: int = Field(0, ge=0)  # seeds members, hyperparameters, worlds and actions
     imitation: ImitationConfig = ImitationConfig()
     fault: FaultConfig = FaultConfig()

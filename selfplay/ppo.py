@@ -89,12 +89,25 @@ def clipped_surrogate(log_ratio: jax.Array, advantages: jax.Array, clip_eps: flo
     return jnp.maximum(unclipped, clipped)
 
 
-def _niche_entropy_bonus(logits: dict, hyper: Mapping[str, Any], batch_ndim: int) -> tuple[jax.Array, dict]:
-    """``(ent_coef_niche * entropy of the niche head, {"entropy_niche": ...})`` when
+def _policy_terms(apply_fn: Callable, params: Any, batch: dict, batch_ndim: int):
+    """``(log_prob, entropy, entropy_niche or None, value)`` of the batch's actions: from
+    ``apply_fn.evaluate`` where the network offers it (:class:`agents.networks.FusedPolicy`,
+    one fused pass with a written-out gradient), else from the logits of ``apply_fn``."""
+    if hasattr(apply_fn, "evaluate"):
+        lp, ents, value = apply_fn.evaluate(params, batch["obs"], batch["actions"])
+        return lp, sum(ents.values()), ents.get("niche"), value
+    logits, value = apply_fn(params, batch["obs"])
+    lp = _log_prob(logits, batch["actions"], batch_ndim=batch_ndim)
+    niche = _entropy({"niche": logits["niche"]}, batch_ndim=batch_ndim) if "niche" in logits else None
+    return lp, _entropy(logits, batch_ndim=batch_ndim), niche, value
+
+
+def _niche_entropy_bonus(ent_niche, hyper: Mapping[str, Any]) -> tuple[jax.Array, dict]:
+    """``(ent_coef_niche * mean entropy of the niche head, {"entropy_niche": ...})`` when
     ``hyper`` has ``ent_coef_niche`` (an extra bonus on the niche head alone), else ``(0, {})``."""
     if hyper.get("ent_coef_niche") is None:
         return jnp.zeros((), jnp.float32), {}
-    ent_niche = _entropy({"niche": logits["niche"]}, batch_ndim=batch_ndim).mean()
+    ent_niche = ent_niche.mean()
     return hyper["ent_coef_niche"] * ent_niche, {"entropy_niche": ent_niche}
 
 
@@ -106,7 +119,9 @@ def ppo_loss(params: Any, apply_fn: Callable, batch: dict, hyper: Mapping[str, A
     entropy bonus on the niche head alone, reported as ``entropy_niche``); it ignores other
     entries.
 
-    ``apply_fn(params, obs) -> (logits, value)``; ``batch``: ``obs [n, D]``, ``actions``
+    ``apply_fn(params, obs) -> (logits, value)``, or a network with ``evaluate(params, obs,
+    actions) -> (log_prob, {head: entropy}, value)`` (:class:`agents.networks.FusedPolicy`,
+    the fast path: the same loss, its gradient written out); ``batch``: ``obs [n, D]``, ``actions``
     (dict of ``[n, *head.shape]``), ``log_prob [n]`` (behaviour policy), ``advantages
     [n]``, ``returns [n]``, ``values [n]`` (old value estimates).
 
@@ -119,10 +134,8 @@ def ppo_loss(params: Any, apply_fn: Callable, batch: dict, hyper: Mapping[str, A
     samples with ``|ratio - 1| > eps``).
     """
     clip_eps, ent_coef, vf_coef = hyper["clip_eps"], hyper["ent_coef"], hyper["vf_coef"]
-    logits, value = apply_fn(params, batch["obs"])
     old_log_prob = batch["log_prob"]
-    bd = old_log_prob.ndim
-    new_log_prob = _log_prob(logits, batch["actions"], batch_ndim=bd)
+    new_log_prob, ent, ent_niche, value = _policy_terms(apply_fn, params, batch, old_log_prob.ndim)
     log_ratio = new_log_prob - old_log_prob
     ratio = jnp.exp(log_ratio)
 
@@ -134,8 +147,8 @@ def ppo_loss(params: Any, apply_fn: Callable, batch: dict, hyper: Mapping[str, A
     value_clipped = old_values + jnp.clip(value - old_values, -clip_eps, clip_eps)
     value_loss = 0.5 * jnp.maximum(jnp.square(value - returns), jnp.square(value_clipped - returns)).mean()
 
-    ent = _entropy(logits, batch_ndim=bd).mean()
-    bonus, extra = _niche_entropy_bonus(logits, hyper, bd)
+    ent = ent.mean()
+    bonus, extra = _niche_entropy_bonus(ent_niche, hyper)
     loss = policy_loss + vf_coef * value_loss - ent_coef * ent - bonus
     metrics = {
         "policy_loss": policy_loss,
@@ -157,12 +170,11 @@ def imitation_loss(params: Any, apply_fn: Callable, batch: dict, hyper: Mapping[
     (``ent_coef_niche`` as in :func:`ppo_loss`). ``policy_loss`` reports the negative
     log-likelihood; ``approx_kl`` and ``clip_fraction`` are 0 (no behaviour ratio)."""
     ent_coef, vf_coef = hyper["ent_coef"], hyper["vf_coef"]
-    logits, value = apply_fn(params, batch["obs"])
-    bd = batch["log_prob"].ndim
-    nll = -_log_prob(logits, batch["actions"], batch_ndim=bd).mean()
+    lp, ent, ent_niche, value = _policy_terms(apply_fn, params, batch, batch["log_prob"].ndim)
+    nll = -lp.mean()
     value_loss = 0.5 * jnp.square(value - batch["returns"]).mean()
-    ent = _entropy(logits, batch_ndim=bd).mean()
-    bonus, extra = _niche_entropy_bonus(logits, hyper, bd)
+    ent = ent.mean()
+    bonus, extra = _niche_entropy_bonus(ent_niche, hyper)
     loss = nll + vf_coef * value_loss - ent_coef * ent - bonus
     zero = jnp.zeros((), jnp.float32)
     metrics = {"policy_loss": nll, "value_loss": value_loss, "entropy": ent, "approx_kl": zero, "clip_fraction": zero, **extra}

@@ -41,7 +41,7 @@ from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec
 
 from agents.networks import (
-    ActorCritic, act_parts, from_members, init_population, joint_apply, population_apply, sample_actions, to_members,
+    ActorCritic, FusedPolicy, act_parts, from_members, init_population, joint_apply, population_apply, sample_actions, to_members,
 )
 from agents.scripted import scripted_actions
 from analysis.niches import specialisation_index
@@ -151,6 +151,11 @@ class Trainer:
         if missing:
             raise ConfigError(f"train.variants.rewards: components {missing} are not registered in this process")
         self.net = ActorCritic(self.env.action_spec, hidden=tuple(t.network.hidden), activation=t.network.activation)
+        # The PPO loss's view of the network (train.loss_path): the fused pass (native on a
+        # one-device mesh where it runs, its XLA twin on several devices) or autodiff.
+        self.mesh = agent_mesh(jax.devices()[: mesh_size(cfg)])
+        self.loss_net = joint_apply(self.net) if t.loss_path == "traced" else FusedPolicy(
+            self.net, native=None if self.mesh.size == 1 else False)
         self.tx = optax.chain(
             optax.clip_by_global_norm(t.max_grad_norm),
             optax.inject_hyperparams(optax.adam)(learning_rate=1e-3, eps=1e-5),
@@ -165,7 +170,6 @@ class Trainer:
         self.presence = (counts / counts.sum(-1, keepdims=True))[: self.num_members].astype(np.float32)
         # Devices: agents (and markets) split by whole markets over the mesh, everything else
         # replicated; the update keeps that layout (so it never gathers the agent state).
-        self.mesh = agent_mesh(jax.devices()[: mesh_size(cfg)])
         self.state_sharding = self._state_sharding(jax.eval_shape(self.init_state, jax.random.key(0)))
         replicated = NamedSharding(self.mesh, PartitionSpec())
         self.update = jax.jit(
@@ -419,7 +423,7 @@ class Trainer:
         ppo_keys = jax.vmap(lambda p: derive(keys["ppo"], p))(jnp.arange(P, dtype=jnp.uint32))
         params, opt_state, losses = jax.vmap(
             lambda p, o, b, k, h: ppo_update(
-                p, o, self.tx, joint_apply(self.net), b, k, h, t.epochs, t.minibatches,
+                p, o, self.tx, self.loss_net, b, k, h, t.epochs, t.minibatches,
                 imitation_loss if imitate else ppo_loss,
             )
         )(ts.params, ts.opt_state, batch, ppo_keys, loss_hyper)
