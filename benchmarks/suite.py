@@ -12,7 +12,9 @@ every D runs the same economy), one fresh subprocess per (kind, N, D):
 * ``env``: ``step`` inside ``lax.scan`` with actions on the device (benchmarks/env_step.py);
 * ``acting``: the trainer's rollout alone, environment + policy sampling of ``--members``
   members (benchmarks/train_step.py);
-* ``update``: one jitted self-play update: rollout, GAE, PPO epochs, PBT.
+* ``update``: one jitted self-play update: rollout, GAE, PPO epochs, PBT; beside it, in
+  the same subprocess, the same update written the straightforward PureJaxRL way
+  (benchmarks/reference_ppo.py, on the default device) and Agora's as a multiple of it.
 
 Acting and update build the Trainer with ``mesh.agents=D``. Each row gives agent-steps/s,
 compile seconds and peak RSS, and XLA's own estimate (``compiled.cost_analysis()``: FLOPs
@@ -122,7 +124,13 @@ def measure_one(kind: str, log2n: int, devices: int, markets: int, members: int,
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     xla = train_step.xla_estimate(cfg, ts, kind, devices)
     layer = train_step.network_flops(cfg)[kind]
+    ref = {}
+    if kind == "update":
+        del ts
+        ref_s = train_step.time_reference(cfg, repeats)[1]
+        ref = {"reference_agent_steps_per_s": n * steps / ref_s, "speedup_vs_reference": ref_s / best}
     return {
+        **ref,
         "members": members,
         "agent_steps_per_s": n * steps / best,
         "agent_steps_per_s_median": n * steps / sorted(times)[len(times) // 2],
@@ -259,6 +267,8 @@ def markdown(result: dict) -> str:
         out += ["", f"## {TITLES[kind]}" + (f", {rs[0]['members']} members" if layer else ""), ""]
         head = ["agents", "devices", "agent-steps/s", "ns/agent-step", "XLA bytes/s (of bandwidth)",
                 "XLA FLOP/s (of matmul)"] + (["layer FLOP/s (of matmul)"] if layer else []) + ["compile s", "peak RSS MB"]
+        if kind == "update":
+            head += ["reference agent-steps/s", "update / reference"]
         out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in sorted(rs, key=lambda r: (r["log2n"], r["devices"])):
             cells = [f"2^{r['log2n']}", str(r["devices"]), _si(r["agent_steps_per_s"]),
@@ -268,6 +278,9 @@ def markdown(result: dict) -> str:
             if layer:
                 cells.append(f"{_si(r['layer_flops_per_s'], 'FLOP/s')} ({_pct(r['layer_fraction_of_matmul'])})")
             cells += [f"{r['compile_s']:.1f}", f"{r['peak_rss_mb']:.0f}"]
+            if kind == "update":
+                cells += [_si(r.get("reference_agent_steps_per_s")), f"{r['speedup_vs_reference']:.2f}x"
+                          if r.get("speedup_vs_reference") else "-"]
             out.append("| " + " | ".join(cells) + " |")
     sc = result["scaling"]
     if sc:

@@ -6,6 +6,9 @@ each population size P (default 16 and 64 members), a fresh subprocess measures:
 * ``update``: agent-steps/s of one jitted update (``rollout_steps`` environment steps of
   all N agents, GAE, ``epochs`` x ``minibatches`` PPO steps for every member);
 * ``acting``: agent-steps/s of the rollout alone (environment + policy sampling);
+* ``reference``: agent-steps/s of the same update written the straightforward PureJaxRL
+  way (benchmarks/reference_ppo.py: the same economy, shapes, batch, law and loss), timed
+  in the same process, and Agora's update as a multiple of it (``speedup_vs_reference``);
 * compile seconds of the update, peak RSS (minibatches hold at most 2^18 samples, so
   the PPO pass's memory does not grow with N; the on-device analysis is off);
 * FLOPs: the network's multiply-adds per agent-step counted from the layer sizes
@@ -123,6 +126,30 @@ def time_acting(trainer, ts, repeats: int):
     return compile_s, min(times), times
 
 
+def time_reference(cfg, repeats: int):
+    """Compile and time the reference update (benchmarks/reference_ppo.py) of ``cfg``:
+    (compile s, best s, all times)."""
+    import jax
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from reference_ppo import Reference
+
+    ref = Reference(cfg)
+    state = ref.init(jax.random.key(0))
+    t0 = time.perf_counter()
+    compiled = ref.update.lower(state).compile()
+    compile_s = time.perf_counter() - t0
+    state, m = compiled(state)
+    jax.block_until_ready(m)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        state, m = compiled(state)
+        jax.block_until_ready(m)
+        times.append(time.perf_counter() - t0)
+    return compile_s, min(times), times
+
+
 def xla_estimate(cfg, ts, kind: str, devices: int = 1) -> dict:
     """XLA's cost estimate (FLOPs, bytes accessed) of one acting rollout or one update.
     XLA counts a loop body once, so loop-free variants are compiled (rollout_steps = epochs
@@ -144,7 +171,8 @@ def xla_estimate(cfg, ts, kind: str, devices: int = 1) -> dict:
     return {k: t.rollout_steps * act1[k] + t.epochs * t.rollout_steps * max(upd1[k] - act1[k], 0.0) for k in act1}
 
 
-def measure(log2n: int, members: int, steps: int, repeats: int, acting_only: bool = False) -> dict:
+def measure(log2n: int, members: int, steps: int, repeats: int, acting_only: bool = False,
+            reference: bool = True, loss_path: str | None = None) -> dict:
     import jax
 
     sys.path.insert(0, str(ROOT))
@@ -152,6 +180,8 @@ def measure(log2n: int, members: int, steps: int, repeats: int, acting_only: boo
 
     n = 2**log2n
     cfg = run_config(log2n, members, steps)
+    if loss_path:
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"loss_path": loss_path})})
     peak = matmul_flops()
     trainer = Trainer(cfg)
     ts = trainer.init(jax.random.key(0))
@@ -161,6 +191,8 @@ def measure(log2n: int, members: int, steps: int, repeats: int, acting_only: boo
     else:
         compile_s, update_s, _, ts = time_update(trainer, ts, repeats)
         _, acting_s, _ = time_acting(trainer, ts, repeats)
+    del ts
+    ref_s = time_reference(cfg, repeats)[1] if reference and not acting_only else math.nan
 
     flops = network_flops(cfg)
     agent_steps = n * steps
@@ -176,6 +208,10 @@ def measure(log2n: int, members: int, steps: int, repeats: int, acting_only: boo
         "update_agent_steps_per_s": upd_rate,
         "acting_agent_steps_per_s": act_rate,
         "update_s": update_s,
+        "loss_path": cfg.train.loss_path,
+        "reference_agent_steps_per_s": agent_steps / ref_s,
+        "reference_s": ref_s,
+        "speedup_vs_reference": ref_s / update_s,
         "compile_s": compile_s,  # of the update (of the rollout with --acting-only)
         "acting_only": acting_only,
         "flops_per_agent_step": flops,
@@ -188,6 +224,8 @@ def measure(log2n: int, members: int, steps: int, repeats: int, acting_only: boo
     }
     if acting_only:  # strict JSON: null, not NaN
         row.update({k: None for k in ("update_agent_steps_per_s", "update_s", "update_gflops", "update_fraction_of_matmul")})
+    if acting_only or not reference:
+        row.update({k: None for k in ("reference_agent_steps_per_s", "reference_s", "speedup_vs_reference")})
     return row
 
 
@@ -197,6 +235,8 @@ def main(argv=None) -> int:
     ap.add_argument("--members", type=int, nargs="+", default=[16, 64])
     ap.add_argument("--steps", type=int, default=16, help="rollout steps per update")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--no-reference", action="store_true", help="skip the PureJaxRL-style reference update")
+    ap.add_argument("--loss-path", choices=["fused", "traced"], help="train.loss_path (default: the config's)")
     ap.add_argument("--acting-only", action="store_true",
                     help="time acting alone (e.g. at 2^20 agents, where one update takes minutes)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/train_step.json"))
@@ -204,20 +244,25 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     if args.single is not None:
-        print(json.dumps(measure(args.single[0], args.single[1], args.steps, args.repeats, args.acting_only)))
+        print(json.dumps(measure(args.single[0], args.single[1], args.steps, args.repeats, args.acting_only,
+                                 not args.no_reference, args.loss_path)))
         return 0
 
     rows = []
     for s in args.sizes:
         for p in args.members:
             row, why = run_child(__file__, ["--single", str(s), str(p), "--steps", str(args.steps),
-                                             "--repeats", str(args.repeats)] + ["--acting-only"] * args.acting_only)
+                                             "--repeats", str(args.repeats)] + ["--acting-only"] * args.acting_only
+                                  + ["--no-reference"] * args.no_reference
+                                  + (["--loss-path", args.loss_path] if args.loss_path else []))
             if row is None:
                 print(why, file=sys.stderr)
                 return 1
             rows.append(row)
             upd = "—" if row["acting_only"] else (
-                f"{row['update_agent_steps_per_s']:,.0f} agent-steps/s ({row['update_fraction_of_matmul']:.0%} of matmul)")
+                f"{row['update_agent_steps_per_s']:,.0f} agent-steps/s ({row['update_fraction_of_matmul']:.0%} of matmul)"
+                + (f", {row['speedup_vs_reference']:.2f}x the reference ({row['reference_agent_steps_per_s']:,.0f})"
+                   if row["speedup_vs_reference"] else ""))
             print(
                 f"N=2^{s} P={p}: update {upd}, acting {row['acting_agent_steps_per_s']:,.0f} "
                 f"({row['acting_fraction_of_matmul']:.0%}), compile {row['compile_s']:.1f} s, "
@@ -231,12 +276,14 @@ def main(argv=None) -> int:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
-    print("\n| agents | members | update agent-steps/s | update GFLOP/s (of matmul) | acting agent-steps/s | "
-          "acting GFLOP/s (of matmul) | compile s | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| agents | members | update agent-steps/s | reference agent-steps/s | update / reference | "
+          "update GFLOP/s (of matmul) | acting agent-steps/s | acting GFLOP/s (of matmul) | compile s | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        upd = "— | —" if r["acting_only"] else (
-            f"{r['update_agent_steps_per_s']:,.0f} | {r['update_gflops']:.1f} ({r['update_fraction_of_matmul']:.0%})")
+        ref = (f"{r['reference_agent_steps_per_s']:,.0f} | {r['speedup_vs_reference']:.2f}x"
+               if r["speedup_vs_reference"] else "— | —")
+        upd = "— | — | — | —" if r["acting_only"] else (
+            f"{r['update_agent_steps_per_s']:,.0f} | {ref} | {r['update_gflops']:.1f} ({r['update_fraction_of_matmul']:.0%})")
         print(
             f"| 2^{r['agents'].bit_length() - 1} | {r['members']} | {upd} | {r['acting_agent_steps_per_s']:,.0f} | "
             f"{r['acting_gflops']:.1f} ({r['acting_fraction_of_matmul']:.0%}) | {r['compile_s']:.1f} | {r['peak_rss_mb']:.0f} |"

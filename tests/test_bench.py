@@ -97,6 +97,8 @@ def test_report_tables_from_rows():
                        "seconds": 0.1, "xla_flops": 1e9, "xla_bytes_accessed": 2e8}
                 if kind != "env":
                     row["layer_flops_per_agent_step"] = 1e5
+                if kind == "update":
+                    row.update(reference_agent_steps_per_s=4e5, speedup_vs_reference=2.5)
                 suite._fractions(row, limits)
                 rows.append(row)
     assert rows[0]["fraction_of_bandwidth"] == pytest.approx(0.2) and rows[0]["fraction_of_matmul"] == pytest.approx(0.1)
@@ -114,3 +116,6 @@ def test_report_tables_from_rows():
         assert text.count(heading) == 1, heading
     assert "| update | 2^14 | 0.93 | 0.87 |" in text
     assert "layer FLOP/s (of matmul)" in text and "10.0 GB/s" in text
+    update_table = text.split("## Update")[1].split("##")[0]
+    assert "| reference agent-steps/s | update / reference |" in update_table
+    assert update_table.count("| 400.00 k | 2.50x |") == 6  # every update row, beside its own reference
