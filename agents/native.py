@@ -174,7 +174,7 @@ def act(h: jax.Array, w: jax.Array, b: jax.Array, u: jax.Array, sizes) -> tuple[
     K], log_prob float32 [*g, n], value float32 [*g, n])``."""
     sizes = _sizes(sizes)
     h, w, b, u = (jnp.asarray(x, jnp.float32) for x in (h, w, b, u))
-    g, n = _layer_shapes("agora_act", h, w, b, sizes, u=u)
+    g, n = _layer_shapes("agora_act", h, w, b, sizes, {"u": u})
     call = jax.ffi.ffi_call(
         "agora_act",
         (jax.ShapeDtypeStruct(g + (n, sizes.size), jnp.int32), jax.ShapeDtypeStruct(g + (n,), jnp.float32),
@@ -184,16 +184,17 @@ def act(h: jax.Array, w: jax.Array, b: jax.Array, u: jax.Array, sizes) -> tuple[
     return call(h, w, b, u, sizes=sizes)
 
 
-def _layer_shapes(name: str, h, w, b, sizes, **rows) -> tuple:
-    """Checks ``h [*g, n, H]``, ``w [*g, H, sum(sizes) + 1]``, ``b [*g, sum(sizes) + 1]`` and
-    per-row arrays ``rows`` (``[*g, n, K]``, or ``[*g, n]`` for names starting ``v``);
+def _layer_shapes(name: str, h, w, b, sizes, per_categorical: dict, per_row: dict | None = None) -> tuple:
+    """Checks ``h [*g, n, H]``, ``w [*g, H, sum(sizes) + 1]``, ``b [*g, sum(sizes) + 1]``,
+    arrays ``[*g, n, K]`` (``per_categorical``) and ``[*g, n]`` (``per_row``) by name;
     returns ``(g, n)``."""
     sizes = _sizes(sizes)
     g, (n, hdim) = h.shape[:-2], h.shape[-2:]
     c = int(sizes.sum()) + 1
     want = {"w": g + (hdim, c), "b": g + (c,)}
-    want.update({k: g + (n,) if k.startswith("v") else g + (n, sizes.size) for k in rows})
-    for key, x in (("w", w), ("b", b), *rows.items()):
+    want.update({k: g + (n, sizes.size) for k in per_categorical})
+    want.update({k: g + (n,) for k in per_row or {}})
+    for key, x in (("w", w), ("b", b), *per_categorical.items(), *(per_row or {}).items()):
         if x.shape != want[key]:
             raise ValueError(f"{name}: {key} has shape {x.shape}, expected {want[key]} (h is {h.shape})")
     return g, n
@@ -204,32 +205,34 @@ def stats(h: jax.Array, w: jax.Array, b: jax.Array, actions: jax.Array, sizes):
     (``h [*g, n, H]``, ``w [*g, H, C]``, ``b [*g, C]``, ``C = sum(sizes) + 1``) and the
     actions taken ``int32 [*g, n, K]``, returns ``(log_prob [*g, n, K], entropy [*g, n, K],
     value [*g, n])``: every categorical's log-probability of its action and its entropy,
-    the logits formed a tile of rows at a time in cache (never written out). Out-of-range
-    actions are clamped (the caller validates them)."""
+    and the value. The logits are formed a tile of rows at a time in cache and never
+    written out. Out-of-range actions are clamped (the caller validates them)."""
     h, w, b = (jnp.asarray(x, jnp.float32) for x in (h, w, b))
     actions = jnp.asarray(actions, jnp.int32)
-    g, n = _layer_shapes("agora_stats", h, w, b, sizes, actions=actions)
-    k = len(sizes)
-    call = jax.ffi.ffi_call(
-        "agora_stats",
-        (jax.ShapeDtypeStruct(g + (n, k), jnp.float32), jax.ShapeDtypeStruct(g + (n, k), jnp.float32),
-         jax.ShapeDtypeStruct(g + (n,), jnp.float32)),
-        vmap_method="broadcast_all",
-    )
+    g, n = _layer_shapes("agora_stats", h, w, b, sizes, {"actions": actions})
+    f32 = lambda *shape: jax.ShapeDtypeStruct(g + shape, jnp.float32)  # noqa: E731
+    call = jax.ffi.ffi_call("agora_stats", (f32(n, len(sizes)), f32(n, len(sizes)), f32(n)), vmap_method="broadcast_all")
     return call(h, w, b, actions, sizes=_sizes(sizes))
 
 
-def stats_grad(h, w, b, actions, g_log_prob, g_entropy, g_value, sizes) -> jax.Array:
+def stats_grad(h, w, b, actions, g_log_prob, g_entropy, g_value, sizes) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The gradient of ``sum(g_log_prob * log_prob + g_entropy * entropy) + sum(g_value *
-    value)`` (of :func:`stats`) with respect to the output layer's result ``z = h . w + b``:
-    ``dz float32 [*g, n, C]``, recomputing each tile's logits in cache. For categorical
-    ``j`` with probabilities ``p``: ``dz_i = glp_j [i = a_j] - p_i (glp_j + gent_j (log p_i
-    + H_j))``; the value column is ``g_value``."""
+    value)`` (of :func:`stats`) with respect to ``h``, ``w`` and ``b``: ``(dh [*g, n, H], dw
+    [*g, H, C], db [*g, C])``, in one pass. Each tile of rows' logits is formed again in
+    cache and its ``dz`` computed there (for categorical ``j`` with probabilities ``p``:
+    ``dz_i = glp_j [i = a_j] - p_i (glp_j + gent_j (log p_i + H_j))``, ``g_value`` in the
+    value column), then ``dh = dz . w^T`` is written out and ``h^T . dz``, ``sum dz`` are
+    added into ``dw``, ``db``: ``dz`` never reaches memory. The sums over rows run in a
+    fixed order (slots fixed by the shapes), so the result does not depend on the threads."""
     h, w, b, glp, gent, gv = (jnp.asarray(x, jnp.float32) for x in (h, w, b, g_log_prob, g_entropy, g_value))
     actions = jnp.asarray(actions, jnp.int32)
-    g, n = _layer_shapes("agora_stats_grad", h, w, b, sizes, actions=actions, glp=glp, gent=gent, v=gv)
+    _layer_shapes("agora_stats_grad", h, w, b, sizes, {"actions": actions, "g_log_prob": glp, "g_entropy": gent},
+                  {"g_value": gv})
     call = jax.ffi.ffi_call(
-        "agora_stats_grad", jax.ShapeDtypeStruct(g + (n, w.shape[-1]), jnp.float32), vmap_method="broadcast_all"
+        "agora_stats_grad",
+        (jax.ShapeDtypeStruct(h.shape, jnp.float32), jax.ShapeDtypeStruct(w.shape, jnp.float32),
+         jax.ShapeDtypeStruct(b.shape, jnp.float32)),
+        vmap_method="broadcast_all",
     )
     return call(h, w, b, actions, glp, gent, gv, sizes=_sizes(sizes))
 

@@ -268,14 +268,27 @@ constexpr int64_t kTileRows = 6;   // rows of the register tile: 6 x 16 outputs 
 constexpr int64_t kPanel = 16;     // output columns per packed panel
 constexpr int64_t kBlockRows = 96;  // rows per work item
 
-// out[r][0..cp) = bias + h[r] . W for kTileRows rows, W packed in panels [cp/16][H][16].
+// out[r][0..cp) = bias + h[r] . W for kTileRows rows (kAcc: out[r] += h[r] . W), h's rows
+// of length hdim (the inner dimension), W packed in panels [cp/16][hdim][16].
+template <bool kAcc = false>
 inline void tile_matmul(const float* h, int64_t hdim, const float* packed, const float* bias, int64_t cp,
                         float* out) {
   for (int64_t p = 0; p < cp / kPanel; ++p) {
     const float* w = packed + p * hdim * kPanel;
-    const __m256 b0 = _mm256_loadu_ps(bias + p * kPanel), b1 = _mm256_loadu_ps(bias + p * kPanel + 8);
-    __m256 a00 = b0, a01 = b1, a10 = b0, a11 = b1, a20 = b0, a21 = b1;
-    __m256 a30 = b0, a31 = b1, a40 = b0, a41 = b1, a50 = b0, a51 = b1;
+    float* o = out + p * kPanel;
+    __m256 a00, a01, a10, a11, a20, a21, a30, a31, a40, a41, a50, a51;
+    if (kAcc) {
+      a00 = _mm256_loadu_ps(o); a01 = _mm256_loadu_ps(o + 8);
+      a10 = _mm256_loadu_ps(o + cp); a11 = _mm256_loadu_ps(o + cp + 8);
+      a20 = _mm256_loadu_ps(o + 2 * cp); a21 = _mm256_loadu_ps(o + 2 * cp + 8);
+      a30 = _mm256_loadu_ps(o + 3 * cp); a31 = _mm256_loadu_ps(o + 3 * cp + 8);
+      a40 = _mm256_loadu_ps(o + 4 * cp); a41 = _mm256_loadu_ps(o + 4 * cp + 8);
+      a50 = _mm256_loadu_ps(o + 5 * cp); a51 = _mm256_loadu_ps(o + 5 * cp + 8);
+    } else {
+      const __m256 b0 = _mm256_loadu_ps(bias + p * kPanel), b1 = _mm256_loadu_ps(bias + p * kPanel + 8);
+      a00 = b0; a01 = b1; a10 = b0; a11 = b1; a20 = b0; a21 = b1;
+      a30 = b0; a31 = b1; a40 = b0; a41 = b1; a50 = b0; a51 = b1;
+    }
     for (int64_t q = 0; q < hdim; ++q) {
       const __m256 w0 = _mm256_loadu_ps(w + q * kPanel), w1 = _mm256_loadu_ps(w + q * kPanel + 8);
       __m256 v = _mm256_broadcast_ss(h + q);
@@ -291,7 +304,6 @@ inline void tile_matmul(const float* h, int64_t hdim, const float* packed, const
       v = _mm256_broadcast_ss(h + 5 * hdim + q);
       a50 = _mm256_fmadd_ps(v, w0, a50); a51 = _mm256_fmadd_ps(v, w1, a51);
     }
-    float* o = out + p * kPanel;
     _mm256_storeu_ps(o, a00); _mm256_storeu_ps(o + 8, a01); o += cp;
     _mm256_storeu_ps(o, a10); _mm256_storeu_ps(o + 8, a11); o += cp;
     _mm256_storeu_ps(o, a20); _mm256_storeu_ps(o + 8, a21); o += cp;
@@ -299,6 +311,16 @@ inline void tile_matmul(const float* h, int64_t hdim, const float* packed, const
     _mm256_storeu_ps(o, a40); _mm256_storeu_ps(o + 8, a41); o += cp;
     _mm256_storeu_ps(o, a50); _mm256_storeu_ps(o + 8, a51);
   }
+}
+
+// Packs rows x cols of src (row stride ld) into panels [ceil(cols/16)][rows][16] of dst,
+// zero-padding the last panel: the layout tile_matmul's W takes (rows: the inner dimension).
+void pack_panels(const float* src, int64_t ld, int64_t rows, int64_t cols, float* dst) {
+  const int64_t cp = (cols + kPanel - 1) / kPanel * kPanel;
+  std::fill(dst, dst + cp * rows, 0.f);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c)
+      dst[(c / kPanel) * rows * kPanel + r * kPanel + c % kPanel] = src[r * ld + c];
 }
 
 // The output layer of a call: features h [*g, n, H], kernel w [*g, H, C], bias b [*g, C]
@@ -345,11 +367,7 @@ ffi::Error make_layer(const char* name, ffi::Buffer<ffi::F32>& h, ffi::Buffer<ff
   const float* wp = w.typed_data();
   const float* bp = b.typed_data();
   for (int64_t g = 0; g < L->groups; ++g) {
-    float* pg = L->packed->data() + g * L->cp * L->hdim;
-    for (int64_t q = 0; q < L->hdim; ++q) {
-      const float* src = wp + (g * L->hdim + q) * L->cols;
-      for (int64_t c = 0; c < L->cols; ++c) pg[(c / kPanel) * L->hdim * kPanel + q * kPanel + c % kPanel] = src[c];
-    }
+    pack_panels(wp + g * L->hdim * L->cols, L->cols, L->hdim, L->cols, L->packed->data() + g * L->cp * L->hdim);
     std::memcpy(L->bias->data() + g * L->cp, bp + g * L->cols, L->cols * sizeof(float));
   }
   L->h = h.typed_data();
@@ -489,12 +507,12 @@ ffi::Error StatsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> h, ffi::Buffer<
     std::vector<float> tv;
     float* tp = k <= 64 ? t : (tv.resize(k), tv.data());
     row_sums(x, sz, k, need, sc, tp);
+    const float* d = sc.cdf.data();
     int64_t off = 0;
     for (int64_t j = 0; j < k; ++j) {
       const int64_t c = sz[j];
-      const float ls = sc.logs[j];
-      l[row * k + j] = x[off + clamp_action(a[row * k + j], c)] - sc.shifts[j] - ls;
-      en[row * k + j] = ls - tp[j] / sc.sums[j];
+      l[row * k + j] = d[off + clamp_action(a[row * k + j], c)] - sc.logs[j];
+      en[row * k + j] = sc.logs[j] - tp[j] / sc.sums[j];
       off += c;
     }
     v[row] = x[need];
@@ -502,54 +520,137 @@ ffi::Error StatsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> h, ffi::Buffer<
   return ffi::Error::Success();
 }
 
-// The gradient of sum_j (glp_j log p(a_j) + gent_j H_j) + gv * value with respect to the
-// output layer's result z = h . w + b: dz [*g, n, C] with, for categorical j,
-// dz_i = glp_j [i = a_j] - p_i (glp_j + gent_j (log p_i + H_j)), and gv in the value column.
+// The gradient of sum_j (glp_j log p(a_j) + gent_j H_j) + gv * value (of agora_stats) with
+// respect to h, w and b, in one pass: each tile of rows' logits is formed again in cache,
+// its dz (for categorical j, dz_i = glp_j [i = a_j] - p_i (glp_j + gent_j (log p_i + H_j)),
+// gv in the value column) computed there, dh = dz . w^T written out, and dz . h summed into
+// dw and db block by block; dz never reaches memory. Every group's rows are split into a
+// fixed number of slots (a function of the shapes alone), each summed in row order, and
+// the slots are added in order, so the result does not depend on the threads.
 ffi::Error StatsGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> h, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
                          ffi::Buffer<ffi::S32> act, ffi::Buffer<ffi::F32> glp, ffi::Buffer<ffi::F32> gent,
-                         ffi::Buffer<ffi::F32> gv, ffi::Span<const int64_t> sizes, ffi::ResultBuffer<ffi::F32> dz) {
+                         ffi::Buffer<ffi::F32> gv, ffi::Span<const int64_t> sizes, ffi::ResultBuffer<ffi::F32> dh,
+                         ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> db) {
   Layer L;
   const int64_t k = static_cast<int64_t>(sizes.size());
   if (auto e = make_layer("agora_stats_grad", h, w, b, sizes,
                           {{act.dimensions(), k}, {glp.dimensions(), k}, {gent.dimensions(), k}, {gv.dimensions(), -1}}, &L);
       e.failure())
     return e;
+  const int64_t n = L.n, hdim = L.hdim, cols = L.cols, cp = L.cp, need = L.need, groups = L.groups;
+  const int64_t hp = (hdim + kPanel - 1) / kPanel * kPanel;             // dh's columns, padded
+  const int64_t hr = (hdim + kTileRows - 1) / kTileRows * kTileRows;  // dw's rows, padded
+  const int64_t blocks = (n + kBlockRows - 1) / kBlockRows;
+  const int64_t slots = std::min<int64_t>(blocks, 8);  // a function of n alone: a group sums the same way vmapped or not
+  // w^T of every group in panels [hp/16][cp][16] (inner dimension: the padded columns).
+  auto packed_t = std::make_shared<std::vector<float>>(static_cast<size_t>(groups * hp * cp), 0.f);
+  const float* wp = w.typed_data();
+  std::vector<float> wt(cp * hdim);
+  for (int64_t g = 0; g < groups; ++g) {  // w^T zero-padded to cp rows, then packed
+    std::fill(wt.begin(), wt.end(), 0.f);
+    for (int64_t q = 0; q < hdim; ++q)
+      for (int64_t c = 0; c < cols; ++c) wt[c * hdim + q] = wp[(g * hdim + q) * cols + c];
+    pack_panels(wt.data(), hdim, cp, hdim, packed_t->data() + g * hp * cp);
+  }
+  // per (group, slot): dw rows [hr][cp] and db [cp]
+  auto acc = std::make_shared<std::vector<float>>(static_cast<size_t>(groups * slots * (hr + 1) * cp), 0.f);
+  auto zero = std::make_shared<std::vector<float>>(static_cast<size_t>(hp), 0.f);
+  const Layer* lp = &L;
   const int32_t* a = act.typed_data();
   const float* gl = glp.typed_data();
   const float* ge = gent.typed_data();
   const float* gvv = gv.typed_data();
-  float* d = dz->typed_data();
+  float* dhp = dh->typed_data();
   const int64_t* sz = sizes.begin();
-  const int64_t need = L.need, cols = L.cols;
-  for_each_row(pool, L, k, [=](int64_t row, const float* x, Scratch& sc) {
+  parallel_for(pool, groups * slots, need, k, [=](int64_t item, Scratch& sc) {
+    const Layer& l = *lp;
+    const int64_t g = item / slots, slot = item % slots;
+    const float* pg = l.packed->data() + g * cp * hdim;
+    const float* bg = l.bias->data() + g * cp;
+    const float* pt = packed_t->data() + g * hp * cp;
+    float* dw_acc = acc->data() + item * (hr + 1) * cp;
+    float* db_acc = dw_acc + hr * cp;
+    std::vector<float> logits(kTileRows * cp), dz(kTileRows * cp, 0.f), out(kTileRows * hp);
+    std::vector<float> dzp(kBlockRows * cp), ht(hr * kBlockRows), pad;
     float t[64];
     std::vector<float> tv;
     float* tp = k <= 64 ? t : (tv.resize(k), tv.data());
-    row_sums(x, sz, k, need, sc, tp);
-    float* dr = d + row * cols;
-    const float* e = sc.e.data();
-    const float* dd = sc.cdf.data();
-    int64_t off = 0;
-    for (int64_t j = 0; j < k; ++j) {
-      const int64_t c = sz[j];
-      const float s = sc.sums[j], ls = sc.logs[j];
-      const float g1 = gl[row * k + j], g2 = ge[row * k + j];
-      const float ent_j = ls - tp[j] / s;
-      // log p_i + H = (x_i - m) - ls + H
-      const float c0 = g1 + g2 * (ent_j - ls), inv = 1.f / s;
-      // dz_i = -e_i / s * (c0 + g2 * d_i)
-      const __m256 vc0 = _mm256_set1_ps(c0), vg2 = _mm256_set1_ps(g2), vinv = _mm256_set1_ps(-inv);
-      int64_t i = 0;
-      for (; i + 8 <= c; i += 8) {
-        const __m256 q = _mm256_fmadd_ps(vg2, _mm256_loadu_ps(dd + off + i), vc0);
-        _mm256_storeu_ps(dr + off + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(e + off + i), vinv), q));
+    for (int64_t blk = slot; blk < blocks; blk += slots) {
+      const int64_t r0 = blk * kBlockRows, r1 = std::min(n, r0 + kBlockRows), nb = r1 - r0;
+      std::fill(dzp.begin(), dzp.end(), 0.f);
+      for (int64_t t0 = r0; t0 < r1; t0 += kTileRows) {
+        const int64_t rows = std::min(kTileRows, r1 - t0);
+        const float* htile = l.h + (g * n + t0) * hdim;
+        if (rows < kTileRows) {
+          pad.assign(kTileRows * hdim, 0.f);
+          std::memcpy(pad.data(), htile, rows * hdim * sizeof(float));
+          htile = pad.data();
+          std::fill(dz.begin(), dz.end(), 0.f);
+        }
+        tile_matmul(htile, hdim, pg, bg, cp, logits.data());
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t row = g * n + t0 + r;
+          const float* x = logits.data() + r * cp;
+          float* dr = dz.data() + r * cp;
+          row_sums(x, sz, k, need, sc, tp);
+          const float* e = sc.e.data();
+          const float* d = sc.cdf.data();
+          int64_t off = 0;
+          for (int64_t j = 0; j < k; ++j) {
+            const int64_t c = sz[j];
+            const float inv = 1.f / sc.sums[j];
+            const float g1 = gl[row * k + j], g2 = ge[row * k + j];
+            // log p_i + H_j = d_i - ls + (ls - t_j / s): dz_i = -e_i / s (c0 + g2 d_i)
+            const float c0 = g1 - g2 * tp[j] * inv;
+            const __m256 vc0 = _mm256_set1_ps(c0), vg2 = _mm256_set1_ps(g2), vinv = _mm256_set1_ps(-inv);
+            int64_t i = 0;
+            for (; i + 8 <= c; i += 8) {
+              const __m256 q = _mm256_fmadd_ps(vg2, _mm256_loadu_ps(d + off + i), vc0);
+              _mm256_storeu_ps(dr + off + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(e + off + i), vinv), q));
+            }
+            for (; i < c; ++i) dr[off + i] = -e[off + i] * inv * (c0 + g2 * d[off + i]);
+            dr[off + clamp_action(a[row * k + j], c)] += g1;
+            off += c;
+          }
+          dr[need] = gvv[row];
+          // db, and the block's dz in panels [cp/16][kBlockRows][16] for dw (dr is zero past cols)
+          const int64_t rb = t0 - r0 + r;
+          for (int64_t c = 0; c < cp; c += kPanel) {
+            const __m256 v0 = _mm256_loadu_ps(dr + c), v1 = _mm256_loadu_ps(dr + c + 8);
+            _mm256_storeu_ps(db_acc + c, _mm256_add_ps(_mm256_loadu_ps(db_acc + c), v0));
+            _mm256_storeu_ps(db_acc + c + 8, _mm256_add_ps(_mm256_loadu_ps(db_acc + c + 8), v1));
+            float* dst = dzp.data() + (c / kPanel) * kBlockRows * kPanel + rb * kPanel;
+            _mm256_storeu_ps(dst, v0);
+            _mm256_storeu_ps(dst + 8, v1);
+          }
+        }
+        tile_matmul(dz.data(), cp, pt, zero->data(), hp, out.data());  // dh = dz . w^T
+        for (int64_t r = 0; r < rows; ++r)
+          std::memcpy(dhp + (g * n + t0 + r) * hdim, out.data() + r * hp, hdim * sizeof(float));
       }
-      for (; i < c; ++i) dr[off + i] = -e[off + i] * inv * (c0 + g2 * dd[off + i]);
-      dr[off + clamp_action(a[row * k + j], c)] += g1;
-      off += c;
+      // dw += h_block^T . dz_block: h^T's rows (features) kTileRows at a time, inner: the block's rows
+      std::fill(ht.begin(), ht.end(), 0.f);
+      for (int64_t r = 0; r < nb; ++r)
+        for (int64_t q = 0; q < hdim; ++q) ht[q * kBlockRows + r] = l.h[(g * n + r0 + r) * hdim + q];
+      for (int64_t q = 0; q < hr; q += kTileRows)
+        tile_matmul<true>(ht.data() + q * kBlockRows, kBlockRows, dzp.data(), nullptr, cp, dw_acc + q * cp);
     }
-    dr[need] = gvv[row];
   });
+  float* dwo = dw->typed_data();
+  float* dbo = db->typed_data();
+  for (int64_t g = 0; g < groups; ++g) {
+    for (int64_t q = 0; q < hdim; ++q)
+      for (int64_t c = 0; c < cols; ++c) {
+        float s = 0.f;
+        for (int64_t slot = 0; slot < slots; ++slot) s += (*acc)[((g * slots + slot) * (hr + 1) + q) * cp + c];
+        dwo[(g * hdim + q) * cols + c] = s;
+      }
+    for (int64_t c = 0; c < cols; ++c) {
+      float s = 0.f;
+      for (int64_t slot = 0; slot < slots; ++slot) s += (*acc)[((g * slots + slot) * (hr + 1) + hr) * cp + c];
+      dbo[g * cols + c] = s;
+    }
+  }
   return ffi::Error::Success();
 }
 
@@ -587,6 +688,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AgoraStatsGrad, StatsGradImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Attr<ffi::Span<const int64_t>>("sizes")
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AgoraAct, ActImpl,

@@ -419,8 +419,9 @@ def policy_terms(h: jax.Array, kernel: jax.Array, bias: jax.Array, actions: jax.
     with probabilities ``p``, ``dz_i = glp_j [i = a_j] - p_i (glp_j + gent_j (log p_i +
     H_j))`` with respect to ``z = h . kernel + bias``, then ``dh = dz kernel^T``,
     ``dkernel = h^T dz``, ``dbias = sum dz``. ``native`` (static): the forward pass and
-    ``dz`` by the native kernels (:func:`agents.native.stats`, :func:`agents.native.stats_grad`;
-    logits formed in cache, never stored), else by XLA (the same numbers up to float
+    the whole backward pass by the native kernels (:func:`agents.native.stats`,
+    :func:`agents.native.stats_grad`: the logits and ``dz`` formed in cache, never stored),
+    else by XLA (the same numbers up to float
     rounding). Works under ``vmap`` (members) and ``jit``."""
     return _policy_terms_fwd(h, kernel, bias, actions, sizes, native)[0]
 
@@ -442,12 +443,10 @@ def _policy_terms_bwd(sizes, native, residuals, grads):
     h, kernel, bias, actions, z, res = residuals
     g_lp, g_ent, g_v = grads
     if native:
-        dz = _native.stats_grad(h, kernel, bias, actions, g_lp, g_ent, g_v, sizes)
-    else:
-        dz = _xla_grad(z, actions, res, g_lp, g_ent, g_v, sizes)
+        return (*_native.stats_grad(h, kernel, bias, actions, g_lp, g_ent, g_v, sizes), None)
+    dz = _xla_grad(z, actions, res, g_lp, g_ent, g_v, sizes)
     rows = lambda x: x.reshape((-1, x.shape[-1]))  # noqa: E731
-    d_kernel = rows(h).T @ rows(dz)
-    return dz @ kernel.T, d_kernel, jnp.sum(rows(dz), 0), None
+    return dz @ kernel.T, rows(h).T @ rows(dz), jnp.sum(rows(dz), 0), None
 
 
 policy_terms.defvjp(_policy_terms_fwd, _policy_terms_bwd)

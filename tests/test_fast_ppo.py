@@ -106,8 +106,9 @@ def test_policy_terms_match_the_traced_definition(env, native_path, scale, sizes
 
 @pytest.mark.skipif(not NATIVE, reason="native kernels unavailable")
 def test_native_kernels_do_not_depend_on_how_rows_are_split(env):
-    """Bit-identical whatever the split of rows (as over shards of the agent axis or
-    threads) and whether members are vmapped or called one by one."""
+    """Per-row results (log-probabilities, entropies, values, dh) are bit-identical whatever
+    the split of rows (as over shards of the agent axis), and whether members are vmapped
+    or called one by one; the sums over rows (dw, db) are the same on every call."""
     sizes = tuple(head_sizes(env.action_spec))
     h, kernel, bias, actions = layer(jax.random.key(2), 1000, 64, sizes, 3.0)
     g = [jax.random.normal(jax.random.key(k), s) for k, s in ((3, (1000, len(sizes))), (4, (1000, len(sizes))),
@@ -120,14 +121,20 @@ def test_native_kernels_do_not_depend_on_how_rows_are_split(env):
                  for s in (slice(0, cut), slice(cut, None))]
         for i in range(3):
             np.testing.assert_array_equal(np.concatenate([p[0][i] for p in parts]), whole[0][i])
-        np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), whole[1])
+        np.testing.assert_array_equal(np.concatenate([p[1][0] for p in parts]), whole[1][0])  # dh
+    again = grad(h, actions, *g)
+    for i in range(3):
+        np.testing.assert_array_equal(again[i], whole[1][i])
     # vmapped over two members = each member alone
     h2, k2, b2, a2 = (jnp.stack([x, x[::-1] * 0.5]) for x in (h, kernel, bias, actions))
-    batched = jax.jit(jax.vmap(lambda h, k, b, a: native.stats(h, k, b, a, sizes)))(h2, k2, b2, a2)
+    g2 = [jnp.stack([x, x * 2]) for x in g]
+    one = lambda h, k, b, a, gl, ge, gv: (native.stats(h, k, b, a, sizes), native.stats_grad(h, k, b, a, gl, ge, gv, sizes))  # noqa: E731
+    batched = jax.jit(jax.vmap(one))(h2, k2, b2, a2, *g2)
     for m in range(2):
-        alone = jax.jit(lambda h, k, b, a: native.stats(h, k, b, a, sizes))(h2[m], k2[m], b2[m], a2[m])
-        for i in range(3):
-            np.testing.assert_array_equal(batched[i][m], alone[i])
+        alone = jax.jit(one)(h2[m], k2[m], b2[m], a2[m], *(x[m] for x in g2))
+        for i in range(2):
+            for j in range(3):
+                np.testing.assert_array_equal(batched[i][j][m], alone[i][j])
 
 
 @pytest.fixture(scope="module")
