@@ -541,7 +541,9 @@ ffi::Error StatsGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> h, ffi::Buf
   const int64_t hp = (hdim + kPanel - 1) / kPanel * kPanel;             // dh's columns, padded
   const int64_t hr = (hdim + kTileRows - 1) / kTileRows * kTileRows;  // dw's rows, padded
   const int64_t blocks = (n + kBlockRows - 1) / kBlockRows;
-  const int64_t slots = std::min<int64_t>(blocks, 8);  // a function of n alone: a group sums the same way vmapped or not
+  // Slots of at least 16 blocks, at most 8: a function of n alone, so a group sums the same
+  // way vmapped or not (and few rows do not pay for many partial sums).
+  const int64_t slots = std::max<int64_t>(1, std::min<int64_t>(blocks / 16, 8));
   // w^T of every group in panels [hp/16][cp][16] (inner dimension: the padded columns).
   auto packed_t = std::make_shared<std::vector<float>>(static_cast<size_t>(groups * hp * cp), 0.f);
   const float* wp = w.typed_data();

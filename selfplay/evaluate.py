@@ -251,6 +251,34 @@ def evaluate_population(cfg: RunConfig, trainer, ts, settings: EvalSettings) -> 
     return {k: out.get(k) for k in METRICS}
 
 
+def population_utility(trainer, settings: EvalSettings) -> Callable:
+    """``ts -> utility``: the population's mean held-out utility exactly as
+    :func:`evaluate_population` measures it (same worlds, keys, steps and burn-in), with
+    one compile for every state of the trainer (the parameters are an argument), for
+    measuring a run as it trains (benchmarks/time_to_quality.py)."""
+    env = trainer.env
+    PL = trainer.num_players
+    groups = np.arange(env.cfg.num_agents) % PL
+    metrics = _step_sums(groups, PL, env.cfg.num_niches, env.cfg.collaboration_scale)
+
+    @jax.jit
+    def world(params_all, world_key, key):
+        _, state = env.reset(world_key)
+        policy = lambda k, s: trainer.act_with(params_all, k, env.observe(s), settings.greedy)  # noqa: E731
+        final, sums = rollout(env, policy, key, state, settings.steps, metrics)
+        return wealth(final.goods, final.money, final.price), sums
+
+    def utility(ts) -> float:
+        params_all = trainer._players_params(ts)
+        per_world = []
+        for world_key, key in eval_keys(env, settings.worlds):
+            w, sums = jax.device_get(world(params_all, world_key, key))
+            per_world.append(world_metrics(sums, np.asarray(w, np.float64), groups, trainer.num_members, settings.burn_in))
+        return mean_metrics(per_world)["utility"]
+
+    return utility
+
+
 def evaluate_baseline(env: Economy, name: str, settings: EvalSettings) -> dict:
     """``scripted`` or ``random`` play on the evaluation worlds (member metrics null)."""
     policy = {"scripted": functools.partial(scripted_actions, env), "random": functools.partial(random_actions, env)}[name]

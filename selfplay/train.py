@@ -556,18 +556,17 @@ class Trainer:
     def act_on(self, ts: TrainState, greedy: bool = False):
         """``(key, obs [n, D]) -> actions [n, ...]``: row ``i`` played by player ``i % (P + K)``
         (``n`` a multiple of the players; cross-play gives each population its own rows)."""
-        PL = self.num_players
         params_all = self._players_params(ts)
+        return lambda key, obs: self.act_with(params_all, key, obs, greedy)
 
-        def act(key, obs):
-            logits, _ = population_apply(self.net, params_all, to_members(obs, PL))
-            if greedy:
-                a = {k: jnp.argmax(v, -1).astype(jnp.int32) for k, v in logits.items()}
-            else:
-                a, _ = sample_actions(key, logits)
-            return from_members(a)
-
-        return act
+    def act_with(self, params_all, key: jax.Array, obs: jax.Array, greedy: bool = False):
+        """:meth:`act_on` with the players' parameters (``[P + K, ...]``) as an argument."""
+        logits, _ = population_apply(self.net, params_all, to_members(obs, self.num_players))
+        if greedy:
+            a = {k: jnp.argmax(v, -1).astype(jnp.int32) for k, v in logits.items()}
+        else:
+            a, _ = sample_actions(key, logits)
+        return from_members(a)
 
     # ---- whole run -------------------------------------------------------------------------
     def _scan_updates(self, ts: TrainState, num_updates: int):

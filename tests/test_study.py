@@ -163,6 +163,20 @@ def test_eval_is_deterministic_and_writes_eval_json(smoke, capsys):
     assert "Held-out evaluation" in html and "member_niche_mi_bits" in html and "largest_lineage_share" in html
 
 
+def test_population_utility_is_what_eval_measures(smoke):
+    """benchmarks/time_to_quality.py's measure (one compile for every state) gives agora
+    eval's utility for the same run, worlds, keys, steps and burn-in."""
+    from selfplay.evaluate import EvalSettings, evaluate_population, load_run, population_utility
+
+    cfg, trainer, ts = load_run(smoke / "runs" / "spec_on" / "seed_0")
+    s = EvalSettings(worlds=2, steps=30, burn_in=5).resolved(cfg)
+    want = evaluate_population(cfg, trainer, ts, s)["utility"]
+    measure = population_utility(trainer, s)
+    assert measure(ts) == pytest.approx(want, rel=1e-5)
+    other = ts.replace(params=jax.tree.map(lambda x: x[::-1], ts.params))  # members swap agent slots
+    assert measure(other) == pytest.approx(evaluate_population(cfg, trainer, other, s)["utility"], rel=1e-5)
+
+
 def test_scripted_baseline_equals_simulate_on_the_same_world_and_key(smoke):
     """The evaluation's scripted numbers are those of ``selfplay.simulate.rollout`` (what
     ``agora simulate`` runs) on the same world and action key."""
