@@ -454,11 +454,11 @@ policy_terms.defvjp(_policy_terms_fwd, _policy_terms_bwd)
 
 def flat_actions(actions: Actions, action_spec) -> jax.Array:
     """``actions`` dict -> int32 ``[..., K]`` in :func:`head_sizes` order."""
-    heads = sorted(action_spec, key=lambda h: h.name)
-    nd = {h.name: len(h.shape) for h in heads}
-    return jnp.concatenate(
-        [jnp.asarray(actions[h.name], jnp.int32).reshape(jnp.shape(actions[h.name])[:jnp.ndim(actions[h.name]) - nd[h.name]] + (-1,))
-         for h in heads], -1)
+    parts = []
+    for h in sorted(action_spec, key=lambda h: h.name):
+        a = jnp.asarray(actions[h.name], jnp.int32)
+        parts.append(a.reshape(a.shape[:a.ndim - len(h.shape)] + (-1,)))
+    return jnp.concatenate(parts, -1)
 
 
 class FusedPolicy:
@@ -497,6 +497,7 @@ class FusedPolicy:
 
 
 __all__ = [
-    "ActorCritic", "FusedPolicy", "act_parts", "entropy", "flat_actions", "policy_terms", "from_members", "head_sizes", "init_population", "joint_apply",
-    "joint_width", "log_prob", "population_apply", "sample_actions", "split_joint", "to_members",
+    "ActorCritic", "FusedPolicy", "act_parts", "entropy", "flat_actions", "from_members", "head_sizes", "init_population",
+    "joint_apply", "joint_width", "log_prob", "policy_terms", "population_apply", "sample_actions", "split_joint",
+    "to_members",
 ]
