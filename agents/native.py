@@ -8,6 +8,11 @@ P(a) = softmax(logits)[a] for every categorical, drawn by the inverse CDF at a u
 from :mod:`economy.rng` (so a row's draw depends only on the key and the row's global
 index, however the rows are split over threads or devices).
 
+The same library holds the PPO loss's kernels (:func:`stats`, :func:`stats_grad`, used by
+:func:`agents.networks.policy_terms`): every categorical's log-probability of the action
+taken and its entropy, and their gradient with respect to the output layer, with the
+logits formed in cache a tile of rows at a time and never written out.
+
 The library is compiled on first use with the system's C++ compiler against
 ``jax.ffi.include_dir()`` into a cache folder (``$AGORA_CACHE``, default
 ``$XDG_CACHE_HOME/agora`` or ``~/.cache/agora``), named by a hash of the source, the
