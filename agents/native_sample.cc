@@ -149,9 +149,9 @@ inline int64_t seg_draw(const float* e, int64_t c, float u, float* cdf, float* t
 
 // Scratch of one worker thread.
 struct Scratch {
-  std::vector<float> e, cdf, sums, logs, shifts;
+  std::vector<float> e, cdf, sums, logs, shifts, wsums;
   // e and cdf padded by 8: a categorical's last 8-lane load may run past the row.
-  Scratch(int64_t need, int64_t k) : e(need + 8, 0.f), cdf(need + 8), sums(k), logs(k), shifts(k) {}
+  Scratch(int64_t need, int64_t k) : e(need + 8, 0.f), cdf(need + 8), sums(k), logs(k), shifts(k), wsums(k) {}
 };
 
 // One row: for each of the k categoricals (consecutive runs of sizes[j] logits of x), the
@@ -454,8 +454,8 @@ inline void seg_sums(const float* v, const float* w, int64_t c, float* sv, float
 // For each categorical j of the row x (sizes[j] consecutive logits), with a shift m_j (the
 // row's max, or the categorical's own where the row spans more than 80): e_i = exp(x_i -
 // m_j) in sc.e, d_i = x_i - m_j in sc.cdf, s_j = sum_i e_i (sc.sums), t_j = sum_i e_i d_i
-// (t), log s_j (sc.logs), m_j (sc.shifts).
-void row_sums(const float* x, const int64_t* sizes, int64_t k, int64_t need, Scratch& sc, float* t) {
+// (sc.wsums), log s_j (sc.logs), m_j (sc.shifts).
+void row_sums(const float* x, const int64_t* sizes, int64_t k, int64_t need, Scratch& sc) {
   float* e = sc.e.data();
   float* d = sc.cdf.data();
   float lo, hi;
@@ -480,7 +480,7 @@ void row_sums(const float* x, const int64_t* sizes, int64_t k, int64_t need, Scr
     int64_t i = 0;
     for (; i + 8 <= c; i += 8) _mm256_storeu_ps(d + off + i, _mm256_sub_ps(_mm256_loadu_ps(x + off + i), m));
     for (; i < c; ++i) d[off + i] = x[off + i] - sc.shifts[j];
-    seg_sums(e + off, d + off, c, &sc.sums[j], &t[j]);
+    seg_sums(e + off, d + off, c, &sc.sums[j], &sc.wsums[j]);
     off += c;
   }
   log_many(sc.sums.data(), sc.logs.data(), k);
@@ -503,10 +503,8 @@ ffi::Error StatsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> h, ffi::Buffer<
   const int64_t* sz = sizes.begin();
   const int64_t need = L.need;
   for_each_row(pool, L, k, [=](int64_t row, const float* x, Scratch& sc) {
-    float t[64];
-    std::vector<float> tv;
-    float* tp = k <= 64 ? t : (tv.resize(k), tv.data());
-    row_sums(x, sz, k, need, sc, tp);
+    row_sums(x, sz, k, need, sc);
+    const float* tp = sc.wsums.data();
     const float* d = sc.cdf.data();
     int64_t off = 0;
     for (int64_t j = 0; j < k; ++j) {
@@ -574,9 +572,7 @@ ffi::Error StatsGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> h, ffi::Buf
     float* db_acc = dw_acc + hr * cp;
     std::vector<float> logits(kTileRows * cp), dz(kTileRows * cp, 0.f), out(kTileRows * hp);
     std::vector<float> dzp(kBlockRows * cp), ht(hr * kBlockRows), pad;
-    float t[64];
-    std::vector<float> tv;
-    float* tp = k <= 64 ? t : (tv.resize(k), tv.data());
+    const float* tp = sc.wsums.data();
     for (int64_t blk = slot; blk < blocks; blk += slots) {
       const int64_t r0 = blk * kBlockRows, r1 = std::min(n, r0 + kBlockRows), nb = r1 - r0;
       std::fill(dzp.begin(), dzp.end(), 0.f);
@@ -594,7 +590,7 @@ ffi::Error StatsGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> h, ffi::Buf
           const int64_t row = g * n + t0 + r;
           const float* x = logits.data() + r * cp;
           float* dr = dz.data() + r * cp;
-          row_sums(x, sz, k, need, sc, tp);
+          row_sums(x, sz, k, need, sc);
           const float* e = sc.e.data();
           const float* d = sc.cdf.data();
           int64_t off = 0;

@@ -382,7 +382,7 @@ def _xla_terms(z: jax.Array, actions: jax.Array, sizes: tuple):
     lps, ents, res = [], [], []
     for off, i, k, c in _groups(sizes):
         x = z[..., off:off + k * c].reshape(z.shape[:-1] + (k, c))
-        m = jax.lax.stop_gradient(jnp.max(x, -1, keepdims=True))
+        m = jnp.max(x, -1, keepdims=True)
         e = jnp.exp(x - m)
         s = jnp.sum(e, -1, keepdims=True)
         ls = jnp.log(s)
@@ -476,10 +476,13 @@ class FusedPolicy:
         from agents import native as _native
 
         self.net = net
-        ok = _native.available()  # builds and registers the kernels (or says once why not)
-        if native and not ok:
-            raise RuntimeError(f"native kernels unavailable: {_native._load()}")
-        self.native = ok if native is None else bool(native)
+        if native is False:  # the XLA path on purpose: nothing to build
+            self.native = False
+        else:
+            ok = _native.available()  # builds and registers the kernels (or says once why not)
+            if native and not ok:
+                raise RuntimeError(f"native kernels unavailable: {_native._load()}")
+            self.native = ok
         self.sizes = tuple(head_sizes(net.action_spec))
         self._apply = joint_apply(net)
         heads = sorted(net.action_spec, key=lambda h: h.name)

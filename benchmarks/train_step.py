@@ -92,22 +92,28 @@ def run_config(log2n: int, members: int, steps: int, devices: int | None = None,
     return load_run_config(ROOT / "configs/economy/default.yaml", overrides)
 
 
-def time_update(trainer, ts, repeats: int):
-    """Compile and time ``trainer.update``: (compile s, best s, all times, new state)."""
+def time_stateful(update, state, repeats: int):
+    """Compile and time a jitted ``update(state) -> (state, metrics)``: (compile s, best s,
+    all times, new state), the first call (a warm-up) untimed."""
     import jax
 
     t0 = time.perf_counter()
-    compiled = trainer.update.lower(ts).compile()
+    compiled = update.lower(state).compile()
     compile_s = time.perf_counter() - t0
-    ts, m = compiled(ts)
+    state, m = compiled(state)
     jax.block_until_ready(m)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        ts, m = compiled(ts)
+        state, m = compiled(state)
         jax.block_until_ready(m)
         times.append(time.perf_counter() - t0)
-    return compile_s, min(times), times, ts
+    return compile_s, min(times), times, state
+
+
+def time_update(trainer, ts, repeats: int):
+    """Compile and time ``trainer.update``: (compile s, best s, all times, new state)."""
+    return time_stateful(trainer.update, ts, repeats)
 
 
 def time_acting(trainer, ts, repeats: int):
@@ -135,19 +141,7 @@ def time_reference(cfg, repeats: int):
     from reference_ppo import Reference
 
     ref = Reference(cfg)
-    state = ref.init(jax.random.key(0))
-    t0 = time.perf_counter()
-    compiled = ref.update.lower(state).compile()
-    compile_s = time.perf_counter() - t0
-    state, m = compiled(state)
-    jax.block_until_ready(m)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        state, m = compiled(state)
-        jax.block_until_ready(m)
-        times.append(time.perf_counter() - t0)
-    return compile_s, min(times), times
+    return time_stateful(ref.update, ref.init(jax.random.key(0)), repeats)[:3]
 
 
 def xla_estimate(cfg, ts, kind: str, devices: int = 1) -> dict:
