@@ -34,6 +34,7 @@ __all__ = [
     "STUDY_SECTIONS",
     "band_figure",
     "format_results_md",
+    "format_summary_md",
     "load_results",
     "training_curves",
     "write_study_report",
@@ -162,10 +163,11 @@ def _row_label(name: str, baseline: bool) -> str:
     return f"{name} (baseline)" if baseline else name
 
 
-def _comparison(results: Mapping) -> tuple[list[str], list[list[str]]]:
+def _comparison(results: Mapping, keys: Sequence[str] | None = None) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the main table: one row per condition, then per baseline; one
-    column per scalar metric."""
-    keys = [k for k in _metrics(results) if not _is_list_metric(results, k)]
+    column per scalar metric (or per metric of ``keys``)."""
+    if keys is None:
+        keys = [k for k in _metrics(results) if not _is_list_metric(results, k)]
     rows = []
     for name, c in _conditions(results).items():
         mean, ci = _dict(c.get("mean")), _dict(c.get("ci95"))
@@ -274,6 +276,16 @@ def format_results_md(results: dict) -> str:
     for title, header, rows in _vector_tables(results):
         lines += ["", f"**{title}**", "", *_md_table(header, rows)]
     return "\n".join(lines) + "\n"
+
+
+def format_summary_md(results: dict, keys: Sequence[str]) -> str:
+    """The comparison table restricted to the metrics ``keys`` (in that order): the table a
+    README quotes from a committed ``results.json`` (tests check that it still matches)."""
+    unknown = [k for k in keys if k not in _metrics(results) or _is_list_metric(results, k)]
+    if unknown:
+        raise ValueError(f"not scalar metrics of this study: {unknown}")
+    header, rows = _comparison(results, keys)
+    return "\n".join(_md_table(header, rows)) + "\n"
 
 
 # ---- training curves ------------------------------------------------------------------
