@@ -67,3 +67,34 @@ def test_summary_table_rejects_unknown_columns():
     r = _load(RESULTS[0])
     with pytest.raises(ValueError, match="no_such_metric"):
         format_summary_md(r, ("utility", "no_such_metric"))
+
+
+def test_study_dynamics_on_a_hand_case(tmp_path):
+    """examples/study_dynamics.py: fixation is the first logged update with one founder in
+    every slot; a niche group "dies" at the first update after its last one at or above
+    the threshold (a dip that recovers does not count); "never" when it does not happen."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("study_dynamics", ROOT / "examples" / "study_dynamics.py")
+    dyn = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dyn)
+    names = ["a", "b", "c", "rest"]
+
+    def shares(c):  # two members, share c of work in niche "c" each
+        return [[1 - c, 0.0, c, 0.0]] * 2
+
+    rows = {"x/seed_0": [(5, [0, 1, 2], 0.2), (10, [0, 0, 2], 0.005), (15, [0, 0, 2], 0.02), (20, [2, 2, 2], 0.0),
+                         (25, [2, 2, 2], 0.009)],
+            "x/seed_1": [(5, [0, 1, 2], 0.5), (10, [0, 1, 1], 0.5)]}
+    for d, rs in rows.items():
+        (tmp_path / d).mkdir(parents=True)
+        (tmp_path / d / "metrics.jsonl").write_text(
+            "".join(json.dumps({"update": u, "founder": f, "niche_shares": shares(c)}) + "\n" for u, f, c in rs))
+    (tmp_path / "results.json").write_text(json.dumps(
+        {"niche_names": names, "conditions": {"x": {"run_dirs": {"0": "x/seed_0", "1": "x/seed_1"}}}}))
+    ev = dyn.study_events(tmp_path, ["c"], 0.01)
+    assert ev == {"x": {"0": {"fixation": 20, "dies": 20, "updates": 25},
+                        "1": {"fixation": None, "dies": None, "updates": 10}}}
+    md = dyn.format_events_md(ev, ["c"], 0.01)
+    assert "| x | 2 | 20 [20, 20]; 1 of 2 never | 20 [20, 20]; 1 of 2 never |" in md
+    assert dyn.main([str(tmp_path), "--niches", "zz"]) == 2
