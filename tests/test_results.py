@@ -63,6 +63,33 @@ def test_committed_results_are_consistent(path):
         assert r["baselines"][b]["utility"] > 0, b
 
 
+def test_niches_study_results():
+    """The committed niches study is the whole of ``configs/studies/niches.yaml``."""
+    study = yaml.safe_load((ROOT / "configs" / "studies" / "niches.yaml").read_text())
+    r = _load(NICHES / "results.json")
+    assert r["study"] == "niches" and r["missing"] == []
+    assert list(r["conditions"]) == [c["name"] for c in study["conditions"]]
+    assert len(r["conditions"]) >= 8  # (a)-(h) of the issue at least
+    assert set(MEASURES) <= set(r["metrics"])
+    assert r["eval"] == {**study["eval"], "greedy": False} and r["eval"]["worlds"] >= 4
+    updates = [o for o in study["overrides"] if o.startswith("train.updates=")]
+    assert updates and int(updates[0].split("=")[1]) >= 300
+    for c, want in zip(r["conditions"].values(), study["conditions"]):
+        assert c["overrides"] == [*study["overrides"], *want["overrides"]]
+        assert len(c["seeds"]) >= 5 and len(c["seeds"]) == study["seeds"]
+        for s in c["seeds"].values():
+            assert len(s["niche_shares"]) == len(r["niche_names"])
+            assert s["largest_lineage_share"] is not None and s["member_niche_mi_bits"] is not None
+    for b in ("scripted", "random"):
+        assert r["baselines"][b]["member_niche_mi_bits"] is None  # no members
+    assert r["baselines"]["scripted"]["utility"] > r["baselines"]["random"]["utility"]
+
+
+def test_readme_quotes_the_committed_niches_table():
+    r = _load(NICHES / "results.json")
+    assert format_summary_md(r, README_COLUMNS) in (ROOT / "README.md").read_text()
+
+
 def test_summary_table_rejects_unknown_columns():
     r = _load(RESULTS[0])
     with pytest.raises(ValueError, match="no_such_metric"):
