@@ -18,10 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from analysis.report import read_jsonl  # noqa: E402
+
 
 def run_events(run_dir: Path, niche_idx: list[int], below: float) -> dict:
     """``{"fixation": update | None, "dies": update | None, "updates": last update}``."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    rows, _ = read_jsonl(path)  # a run writing its last line right now: that line is skipped
     fixation = next((m["update"] for m in rows if len(set(np.ravel(m["founder"]).tolist())) == 1), None)
     share = np.array([np.asarray(m["niche_shares"], np.float64).mean(0)[niche_idx].sum() for m in rows])
     alive = np.flatnonzero(share >= below)
