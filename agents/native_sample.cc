@@ -8,6 +8,9 @@
 //   [*g, sum(sizes) + 1], uniforms [*g, n, K] -> the same draws and log-probabilities of
 //   the logits h . w + b, and the value (the last column); the logits of a tile of 6
 //   rows are formed in cache (6x16 register tiles) and drawn at once, never written out.
+// agora_stats, agora_stats_grad: the PPO loss's per-categorical log-probabilities and
+//   entropies of the same logits, and their gradient for given cotangents.
+// agora_objective: those terms and the PPO (or imitation) loss's gradient in one pass.
 //
 // Each row is read once (max, exp, prefix sums, draws and logs in one pass); rows are
 // split over XLA's intra-op thread pool and a row's result does not depend on the split.
@@ -16,6 +19,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
@@ -149,9 +153,10 @@ inline int64_t seg_draw(const float* e, int64_t c, float u, float* cdf, float* t
 
 // Scratch of one worker thread.
 struct Scratch {
-  std::vector<float> e, cdf, sums, logs, shifts, wsums;
+  std::vector<float> e, cdf, sums, logs, shifts, wsums, glp, gent;
   // e and cdf padded by 8: a categorical's last 8-lane load may run past the row.
-  Scratch(int64_t need, int64_t k) : e(need + 8, 0.f), cdf(need + 8), sums(k), logs(k), shifts(k), wsums(k) {}
+  Scratch(int64_t need, int64_t k)
+      : e(need + 8, 0.f), cdf(need + 8), sums(k), logs(k), shifts(k), wsums(k), glp(k), gent(k) {}
 };
 
 // One row: for each of the k categoricals (consecutive runs of sizes[j] logits of x), the
@@ -518,23 +523,19 @@ ffi::Error StatsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> h, ffi::Buffer<
   return ffi::Error::Success();
 }
 
-// The gradient of sum_j (glp_j log p(a_j) + gent_j H_j) + gv * value (of agora_stats) with
-// respect to h, w and b, in one pass: each tile of rows' logits is formed again in cache,
-// its dz (for categorical j, dz_i = glp_j [i = a_j] - p_i (glp_j + gent_j (log p_i + H_j)),
-// gv in the value column) computed there, dh = dz . w^T written out, and dz . h summed into
-// dw and db block by block; dz never reaches memory. Every group's rows are split into a
-// fixed number of slots (a function of the shapes alone), each summed in row order, and
-// the slots are added in order, so the result does not depend on the threads.
-ffi::Error StatsGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> h, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
-                         ffi::Buffer<ffi::S32> act, ffi::Buffer<ffi::F32> glp, ffi::Buffer<ffi::F32> gent,
-                         ffi::Buffer<ffi::F32> gv, ffi::Span<const int64_t> sizes, ffi::ResultBuffer<ffi::F32> dh,
-                         ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> db) {
-  Layer L;
-  const int64_t k = static_cast<int64_t>(sizes.size());
-  if (auto e = make_layer("agora_stats_grad", h, w, b, sizes,
-                          {{act.dimensions(), k}, {glp.dimensions(), k}, {gent.dimensions(), k}, {gv.dimensions(), -1}}, &L);
-      e.failure())
-    return e;
+// The gradient pass shared by agora_stats_grad and agora_objective: with the cotangents of
+// sum_j (glp_j log p(a_j) + gent_j H_j) + gv * value given per row by
+// cot(row, logits x, scratch) (called after row_sums; it fills sc.glp and sc.gent and
+// returns gv), the gradient with respect to h, w and b, in one pass: each tile of rows'
+// logits is formed in cache, its dz (for categorical j, dz_i = glp_j [i = a_j] - p_i
+// (glp_j + gent_j (log p_i + H_j)), gv in the value column) computed there, dh = dz . w^T
+// written out, and dz . h summed into dw and db block by block; dz never reaches memory.
+// Every group's rows are split into a fixed number of slots (a function of the shapes
+// alone), each summed in row order, and the slots are added in order, so the result does
+// not depend on the threads.
+template <typename CotFn>
+void grad_pass(ffi::ThreadPool& pool, const Layer& L, const float* wp, const int32_t* a, const int64_t* sz, int64_t k,
+               CotFn cot, float* dhp, float* dwo, float* dbo) {
   const int64_t n = L.n, hdim = L.hdim, cols = L.cols, cp = L.cp, need = L.need, groups = L.groups;
   const int64_t hp = (hdim + kPanel - 1) / kPanel * kPanel;             // dh's columns, padded
   const int64_t hr = (hdim + kTileRows - 1) / kTileRows * kTileRows;  // dw's rows, padded
@@ -544,7 +545,6 @@ ffi::Error StatsGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> h, ffi::Buf
   const int64_t slots = std::max<int64_t>(1, std::min<int64_t>(blocks / 16, 8));
   // w^T of every group in panels [hp/16][cp][16] (inner dimension: the padded columns).
   auto packed_t = std::make_shared<std::vector<float>>(static_cast<size_t>(groups * hp * cp), 0.f);
-  const float* wp = w.typed_data();
   std::vector<float> wt(cp * hdim);
   for (int64_t g = 0; g < groups; ++g) {  // w^T zero-padded to cp rows, then packed
     std::fill(wt.begin(), wt.end(), 0.f);
@@ -556,12 +556,6 @@ ffi::Error StatsGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> h, ffi::Buf
   auto acc = std::make_shared<std::vector<float>>(static_cast<size_t>(groups * slots * (hr + 1) * cp), 0.f);
   auto zero = std::make_shared<std::vector<float>>(static_cast<size_t>(hp), 0.f);
   const Layer* lp = &L;
-  const int32_t* a = act.typed_data();
-  const float* gl = glp.typed_data();
-  const float* ge = gent.typed_data();
-  const float* gvv = gv.typed_data();
-  float* dhp = dh->typed_data();
-  const int64_t* sz = sizes.begin();
   parallel_for(pool, groups * slots, need, k, [=](int64_t item, Scratch& sc) {
     const Layer& l = *lp;
     const int64_t g = item / slots, slot = item % slots;
@@ -591,13 +585,14 @@ ffi::Error StatsGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> h, ffi::Buf
           const float* x = logits.data() + r * cp;
           float* dr = dz.data() + r * cp;
           row_sums(x, sz, k, need, sc);
+          const float gvr = cot(row, x, sc);
           const float* e = sc.e.data();
           const float* d = sc.cdf.data();
           int64_t off = 0;
           for (int64_t j = 0; j < k; ++j) {
             const int64_t c = sz[j];
             const float inv = 1.f / sc.sums[j];
-            const float g1 = gl[row * k + j], g2 = ge[row * k + j];
+            const float g1 = sc.glp[j], g2 = sc.gent[j];
             // log p_i + H_j = d_i - ls + (ls - t_j / s): dz_i = -e_i / s (c0 + g2 d_i)
             const float c0 = g1 - g2 * tp[j] * inv;
             const __m256 vc0 = _mm256_set1_ps(c0), vg2 = _mm256_set1_ps(g2), vinv = _mm256_set1_ps(-inv);
@@ -610,7 +605,7 @@ ffi::Error StatsGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> h, ffi::Buf
             dr[off + clamp_action(a[row * k + j], c)] += g1;
             off += c;
           }
-          dr[need] = gvv[row];
+          dr[need] = gvr;
           // db, and the block's dz in panels [cp/16][kBlockRows][16] for dw (dr is zero past cols)
           const int64_t rb = t0 - r0 + r;
           for (int64_t c = 0; c < cp; c += kPanel) {
@@ -634,8 +629,6 @@ ffi::Error StatsGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> h, ffi::Buf
         tile_matmul<true>(ht.data() + q * kBlockRows, kBlockRows, dzp.data(), nullptr, cp, dw_acc + q * cp);
     }
   });
-  float* dwo = dw->typed_data();
-  float* dbo = db->typed_data();
   for (int64_t g = 0; g < groups; ++g) {
     for (int64_t q = 0; q < hdim; ++q)
       for (int64_t c = 0; c < cols; ++c) {
@@ -649,6 +642,106 @@ ffi::Error StatsGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> h, ffi::Buf
       dbo[g * cols + c] = s;
     }
   }
+}
+
+// The gradient of sum_j (glp_j log p(a_j) + gent_j H_j) + gv * value (of agora_stats) with
+// respect to h, w and b (grad_pass, the cotangents read from glp, gent and gv).
+ffi::Error StatsGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> h, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
+                         ffi::Buffer<ffi::S32> act, ffi::Buffer<ffi::F32> glp, ffi::Buffer<ffi::F32> gent,
+                         ffi::Buffer<ffi::F32> gv, ffi::Span<const int64_t> sizes, ffi::ResultBuffer<ffi::F32> dh,
+                         ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> db) {
+  Layer L;
+  const int64_t k = static_cast<int64_t>(sizes.size());
+  if (auto e = make_layer("agora_stats_grad", h, w, b, sizes,
+                          {{act.dimensions(), k}, {glp.dimensions(), k}, {gent.dimensions(), k}, {gv.dimensions(), -1}}, &L);
+      e.failure())
+    return e;
+  const float* gl = glp.typed_data();
+  const float* ge = gent.typed_data();
+  const float* gvv = gv.typed_data();
+  auto cot = [=](int64_t row, const float*, Scratch& sc) {
+    std::memcpy(sc.glp.data(), gl + row * k, k * sizeof(float));
+    std::memcpy(sc.gent.data(), ge + row * k, k * sizeof(float));
+    return gvv[row];
+  };
+  grad_pass(pool, L, w.typed_data(), act.typed_data(), sizes.begin(), k, cot, dh->typed_data(), dw->typed_data(),
+            db->typed_data());
+  return ffi::Error::Success();
+}
+
+// The PPO (kind 0) or imitation (kind 1) loss of agents/networks.py:objective in one pass:
+// per row, log p(a_j), H_j and the value (written out, as agora_stats), then the loss's
+// cotangents of them, then grad_pass's dz, dh, dw, db, without forming the logits twice.
+// rows [*g, n, 4]: old log-probability, normalised advantage, return, old value; coefs
+// [*g, K + 2]: gent_j (the entropy cotangents, the same for every row), clip_eps, vf_coef.
+// With lp = sum_j log p(a_j), r = exp(lp - old), A the advantage and 1/n the mean's weight:
+//   PPO: glp_j = -A r / n where r is inside [1 - eps, 1 + eps] or -r A > -clip(r) A, else 0
+//        (the gradient of mean max(-r A, -clip(r) A) as JAX differentiates it);
+//        gv = vf_coef / n * (v - R) where |v - v_old| <= eps or (v - R)^2 > (vc - R)^2
+//        (vc = v_old + clip(v - v_old, -eps, eps)), 0 where the clipped term is larger,
+//        half of it at a tie (of 0.5 mean max((v - R)^2, (vc - R)^2)).
+//   imitation: glp_j = -1 / n, gv = vf_coef / n * (v - R).
+ffi::Error ObjectiveImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> h, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
+                         ffi::Buffer<ffi::S32> act, ffi::Buffer<ffi::F32> rows, ffi::Buffer<ffi::F32> coefs,
+                         ffi::Span<const int64_t> sizes, int64_t kind, ffi::ResultBuffer<ffi::F32> lp,
+                         ffi::ResultBuffer<ffi::F32> ent, ffi::ResultBuffer<ffi::F32> value,
+                         ffi::ResultBuffer<ffi::F32> dh, ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> db) {
+  Layer L;
+  const int64_t k = static_cast<int64_t>(sizes.size());
+  if (auto e = make_layer("agora_objective", h, w, b, sizes, {{act.dimensions(), k}, {rows.dimensions(), 4}}, &L);
+      e.failure())
+    return e;
+  const auto cd = coefs.dimensions();
+  const auto hd = h.dimensions();
+  bool ok = cd.size() == L.gr + 1 && cd[L.gr] == k + 2;
+  for (size_t i = 0; ok && i < L.gr; ++i) ok = cd[i] == hd[i];
+  if (!ok) return ffi::Error::InvalidArgument("agora_objective: coefs must be [*g, K + 2]");
+  if (kind != 0 && kind != 1) return ffi::Error::InvalidArgument("agora_objective: kind must be 0 (PPO) or 1 (imitation)");
+  const int32_t* a = act.typed_data();
+  const float* rw = rows.typed_data();
+  const float* cf = coefs.typed_data();
+  float* l = lp->typed_data();
+  float* en = ent->typed_data();
+  float* v = value->typed_data();
+  const int64_t* sz = sizes.begin();
+  const int64_t n = L.n, need = L.need;
+  const float inv_n = 1.f / static_cast<float>(n);
+  auto cot = [=](int64_t row, const float* x, Scratch& sc) {
+    const float* c = cf + (row / n) * (k + 2);
+    const float* d = sc.cdf.data();
+    float total = 0.f;
+    int64_t off = 0;
+    for (int64_t j = 0; j < k; ++j) {
+      const float lpj = d[off + clamp_action(a[row * k + j], sz[j])] - sc.logs[j];
+      l[row * k + j] = lpj;
+      en[row * k + j] = sc.logs[j] - sc.wsums[j] / sc.sums[j];
+      sc.gent[j] = c[j];
+      total += lpj;
+      off += sz[j];
+    }
+    const float val = x[need];
+    v[row] = val;
+    const float* rr = rw + row * 4;
+    const float eps = c[k], vf = c[k + 1] * inv_n, ret = rr[2];
+    float g1, gv;
+    if (kind == 1) {
+      g1 = -inv_n;
+      gv = vf * (val - ret);
+    } else {
+      const float adv = rr[1], r = std::exp(total - rr[0]);
+      const float clipped = -std::min(std::max(r, 1.f - eps), 1.f + eps) * adv;
+      const bool inside = r >= 1.f - eps && r <= 1.f + eps;
+      g1 = (inside || -r * adv > clipped) ? -adv * r * inv_n : 0.f;
+      const float dv = val - rr[3], du = val - ret;
+      const float dc = rr[3] + std::min(std::max(dv, -eps), eps) - ret;
+      const float su = du * du, sc2 = dc * dc;
+      const bool vin = dv >= -eps && dv <= eps;
+      gv = vf * (vin || su > sc2 ? du : (su < sc2 ? 0.f : 0.5f * du));
+    }
+    for (int64_t j = 0; j < k; ++j) sc.glp[j] = g1;
+    return gv;
+  };
+  grad_pass(pool, L, w.typed_data(), a, sz, k, cot, dh->typed_data(), dw->typed_data(), db->typed_data());
   return ffi::Error::Success();
 }
 
@@ -686,6 +779,24 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AgoraStatsGrad, StatsGradImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Attr<ffi::Span<const int64_t>>("sizes")
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AgoraObjective, ObjectiveImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("sizes")
+                                  .Attr<int64_t>("kind")
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());

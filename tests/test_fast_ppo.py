@@ -115,7 +115,8 @@ def test_policy_terms_match_the_traced_definition(env, native_path, sizes):
 def test_native_kernels_do_not_depend_on_how_rows_are_split(env):
     """Per-row results (log-probabilities, entropies, values, dh) are bit-identical whatever
     the split of rows (as over shards of the agent axis), and whether members are vmapped
-    or called one by one; the sums over rows (dw, db) are the same on every call."""
+    or called one by one; the sums over rows (dw, db) are the same on every call; the
+    one-pass objective's terms are the stats kernel's."""
     sizes = tuple(head_sizes(env.action_spec))
     h, kernel, bias, actions = layer(jax.random.key(2), 1000, 64, sizes, 3.0, wide=30.0)
     g = [jax.random.normal(jax.random.key(k), s) for k, s in ((3, (1000, len(sizes))), (4, (1000, len(sizes))),
@@ -132,15 +133,30 @@ def test_native_kernels_do_not_depend_on_how_rows_are_split(env):
     again = grad(h, actions, *g)
     for i in range(3):
         np.testing.assert_array_equal(again[i], whole[1][i])
+    # the one-pass objective's terms are agora_stats's, bit for bit, however the rows are split
+    rows = jnp.stack([whole[0][0].sum(-1) + 0.1 * g[2], g[2], g[2] * 0.5, -g[2]], -1)
+    coefs = jnp.concatenate([-0.01 * jnp.ones(len(sizes)), jnp.array([0.2, 0.5])])
+    objective = jax.jit(lambda h, a, r, kind: native.objective(h, kernel, bias, a, r, coefs, sizes, kind), static_argnums=3)
+    for kind in ("ppo", "imitation"):
+        for i in range(3):
+            np.testing.assert_array_equal(objective(h, actions, rows, kind)[i], whole[0][i])
+        parts = [objective(h[s], actions[s], rows[s], kind) for s in (slice(0, 500), slice(500, None))]
+        for i in range(3):
+            np.testing.assert_array_equal(np.concatenate([p[i] for p in parts]), whole[0][i])
     # vmapped over two members = each member alone
-    h2, k2, b2, a2 = (jnp.stack([x, x[::-1] * 0.5]) for x in (h, kernel, bias, actions))
+    h2, k2, b2, a2, r2 = (jnp.stack([x, x[::-1] * 0.5]) for x in (h, kernel, bias, actions, rows))
     g2 = [jnp.stack([x, x * 2]) for x in g]
-    one = lambda h, k, b, a, gl, ge, gv: (native.stats(h, k, b, a, sizes), native.stats_grad(h, k, b, a, gl, ge, gv, sizes))  # noqa: E731
-    batched = jax.jit(jax.vmap(one))(h2, k2, b2, a2, *g2)
+    c2 = jnp.stack([coefs, coefs * 2])
+
+    def one(h, k, b, a, gl, ge, gv, r, c):
+        return (native.stats(h, k, b, a, sizes), native.stats_grad(h, k, b, a, gl, ge, gv, sizes),
+                native.objective(h, k, b, a, r, c, sizes, "ppo"))
+
+    batched = jax.jit(jax.vmap(one))(h2, k2, b2, a2, *g2, r2, c2)
     for m in range(2):
-        alone = jax.jit(one)(h2[m], k2[m], b2[m], a2[m], *(x[m] for x in g2))
-        for i in range(2):
-            for j in range(3):
+        alone = jax.jit(one)(h2[m], k2[m], b2[m], a2[m], *(x[m] for x in g2), r2[m], c2[m])
+        for i in range(3):
+            for j in range(len(alone[i])):
                 np.testing.assert_array_equal(batched[i][j][m], alone[i][j])
 
 
@@ -171,6 +187,9 @@ def test_fused_loss_and_gradients_equal_the_traced_path(minibatch, native_path, 
     run = lambda apply: jax.jit(jax.value_and_grad(lambda p: loss_fn(p, apply, batch, hyper), has_aux=True))(params)  # noqa: E731
     (l_ref, m_ref), g_ref = run(joint_apply(net))
     (l_fused, m_fused), g_fused = run(FusedPolicy(net, native=native_path))
+    if native_path:  # the loss's terms and gradient come from the one-pass objective kernel
+        jaxpr = str(jax.make_jaxpr(jax.grad(lambda p: loss_fn(p, FusedPolicy(net, native=True), batch, hyper)[0]))(params))
+        assert "agora_objective" in jaxpr and "agora_stats" not in jaxpr.replace("agora_objective", "")
     if loss == "ppo":
         assert 0.02 < float(m_ref["clip_fraction"]) < 0.9  # both branches of the clip are exercised
     assert set(m_fused) == set(m_ref) and "entropy_niche" in m_fused
