@@ -117,18 +117,17 @@ def measure_one(kind: str, log2n: int, devices: int, markets: int, members: int,
     cfg = train_step.run_config(log2n, members, steps, devices=devices, markets=markets)
     trainer = Trainer(cfg)
     ts = trainer.init(jax.random.key(0))
-    if kind == "update":
-        compile_s, best, times, ts = train_step.time_update(trainer, ts, repeats)
+    ref = {}
+    if kind == "update":  # in turn with the reference update (train_step.time_paired)
+        compile_s, times, ref_times, ts = train_step.time_against_reference(cfg, trainer, ts, repeats)
+        best = min(times)
+        ref = {"reference_agent_steps_per_s": n * steps / min(ref_times),
+               "speedup_vs_reference": train_step.pair_ratios(times, ref_times)["median"]}
     else:
         compile_s, best, times = train_step.time_acting(trainer, ts, repeats)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     xla = train_step.xla_estimate(cfg, ts, kind, devices)
     layer = train_step.network_flops(cfg)[kind]
-    ref = {}
-    if kind == "update":
-        del ts
-        ref_s = train_step.time_reference(cfg, repeats)[1]
-        ref = {"reference_agent_steps_per_s": n * steps / ref_s, "speedup_vs_reference": ref_s / best}
     return {
         **ref,
         "members": members,

@@ -8,7 +8,10 @@ each population size P (default 16 and 64 members), a fresh subprocess measures:
 * ``acting``: agent-steps/s of the rollout alone (environment + policy sampling);
 * ``reference``: agent-steps/s of the same update written the straightforward PureJaxRL
   way (benchmarks/reference_ppo.py: the same economy, shapes, batch, law and loss), timed
-  in the same process, and Agora's update as a multiple of it (``speedup_vs_reference``);
+  in the same process in turn with Agora's (A B A B ..., ``--repeats`` pairs after a
+  warm-up pair), and Agora's update as a multiple of it: the median over pairs of the
+  ratio of their times (``speedup_vs_reference``, range in ``speedup_range``), so a drift
+  in the machine's speed reaches both sides of each ratio;
 * compile seconds of the update, peak RSS (minibatches hold at most 2^18 samples, so
   the PPO pass's memory does not grow with N; the on-device analysis is off);
 * FLOPs: the network's multiply-adds per agent-step counted from the layer sizes
@@ -29,6 +32,7 @@ import math
 import os
 import platform
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -111,6 +115,38 @@ def time_stateful(update, state, repeats: int):
     return compile_s, min(times), times, state
 
 
+def time_paired(update_a, state_a, update_b, state_b, repeats: int):
+    """Compile two jitted stateful updates (``update(state) -> (state, metrics)``), warm each
+    up once, then time them in turn, A B A B ..., ``repeats`` pairs: a drift in the
+    machine's speed then reaches both sides of each pair's ratio alike. Returns (A's
+    compile s, A's times, B's times, A's new state)."""
+    import jax
+
+    t0 = time.perf_counter()
+    fa = update_a.lower(state_a).compile()
+    compile_s = time.perf_counter() - t0
+    fb = update_b.lower(state_b).compile()
+    times_a, times_b = [], []
+    for r in range(repeats + 1):  # the first pair warms up, untimed
+        for f, state, times, side in ((fa, state_a, times_a, "a"), (fb, state_b, times_b, "b")):
+            t0 = time.perf_counter()
+            state, m = f(state)
+            jax.block_until_ready(m)
+            if r:
+                times.append(time.perf_counter() - t0)
+            if side == "a":
+                state_a = state
+            else:
+                state_b = state
+    return compile_s, times_a, times_b, state_a
+
+
+def pair_ratios(times_a, times_b) -> dict:
+    """B's time over A's, pair by pair: median, min and max."""
+    ratios = sorted(b / a for a, b in zip(times_a, times_b))
+    return {"median": statistics.median(ratios), "min": ratios[0], "max": ratios[-1], "pairs": len(ratios)}
+
+
 def time_update(trainer, ts, repeats: int):
     """Compile and time ``trainer.update``: (compile s, best s, all times, new state)."""
     return time_stateful(trainer.update, ts, repeats)
@@ -132,16 +168,17 @@ def time_acting(trainer, ts, repeats: int):
     return compile_s, min(times), times
 
 
-def time_reference(cfg, repeats: int):
-    """Compile and time the reference update (benchmarks/reference_ppo.py) of ``cfg``:
-    (compile s, best s, all times)."""
+def time_against_reference(cfg, trainer, ts, repeats: int):
+    """Agora's update (``trainer.update`` from ``ts``) and the reference update
+    (benchmarks/reference_ppo.py) of ``cfg``, timed in turn (:func:`time_paired`):
+    (compile s, Agora's times, the reference's times, the new state)."""
     import jax
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from reference_ppo import Reference
 
     ref = Reference(cfg)
-    return time_stateful(ref.update, ref.init(jax.random.key(0)), repeats)[:3]
+    return time_paired(trainer.update, ts, ref.update, ref.init(jax.random.key(0)), repeats)
 
 
 def xla_estimate(cfg, ts, kind: str, devices: int = 1) -> dict:
@@ -179,14 +216,18 @@ def measure(log2n: int, members: int, steps: int, repeats: int, acting_only: boo
     peak = matmul_flops()
     trainer = Trainer(cfg)
     ts = trainer.init(jax.random.key(0))
+    ref_s, ratio = math.nan, None
     if acting_only:
         compile_s, acting_s, _ = time_acting(trainer, ts, repeats)
         update_s = math.nan
+    elif reference:
+        compile_s, times, ref_times, ts = time_against_reference(cfg, trainer, ts, repeats)
+        update_s, ref_s, ratio = min(times), min(ref_times), pair_ratios(times, ref_times)
+        _, acting_s, _ = time_acting(trainer, ts, repeats)
     else:
         compile_s, update_s, _, ts = time_update(trainer, ts, repeats)
         _, acting_s, _ = time_acting(trainer, ts, repeats)
     del ts
-    ref_s = time_reference(cfg, repeats)[1] if reference and not acting_only else math.nan
 
     flops = network_flops(cfg)
     agent_steps = n * steps
@@ -205,7 +246,10 @@ def measure(log2n: int, members: int, steps: int, repeats: int, acting_only: boo
         "loss_path": cfg.train.loss_path,
         "reference_agent_steps_per_s": agent_steps / ref_s,
         "reference_s": ref_s,
-        "speedup_vs_reference": ref_s / update_s,
+        # median over pairs (A B A B ...) of the reference's time / the update's, and its range
+        "speedup_vs_reference": ratio and ratio["median"],
+        "speedup_range": ratio and [ratio["min"], ratio["max"]],
+        "pairs": ratio and ratio["pairs"],
         "compile_s": compile_s,  # of the update (of the rollout with --acting-only)
         "acting_only": acting_only,
         "flops_per_agent_step": flops,
@@ -219,8 +263,14 @@ def measure(log2n: int, members: int, steps: int, repeats: int, acting_only: boo
     if acting_only:  # strict JSON: null, not NaN
         row.update({k: None for k in ("update_agent_steps_per_s", "update_s", "update_gflops", "update_fraction_of_matmul")})
     if acting_only or not reference:
-        row.update({k: None for k in ("reference_agent_steps_per_s", "reference_s", "speedup_vs_reference")})
+        row.update({k: None for k in ("reference_agent_steps_per_s", "reference_s", "speedup_vs_reference",
+                                      "speedup_range", "pairs")})
     return row
+
+
+def _ratio(row) -> str:
+    lo, hi = row["speedup_range"]
+    return f"{row['speedup_vs_reference']:.2f}x ({lo:.2f}-{hi:.2f})" if row["pairs"] > 1 else f"{row['speedup_vs_reference']:.2f}x"
 
 
 def main(argv=None) -> int:
@@ -228,7 +278,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[14, 16, 18], help="log2 of agent counts")
     ap.add_argument("--members", type=int, nargs="+", default=[16, 64])
     ap.add_argument("--steps", type=int, default=16, help="rollout steps per update")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="timed calls (pairs with the reference) after a warm-up")
     ap.add_argument("--no-reference", action="store_true", help="skip the PureJaxRL-style reference update")
     ap.add_argument("--loss-path", choices=["fused", "traced"], help="train.loss_path (default: the config's)")
     ap.add_argument("--acting-only", action="store_true",
@@ -255,7 +305,7 @@ def main(argv=None) -> int:
             rows.append(row)
             upd = "—" if row["acting_only"] else (
                 f"{row['update_agent_steps_per_s']:,.0f} agent-steps/s ({row['update_fraction_of_matmul']:.0%} of matmul)"
-                + (f", {row['speedup_vs_reference']:.2f}x the reference ({row['reference_agent_steps_per_s']:,.0f})"
+                + (f", {_ratio(row)} the reference ({row['reference_agent_steps_per_s']:,.0f})"
                    if row["speedup_vs_reference"] else ""))
             print(
                 f"N=2^{s} P={p}: update {upd}, acting {row['acting_agent_steps_per_s']:,.0f} "
@@ -274,7 +324,7 @@ def main(argv=None) -> int:
           "update GFLOP/s (of matmul) | acting agent-steps/s | acting GFLOP/s (of matmul) | compile s | peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        ref = (f"{r['reference_agent_steps_per_s']:,.0f} | {r['speedup_vs_reference']:.2f}x"
+        ref = (f"{r['reference_agent_steps_per_s']:,.0f} | {_ratio(r)}"
                if r["speedup_vs_reference"] else "— | —")
         upd = "— | — | — | —" if r["acting_only"] else (
             f"{r['update_agent_steps_per_s']:,.0f} | {ref} | {r['update_gflops']:.1f} ({r['update_fraction_of_matmul']:.0%})")
