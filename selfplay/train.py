@@ -151,8 +151,9 @@ class Trainer:
         if missing:
             raise ConfigError(f"train.variants.rewards: components {missing} are not registered in this process")
         self.net = ActorCritic(self.env.action_spec, hidden=tuple(t.network.hidden), activation=t.network.activation)
-        # The PPO loss's view of the network (train.loss_path): the fused pass (native on a
-        # one-device mesh where it runs, its XLA twin on several devices) or autodiff.
+        # The PPO loss's view of the network (train.loss_path): the fused pass (natively, on a
+        # one-device mesh where the kernels run, the loss's terms and gradient in one pass,
+        # agents.networks.objective_terms; its XLA twin on several devices) or autodiff.
         self.mesh = agent_mesh(jax.devices()[: mesh_size(cfg)])
         self.loss_net = joint_apply(self.net) if t.loss_path == "traced" else FusedPolicy(
             self.net, native=None if self.mesh.size == 1 else False)
