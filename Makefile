@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   -- the main job: a small population self-play experiment and its report (agora train + agora report)
-#   make test   -- the test suite
+#   make test   -- the test suite (two pytest-xdist workers, one test file each at a time)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
@@ -11,7 +11,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/agora report runs/demo
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/suite.py
