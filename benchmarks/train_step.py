@@ -125,20 +125,15 @@ def time_paired(update_a, state_a, update_b, state_b, repeats: int):
     t0 = time.perf_counter()
     fa = update_a.lower(state_a).compile()
     compile_s = time.perf_counter() - t0
-    fb = update_b.lower(state_b).compile()
-    times_a, times_b = [], []
+    fs, states, times = (fa, update_b.lower(state_b).compile()), [state_a, state_b], ([], [])
     for r in range(repeats + 1):  # the first pair warms up, untimed
-        for f, state, times, side in ((fa, state_a, times_a, "a"), (fb, state_b, times_b, "b")):
+        for i in (0, 1):
             t0 = time.perf_counter()
-            state, m = f(state)
+            states[i], m = fs[i](states[i])
             jax.block_until_ready(m)
             if r:
-                times.append(time.perf_counter() - t0)
-            if side == "a":
-                state_a = state
-            else:
-                state_b = state
-    return compile_s, times_a, times_b, state_a
+                times[i].append(time.perf_counter() - t0)
+    return compile_s, times[0], times[1], states[0]
 
 
 def pair_ratios(times_a, times_b) -> dict:
