@@ -119,3 +119,22 @@ def test_report_tables_from_rows():
     update_table = text.split("## Update")[1].split("##")[0]
     assert "| reference agent-steps/s | update / reference |" in update_table
     assert update_table.count("| 400.00 k | 2.50x |") == 6  # every update row, beside its own reference
+
+
+def test_paired_timing_runs_both_sides_in_turn_and_skips_the_warm_up():
+    """train_step.time_paired: each side's state advances once per call (a warm-up pair,
+    then ``repeats`` timed pairs, A before B in each), and the ratio is taken pair by pair."""
+    import jax
+    import jax.numpy as jnp
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import train_step
+
+    calls = []
+    step = lambda tag: jax.jit(lambda s: (s + 1, jax.debug.callback(lambda: calls.append(tag), ordered=True) or s))  # noqa: E731
+    _, ta, tb, state = train_step.time_paired(step("a"), jnp.zeros(()), step("b"), jnp.zeros(()) + 10, 3)
+    jax.effects_barrier()
+    assert len(ta) == len(tb) == 3 and int(state) == 4  # A's state after 1 + 3 calls
+    assert calls == ["a", "b"] * 4
+    r = train_step.pair_ratios([1.0, 2.0, 4.0], [3.0, 5.0, 4.0])
+    assert r == {"median": 2.5, "min": 1.0, "max": 3.0, "pairs": 3}
