@@ -107,12 +107,19 @@ def niche_values(env: "Economy", state: EconomyState, config: ScriptedConfig) ->
 
 
 def scripted_actions(
-    env: "Economy", key: jax.Array, state: EconomyState, config: ScriptedConfig = ScriptedConfig()
+    env: "Economy",
+    key: jax.Array,
+    state: EconomyState,
+    config: ScriptedConfig = ScriptedConfig(),
+    niche: jax.Array | None = None,
 ) -> Actions:
     """Scripted actions for every agent, in the format of ``env.sample_actions``.
 
     Pure and jittable (``env`` and ``config`` are static). ``state`` is the economy
     state before the step; ``key`` drives exploration, value noise and price ticks.
+    ``niche`` (int32 ``[N]``, ``J`` = rest), when given, fixes each agent's niche instead
+    of step 1 (no exploration); the needs and orders then follow it exactly as for a
+    niche the agent chose (the market frontier, :mod:`analysis.frontier`, plays so).
     """
     cfg, p = env.cfg, env.params
     n, G = state.goods.shape
@@ -126,8 +133,11 @@ def scripted_actions(
     value = jnp.where(value > 0, value * noise, value)
     value = jnp.concatenate([value, jnp.zeros((n, 1), value.dtype)], -1)  # column J: rest
     best = jnp.argmax(value, -1).astype(jnp.int32)
-    explore = jax.random.uniform(key_explore, (n,)) < config.epsilon
-    niche = jnp.where(explore, jax.random.randint(key_random, (n,), 0, J + 1, jnp.int32), best)
+    if niche is None:
+        explore = jax.random.uniform(key_explore, (n,)) < config.epsilon
+        niche = jnp.where(explore, jax.random.randint(key_random, (n,), 0, J + 1, jnp.int32), best)
+    else:
+        niche = jnp.broadcast_to(jnp.asarray(niche, jnp.int32), (n,))
 
     # 2. Needs: one more step of the chosen niche's inputs, and the consumption targets.
     working = niche < J

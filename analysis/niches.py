@@ -89,3 +89,21 @@ def price_dispersion(prices: jax.Array) -> jax.Array:
     mean = jnp.mean(x, axis=0)
     std = jnp.std(x, axis=0)
     return jnp.where(mean != 0, std / jnp.where(mean != 0, mean, 1.0), 0.0)
+
+
+ACTIVE_SHARE = 0.01  # a niche with at least this share of work is active
+
+
+def niche_spread(work) -> tuple[float, int]:
+    """``(effective_niches, active_niches)`` of work over niches ``[J]`` (counts or shares,
+    resting left out): ``exp`` of the entropy of the shares, and the niches with at least
+    :data:`ACTIVE_SHARE` of the work. ``(0, 0)`` when nobody works."""
+    import numpy as np
+
+    w = np.asarray(work, np.float64)
+    if w.sum() <= 0:
+        return 0.0, 0
+    p = w / w.sum()
+    nz = p > 0
+    return float(np.exp(-np.sum(p[nz] * np.log(p[nz])))), int(np.sum(p >= ACTIVE_SHARE))
+

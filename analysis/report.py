@@ -405,6 +405,12 @@ def _eval_table(c: _Context) -> str:
         rows.append([k, *[_fmt(v, 4) for v in vals]])
     head = (f"<h3>Held-out evaluation (agora eval: update {_fmt(e.get('update'))}, {_fmt(e.get('worlds'))} worlds x "
             f"{_fmt(e.get('steps'))} steps, burn-in {_fmt(e.get('burn_in'))})</h3>")
+    fr = e.get("frontier")
+    if isinstance(fr, dict) and isinstance(fr.get("market"), dict) and isinstance(fr.get("first_best"), dict):
+        head += (f"<p>Welfare frontier of this economy on the same worlds (agora frontier): market frontier "
+                 f"{_fmt(fr['market'].get('utility'), 4)} (best fixed niche shares with scripted orders), first-best "
+                 f"{_fmt(fr['first_best'].get('utility'), 4)} (a planner's steady state); <code>efficiency</code> is "
+                 f"utility over the market frontier.</p>")
     return head + _table(["metric", *pols], rows)
 
 

@@ -101,6 +101,11 @@ def _baselines(results: Mapping) -> dict[str, dict]:
     return {str(n): _dict(b[n]) for n in names}
 
 
+def _frontiers(results: Mapping) -> dict[str, dict]:
+    """The welfare frontier's rows (``market frontier``, ``first-best``), when the study has them."""
+    return {str(n): _dict(v) for n, v in _dict(results.get("frontier")).items()}
+
+
 def _seed_sort_key(s: str):
     try:
         return (0, int(s), s)
@@ -174,6 +179,8 @@ def _comparison(results: Mapping, keys: Sequence[str] | None = None) -> tuple[li
         rows.append([_row_label(name, False), *[_cell(mean.get(k), ci.get(k)) for k in keys]])
     for name, b in _baselines(results).items():
         rows.append([_row_label(name, True), *[_cell(b.get(k)) for k in keys]])
+    for name, f in _frontiers(results).items():
+        rows.append([f"{name} (frontier)", *[_cell(f.get(k)) for k in keys]])
     return ["condition", *keys], rows
 
 
@@ -186,6 +193,7 @@ def _vector_tables(results: Mapping) -> list[tuple[str, list[str], list[list[str
             continue
         entries = [(_row_label(n, False), _dict(c.get("mean")).get(key)) for n, c in _conditions(results).items()]
         entries += [(_row_label(n, True), b.get(key)) for n, b in _baselines(results).items()]
+        entries += [(f"{n} (frontier)", f.get(key)) for n, f in _frontiers(results).items()]
         K = max((len(v) for _, v in entries if isinstance(v, (list, tuple))), default=0)
         if K == 0:
             continue

@@ -302,6 +302,32 @@ class AutoReset:
         return obs, state, reward, terminated, truncated, info
 
 
+def rollout(env: Economy, policy, key: jax.Array, state: EconomyState, steps: int, metrics):
+    """Run ``steps`` steps of ``policy`` (``(key, state) -> actions``) from ``state`` in one
+    ``lax.scan``; ``metrics(env, state, info, actions)`` gives each step's scan output.
+
+    Pure and jittable with ``env``, ``policy``, ``steps`` and ``metrics`` static, vmappable
+    over ``key`` and ``state``. Each step's key splits into the policy's and the step's.
+    Returns ``(final state, metrics with a leading [T] axis)``.
+    """
+
+    def body(state: EconomyState, key: jax.Array):
+        key_act, key_step = jax.random.split(key)
+        actions = policy(key_act, state)
+        _, state, _, _, _, info = env.step(key_step, state, actions)
+        return state, metrics(env, state, info, actions)
+
+    return jax.lax.scan(body, state, jax.random.split(key, steps))
+
+
+def eval_keys(env: Economy, worlds: int) -> list[tuple[jax.Array, jax.Array]]:
+    """``(world key, action key)`` of each held-out evaluation world: the world is
+    ``env.world_key(k, evaluation=True)``, the actions the ``evaluation/k`` stream. Every
+    policy evaluated (trained populations, baselines, the market frontier) plays these."""
+    root = streams.derive(jax.random.key(0), "evaluation")
+    return [(env.world_key(k, evaluation=True), streams.derive(root, k)) for k in range(worlds)]
+
+
 def ledger(state: EconomyState) -> dict[str, Any]:
     """Economy-wide totals, exact (summed on the host in int64): ``{"money": int, "goods": int[G]}``."""
     goods = np.asarray(state.goods, dtype=np.int64)

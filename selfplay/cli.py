@@ -6,6 +6,7 @@
     agora eval RUN_DIR [--against RUN_B]    held-out evaluation beside the baselines (RUN_DIR/eval.json); cross-play
     agora study STUDY.yaml                  conditions x seeds: train, evaluate, aggregate with 95 % intervals
     agora report RUN_DIR                    write RUN_DIR/report.html, a self-contained HTML report
+    agora frontier CONFIG [--only a,b]      the economy's welfare frontier (first-best and market), frontier.json
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad config (the message names
 the offending key and value), 3 a command that is not available yet.
@@ -62,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--burn-in", type=int, help="steps not measured at the start of each world (default: steps // 4)")
     ev.add_argument("--greedy", action="store_true", help="the population plays its most likely actions")
     ev.add_argument("--against", help="cross-play: another run directory (or 'scripted') in the odd agent slots")
+    ev.add_argument("--no-frontier", action="store_true",
+                    help="skip the distance to the welfare frontier (agora frontier; computed once per economy, then cached)")
+    _budget_args(ev)
 
     st = sub.add_parser("study", help="conditions x seeds: train, evaluate on held-out worlds, aggregate with 95 %% intervals")
     st.add_argument("study", help="study file (e.g. configs/studies/smoke.yaml)")
@@ -70,6 +74,18 @@ def _parser() -> argparse.ArgumentParser:
                     "default under a Slurm job array: SLURM_ARRAY_TASK_ID of SLURM_ARRAY_TASK_COUNT")
     st.add_argument("--aggregate", action="store_true", help="only write results.json/.md and report.html from the complete runs")
     st.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    fr = sub.add_parser("frontier", help="the economy's welfare frontier: the planner's first-best and the best fixed "
+                        "niche shares with scripted orders, on the evaluation worlds (cached; writes frontier.json)")
+    fr.add_argument("config", help="run config YAML (e.g. configs/demo.yaml) or an economy YAML")
+    fr.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. economy.project.gain=1.0")
+    fr.add_argument("--only", help="restrict the allocation to these niches (comma-separated names)")
+    fr.add_argument("--worlds", type=int, default=8, help="held-out worlds, as agora eval (default 8)")
+    fr.add_argument("--steps", type=int, help="steps per world (default: economy.episode_length)")
+    fr.add_argument("--burn-in", type=int, help="steps not measured at the start of each world (default: steps // 4)")
+    _budget_args(fr)
+    fr.add_argument("--out", help="where to write frontier.json (default: runs/frontier/CONFIG_STEM/frontier.json)")
+    fr.add_argument("--recompute", action="store_true", help="ignore the cache")
 
     report = sub.add_parser("report", help="write RUN_DIR/report.html, a self-contained HTML report of a run")
     report.add_argument("run_dir", help="run directory written by agora train (config.yaml, metrics.jsonl, ...)")
@@ -81,6 +97,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("args", nargs=argparse.REMAINDER)
     return ap
+
+
+def _budget_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--population", type=int, help="welfare frontier: CMA-ES candidates per generation (default 10)")
+    ap.add_argument("--generations", type=int, help="welfare frontier: CMA-ES generations (default 24)")
+
+
+def _budget(args):
+    """The frontier's search budget of ``--population``/``--generations`` (ConfigError naming a bad one)."""
+    from analysis.frontier import FrontierSettings
+    from economy import ConfigError
+
+    given = {k: getattr(args, k) for k in ("population", "generations") if getattr(args, k) is not None}
+    try:
+        return FrontierSettings(**given)
+    except ValueError as err:
+        msg = "; ".join(f"--{'.'.join(map(str, e['loc']))}={e['input']!r}: {e['msg']}" for e in err.errors())
+        raise ConfigError(msg) from None
 
 
 def _env_int(name: str) -> int | None:
@@ -222,7 +256,9 @@ def _eval(args) -> int:
                 print(f"{side}: utility {m['utility']:.4f}, output share {m['output_share']:.3f}; niches {shares}")
                 print(f"  utility per agent-step by niche worked: {per}")
         else:
-            result = evaluate_run(args.run_dir, settings, update=args.update)
+            result = evaluate_run(args.run_dir, settings, update=args.update,
+                                  frontier=None if args.no_frontier else _budget(args),
+                                  log=lambda m: print(m, flush=True))
             out = Path(args.run_dir) / "eval.json"
             print(f"update {result['update']}: {result['worlds']} held-out worlds x {result['steps']} steps "
                   f"(burn-in {result['burn_in']})")
@@ -288,6 +324,43 @@ def _report(args) -> int:
     return EXIT_OK
 
 
+def _frontier(args) -> int:
+    """``agora frontier``: print both frontiers and write frontier.json (exit 2 on bad input)."""
+    from economy import ConfigError
+
+    cfg = _load_config(args)
+    if cfg is None:
+        return EXIT_USAGE
+    import json
+
+    from analysis.frontier import format_frontier, frontier
+    from analysis.report import write_atomic
+    from selfplay.evaluate import EvalSettings
+
+    try:
+        s = EvalSettings(worlds=args.worlds, steps=args.steps, burn_in=args.burn_in).resolved(cfg)
+        settings = _budget(args)
+        only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only is not None else None
+        if args.only is not None and not only:
+            raise ConfigError("--only: name at least one niche")
+        e = cfg.economy
+        print(f"agora frontier: {e.num_agents} agents in {e.num_markets} markets, {e.num_niches} niches; "
+              f"{s.worlds} held-out worlds x {s.steps} steps (burn-in {s.burn_in})", flush=True)
+        fr = frontier(e, s.worlds, s.steps, s.burn_in, only=only, settings=settings, recompute=args.recompute,
+                      log=lambda m: print(m, flush=True))
+    except ConfigError as err:
+        print(f"agora frontier: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    out = Path(args.out) if args.out else Path("runs") / "frontier" / Path(args.config).stem / "frontier.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, json.dumps(fr, indent=1))
+    print(("(from the cache)\n" if fr["cached"] else "") + format_frontier(fr))
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
 def _unavailable(what: str) -> int:
     print(f"agora {what}: not yet available in this version of Agora", file=sys.stderr)
     return EXIT_UNAVAILABLE
@@ -332,6 +405,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _eval(args)
     if args.command == "study":
         return _study(args)
+    if args.command == "frontier":
+        return _frontier(args)
     return _unavailable(args.command)
 
 

@@ -23,7 +23,13 @@ Metrics (the names :mod:`selfplay.study` and the reports use), per world then av
   member's share of the whole economy's; ``largest_lineage_share``: the largest share of
   the members descending from one founding member (PBT lineage);
 * ``kl_mean``, ``js_mean``, ``effective_policies``: policy diversity of the members on a
-  probe set of the evaluation's final observations (:mod:`analysis.diversity`).
+  probe set of the evaluation's final observations (:mod:`analysis.diversity`);
+* the distance to the economy's welfare frontier (:mod:`analysis.frontier`, on the same
+  worlds, keys, steps and burn-in): ``frontier_utility`` (the market frontier: best fixed
+  niche shares with scripted orders) and ``frontier_first_best`` (the planner's steady
+  state), ``efficiency`` = utility / ``frontier_utility``, ``efficiency_first_best`` =
+  utility / ``frontier_first_best``, ``niche_js_to_frontier``: Jensen-Shannon divergence
+  (bits) between the shares of work over niches and the market frontier's.
 
 Baselines have no members: their member and lineage metrics (and diversity) are null.
 """
@@ -43,11 +49,13 @@ import yaml
 
 from agents.networks import population_apply
 from agents.scripted import random_actions, scripted_actions
+from analysis import frontier as welfare
+from analysis.frontier import DISTANCE_METRICS, FrontierSettings, distance
 from analysis.diversity import effective_policies, js_matrix, kl_matrix, mean_offdiag
-from analysis.niches import gini
+from analysis.niches import ACTIVE_SHARE, gini, niche_spread  # noqa: F401 (ACTIVE_SHARE: re-exported)
 from analysis.population import wealth
 from analysis.report import write_atomic
-from economy import ConfigError, Economy
+from economy import ConfigError, Economy, eval_keys
 from economy.streams import derive
 from selfplay.config import RunConfig, run_config_from_dict
 from selfplay.simulate import rollout
@@ -55,13 +63,12 @@ from selfplay.simulate import rollout
 METRICS = (
     "utility", "niche_shares", "effective_niches", "active_niches", "member_niche_mi_bits", "project_per_agent_step",
     "project_stock", "gini", "largest_output_share", "largest_wealth_share", "largest_utility_share",
-    "largest_lineage_share", "kl_mean", "js_mean", "effective_policies",
+    "largest_lineage_share", "kl_mean", "js_mean", "effective_policies", *DISTANCE_METRICS,
 )
 MEMBER_METRICS = (
     "member_niche_mi_bits", "largest_output_share", "largest_wealth_share", "largest_utility_share",
     "largest_lineage_share", "kl_mean", "js_mean", "effective_policies",
 )
-ACTIVE_SHARE = 0.01  # a niche with at least this share of work is active
 PROBE_STATES = 1024  # observations of the final states in the diversity probe set
 
 
@@ -84,13 +91,6 @@ class EvalSettings:
         if steps < 1 or not 0 <= burn < steps:
             raise ConfigError(f"--burn-in={burn} must lie in [0, --steps={steps})")
         return EvalSettings(self.worlds, steps, burn, self.greedy)
-
-
-def eval_keys(env: Economy, worlds: int) -> list[tuple[jax.Array, jax.Array]]:
-    """``(world key, action key)`` of each held-out evaluation world: the world is
-    ``env.world_key(k, evaluation=True)``, the actions the ``evaluation/k`` stream."""
-    root = derive(jax.random.key(0), "evaluation")
-    return [(env.world_key(k, evaluation=True), derive(root, k)) for k in range(worlds)]
 
 
 # ---- measuring one world ------------------------------------------------------------------
@@ -138,14 +138,12 @@ def world_metrics(sums: dict, final_wealth: np.ndarray, groups: np.ndarray, memb
     steps, n = s["utility"].shape[0], groups.shape[0]
     work = s["work"].sum(0)  # [G, J+1]
     all_work = work.sum(0)
-    busy = all_work[:-1]
-    p = busy / busy.sum() if busy.sum() > 0 else np.zeros_like(busy)
-    nz = p > 0
+    effective, active = niche_spread(all_work[:-1])
     out = {
         "utility": float(s["utility"].sum() / (n * steps)),
         "niche_shares": (all_work / all_work.sum()).tolist(),
-        "effective_niches": float(np.exp(-np.sum(p[nz] * np.log(p[nz])))) if nz.any() else 0.0,
-        "active_niches": int(np.sum(p >= ACTIVE_SHARE)),
+        "effective_niches": effective,
+        "active_niches": active,
         "project_per_agent_step": float(s["public"].sum() / (n * steps)),
         "project_stock": float(s["project"].mean()),
         "gini": float(gini(jnp.asarray(final_wealth, jnp.float32))),
@@ -287,21 +285,53 @@ def evaluate_baseline(env: Economy, name: str, settings: EvalSettings) -> dict:
     return {k: out.get(k) for k in METRICS}
 
 
+def economy_frontier(cfg: RunConfig, settings: EvalSettings, frontier_settings: FrontierSettings | None,
+                     log=None) -> dict | None:
+    """The welfare frontier of the run's economy on the evaluation's worlds (cached, see
+    :func:`analysis.frontier.frontier`); None when ``frontier_settings`` is None."""
+    if frontier_settings is None:
+        return None
+    s = settings.resolved(cfg)
+    return welfare.frontier(cfg.economy, s.worlds, s.steps, s.burn_in, settings=frontier_settings, log=log)
+
+
+def with_distance(metrics: dict, fr: dict | None) -> dict:
+    """``metrics`` with its distance to the frontier ``fr`` filled in (null without one)."""
+    return {**metrics, **distance(metrics, fr)}
+
+
 def evaluate_run(run_dir: str | Path, settings: EvalSettings = EvalSettings(), update: int | None = None,
-                 baselines: bool = True, write: bool = True) -> dict:
+                 baselines: bool = True, write: bool = True,
+                 frontier: FrontierSettings | None = FrontierSettings(), log=None) -> dict:
     """``agora eval``: the run's population and (``baselines``) the scripted and random
-    baselines on the same worlds; writes ``RUN_DIR/eval.json`` when ``write``."""
+    baselines on the same worlds, each with its distance to the economy's frontier (computed
+    with the ``frontier`` search budget, or taken from the cache; none when None); writes
+    ``RUN_DIR/eval.json`` when ``write``."""
     cfg, trainer, ts = load_run(run_dir, update)
     s = settings.resolved(cfg)
+    fr = economy_frontier(cfg, s, frontier, log)
     policies = {"trained": evaluate_population(cfg, trainer, ts, s)}
     if baselines:
         for name in ("scripted", "random"):
             policies[name] = evaluate_baseline(trainer.env, name, s)
+    policies = {k: with_distance(v, fr) for k, v in policies.items()}
     result = {"policies": policies, "worlds": s.worlds, "steps": s.steps, "burn_in": s.burn_in, "greedy": s.greedy,
-              "update": int(ts.update)}
+              "update": int(ts.update), "frontier": _frontier_summary(fr)}
     if write:
         write_atomic(Path(run_dir) / "eval.json", json.dumps(result, indent=1))
     return result
+
+
+def _frontier_summary(fr: dict | None) -> dict | None:
+    """What an eval.json keeps of the frontier: both utilities, shares and where it came from."""
+    if fr is None:
+        return None
+    return {
+        "key": fr["key"],
+        "first_best": {k: fr["first_best"][k] for k in ("utility", "shares", "project_multiplier")},
+        "market": {k: fr["market"].get(k) for k in ("utility", "stderr", "shares", "project_stock", "evaluations")},
+        "settings": fr["settings"],
+    }
 
 
 # ---- cross-play -------------------------------------------------------------------------
@@ -392,6 +422,7 @@ def format_eval_table(result: dict, niche_names: list[str] | None = None) -> str
 
 
 __all__ = [
-    "EvalSettings", "METRICS", "MEMBER_METRICS", "NotARunError", "crossplay", "eval_keys", "evaluate_baseline",
+    "EvalSettings", "METRICS", "MEMBER_METRICS", "NotARunError", "crossplay", "economy_frontier", "eval_keys",
+    "evaluate_baseline", "with_distance",
     "evaluate_population", "evaluate_run", "format_eval_table", "load_run", "mean_metrics", "play", "world_metrics",
 ]

@@ -17,6 +17,7 @@ import numpy as np
 
 from agents.scripted import ScriptedConfig, random_actions, scripted_actions
 from economy import Economy, EconomyState, streams
+from economy.env import rollout as economy_rollout
 from selfplay.config import RunConfig
 
 Policy = Callable[[jax.Array, EconomyState], dict]  # (key, state) -> actions
@@ -54,7 +55,7 @@ def step_metrics(env: Economy, state: EconomyState, info: dict) -> dict[str, jax
 
 
 def rollout(env: Economy, policy: Policy, key: jax.Array, state: EconomyState, steps: int, metrics=None):
-    """Run ``steps`` steps from ``state`` in one ``lax.scan``.
+    """Run ``steps`` steps from ``state`` in one ``lax.scan`` (:func:`economy.rollout`).
 
     Pure and jittable with ``env``, ``policy``, ``steps`` and ``metrics`` static (and
     vmappable over ``key`` and ``state`` to run several worlds). Returns ``(final state,
@@ -62,16 +63,9 @@ def rollout(env: Economy, policy: Policy, key: jax.Array, state: EconomyState, s
     ``metrics(env, state, info, actions)`` returns them (``selfplay.evaluate`` measures
     per-member quantities that way, on the same steps and keys).
     """
-
-    def body(state: EconomyState, key: jax.Array):
-        key_act, key_step = jax.random.split(key)
-        actions = policy(key_act, state)
-        _, state, _, _, _, info = env.step(key_step, state, actions)
-        if metrics is None:
-            return state, step_metrics(env, state, info)
-        return state, metrics(env, state, info, actions)
-
-    return jax.lax.scan(body, state, jax.random.split(key, steps))
+    if metrics is None:
+        metrics = lambda env, state, info, actions: step_metrics(env, state, info)  # noqa: E731
+    return economy_rollout(env, policy, key, state, steps, metrics)
 
 
 class StepRecord(NamedTuple):

@@ -11,6 +11,7 @@ A study file::
       - {name: spec_off, overrides: []}
     seeds: 2                         # a count (seeds 0..n-1) or a list of seeds (train.seed)
     eval: {worlds: 2, steps: 50}     # agora eval's settings (burn_in, greedy too)
+    frontier: {generations: 24}      # the welfare frontier's search budget (null: no frontier)
     study_dir: runs/studies/{name}   # default
 
 Every condition x seed is its own run directory (``STUDY_DIR/runs/CONDITION/seed_S``:
@@ -22,7 +23,10 @@ random baselines play the same worlds with the same keys (``STUDY_DIR/baselines.
 
 Outputs: ``results.json`` (per condition: overrides, per-seed metrics, mean, ``ci95`` =
 Student's t interval of the mean over seeds; baselines; missing runs), ``results.md``
-and ``report.html``.
+and ``report.html``. Every condition's and baseline's distance to its economy's welfare
+frontier (``efficiency`` and the rest, :mod:`analysis.frontier`) is computed from its
+utility and niche shares against the frontier of that run's economy, and the frontier
+itself is a row of the results.
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ from economy import ConfigError, load_yaml
 from economy.config import format_validation_error
 from analysis.report import write_atomic
 from selfplay.config import RunConfig, check_name_template, load_run_config
-from selfplay.evaluate import METRICS, EvalSettings
+from analysis.frontier import FrontierSettings
+from selfplay.evaluate import METRICS, EvalSettings, economy_frontier, with_distance
 
 CI_METHOD = "Student's t, 95 %, over seeds"
 
@@ -75,6 +80,7 @@ class StudyConfig(_Frozen):
     conditions: tuple[ConditionConfig, ...] = Field(min_length=1)
     seeds: int | tuple[int, ...]
     eval: StudyEvalConfig = StudyEvalConfig()
+    frontier: FrontierSettings | None = FrontierSettings()  # the welfare frontier's search budget (null: none)
     study_dir: str = "runs/studies/{name}"
 
     @field_validator("study_dir")
@@ -216,7 +222,7 @@ def run_study(study: Study, shard: tuple[int, int] | None = None, progress: bool
             bar.set_description(f"{r.condition}/seed {r.seed}")
             if _done_updates(r) < r.cfg.train.updates:
                 train_run(r.cfg, r.run_dir, resume=True, progress=False, on_update=lambda u, m: bar.update(1))
-            evaluate_run(r.run_dir, study.settings, baselines=False)
+            evaluate_run(r.run_dir, study.settings, baselines=False, frontier=study.cfg.frontier, log=log)
     finally:
         bar.close()
     return todo
@@ -243,6 +249,11 @@ def baselines(study: Study) -> dict:
     return policies
 
 
+def frontier_of(study: Study, run: Run) -> dict | None:
+    """The welfare frontier of a run's economy on the study's worlds (cached per economy)."""
+    return economy_frontier(run.cfg, study.settings, study.cfg.frontier)
+
+
 def mean_ci(values: list[Any]) -> tuple[Any, Any]:
     """Mean over seeds and Student's t 95 % interval of the mean (element-wise for lists;
     null with a null value or, for the interval, fewer than two seeds)."""
@@ -259,6 +270,29 @@ def mean_ci(values: list[Any]) -> tuple[Any, Any]:
     return mean.tolist(), ci.tolist()
 
 
+def summarise(seeds: dict[str, dict]) -> tuple[dict, dict]:
+    """``(mean, ci95)`` of every metric over a condition's seeds (null without seeds)."""
+    mean, ci = {}, {}
+    for k in METRICS:
+        mean[k], ci[k] = mean_ci([m.get(k) for m in seeds.values()]) if seeds else (None, None)
+    return mean, ci
+
+
+def attach_frontier(results: dict, fr: dict) -> dict:
+    """A ``results.json`` of a study whose conditions share one economy, with that economy's
+    frontier ``fr`` attached as :func:`aggregate` attaches it (the distance metrics of every
+    seed and baseline, their means and intervals, the frontier rows): for results written
+    before the frontier existed, from their per-seed ``utility`` and ``niche_shares``."""
+    out = dict(results, metrics=list(METRICS), frontier=_frontier_rows(fr))
+    out["conditions"] = {}
+    for name, c in results["conditions"].items():
+        seeds = {k: with_distance(v, fr) for k, v in c["seeds"].items()}
+        mean, ci = summarise(seeds)
+        out["conditions"][name] = dict(c, seeds=seeds, mean=mean, ci95=ci)
+    out["baselines"] = {k: with_distance(v, fr) for k, v in results["baselines"].items()}
+    return out
+
+
 def aggregate(study: Study) -> dict:
     """``results.json``, ``results.md`` and ``report.html`` from the complete runs."""
     conditions, missing = {}, []
@@ -268,14 +302,10 @@ def aggregate(study: Study) -> dict:
             if not complete(r, study.settings):
                 missing.append(str(r.run_dir.relative_to(study.study_dir)))
                 continue
-            seeds[str(r.seed)] = json.loads((r.run_dir / "eval.json").read_text())["policies"]["trained"]
+            trained = json.loads((r.run_dir / "eval.json").read_text())["policies"]["trained"]
+            seeds[str(r.seed)] = with_distance(trained, frontier_of(study, r))
             dirs[str(r.seed)] = str(r.run_dir.relative_to(study.study_dir))
-        mean, ci = {}, {}
-        for k in METRICS:
-            if seeds:
-                mean[k], ci[k] = mean_ci([m.get(k) for m in seeds.values()])
-            else:
-                mean[k], ci[k] = None, None
+        mean, ci = summarise(seeds)
         conditions[c.name] = {"overrides": [*study.cfg.overrides, *c.overrides], "seeds": seeds, "run_dirs": dirs,
                               "mean": mean, "ci95": ci}
     s = study.settings
@@ -288,7 +318,8 @@ def aggregate(study: Study) -> dict:
         "ci_method": CI_METHOD,
         "eval": {"worlds": s.worlds, "steps": s.steps, "burn_in": s.burn_in, "greedy": s.greedy},
         "conditions": conditions,
-        "baselines": baselines(study),
+        "baselines": {k: with_distance(v, frontier_of(study, study.runs[0])) for k, v in baselines(study).items()},
+        "frontier": _frontier_rows(frontier_of(study, study.runs[0])),
         "missing": missing,
     }
     study.study_dir.mkdir(parents=True, exist_ok=True)
@@ -298,6 +329,27 @@ def aggregate(study: Study) -> dict:
     write_atomic(study.study_dir / "results.md", format_results_md(results))
     write_study_report(study.study_dir)
     return results
+
+
+def _frontier_rows(fr: dict | None) -> dict | None:
+    """The frontier as rows beside the baselines (of the first run's economy), in the
+    metrics' names: ``market frontier`` and ``first-best`` (the planner's steady state)."""
+    if fr is None:
+        return None
+    from analysis.niches import niche_spread
+
+    fb, mf = fr["first_best"], fr["market"]
+    both = {"frontier_utility": mf["utility"], "frontier_first_best": fb["utility"]}
+    spread = lambda shares: dict(zip(("effective_niches", "active_niches"), niche_spread(shares)))  # noqa: E731
+    return {
+        "market frontier": {"utility": mf["utility"], "utility_stderr": mf["stderr"], "niche_shares": [*mf["shares"], 0.0],
+                            **spread(mf["shares"]), "project_stock": mf["project_stock"], **both, "efficiency": 1.0,
+                            "efficiency_first_best": mf["utility"] / fb["utility"], "niche_js_to_frontier": 0.0,
+                            "evaluations": mf["evaluations"]},
+        "first-best": {"utility": fb["utility"], "niche_shares": [*fb["shares"], 0.0], **spread(fb["shares"]), **both,
+                       "efficiency": fb["utility"] / mf["utility"], "efficiency_first_best": 1.0,
+                       "project_multiplier": fb["project_multiplier"]},
+    }
 
 
 def enable_compile_cache(study_dir: Path) -> None:
@@ -311,6 +363,7 @@ def enable_compile_cache(study_dir: Path) -> None:
 
 
 __all__ = [
-    "CI_METHOD", "ConditionConfig", "Run", "Study", "StudyConfig", "aggregate", "baselines", "complete",
+    "CI_METHOD", "ConditionConfig", "Run", "Study", "StudyConfig", "aggregate", "baselines", "complete", "frontier_of",
+    "attach_frontier", "summarise",
     "enable_compile_cache", "load_study", "mean_ci", "parse_shard", "run_study",
 ]

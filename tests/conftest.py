@@ -24,6 +24,15 @@ jax.config.update("jax_compilation_cache_dir", str(JAX_CACHE))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def agora_cache(tmp_path_factory) -> Path:
+    """The welfare-frontier cache (``$AGORA_CACHE``) of this test session: fresh, never the
+    user's, inherited by the tests' subprocesses."""
+    path = tmp_path_factory.mktemp("agora_cache")
+    os.environ["AGORA_CACHE"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT

@@ -26,7 +26,7 @@ from tests.conftest import CONFIGS
 
 SMOKE = str(CONFIGS / "studies" / "smoke.yaml")
 SCALARS = ("utility", "effective_niches", "member_niche_mi_bits", "project_stock", "gini", "largest_output_share",
-           "kl_mean", "effective_policies")
+           "kl_mean", "effective_policies", "efficiency", "niche_js_to_frontier")
 
 
 def _study(*args: str) -> int:
@@ -67,6 +67,13 @@ def test_smoke_study_results(smoke):
         b = r["baselines"][name]
         assert b["utility"] > 0 and b["member_niche_mi_bits"] is None and b["largest_lineage_share"] is None
     assert r["baselines"]["scripted"]["utility"] > r["baselines"]["random"]["utility"]
+    # the welfare frontier beside them: each row's efficiency is its utility over the market frontier
+    f = r["frontier"]
+    mu, fb = f["market frontier"]["utility"], f["first-best"]["utility"]
+    assert r["baselines"]["scripted"]["utility"] < mu < fb
+    for row in [*r["baselines"].values(), *(s for c in r["conditions"].values() for s in c["seeds"].values())]:
+        assert row["efficiency"] == row["utility"] / mu and row["efficiency_first_best"] == row["utility"] / fb
+    assert "market frontier (frontier)" in (smoke / "results.md").read_text()
     assert (smoke / "results.md").read_text().count("spec_o") >= 2 and (smoke / "report.html").is_file()
 
 
@@ -145,7 +152,9 @@ def test_shard_from_slurm_array(monkeypatch):
 def test_eval_is_deterministic_and_writes_eval_json(smoke, capsys):
     run = smoke / "runs" / "spec_on" / "seed_0"
     (run / "eval.json").unlink()
-    args = ["eval", str(run), "--worlds", "2", "--steps", "30", "--burn-in", "5"]
+    budget = yaml.safe_load(Path(SMOKE).read_text())["frontier"]  # the study's frontier: read from the cache
+    args = ["eval", str(run), "--worlds", "2", "--steps", "50", "--burn-in", "12",
+            f"--population={budget['population']}", f"--generations={budget['generations']}"]
     assert main(args) == EXIT_OK
     first = (run / "eval.json").read_text()
     assert "largest_lineage_share" in capsys.readouterr().out
@@ -157,10 +166,25 @@ def test_eval_is_deterministic_and_writes_eval_json(smoke, capsys):
     assert 0 <= t["member_niche_mi_bits"] <= 2 and 1 <= t["effective_policies"] <= 4
     assert 0.25 <= t["largest_lineage_share"] <= 1 and 0.25 - 1e-9 <= t["largest_output_share"] <= 1
     assert e["policies"]["scripted"]["kl_mean"] is None
+    # Every policy's distance to the cached frontier of its economy (written by the study).
+    from analysis.frontier import cache_dir
+
+    fr = json.loads((cache_dir() / f"{e['frontier']['key']}.json").read_text())
+    mu, fb = fr["market"]["utility"], fr["first_best"]["utility"]
+    for p in e["policies"].values():
+        assert p["efficiency"] == p["utility"] / mu and p["efficiency_first_best"] == p["utility"] / fb
+        assert p["frontier_utility"] == mu and 0 <= p["niche_js_to_frontier"] <= 1
+    assert r_frontier(smoke) == {"market": mu, "first_best": fb}
     # The run report shows the evaluation under the same metric names.
     assert main(["report", str(run)]) == EXIT_OK
     html = (run / "report.html").read_text()
     assert "Held-out evaluation" in html and "member_niche_mi_bits" in html and "largest_lineage_share" in html
+    assert "Welfare frontier" in html and "efficiency" in html
+
+
+def r_frontier(d: Path) -> dict:
+    f = _results(d)["frontier"]
+    return {"market": f["market frontier"]["utility"], "first_best": f["first-best"]["utility"]}
 
 
 def test_population_utility_is_what_eval_measures(smoke):
