@@ -7,9 +7,12 @@
 * The parameters of the ``P`` members of a population are stacked on a leading axis
   (:func:`init_population`) and the forward pass is ``jax.vmap`` over it
   (:func:`population_apply`): the functional route, no gathers.
-* Agents are assigned to members round-robin: agent ``i`` is played by member ``i % P``.
-  :func:`to_members` turns agent-major arrays ``[N, ...]`` into member-major
-  ``[P, N/P, ...]`` (a reshape and a transpose) and :func:`from_members` inverts it.
+* Agents are assigned to members round-robin in runs of ``C`` contiguous agents: agent
+  ``i`` is played by member ``(i // C) % P`` (``C = 1``, the default: member ``i % P``;
+  the trainer's ``villages`` layout takes longer runs so that a member's agents sit in a
+  few markets, see ``train.layout``). :func:`to_members` turns agent-major arrays
+  ``[N, ...]`` into member-major ``[P, N/P, ...]`` (reshapes and a transpose) and
+  :func:`from_members` inverts it; :func:`agent_players` is the map as a NumPy array.
 * :func:`sample_actions`, :func:`log_prob` and :func:`entropy` treat each head as a
   ``distrax.Categorical`` over its last axis, one independent categorical per entry of
   the head's shape, and sum over heads and entries, so that the result has the batch
@@ -203,40 +206,62 @@ def joint_apply(net: ActorCritic):
     return apply
 
 
-def _check_divisible(n: int, num_members: int) -> None:
+def _check_divisible(n: int, num_members: int, run: int = 1) -> None:
     if num_members < 1:
         raise ValueError(f"number of members P must be >= 1, got P={num_members}")
-    if n % num_members:
+    if run < 1:
+        raise ValueError(f"run length C must be >= 1, got C={run}")
+    if n % (num_members * run):
         raise ValueError(
-            f"number of agents N={n} is not divisible by the number of members P={num_members} "
-            "(agent i is played by member i % P, each member by N/P agents)"
+            f"number of agents N={n} is not divisible by the number of members P={num_members} times the run "
+            f"length C={run} (agent i is played by member (i // C) % P, each member by N/P agents)"
         )
 
 
-def to_members(x: Any, num_members: int) -> Any:
-    """Agent-major ``[N, ...]`` -> member-major ``[P, N/P, ...]``; agent ``i`` goes to
-    member ``i % P`` at position ``i // P``. Works leaf-wise on pytrees."""
+def agent_players(n: int, num_members: int, run: int = 1) -> np.ndarray:
+    """int64 ``[n]``: the member (player) of each agent, ``(i // run) % P``, the map
+    :func:`to_members` regroups by (NumPy, for static bookkeeping on the host)."""
+    _check_divisible(n, num_members, run)
+    return (np.arange(n) // run) % num_members
+
+
+def to_members(x: Any, num_members: int, run: int = 1) -> Any:
+    """Agent-major ``[N, ...]`` -> member-major ``[P, N/P, ...]``. The agents come in runs
+    of ``C = run`` contiguous agents dealt round robin: agent ``i`` goes to member
+    ``(i // C) % P`` at position ``(i // (P C)) C + i % C`` (``C = 1``: member ``i % P``
+    at ``i // P``). A reshape ``[N/(P C), P, C, ...]``, a swap of the first two axes and a
+    reshape, never a gather. Works leaf-wise on pytrees."""
 
     def one(leaf):
         leaf = jnp.asarray(leaf)
         if leaf.ndim == 0:
             raise ValueError("to_members: leaves need a leading agent axis, got a scalar")
-        n = leaf.shape[0]
-        _check_divisible(n, num_members)
-        return jnp.swapaxes(leaf.reshape((n // num_members, num_members) + leaf.shape[1:]), 0, 1)
+        n, rest = leaf.shape[0], leaf.shape[1:]
+        _check_divisible(n, num_members, run)
+        if run == 1:
+            return jnp.swapaxes(leaf.reshape((n // num_members, num_members) + rest), 0, 1)
+        blocks = leaf.reshape((n // (num_members * run), num_members, run) + rest)
+        return jnp.swapaxes(blocks, 0, 1).reshape((num_members, n // num_members) + rest)
 
     return jax.tree.map(one, x)
 
 
-def from_members(x: Any) -> Any:
-    """Inverse of :func:`to_members`: ``[P, N/P, ...]`` -> ``[N, ...]``. Works on pytrees."""
+def from_members(x: Any, run: int = 1) -> Any:
+    """Inverse of :func:`to_members` with the same run length ``C = run``: ``[P, N/P, ...]``
+    -> ``[N, ...]``. Works on pytrees."""
 
     def one(leaf):
         leaf = jnp.asarray(leaf)
         if leaf.ndim < 2:
             raise ValueError(f"from_members: leaves need [P, N/P, ...] axes, got shape {leaf.shape}")
         p, k = leaf.shape[:2]
-        return jnp.swapaxes(leaf, 0, 1).reshape((p * k,) + leaf.shape[2:])
+        rest = leaf.shape[2:]
+        if run == 1:
+            return jnp.swapaxes(leaf, 0, 1).reshape((p * k,) + rest)
+        if run < 1 or k % run:
+            raise ValueError(f"from_members: {k} agents per member are not whole runs of C={run}")
+        blocks = leaf.reshape((p, k // run, run) + rest)
+        return jnp.swapaxes(blocks, 0, 1).reshape((p * k,) + rest)
 
     return jax.tree.map(one, x)
 
@@ -556,7 +581,7 @@ class FusedPolicy:
 
 
 __all__ = [
-    "ActorCritic", "FusedPolicy", "act_parts", "entropy", "flat_actions", "from_members", "head_sizes", "init_population",
-    "joint_apply", "joint_width", "log_prob", "objective_terms", "policy_terms", "population_apply", "sample_actions", "split_joint",
-    "to_members",
+    "ActorCritic", "FusedPolicy", "act_parts", "agent_players", "entropy", "flat_actions", "from_members", "head_sizes",
+    "init_population", "joint_apply", "joint_width", "log_prob", "objective_terms", "policy_terms", "population_apply",
+    "sample_actions", "split_joint", "to_members",
 ]

@@ -12,7 +12,9 @@ One step, per agent:
    rule, ``labour_j * (floor + (1 - floor) * skill_ij) * richness_mj * project_m``,
    capped by the inputs the agent holds; the niche's value is those units times the
    recipe's margin at the market's last prices (outputs minus inputs), plus
-   ``public_value`` per public-project unit, shrinking as the local stock fills. Each
+   ``public_value`` per public-project unit, shrinking as the local stock fills, plus
+   the money the market's treasury pays per public unit (``treasury.pay``, expected
+   at most ``treasury / agents_per_market``; see :func:`niche_values`). Each
    agent takes the niche of highest value (after a small log-normal "taste" noise that
    spreads agents over nearly equal niches), rests if none is worth anything, and with
    probability ``epsilon`` tries a uniformly random niche (or rest) instead.
@@ -35,6 +37,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from economy import market
 from economy.market import BUY, HOLD, SELL
+from economy.production import expected_effort
+from economy.production import per_agent as _per_agent
 from economy.state import EconomyState
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -56,12 +60,6 @@ class ScriptedConfig(BaseModel):
     price_spread: int = Field(1, ge=1, le=1024)  # orders go 1..price_spread price steps beyond the last price (uniformly drawn)
 
 
-def _per_agent(x: jax.Array, n: int) -> jax.Array:
-    """Market array ``[M, ...]`` -> agent array ``[N, ...]`` (agent i in market i // (N // M))."""
-    m = x.shape[0]
-    return jnp.broadcast_to(x[:, None], (m, n // m) + x.shape[1:]).reshape((n,) + x.shape[1:])
-
-
 def quantity_index(amount: jax.Array, levels: jax.Array) -> jax.Array:
     """Index of the largest level ``<= amount`` (``-1`` when ``amount`` is below every level).
 
@@ -75,18 +73,17 @@ def niche_values(env: "Economy", state: EconomyState, config: ScriptedConfig) ->
 
     Returns ``(value, units, effort)``, float32 ``[N, J]``: ``effort`` is the units of
     work the default rule gives, ``units`` the same capped by the inputs held and the
-    holding cap, ``value`` = ``units`` x (margin at last prices + public value).
+    holding cap, ``value`` = ``units`` x (margin at last prices + public value), where a
+    public unit is worth ``public_value * (half / (stock + half))^2`` plus, with a paying
+    treasury, ``min(pay, treasury / agents_per_market)`` money.
     """
     cfg, p = env.cfg, env.params
     n, _ = state.goods.shape
     J = cfg.num_niches
     pc = cfg.project
     price = _per_agent(state.price.astype(jnp.float32), n)  # [N, G]
-    richness = _per_agent(state.richness, n)  # [N, J]
     stock = state.project.astype(jnp.float32)  # [M]
-    project_mult = _per_agent(1.0 + pc.gain * stock / (stock + pc.half), n)  # [N]
-    skill_mult = cfg.skill_floor + (1.0 - cfg.skill_floor) * state.skills
-    effort = state.labour * skill_mult * richness * project_mult[:, None]  # [N, J]
+    effort = expected_effort(cfg, state)  # [N, J]
 
     inputs = p.inputs[:J].astype(jnp.float32)  # [J, G]
     outputs = p.outputs[:J].astype(jnp.float32)
@@ -100,6 +97,13 @@ def niche_values(env: "Economy", state: EconomyState, config: ScriptedConfig) ->
     # Marginal bonus of one more public unit relative to an empty stock: d mult / d stock.
     public_scale = _per_agent((pc.half / (stock + pc.half)) ** 2, n)  # [N]
     public = p.public[:J].astype(jnp.float32) * config.public_value * public_scale[:, None]
+    if cfg.treasury.pay > 0:  # static: with pay = 0 the values are exactly those without a treasury
+        # Procurement pays ``pay`` money per public unit from the market's treasury, as far
+        # as it reaches: expected min(pay, treasury / agents per market), i.e. in full while
+        # the treasury could pay one unit to every agent of the market, pro rata below.
+        treasury = state.treasury.astype(jnp.float32) * (1.0 / (n // state.treasury.shape[0]))
+        procurement = _per_agent(jnp.minimum(jnp.float32(cfg.treasury.pay), treasury), n)  # [N]
+        public = public + p.public[:J].astype(jnp.float32) * procurement[:, None]
     # Work the inputs held allow pays now; the rest of the effort pays once the inputs
     # bought this step arrive, so it counts at the ``restock_value`` discount.
     value = (units + config.restock_value * (effort - units)) * (margin + public)

@@ -51,6 +51,7 @@ from economy import ConfigError, Economy, EconomyConfig, eval_keys, rollout
 from economy.registry import ProductionContext, default_rule, make_rule
 
 FRONTIER_VERSION = 1  # bump when the method changes: older cache entries are then recomputed
+NOT_IN_FRONTIER = ("observe_values", "collaboration_scale")  # economy fields only learners see: not hashed
 FIXED_POINT_STEPS = 60  # iterations of the steady state (project stock and holdings)
 
 
@@ -373,8 +374,13 @@ def market_frontier(cfg: EconomyConfig, worlds: int, steps: int, burn_in: int, s
 
 # ---- both, cached -----------------------------------------------------------------------------
 def config_hash(cfg: EconomyConfig, **extra) -> str:
-    """sha256 of the validated economy section (and ``extra``: settings that change the result)."""
-    data = {"economy": cfg.model_dump(mode="json"), "version": FRONTIER_VERSION, **extra}
+    """sha256 of the validated economy section (and ``extra``: settings that change the result).
+
+    Only values that differ from the config's defaults enter the hash, so a new config
+    field whose default leaves the economy unchanged keeps every cached frontier valid;
+    a change of a default value must bump :data:`FRONTIER_VERSION`."""
+    eco = cfg.model_dump(mode="json", exclude_defaults=True, exclude=set(NOT_IN_FRONTIER))
+    data = {"economy": eco, "version": FRONTIER_VERSION, **extra}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

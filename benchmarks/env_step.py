@@ -54,7 +54,7 @@ def measure(log2n: int, steps: int, repeats: int, devices: int, markets: int | N
 
     n = 2**log2n
     markets = max(n // 1024, 1) if markets is None else markets
-    cfg = economy.load_config(ROOT / "configs/economy/default.yaml", num_agents=n, num_markets=markets)
+    cfg = economy.load_config(ROOT / "configs/economy/classic.yaml", num_agents=n, num_markets=markets)
     env = economy.Economy(cfg)
     key = jax.random.key(0)
     obs, state = jax.jit(env.reset)(key)

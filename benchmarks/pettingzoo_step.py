@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     from suite import _machine
 
     n, T = 2**args.log2n, args.steps
-    env = parallel_env("configs/economy/default.yaml", num_agents=n, num_markets=max(4, n // 1024), episode_length=T + 1)
+    env = parallel_env("configs/economy/classic.yaml", num_agents=n, num_markets=max(4, n // 1024), episode_length=T + 1)
     rng = np.random.default_rng(0)
     arrays = [{h.name: rng.integers(0, h.choices, (n,) + h.shape).astype(np.int32) for h in env.economy.action_spec}
               for _ in range(T)]

@@ -66,7 +66,7 @@ def soak_economy(log2n: int, steps: int, window: int, markets: int | None = None
 
     n = 2**log2n
     m = markets or max(4, n // 1024)
-    cfg = load_config(ROOT / "configs" / "economy" / "default.yaml", num_agents=n, num_markets=m, episode_length=10**6)
+    cfg = load_config(ROOT / "configs" / "economy" / "classic.yaml", num_agents=n, num_markets=m, episode_length=10**6)
     env = Economy(cfg)
     key = jax.random.key(0)
 

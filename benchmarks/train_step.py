@@ -93,7 +93,7 @@ def run_config(log2n: int, members: int, steps: int, devices: int | None = None,
     ]
     if devices is not None:
         overrides.append(f"mesh.agents={devices}")
-    return load_run_config(ROOT / "configs/economy/default.yaml", overrides)
+    return load_run_config(ROOT / "configs/economy/classic.yaml", overrides)
 
 
 def time_stateful(update, state, repeats: int):

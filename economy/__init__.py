@@ -18,6 +18,7 @@ from economy.config import (
     MarketConfig,
     NicheConfig,
     ProjectConfig,
+    TreasuryConfig,
     WorldConfig,
     apply_overrides,
     load_config,
@@ -33,7 +34,7 @@ from economy.streams import derive, stream_id, world_key
 __all__ = [
     "ActionHead", "AutoReset", "BUY", "Clearing", "ConfigError", "Economy", "EconomyConfig",
     "EconomyParams", "EconomyState", "GoodConfig", "HOLD", "MarketConfig", "NicheConfig",
-    "PRODUCTION_RULES", "ProductionContext", "ProjectConfig", "SELL",
+    "PRODUCTION_RULES", "ProductionContext", "ProjectConfig", "SELL", "TreasuryConfig",
     "WorldConfig", "agent_mesh", "apply_overrides", "clear", "clearing_tick", "default_rule", "eval_keys", "ledger",
     "load_config", "load_yaml", "make_rule", "order_book", "price_grid", "ration", "register_rule", "rollout",
     "shard_state", "state_sharding", "derive", "stream_id", "world_key",

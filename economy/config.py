@@ -157,6 +157,15 @@ class ProjectConfig(_Frozen):
     half: float = Field(200.0, gt=0.0)  # stock at which half the bonus is reached
 
 
+class TreasuryConfig(_Frozen):
+    """A public treasury per market, inside the exact money ledger: a sales tax on what
+    sellers earn funds procurement of public-project units. The defaults (no tax, no pay)
+    leave the economy exactly as without a treasury."""
+
+    tax: Fraction = 0.0  # fraction of each seller's proceeds this step (floored) moved to its market's treasury
+    pay: NonNegInt = 0  # money per public-project unit produced, paid to its producer from the market's treasury
+
+
 class WorldConfig(_Frozen):
     """Distributions of procedurally generated worlds (drawn by ``reset``)."""
 
@@ -187,11 +196,13 @@ class EconomyConfig(_Frozen):
     skill_floor: Fraction = 0.25  # output multiplier of an unskilled worker (1.0 at full skill)
     history_decay: float = Field(0.1, gt=0.0, le=1.0)  # EMA rate of each agent's niche history
     collaboration_scale: float = Field(10.0, gt=0.0)  # public units per unit of collaboration reward
+    observe_values: bool = False  # observations also show what a step of work in each niche would earn now (J more)
     resources: tuple[str, ...] = ()  # local resources that niches may have an affinity to
     goods: tuple[GoodConfig, ...]
     niches: tuple[NicheConfig, ...]
     market: MarketConfig = MarketConfig()
     project: ProjectConfig = ProjectConfig()
+    treasury: TreasuryConfig = TreasuryConfig()
     world: WorldConfig = WorldConfig()
 
     # ---- derived -------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """The economy environment: pure, jit- and vmap-able ``reset`` and ``step``.
 
-One step, all agents at once: work, orders, call-auction clearing, consumption,
-public projects. See :mod:`economy.market` for the auction and DESIGN.md for the
-contracts.
+One step, all agents at once: work, orders, call-auction clearing, the markets'
+treasuries (sales tax, procurement of public units), consumption, public projects.
+See :mod:`economy.market` for the auction and DESIGN.md for the contracts.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import numpy as np
 from jax.experimental import checkify
 
 from economy import market, rng, streams
-from economy.config import EconomyConfig
+from economy.config import INT32_MAX, EconomyConfig
 from economy.generator import generate
-from economy.production import CustomNiche, work
+from economy.production import CustomNiche, expected_effort, per_agent, work
 from economy.registry import make_rule
 from economy.state import ActionHead, EconomyState, compile_params
 from economy.utility import consume
@@ -56,7 +56,7 @@ class Economy:
             ActionHead("quantity", (G,), len(cfg.market.quantity_levels)),
             ActionHead("price", (G,), cfg.market.price_ticks),
         )
-        self.obs_dim = 4 * G + 3 * J + 2
+        self.obs_dim = 4 * G + 3 * J + 2 + (J if cfg.observe_values else 0)
         self._price_unit = float(np.mean([g.base_price for g in cfg.goods]))  # info["value_added"]'s money unit
         self._checked_step = jax.jit(checkify.checkify(self._step_checked))
 
@@ -131,13 +131,81 @@ class Economy:
             -1,
         )
         local = jnp.broadcast_to(local[:, None, :], (m, b, local.shape[-1])).reshape(n, -1)
-        return jnp.concatenate([own, local], -1)
+        if not cfg.observe_values:
+            return jnp.concatenate([own, local], -1)
+        return jnp.concatenate([own, local, self.niche_values(state)], -1)
+
+    def niche_values(self, state: EconomyState) -> jax.Array:
+        """float32 ``[N, J]``: what one step of work in each niche would earn the agent now,
+        ``expected effort x (outputs - inputs) at the market's last prices`` (plus ``pay`` per
+        public unit while the treasury pays), in units of the catalogue's mean base price,
+        signed-log scaled (``sign(v) log(1 + |v|)``); the observation's last ``J`` columns
+        with ``observe_values``."""
+        p, n = self.params, state.goods.shape[0]
+        J = self.cfg.num_niches
+        net = (p.outputs[:J] - p.inputs[:J]).astype(jnp.float32)  # [J, G]
+        margin = state.price.astype(jnp.float32) @ net.T  # [M, J] money per unit of work
+        if self.cfg.treasury.pay:
+            paying = (state.treasury > 0).astype(jnp.float32)[:, None]  # [M, 1]
+            margin = margin + paying * self.cfg.treasury.pay * p.public[:J].astype(jnp.float32)[None, :]
+        v = expected_effort(self.cfg, state) * per_agent(margin, n) * (1.0 / self._price_unit)
+        return jnp.sign(v) * jnp.log1p(jnp.abs(v))
 
     # ---- internals ----------------------------------------------------------------------
     def _project_mult(self, project: jax.Array) -> jax.Array:
         pc = self.cfg.project
         s = project.astype(jnp.float32)
         return 1.0 + pc.gain * s / (s + pc.half)
+
+    def _treasury(self, treasury: jax.Array, clear_price: jax.Array, sell_fill: jax.Array, public: jax.Array):
+        """One step of the markets' treasuries, in exact integers.
+
+        ``treasury`` int32 ``[M]`` before the step; ``clear_price`` int32 ``[M, G]``;
+        ``sell_fill`` int32 ``[M, B, G]`` units each agent sold; ``public`` int32 ``[N]``
+        public units each agent produced. Returns ``(tax [N], procurement [N], treasury
+        [M])``, int32: ``money' = money + trade - tax + procurement`` and ``treasury' =
+        treasury + sum(tax) - sum(procurement)`` per market, so money plus treasuries is
+        conserved exactly (within each market, too).
+
+        * Tax: ``floor(float32(tax) * float32(proceeds))``, clipped to ``[0, proceeds]``,
+          where ``proceeds`` = sum over goods of clearing price x units sold.
+        * Procurement, after this step's taxes: a claim is ``pay`` x public units. When
+          the treasury covers the market's claims each is paid in full; otherwise each is
+          paid ``floor(claim * treasury / claims) = floor(units * treasury / total units)``
+          exactly, so the payments never sum to more than the treasury, which keeps the rest.
+
+        int32 bounds: money never leaves its market (trade, tax and procurement are all
+        within one market), so a treasury never exceeds its market's total money, which
+        the config keeps below 2^31 (``num_agents * world.cash[1]``); so do the sums of
+        taxes and payments. Proceeds are bounded like the trade sums (``market.max_price``
+        check). No product below forms a number larger than the treasury.
+        With ``tax == 0`` (``pay == 0``) the tax (procurement) is statically zero.
+        """
+        tc = self.cfg.treasury
+        m, b, _ = sell_fill.shape
+        tax = jnp.zeros((m, b), jnp.int32)
+        if tc.tax > 0:
+            proceeds = jnp.sum(clear_price[:, None, :] * sell_fill, -1)  # [M, B]
+            t = jnp.floor(jnp.float32(tc.tax) * proceeds.astype(jnp.float32))
+            t = jnp.minimum(t, jnp.float32(2**31 - 128)).astype(jnp.int32)  # largest float32 below 2^31
+            tax = jnp.clip(t, 0, proceeds)
+            treasury = treasury + jnp.sum(tax, -1)
+        paid = jnp.zeros((m, b), jnp.int32)
+        if tc.pay > 0:
+            units = public.reshape(m, b)
+            total = jnp.sum(units, -1)  # [M] public units produced in the market this step
+            covered = total <= treasury // tc.pay  # pay * total <= treasury, without the product
+            full = tc.pay * jnp.minimum(units, INT32_MAX // tc.pay)  # = pay * units wherever covered
+            # floor(units * T / total) = units * (T // total) + floor(units * (T % total) / total),
+            # each term at most T.
+            d = jnp.maximum(total, 1)
+            whole = treasury // d
+            rest = treasury - whole * d  # [M] in [0, total)
+            share = units * whole[:, None] + mul_div_floor(units, jnp.broadcast_to(rest[:, None], (m, b)),
+                                                           jnp.broadcast_to(d[:, None], (m, b)))
+            paid = jnp.where(covered[:, None], full, share)
+            treasury = treasury - jnp.sum(paid, -1)
+        return tax.reshape(m * b), paid.reshape(m * b), treasury
 
     def _check_shapes(self, actions: Actions) -> Actions:
         if not isinstance(actions, dict):
@@ -229,6 +297,11 @@ class Economy:
         money = state.money + jnp.sum(clear_price[:, None, :] * (c.sell_fill - c.buy_fill), -1).reshape(n)
         price = jnp.where(c.volume > 0, clear_price, state.price)
 
+        # 3b. Treasury: sales tax on each seller's proceeds, then procurement of this
+        # step's public units; the same integers leave one side and enter the other.
+        tax, procurement, treasury = self._treasury(state.treasury, clear_price, c.sell_fill, w.public)
+        money = money - tax + procurement
+
         # 4. Consumption and utility.
         u_eat, u_spoil = rng.uniform_pair(key_consume, (n, G))
         cons = consume(p, goods, state.preferences, u_eat, u_spoil)
@@ -246,6 +319,7 @@ class Economy:
             price=price,
             volume=c.volume,
             project=project,
+            treasury=treasury,
             step=state.step + 1,
         )
         working = a["niche"] < cfg.num_niches
@@ -277,6 +351,9 @@ class Economy:
             "niche_occupancy": w.occupancy,
             "project": project,
             "units": w.units,  # int32 [N] units of work each agent did (0 when resting)
+            "tax": tax,  # int32 [N] sales tax each agent paid into its market's treasury
+            "procurement": procurement,  # int32 [N] money each agent was paid for its public units
+            "treasury": treasury,  # int32 [M] each market's treasury after the step
         }
         truncated = jnp.broadcast_to(new.step >= cfg.episode_length, (n,))
         terminated = jnp.zeros((n,), bool)
@@ -328,8 +405,36 @@ def eval_keys(env: Economy, worlds: int) -> list[tuple[jax.Array, jax.Array]]:
     return [(env.world_key(k, evaluation=True), streams.derive(root, k)) for k in range(worlds)]
 
 
+def mul_div_floor(x: jax.Array, y: jax.Array, d: jax.Array) -> jax.Array:
+    """Exact ``floor(x * y / d)`` for int32 ``0 <= x <= d``, ``0 <= y < d``, ``1 <= d < 2^31``
+    (any equal shapes) although ``x * y`` may not fit in 32 bits: binary long division
+    over the 31 bits of ``x`` in uint32, keeping ``acc = q * d + r`` with ``r < d`` (so
+    ``2 r`` and ``r + y`` stay below ``2^32``). The result is at most ``x``."""
+    x, y, d = (v.astype(jnp.uint32) for v in (x, y, d))
+
+    def body(k, carry):
+        q, r = carry
+        q, r = q * 2, r * 2  # acc = 2 acc
+        over = r >= d
+        q, r = q + over.astype(jnp.uint32), jnp.where(over, r - d, r)
+        r = r + ((x >> (30 - k).astype(jnp.uint32)) & 1) * y  # acc += bit * y
+        over = r >= d
+        return q + over.astype(jnp.uint32), jnp.where(over, r - d, r)
+
+    zero = jnp.zeros_like(x)
+    q, _ = jax.lax.fori_loop(0, 31, body, (zero, zero), unroll=True)
+    return q.astype(jnp.int32)
+
+
 def ledger(state: EconomyState) -> dict[str, Any]:
-    """Economy-wide totals, exact (summed on the host in int64): ``{"money": int, "goods": int[G]}``."""
+    """Economy-wide totals, exact (summed on the host in int64): ``{"money": int, "goods":
+    int[G], "treasury": int}``. ``money`` counts the agents' money and the markets'
+    treasuries (``treasury``, also given alone): together they are conserved exactly."""
     goods = np.asarray(state.goods, dtype=np.int64)
     money = np.asarray(state.money, dtype=np.int64)
-    return {"money": int(money.sum()), "goods": goods.reshape(-1, goods.shape[-1]).sum(0)}
+    treasury = np.asarray(state.treasury, dtype=np.int64)
+    return {
+        "money": int(money.sum() + treasury.sum()),
+        "goods": goods.reshape(-1, goods.shape[-1]).sum(0),
+        "treasury": int(treasury.sum()),
+    }

@@ -42,5 +42,6 @@ def generate(key: jax.Array, cfg: EconomyConfig, p: EconomyParams) -> EconomySta
         price=price,
         volume=jnp.zeros((M, G), jnp.int32),
         project=jnp.zeros((M,), jnp.int32),
+        treasury=jnp.zeros((M,), jnp.int32),
         step=jnp.zeros((), jnp.int32),
     )

@@ -106,3 +106,22 @@ def work(
         public=units * jnp.take(p.public, niche),
         occupancy=occupancy,
     )
+
+
+def per_agent(x: jax.Array, n: int) -> jax.Array:
+    """Market array ``[M, ...]`` -> agent array ``[N, ...]`` (agent i in market i // (N // M))."""
+    m = x.shape[0]
+    return jnp.broadcast_to(x[:, None], (m, n // m) + x.shape[1:]).reshape((n,) + x.shape[1:])
+
+
+def expected_effort(cfg, state) -> jax.Array:
+    """float32 ``[N, J]``: units of work one step in each niche would give each agent by the
+    default rule, ``labour_j x (floor + (1 - floor) skill_ij) x richness_mj x project_m``
+    (before the inputs and holding caps; a niche's own rule may differ)."""
+    n = state.goods.shape[0]
+    pc = cfg.project
+    stock = state.project.astype(jnp.float32)
+    project_mult = per_agent(1.0 + pc.gain * stock / (stock + pc.half), n)  # [N]
+    skill_mult = cfg.skill_floor + (1.0 - cfg.skill_floor) * state.skills
+    return state.labour * skill_mult * per_agent(state.richness, n) * project_mult[:, None]
+

@@ -15,7 +15,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from economy.state import EconomyState
 
 AGENT_FIELDS = ("goods", "money", "skills", "history", "preferences")
-MARKET_FIELDS = ("richness", "price", "volume", "project")
+MARKET_FIELDS = ("richness", "price", "volume", "project", "treasury")
 
 
 def agent_mesh(devices=None, axis: str = "agents") -> Mesh:

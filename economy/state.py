@@ -26,6 +26,7 @@ class EconomyState:
     price: jax.Array  # int32 [M, G] last clearing price
     volume: jax.Array  # int32 [M, G] last traded volume
     project: jax.Array  # int32 [M] public-project stock
+    treasury: jax.Array  # int32 [M] public money of each market (taxes in, procurement out)
     step: jax.Array  # int32 [] steps since reset
 
 

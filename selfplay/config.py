@@ -237,7 +237,7 @@ class NetworkConfig(_Frozen):
 class TrainConfig(_Frozen):
     """``agora train``: population self-play with PPO, RL variants, PBT and a league."""
 
-    members: int = Field(4, ge=1)  # P: learning members; agent i is played by member i % (P + league.size)
+    members: int = Field(4, ge=1)  # P: learning members; players 0..P-1 of the P + league.size players (see layout)
     updates: int = Field(100, ge=1)  # PPO updates in the run
     rollout_steps: int = Field(32, ge=1)  # T: environment steps per update
     epochs: int = Field(2, ge=1)
@@ -254,6 +254,16 @@ class TrainConfig(_Frozen):
     # categoricals). The same loss and gradients up to float rounding (tests/test_fast_ppo.py).
     loss_path: Literal["fused", "traced"] = "fused"
     seed: int = Field(0, ge=0)  # seeds members, hyperparameters, worlds and actions
+    # Who plays which agent (PL = members + league.size players, B = agents per market):
+    # agent i is played by player (i // C) % PL, in runs of C contiguous agents.
+    # "mixed": C = 1, every player in every market (PL must divide B); the members' markets
+    #   are all alike, so the market_welfare fitness ties.
+    # "villages": C = B / village_players, so market m hosts exactly village_players players,
+    #   (m * k + j) % PL for j < k, and each player sits in M * k / PL markets (B divisible
+    #   by k, M * k by PL); market_welfare then ranks members by the welfare of their own
+    #   markets (group selection).
+    layout: Literal["mixed", "villages"] = "mixed"
+    village_players: int = Field(2, ge=1)  # k: players per market under layout=villages (ignored under mixed)
     imitation: ImitationConfig = ImitationConfig()
     fault: FaultConfig = FaultConfig()
     network: NetworkConfig = NetworkConfig()
@@ -274,6 +284,11 @@ class TrainConfig(_Frozen):
     @property
     def players(self) -> int:
         return self.members + self.league.size
+
+    def run_length(self, agents_per_market: int) -> int:
+        """C: agents in one contiguous run of a player (agent i is played by player
+        ``(i // C) % players``): 1 under ``mixed``, ``B / village_players`` under ``villages``."""
+        return 1 if self.layout == "mixed" else agents_per_market // self.village_players
 
 
 class RunConfig(_Frozen):
@@ -305,11 +320,27 @@ class RunConfig(_Frozen):
                 f"train.imitation.updates={t.imitation.updates} must be below train.updates={t.updates} "
                 "(imitation is a warm start, not the run)"
             )
-        per_market = self.economy.agents_per_market
+        per_market, m = self.economy.agents_per_market, self.economy.num_markets
+        players = f"the {t.players} players (train.members={t.members} + train.league.size={t.league.size})"
+        if t.layout == "villages":
+            k = t.village_players
+            if k > t.players:
+                raise ValueError(f"train.village_players={k} (train.layout=villages) must be at most {players}")
+            if per_market % k:
+                raise ValueError(
+                    f"train.village_players={k} (train.layout=villages) must divide the agents per market "
+                    f"(economy.num_agents / economy.num_markets = {per_market}): each market is split into "
+                    f"{k} contiguous runs of agents, one per player"
+                )
+            if (m * k) % t.players:
+                raise ValueError(
+                    f"train.layout=villages: economy.num_markets={m} * train.village_players={k} = {m * k} market "
+                    f"seats must be divisible by {players}, so that every player sits in the same number of markets"
+                )
         if n % t.players:
             raise ValueError(
                 f"train.members={t.members} + train.league.size={t.league.size} = {t.players} players must divide "
-                f"economy.num_agents={n} (agent i is played by player i % players)"
+                f"economy.num_agents={n} (agent i is played by player (i // C) % players, see train.layout)"
             )
         try:  # each minibatch takes a part of the steps (samples) of a group of the agents (streams)
             minibatch_split(t.minibatches, n // t.players, t.rollout_steps)
@@ -318,11 +349,11 @@ class RunConfig(_Frozen):
                 f"train.minibatches={t.minibatches} with train.rollout_steps={t.rollout_steps} and "
                 f"{n // t.players} agents per player: {e}"
             ) from None
-        if per_market % t.players:
+        if t.layout == "mixed" and per_market % t.players:
             raise ValueError(
                 f"train.members={t.members} + train.league.size={t.league.size} = {t.players} players must divide the "
                 f"agents per market (economy.num_agents / economy.num_markets = {per_market}) so every member trades "
-                "in every market"
+                "in every market under train.layout=mixed (train.layout=villages puts a few players in each market)"
             )
         return self
 

@@ -239,8 +239,8 @@ def _diversity(trainer, ts, probe: np.ndarray) -> dict:
 def evaluate_population(cfg: RunConfig, trainer, ts, settings: EvalSettings) -> dict:
     """The trained population's metrics on the evaluation worlds."""
     env = trainer.env
-    n, PL, P = env.cfg.num_agents, trainer.num_players, trainer.num_members
-    groups = np.arange(n) % PL
+    PL, P = trainer.num_players, trainer.num_members
+    groups = trainer.player_of  # [N] the training layout's player of each agent (train.layout)
     per_world, probe = play(env, trainer.policy(ts, greedy=settings.greedy), groups, PL, settings, P, probe=True)
     out = mean_metrics(per_world)
     founders = np.asarray(jax.device_get(ts.pbt.founder))
@@ -256,7 +256,7 @@ def population_utility(trainer, settings: EvalSettings) -> Callable:
     measuring a run as it trains (benchmarks/time_to_quality.py)."""
     env = trainer.env
     PL = trainer.num_players
-    groups = np.arange(env.cfg.num_agents) % PL
+    groups = trainer.player_of  # [N] the training layout's player of each agent (train.layout)
     metrics = _step_sums(groups, PL, env.cfg.num_niches, env.cfg.collaboration_scale)
 
     @jax.jit
@@ -341,6 +341,23 @@ def _economy_diff(a: RunConfig, b: RunConfig) -> list[str]:
     return _diff(a.economy.model_dump(mode="json"), b.economy.model_dump(mode="json"), "economy.")
 
 
+def crossplay_run(trainer, name) -> int:
+    """The run length with which a population plays its half of the agent slots in
+    cross-play (its rows are every other agent): 1 under ``train.layout=mixed`` (the rows
+    round robin over its players, each player in every market), ``C / 2`` under
+    ``villages`` (its players in the markets they trained in: row ``r``, agent ``2 r`` or
+    ``2 r + 1``, goes to player ``(r // (C / 2)) % PL = (agent // C) % PL``). Raises
+    :class:`ConfigError` when a villages run ``C`` is odd (the halves would split runs)."""
+    if trainer.run == 1:
+        return 1
+    if trainer.run % 2:
+        raise ConfigError(
+            f"cross-play: {name} trained with train.layout=villages in runs of {trainer.run} agents "
+            f"(agents per market / train.village_players), odd, so its runs do not split between the two sides"
+        )
+    return trainer.run // 2
+
+
 def crossplay(run_a: str | Path, against: str, settings: EvalSettings = EvalSettings()) -> dict:
     """Population A in the even agent slots, B (a run directory, or ``scripted``) in the
     odd ones, on the evaluation worlds: each side's utility, niche shares and share of
@@ -349,7 +366,7 @@ def crossplay(run_a: str | Path, against: str, settings: EvalSettings = EvalSett
     cfg_a, trainer_a, ts_a = load_run(run_a)
     env = trainer_a.env
     s = settings.resolved(cfg_a)
-    act_a = trainer_a.act_on(ts_a, greedy=s.greedy)
+    act_a = trainer_a.act_on(ts_a, greedy=s.greedy, run=crossplay_run(trainer_a, run_a))
     n = env.cfg.num_agents
     if against == "scripted":
         scripted = functools.partial(scripted_actions, env)
@@ -359,16 +376,17 @@ def crossplay(run_a: str | Path, against: str, settings: EvalSettings = EvalSett
         diff = _economy_diff(cfg_a, cfg_b)
         if diff:
             raise ConfigError(f"cross-play needs one economy: {run_a} and {against} differ in {', '.join(diff)}")
-        act_b = trainer_b.act_on(ts_b, greedy=s.greedy)
-        if (n // 2) % trainer_b.num_players:
+        run_b = crossplay_run(trainer_b, against)
+        act_b = trainer_b.act_on(ts_b, greedy=s.greedy, run=run_b)
+        if (n // 2) % (trainer_b.num_players * run_b):
             raise ConfigError(f"cross-play: {against}'s {trainer_b.num_players} players must divide {n // 2} agents")
-    if (n // 2) % trainer_a.num_players:
+    if (n // 2) % (trainer_a.num_players * crossplay_run(trainer_a, run_a)):
         raise ConfigError(f"cross-play: {run_a}'s {trainer_a.num_players} players must divide {n // 2} agents")
     side = np.arange(n) % 2
 
     def policy(key, state):
         # Each side's agents (every other slot, so both meet in every market) are spread over
-        # all of that population's players, as in its own training.
+        # that population's players as in its own training (crossplay_run).
         ka, kb = derive(key, "a"), derive(key, "b")
         obs = env.observe(state)
         a = act_a(ka, obs[0::2])
@@ -422,7 +440,8 @@ def format_eval_table(result: dict, niche_names: list[str] | None = None) -> str
 
 
 __all__ = [
-    "EvalSettings", "METRICS", "MEMBER_METRICS", "NotARunError", "crossplay", "economy_frontier", "eval_keys",
+    "EvalSettings", "METRICS", "MEMBER_METRICS", "NotARunError", "crossplay", "crossplay_run", "economy_frontier",
+    "eval_keys",
     "evaluate_baseline", "with_distance",
     "evaluate_population", "evaluate_run", "format_eval_table", "load_run", "mean_metrics", "play", "world_metrics",
 ]

@@ -9,10 +9,12 @@ the trainer keeps a moving average (``fitness = (1 - a) * fitness + a * now``, w
 * ``niche_shared``: that utility divided by the number of members (itself included)
   whose most worked niche is the member's own (fitness sharing);
 * ``market_welfare``: the mean utility of ALL agents of the markets the member plays in,
-  each market weighted by the member's share of agents there, so a member whose agents
-  pay into the public project is not selected against when its markets gain. (With every
-  member in every market in equal numbers, as the default layout has it, all members tie;
-  PBT then copies nobody, see :func:`pbt_sources`.)
+  each market weighted by the member's share of agents there (:func:`layout_presence`), so
+  a member whose agents pay into the public project is not selected against when its
+  markets gain. (With every member in every market in equal numbers, as the ``mixed``
+  layout has it, all members tie; PBT then copies nobody, see :func:`pbt_sources`. Under
+  ``train.layout=villages`` members share markets with few others, and the fitness ranks
+  the groups that share markets.)
 
 :func:`exploit_explore` copies parameters and optimiser state of the sources (always),
 their hyperparameters and reward weights as ``inherit`` lists, then perturbs the copies'
@@ -25,8 +27,21 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from selfplay import variants
+
+
+def layout_presence(player_of: np.ndarray, num_markets: int, num_members: int) -> np.ndarray:
+    """float32 ``[P, M]``: the share of member ``p``'s agents in market ``m`` (rows sum to
+    1), from the player of each agent ``player_of`` int ``[N]`` (markets are contiguous
+    blocks of ``N / M`` agents; players ``0..P-1`` are the members). The ``presence`` of
+    :class:`FitnessInputs`; host-side, once per trainer."""
+    player_of = np.asarray(player_of)
+    n = player_of.shape[0]
+    counts = np.zeros((int(player_of.max()) + 1, num_markets))
+    np.add.at(counts, (player_of, np.arange(n) // (n // num_markets)), 1.0)
+    return (counts / counts.sum(-1, keepdims=True))[:num_members].astype(np.float32)
 
 
 class FitnessInputs(NamedTuple):
@@ -198,5 +213,5 @@ def refresh_league(league: LeagueState, params: Any, fitness: jax.Array, update:
 
 __all__ = [
     "FITNESS", "FitnessInputs", "LeagueState", "PBTState", "exploit_explore", "init_league", "init_pbt",
-    "pbt_sources", "refresh_league", "register_fitness", "update_fitness",
+    "layout_presence", "pbt_sources", "refresh_league", "register_fitness", "update_fitness",
 ]

@@ -185,10 +185,26 @@ register_component(
     doc="per agent: value added by this step's work at the market's last prices (outputs minus inputs), in units "
         "of the catalogue's mean base price; the scripted agents' niche criterion, paid before any trade",
 )
+
+
+def market_mean_utility(s: StepData) -> jax.Array:
+    """Social value orientation: every agent is paid the mean utility of this step over all
+    agents of its market (``info["utility"]`` float32 ``[N]`` viewed as ``[M, N/M]``, the
+    mean over each market broadcast back to its agents, float32 ``[N]``; ``M`` from
+    ``state.price [M, G]``). A member weighting it cares for its neighbours, whoever plays
+    them; under ``train.layout=villages`` they are mostly its own and one other's agents."""
+    u = jnp.asarray(s.info["utility"], jnp.float32)
+    m = s.state.price.shape[0]
+    per_market = jnp.mean(u.reshape(m, -1), -1, keepdims=True)  # [M, 1]
+    return jnp.broadcast_to(per_market, (m, u.shape[0] // m)).reshape(u.shape)
+
+
+register_component("social", market_mean_utility, doc=market_mean_utility.__doc__)
 register_component("specialisation", niche_pmi, level="member", doc=niche_pmi.__doc__)
 
 
 __all__ = [
     "REWARD_COMPONENTS", "RewardComponent", "RolloutData", "StepData", "agent_components", "component_names",
-    "member_components", "niche_pmi", "niche_pmi_table", "register_component", "unregister_component", "weighted_reward",
+    "market_mean_utility", "member_components", "niche_pmi", "niche_pmi_table", "register_component",
+    "unregister_component", "weighted_reward",
 ]

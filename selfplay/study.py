@@ -229,23 +229,37 @@ def run_study(study: Study, shard: tuple[int, int] | None = None, progress: bool
 
 
 def baselines(study: Study) -> dict:
-    """The scripted and random baselines on the study's evaluation worlds (cached in
-    ``STUDY_DIR/baselines.json`` with the settings they were measured with)."""
+    """The scripted and random baselines on the study's evaluation worlds, in the economy of
+    the first run, and the scripted baseline in the economy of every condition whose
+    economy differs (e.g. funding), named ``scripted (CONDITION)``; each measured against
+    the frontier of its economy. Cached in ``STUDY_DIR/baselines.json`` with the settings
+    and economies they were measured in."""
     from economy import Economy
     from selfplay.evaluate import evaluate_baseline
 
     path = study.study_dir / "baselines.json"
     s = study.settings
     want = {"worlds": s.worlds, "steps": s.steps, "burn_in": s.burn_in}
-    economy = study.runs[0].cfg.economy.model_dump(mode="json")
+    first = study.runs[0]
+    plays = [(name, first, name) for name in ("scripted", "random")]
+    seen = {json.dumps(first.cfg.economy.model_dump(mode="json"), sort_keys=True)}
+    for c in study.cfg.conditions:
+        run = next(r for r in study.runs if r.condition == c.name)
+        eco = json.dumps(run.cfg.economy.model_dump(mode="json"), sort_keys=True)
+        if eco not in seen:
+            seen.add(eco)
+            plays.append((f"scripted ({c.name})", run, "scripted"))
+    economies = {label: run.cfg.economy.model_dump(mode="json") for label, run, _ in plays}
     if path.is_file():
         cached = json.loads(path.read_text())
-        if cached.get("settings") == want and cached.get("economy") == economy:
+        if cached.get("settings") == want and cached.get("economies") == economies:
             return cached["policies"]
-    env = Economy(study.runs[0].cfg.economy)
-    policies = {name: evaluate_baseline(env, name, s) for name in ("scripted", "random")}
+    policies = {}
+    for label, run, name in plays:
+        metrics = evaluate_baseline(Economy(run.cfg.economy), name, s)
+        policies[label] = with_distance(metrics, frontier_of(study, run))
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps({"settings": want, "economy": economy, "policies": policies}, indent=1))
+    write_atomic(path, json.dumps({"settings": want, "economies": economies, "policies": policies}, indent=1))
     return policies
 
 
@@ -318,7 +332,7 @@ def aggregate(study: Study) -> dict:
         "ci_method": CI_METHOD,
         "eval": {"worlds": s.worlds, "steps": s.steps, "burn_in": s.burn_in, "greedy": s.greedy},
         "conditions": conditions,
-        "baselines": {k: with_distance(v, frontier_of(study, study.runs[0])) for k, v in baselines(study).items()},
+        "baselines": baselines(study),
         "frontier": _frontier_rows(frontier_of(study, study.runs[0])),
         "missing": missing,
     }

@@ -7,10 +7,12 @@ league bookkeeping. :func:`make_train` returns a pure ``train(key)`` (init and a
 updates), so seeds (or whole populations) vmap.
 
 Players. ``P`` learning members and ``K`` frozen league snapshots share the ``N``
-agents: agent ``i`` is played by player ``i % (P + K)``; players ``0..P-1`` are the
-members. The agent axis is regrouped per player by a reshape (:func:`to_members`), and
-the forward pass is vmapped over stacked parameters, so no parameters are gathered per
-agent. Every market holds agents of every player (the config checks divisibility).
+agents: agent ``i`` is played by player ``(i // C) % (P + K)``; players ``0..P-1`` are the
+members. ``C`` (:attr:`Trainer.run`) is 1 under ``train.layout=mixed`` (every market
+holds agents of every player) and ``B / train.village_players`` under ``villages`` (each
+market of ``B`` agents holds a few players, each player a few markets). The agent axis
+is regrouped per player by a reshape (:func:`to_members`), and the forward pass is
+vmapped over stacked parameters, so no parameters are gathered per agent.
 
 Rewards. Reward components are a registry (:mod:`selfplay.rewards`); member ``p`` is
 trained on ``sum_c reward_weights[c][p] * component_c``. Hyperparameters are declared once
@@ -41,7 +43,8 @@ from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec
 
 from agents.networks import (
-    ActorCritic, FusedPolicy, act_parts, from_members, init_population, joint_apply, population_apply, sample_actions, to_members,
+    ActorCritic, FusedPolicy, act_parts, agent_players, from_members, init_population, joint_apply, population_apply,
+    sample_actions, to_members,
 )
 from agents.scripted import scripted_actions
 from analysis.niches import specialisation_index
@@ -162,13 +165,13 @@ class Trainer:
             optax.inject_hyperparams(optax.adam)(learning_rate=1e-3, eps=1e-5),
         )
         self._check_optimizer_variants()
-        # Share of each member's agents in each market (static layout): agent i is played by
-        # player i % players and trades in market i // (N / M).
+        # The static layout (train.layout): agent i is played by player (i // C) % players and
+        # trades in market i // (N / M). ``player_of`` int64 [N]; ``presence`` float32 [P, M],
+        # the share of each member's agents in each market (rows sum to 1).
         n, m = cfg.economy.num_agents, cfg.economy.num_markets
-        agent = np.arange(n)
-        counts = np.zeros((self.num_players, m))
-        np.add.at(counts, (agent % self.num_players, agent // (n // m)), 1.0)
-        self.presence = (counts / counts.sum(-1, keepdims=True))[: self.num_members].astype(np.float32)
+        self.run = t.run_length(n // m)
+        self.player_of = agent_players(n, self.num_players, self.run)
+        self.presence = pop.layout_presence(self.player_of, m, self.num_members)
         # Devices: agents (and markets) split by whole markets over the mesh, everything else
         # replicated; the update keeps that layout (so it never gathers the agent state).
         self.state_sharding = self._state_sharding(jax.eval_shape(self.init_state, jax.random.key(0)))
@@ -283,11 +286,11 @@ class Trainer:
     def _member_value(self, ts: TrainState, obs: jax.Array) -> jax.Array:
         """Members' values ``[P, n]`` (reward units) of agent-major observations ``[N, D]``."""
         mu, sd = self._value_scale(ts)
-        _, v = population_apply(self.net, ts.params, to_members(obs, self.num_players)[: self.num_members])
+        _, v = population_apply(self.net, ts.params, to_members(obs, self.num_players, self.run)[: self.num_members])
         return v * sd + mu
 
     def _rollout(self, ts: TrainState, key: jax.Array, imitate: bool = False):
-        env, P, PL = self.env, self.num_members, self.num_players
+        env, P, PL, C = self.env, self.num_members, self.num_players, self.run
         J, M = env.cfg.num_niches, env.cfg.num_markets
         params_all = self._players_params(ts)
         mu, sd = self._value_scale(ts)
@@ -295,20 +298,20 @@ class Trainer:
         def body(carry, t):
             env_state, obs, episode = carry
             k_act, k_env = step_keys(key, t)
-            obs_m = to_members(obs, PL)  # [PL, n, D]
+            obs_m = to_members(obs, PL, C)  # [PL, n, D]
             # The torso by XLA; the output layer and the draws in one native pass where it runs.
             if imitate:  # the scripted teacher plays every agent; the critic still values it
                 actions = scripted_actions(env, k_act, env_state, self.cfg.train.imitation.scripted)
-                act_m = to_members(actions, PL)
+                act_m = to_members(actions, PL, C)
                 _, value = population_apply(self.net, params_all, obs_m)
                 log_prob = jnp.zeros_like(value)  # no behaviour ratio in the imitation loss
             else:
                 parts = population_apply(self.net, params_all, obs_m, parts=True)
                 act_m, log_prob, value = act_parts(k_act, *parts, env.action_spec, mesh=self.mesh)
-                actions = from_members(act_m)
+                actions = from_members(act_m, C)
             next_obs, next_state, _, term, trunc, info = env.step(k_env, env_state, actions)
             comps = rw.agent_components(self.components, rw.StepData(info, next_state, env_state, actions))
-            comps_m = {c: to_members(x, PL)[:P] for c, x in comps.items()}  # [P, n] each
+            comps_m = {c: to_members(x, PL, C)[:P] for c, x in comps.items()}  # [P, n] each
             terminated = jnp.any(term)
             done = terminated | jnp.any(trunc)
 
@@ -327,7 +330,7 @@ class Trainer:
                 log_prob=log_prob[:P],
                 value=value[:P] * sd + mu,
                 components=comps_m,
-                units=to_members(info["units"], PL)[:P],
+                units=to_members(info["units"], PL, C)[:P],
                 done=jnp.broadcast_to(done, (P, obs_m.shape[1])),
                 bootstrap=bootstrap,
             )
@@ -554,20 +557,23 @@ class Trainer:
         act = self.act_on(ts, greedy)
         return lambda key, state: act(key, self.env.observe(state))
 
-    def act_on(self, ts: TrainState, greedy: bool = False):
-        """``(key, obs [n, D]) -> actions [n, ...]``: row ``i`` played by player ``i % (P + K)``
-        (``n`` a multiple of the players; cross-play gives each population its own rows)."""
+    def act_on(self, ts: TrainState, greedy: bool = False, run: int | None = None):
+        """``(key, obs [n, D]) -> actions [n, ...]``: row ``i`` played by player
+        ``(i // run) % (P + K)``; ``run`` defaults to the training layout's :attr:`run`
+        (``n`` a multiple of the players times ``run``; cross-play gives each population its
+        own rows and its own run, see :func:`selfplay.evaluate.crossplay`)."""
         params_all = self._players_params(ts)
-        return lambda key, obs: self.act_with(params_all, key, obs, greedy)
+        return lambda key, obs: self.act_with(params_all, key, obs, greedy, run)
 
-    def act_with(self, params_all, key: jax.Array, obs: jax.Array, greedy: bool = False):
+    def act_with(self, params_all, key: jax.Array, obs: jax.Array, greedy: bool = False, run: int | None = None):
         """:meth:`act_on` with the players' parameters (``[P + K, ...]``) as an argument."""
-        logits, _ = population_apply(self.net, params_all, to_members(obs, self.num_players))
+        run = self.run if run is None else run
+        logits, _ = population_apply(self.net, params_all, to_members(obs, self.num_players, run))
         if greedy:
             a = {k: jnp.argmax(v, -1).astype(jnp.int32) for k, v in logits.items()}
         else:
             a, _ = sample_actions(key, logits)
-        return from_members(a)
+        return from_members(a, run)
 
     # ---- whole run -------------------------------------------------------------------------
     def _scan_updates(self, ts: TrainState, num_updates: int):

@@ -20,7 +20,7 @@ from conftest import CONFIGS
 from economy import ConfigError
 from selfplay.config import RunConfig, load_run_config
 
-DEFAULT = CONFIGS / "economy" / "default.yaml"
+DEFAULT = CONFIGS / "economy" / "classic.yaml"
 PRESETS = ["tiny.yaml", "demo.yaml", "large.yaml", "examples/weaver.yaml"]
 
 
@@ -402,12 +402,17 @@ def test_preset_sizes():
     assert (large.num_agents, large.num_markets, large.agents_per_market) == (2**20, 1024, 1024)
 
 
-def test_presets_keep_the_default_catalogue(default_cfg):
-    for preset in ("tiny.yaml", "demo.yaml", "large.yaml"):
+def test_presets_keep_their_catalogue(default_cfg):
+    """The test presets and the classic demo play the classic catalogue; the demo, the large
+    preset and the welfare study's tiny preset the default one (classic + shelter + tools as capital)."""
+    new = economy.load_config(CONFIGS / "economy" / "default.yaml")
+    assert new.good_names == (*default_cfg.good_names, "shelter") and new.niche_names == default_cfg.niche_names
+    for preset, want in (("tiny.yaml", default_cfg), ("demo_classic.yaml", default_cfg), ("demo.yaml", new),
+                         ("large.yaml", new), ("tiny_welfare.yaml", new)):
         cfg = economy.load_config(CONFIGS / preset)
-        assert cfg.goods == default_cfg.goods
-        assert cfg.niches == default_cfg.niches
-        assert cfg.resources == default_cfg.resources
+        assert cfg.goods == want.goods, preset
+        assert cfg.niches == want.niches, preset
+        assert cfg.resources == want.resources and cfg.project == want.project, preset
 
 
 def test_bare_economy_file_as_run_config(default_cfg):
@@ -554,7 +559,7 @@ def test_recipe_dicts_are_frozen():
 
 
 def test_remove_unknown_entry_names_it(tmp_path):
-    path = write(tmp_path, "eco.yaml", "base: %s\nniches:\n  - {name: alchemist, remove: true}\n" % (CONFIGS / "economy/default.yaml"))
+    path = write(tmp_path, "eco.yaml", "base: %s\nniches:\n  - {name: alchemist, remove: true}\n" % (CONFIGS / "economy/classic.yaml"))
     with pytest.raises(ConfigError, match=r"remove.*'alchemist'"):
         economy.load_config(path)
 

@@ -36,7 +36,7 @@ VALUE_RTOL, GRAD_RTOL = 1e-5, 1e-4
 
 @pytest.fixture(scope="module")
 def env():
-    return Economy(load_run_config(ROOT / "configs/economy/default.yaml", []).economy)
+    return Economy(load_run_config(ROOT / "configs/economy/classic.yaml", []).economy)
 
 
 def traced_terms(h, kernel, bias, actions, sizes):

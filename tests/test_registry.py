@@ -24,7 +24,7 @@ import economy
 from conftest import CONFIGS, ROOT
 from economy import production, rng
 
-DEFAULT_CFG = economy.load_config(CONFIGS / "economy" / "default.yaml")
+DEFAULT_CFG = economy.load_config(CONFIGS / "economy" / "classic.yaml")
 NICHES = DEFAULT_CFG.niche_names
 RULES = sorted(economy.PRODUCTION_RULES)  # at collection: the built-in rules
 # Parameters each known rule needs (a rule registered elsewhere gets none).
@@ -144,7 +144,8 @@ def test_tiny_preset_runs_with_exact_ledger(tiny_cfg, tiny_fns):
 def test_presets_load_with_sizes(preset, agents, markets):
     cfg = economy.load_config(CONFIGS / preset)
     assert (cfg.num_agents, cfg.num_markets, cfg.agents_per_market) == (agents, markets, agents // markets)
-    assert cfg.niche_names == NICHES and cfg.good_names == DEFAULT_CFG.good_names
+    assert cfg.niche_names == NICHES  # every preset keeps the classic niches (the default catalogue adds a good)
+    assert cfg.good_names[: len(DEFAULT_CFG.good_names)] == DEFAULT_CFG.good_names
 
 
 # --------------------------------------------------------------------------------------

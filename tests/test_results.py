@@ -91,14 +91,15 @@ def test_readme_quotes_the_committed_niches_table():
 
 
 def test_niches_study_is_measured_against_its_economys_frontier():
-    """The frontier beside the niches study is the committed ``results/frontier/demo.json``,
+    """The frontier beside the niches study is the committed ``results/frontier/classic_demo.json``,
     computed for the study's economy and evaluation (its cache key says so) with agora
     frontier's default budget; every seed's efficiency is its utility over it."""
     from analysis.frontier import FrontierSettings, config_hash
     from selfplay.config import load_run_config
 
-    r, fr = _load(NICHES / "results.json"), _load(ROOT / "results" / "frontier" / "demo.json")
-    cfg = load_run_config((ROOT / "configs" / "studies" / r["base"]).resolve())
+    r, fr = _load(NICHES / "results.json"), _load(ROOT / "results" / "frontier" / "classic_demo.json")
+    study = yaml.safe_load((ROOT / "configs" / "studies" / "niches.yaml").read_text())
+    cfg = load_run_config(ROOT / "configs" / "studies" / study["config"])
     ev = r["eval"]
     assert fr["key"] == config_hash(cfg.economy, worlds=ev["worlds"], steps=ev["steps"], burn_in=ev["burn_in"], only=None,
                                     settings=FrontierSettings().model_dump())
@@ -108,6 +109,22 @@ def test_niches_study_is_measured_against_its_economys_frontier():
         for s in c["seeds"].values():
             assert s["efficiency"] == s["utility"] / mu and s["efficiency_first_best"] == s["utility"] / fb
     assert r["baselines"]["scripted"]["utility"] < mu - fr["market"]["stderr"] and mu < fb
+
+
+def test_default_catalogue_frontier_record_is_of_the_demo_economy():
+    """``results/frontier/default_demo.json`` (the README's numbers for the default
+    catalogue) was computed for today's demo economy and agora eval's settings: a changed
+    catalogue makes this fail until the record is computed again."""
+    from analysis.frontier import FrontierSettings, config_hash
+    from selfplay.config import load_run_config
+
+    fr = _load(ROOT / "results" / "frontier" / "default_demo.json")
+    cfg = load_run_config(ROOT / "configs" / "demo.yaml")
+    assert fr["key"] == config_hash(cfg.economy, worlds=8, steps=100, burn_in=25, only=None,
+                                    settings=FrontierSettings().model_dump())
+    mf, fb = fr["market"], fr["first_best"]
+    assert sum(mf["shares"]) == pytest.approx(1.0) and mf["utility"] + mf["stderr"] < fb["utility"]
+    assert min(mf["shares"]) > 0.03 and min(fb["shares"]) > 0.04  # the chain's niches are all worked
 
 
 def test_summary_table_rejects_unknown_columns():

@@ -371,7 +371,7 @@ def test_train_run_writes_run_directory(cfg, tmp_path):
     # Every metrics line carries the reward weights by component, P floats each.
     for x in lines:
         w = json.loads(x)["reward_weights"]
-        assert set(w) == {"utility", "persistence", "collaboration", "income", "specialisation"}
+        assert set(w) == {"utility", "persistence", "collaboration", "income", "social", "specialisation"}
         assert all(len(v) == 4 for v in w.values())
     scalars, texts, histograms, images = read_events(run_dir / "tb")
     for tag in ("population/utility_mean", "member/0/reward", "member/3/learning_rate", "member/2/entropy",
@@ -479,7 +479,7 @@ def test_reward_weights_stay_with_their_slot_through_pbt(trainer):
     assert copies >= 1
     for m in metrics:
         np.testing.assert_array_equal(m["reward_weights"]["specialisation"], own)
-        assert set(m["reward_weights"]) == {"utility", "persistence", "collaboration", "income", "specialisation"}
+        assert set(m["reward_weights"]) == {"utility", "persistence", "collaboration", "income", "social", "specialisation"}
     np.testing.assert_array_equal(jax.device_get(ts.reward_weights["specialisation"]), own)
 
 
@@ -680,7 +680,7 @@ def test_readme_extension_examples():
             "train.pbt.interval=2", "train.pbt.fraction=0.5",
         ])
         tr = Trainer(c)
-        assert tr.components == ("utility", "persistence", "collaboration", "income", "thrift", "specialisation")
+        assert tr.components == ("utility", "persistence", "collaboration", "income", "social", "thrift", "specialisation")
         ts, metrics = run_updates(tr, tr.init(jax.random.key(1)), 4)
         for m in metrics:
             w = m["reward_weights"]
