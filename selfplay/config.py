@@ -230,8 +230,15 @@ class FaultConfig(_Frozen):
 
 
 class NetworkConfig(_Frozen):
-    hidden: tuple[int, ...] = (128, 128)
+    hidden: tuple[int, ...] = (128, 128)  # widths of the torso's layers (each at least 1; () for none)
     activation: Literal["tanh", "relu"] = "tanh"
+
+    @field_validator("hidden")
+    @classmethod
+    def _widths(cls, v):
+        if any(w < 1 for w in v):
+            raise ValueError(f"hidden={list(v)}: every layer needs a width of at least 1")
+        return v
 
 
 class TrainConfig(_Frozen):

@@ -296,7 +296,7 @@ class Trainer:
         mu, sd = self._value_scale(ts)
 
         def body(carry, t):
-            env_state, obs, episode = carry
+            env_state, obs, episode, _ = carry
             k_act, k_env = step_keys(key, t)
             obs_m = to_members(obs, PL, C)  # [PL, n, D]
             # The torso by XLA; the output layer and the draws in one native pass where it runs.
@@ -344,12 +344,19 @@ class Trainer:
                 "market_utility": jnp.mean(info["utility"].reshape(M, -1), -1),  # [M] all players
                 "project": jnp.mean(info["project"].astype(jnp.float32)),
             }
-            return (env_state2, obs2, episode), (tr, stats)
+            # What the last step left, before any reset: the world the update's analysis reads.
+            seen = (next_state.goods, next_state.money, next_state.price)
+            return (env_state2, obs2, episode, seen), (tr, stats)
 
         steps = jnp.arange(self.cfg.train.rollout_steps, dtype=jnp.uint32)
-        (env_state, obs, episode), (traj, stats) = jax.lax.scan(body, (ts.env_state, ts.obs, ts.episode), steps)
+        s0 = ts.env_state
+        (env_state, obs, episode, seen), (traj, stats) = jax.lax.scan(
+            body, (s0, ts.obs, ts.episode, (s0.goods, s0.money, s0.price)), steps)
         last_value = self._member_value(ts, obs)
-        return env_state, obs, episode, traj, stats, last_value
+        # The analysis reads the world as the rollout's last step left it, also when that step
+        # ended an episode and the rollout's final state is already the next world.
+        last_seen = env_state.replace(goods=seen[0], money=seen[1], price=seen[2])
+        return env_state, obs, episode, traj, stats, last_value, last_seen
 
     def rewards(self, ts: TrainState, traj: Transition) -> tuple[jax.Array, dict]:
         """``(reward [T, P, n], components {name: [T, P, n]})`` of a rollout: agent-level
@@ -402,7 +409,7 @@ class Trainer:
         P = self.num_members
         J = self.env.cfg.num_niches
         keys = update_keys(jax.random.wrap_key_data(ts.key), ts.update)
-        env_state, obs, episode, traj, stats, last_value = self._rollout(ts, keys["rollout"], imitate)
+        env_state, obs, episode, traj, stats, last_value, last_seen = self._rollout(ts, keys["rollout"], imitate)
         reward, comps = self.rewards(ts, traj)  # [T, P, n]
 
         adv, ret = self.advantages(ts, reward, traj, last_value)
@@ -442,7 +449,7 @@ class Trainer:
         market_volume = jnp.mean(stats["market_volume"].astype(jnp.float32), 0)  # [G]
         analysis, do_analysis = self._analysis(
             ts, params, traj.obs, niche_counts, jnp.sum(stats["niche_output"], 0), occupancy, agent_spec,
-            env_state, market_volume, keys["analysis"],
+            last_seen, market_volume, keys["analysis"],
         )
         fit_now = pop.FITNESS[t.pbt.fitness](
             pop.FitnessInputs(comp_means, niche_counts, market_utility, jnp.asarray(self.presence))

@@ -79,6 +79,8 @@ def test_missing_config_file(capsys, tmp_path):
         (["train.variants.specialisation=[0, 1]"], ["train.variants.specialisation", "train.variants.rewards"]),
         (["train.pbt.inherit=[params]"], ["train.pbt.inherit", "params"]),
         (["train.minibatches=0"], ["train.minibatches", "0"]),
+        (["train.network.hidden=[0]"], ["train.network.hidden", "width of at least 1"]),
+        (["train.network.hidden=[64, 0, 32]"], ["train.network.hidden", "[64, 0, 32]"]),
         (["train.minibatches=48", "train.rollout_steps=16"], ["train.minibatches=48", "3 groups", "64 agents per player"]),
     ],
 )

@@ -697,3 +697,28 @@ def test_sharded_step_matches_unsharded():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "SHARDED_EQUAL_OK" in proc.stdout, proc.stdout + proc.stderr
     assert proc.stdout.count("STEP_OK") == 3
+
+
+def test_observed_niche_values_against_their_closed_form(tiny_cfg):
+    """``economy.observe_values``: the observation gains J columns, each the signed log of
+    expected effort x the niche's margin at the market's last prices (in mean base prices),
+    plus ``pay`` per public unit while the treasury pays; everything before them unchanged."""
+    cfg = tiny_cfg.model_copy(update={"observe_values": True,
+                                      "treasury": tiny_cfg.treasury.model_copy(update={"pay": 3})})
+    env, plain = economy.Economy(cfg), economy.Economy(tiny_cfg)
+    _, state = env.reset(env.world_key(5))
+    state = state.replace(treasury=state.treasury.at[1].set(100))  # market 1 pays for public units
+    obs = np.asarray(env.observe(state))
+    J, n, m = cfg.num_niches, cfg.num_agents, cfg.num_markets
+    assert env.obs_dim == plain.obs_dim + J == obs.shape[1]
+    np.testing.assert_array_equal(obs[:, :plain.obs_dim], np.asarray(plain.observe(state)))
+    p = env.params
+    market = np.arange(n) // (n // m)
+    skill = cfg.skill_floor + (1 - cfg.skill_floor) * np.asarray(state.skills, np.float64)
+    stock = np.asarray(state.project, np.float64)
+    mult = 1 + cfg.project.gain * stock / (stock + cfg.project.half)
+    effort = np.asarray(state.labour, np.float64) * skill * np.asarray(state.richness, np.float64)[market] * mult[market, None]
+    net = np.asarray(p.outputs[:J] - p.inputs[:J], np.float64)
+    margin = np.asarray(state.price, np.float64) @ net.T + 3 * np.asarray(p.public[:J])[None, :] * (np.arange(m) == 1)[:, None]
+    v = effort * margin[market] / np.mean([g.base_price for g in cfg.goods])
+    np.testing.assert_allclose(obs[:, plain.obs_dim:], np.sign(v) * np.log1p(np.abs(v)), rtol=1e-5, atol=1e-5)

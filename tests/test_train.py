@@ -768,3 +768,34 @@ def test_imitation_warm_start_follows_the_teacher_then_hands_over_to_ppo():
     uniform = np.full_like(teacher, 1.0 / teacher.size)
     assert tv(np.asarray(metrics[K]["occupancy"]), teacher) < 0.5 * tv(uniform, teacher)
     np.testing.assert_array_equal(metrics[K]["fitness"], metrics[K]["fitness_now"])
+
+
+def test_analysis_at_an_episode_boundary_reads_the_world_before_the_reset(trainer):
+    """An update whose rollout's last step ends the episode (the world is then reset) is
+    analysed on the world that step left, not on the fresh one: its Gini, wealth and
+    prices equal those of the same rollout started one step earlier in the episode (the
+    same steps, no reset), and those are agora eval's measures (analysis.niches.gini of
+    analysis.population.wealth) of that state."""
+    from analysis.niches import gini
+    from analysis.population import wealth
+
+    T, E = trainer.cfg.train.rollout_steps, trainer.cfg.economy.episode_length
+    ts0 = trainer.init(jax.random.key(4))
+    ts0 = ts0.replace(update=jnp.asarray(4, ts0.update.dtype))  # update 5: an analysis update (every 5)
+
+    def at(step):
+        ts = ts0.replace(env_state=ts0.env_state.replace(step=jnp.asarray(step, jnp.int32)))
+        ts = jax.tree.map(lambda x: x.copy(), ts)  # the update donates its input: ts0 stays intact
+        return jax.device_get(trainer.update(trainer.place(ts)))
+
+    ts_end, m_end = at(E - T)  # the last step truncates: the world is reset after it
+    ts_in, m_in = at(E - T - 1)  # the same steps, one step short of the boundary
+    assert int(ts_end.env_state.step) == 0 and int(ts_in.env_state.step) == E - 1  # one reset, one not
+    a_end, a_in = m_end["analysis"], m_in["analysis"]
+    assert bool(m_end["analysis_done"]) and bool(m_in["analysis_done"])
+    s = ts_in.env_state
+    want = float(gini(wealth(s.goods, s.money, s.price)))
+    assert float(a_end["gini"]) == pytest.approx(want, rel=1e-6) and float(a_in["gini"]) == pytest.approx(want, rel=1e-6)
+    np.testing.assert_array_equal(a_end["prices"], np.asarray(s.price, np.float32))
+    fresh = ts_end.env_state  # the new world: base prices, its own wealth
+    assert float(gini(wealth(fresh.goods, fresh.money, fresh.price))) != pytest.approx(want, rel=1e-3)
