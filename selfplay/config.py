@@ -222,6 +222,28 @@ class ImitationConfig(_Frozen):
     scripted: ScriptedConfig = ScriptedConfig()  # knobs of the scripted teacher
 
 
+class CurriculumConfig(_Frozen):
+    """A niche curriculum: for the first ``updates`` updates a share of the agent slots work
+    the niche of their role instead of the one their policy draws, the share falling
+    linearly from ``fraction`` to 0. Roles follow ``shares`` (one per niche, e.g. the market
+    frontier's), assigned to contiguous slots of every market as the frontier assigns them;
+    which slots are held is a fixed pseudo-random order, so the held set only shrinks. The
+    policy's own draw is what PPO trains on: for a held agent it did not act, so its niche
+    head gets no signal there (the advantage does not depend on the draw), while its order
+    heads learn to trade for its role. Off by default (``updates: 0``)."""
+
+    shares: tuple[float, ...] = ()  # niche shares of the roles, one per niche (sum 1)
+    fraction: float = Field(0.0, ge=0.0, le=1.0)  # share of slots held at the first update
+    updates: int = Field(0, ge=0)  # updates over which the held share falls to 0
+
+    @field_validator("shares")
+    @classmethod
+    def _shares(cls, v):
+        if v and (any(x < 0 for x in v) or abs(sum(v) - 1.0) > 1e-3):
+            raise ValueError(f"shares={list(v)} must be non-negative and sum to 1")
+        return v
+
+
 class FaultConfig(_Frozen):
     """Injected faults, for testing the run's guards (all off by default)."""
 
@@ -272,6 +294,7 @@ class TrainConfig(_Frozen):
     layout: Literal["mixed", "villages"] = "mixed"
     village_players: int = Field(2, ge=1)  # k: players per market under layout=villages (ignored under mixed)
     imitation: ImitationConfig = ImitationConfig()
+    curriculum: CurriculumConfig = CurriculumConfig()  # a niche curriculum (roles held, handed back gradually)
     fault: FaultConfig = FaultConfig()
     network: NetworkConfig = NetworkConfig()
     variants: VariantRanges = Field(default_factory=lambda: VariantRanges.model_validate({}))
@@ -326,6 +349,12 @@ class RunConfig(_Frozen):
             raise ValueError(
                 f"train.imitation.updates={t.imitation.updates} must be below train.updates={t.updates} "
                 "(imitation is a warm start, not the run)"
+            )
+        c = t.curriculum
+        if c.updates and len(c.shares) != self.economy.num_niches:
+            raise ValueError(
+                f"train.curriculum.shares has {len(c.shares)} entries; the economy has {self.economy.num_niches} "
+                f"niches ({', '.join(self.economy.niche_names)})"
             )
         per_market, m = self.economy.agents_per_market, self.economy.num_markets
         players = f"the {t.players} players (train.members={t.members} + train.league.size={t.league.size})"

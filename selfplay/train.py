@@ -295,6 +295,8 @@ class Trainer:
         params_all = self._players_params(ts)
         mu, sd = self._value_scale(ts)
 
+        held, roles = self._curriculum(ts)
+
         def body(carry, t):
             env_state, obs, episode, _ = carry
             k_act, k_env = step_keys(key, t)
@@ -309,6 +311,8 @@ class Trainer:
                 parts = population_apply(self.net, params_all, obs_m, parts=True)
                 act_m, log_prob, value = act_parts(k_act, *parts, env.action_spec, mesh=self.mesh)
                 actions = from_members(act_m, C)
+            if held is not None:  # the niche curriculum: held slots work their role
+                actions = dict(actions, niche=jnp.where(held, roles, actions["niche"]))
             next_obs, next_state, _, term, trunc, info = env.step(k_env, env_state, actions)
             comps = rw.agent_components(self.components, rw.StepData(info, next_state, env_state, actions))
             comps_m = {c: to_members(x, PL, C)[:P] for c, x in comps.items()}  # [P, n] each
@@ -334,7 +338,8 @@ class Trainer:
                 done=jnp.broadcast_to(done, (P, obs_m.shape[1])),
                 bootstrap=bootstrap,
             )
-            chose = jax.nn.one_hot(act_m["niche"][:P], J + 1, dtype=jnp.int32)  # [P, n, J+1]
+            worked = to_members(actions["niche"], PL, C)[:P]  # the niche each agent worked (held or drawn)
+            chose = jax.nn.one_hot(worked, J + 1, dtype=jnp.int32)  # [P, n, J+1]
             stats = {
                 "niche_counts": jnp.sum(chose, 1),  # [P, J+1]
                 "niche_output": jnp.sum(chose * tr.units[..., None], 1),  # [P, J+1] units of work by chosen niche
@@ -357,6 +362,22 @@ class Trainer:
         # ended an episode and the rollout's final state is already the next world.
         last_seen = env_state.replace(goods=seen[0], money=seen[1], price=seen[2])
         return env_state, obs, episode, traj, stats, last_value, last_seen
+
+    def _curriculum(self, ts: TrainState):
+        """``(held bool [N], roles int32 [N])`` of the niche curriculum at this update, or
+        ``(None, None)`` when it is off (``train.curriculum``)."""
+        c = self.cfg.train.curriculum
+        if not c.updates or c.fraction <= 0:
+            return None, None
+        from analysis.frontier import assign_niches
+
+        cfg = self.env.cfg
+        n, m = cfg.num_agents, cfg.num_markets
+        roles = jnp.tile(assign_niches(jnp.asarray(c.shares, jnp.float32), n // m), m)
+        # a fixed pseudo-random rank per slot (Knuth's multiplicative hash): the held set only shrinks
+        rank = ((np.arange(n, dtype=np.uint64) * 2654435761) % 2**32).astype(np.float64) / 2**32
+        share = c.fraction * jnp.maximum(0.0, 1.0 - ts.update.astype(jnp.float32) / c.updates)
+        return jnp.asarray(rank, jnp.float32) < share, roles
 
     def rewards(self, ts: TrainState, traj: Transition) -> tuple[jax.Array, dict]:
         """``(reward [T, P, n], components {name: [T, P, n]})`` of a rollout: agent-level

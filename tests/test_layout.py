@@ -244,3 +244,30 @@ def test_villages_training_smoke(trainer):
         np.testing.assert_allclose(fit, np.asarray(m["social"], np.float64), rtol=1e-4, atol=1e-6)
         assert fit[0] == pytest.approx(fit[1], rel=1e-5) and fit[2] == pytest.approx(fit[3], rel=1e-5)
         assert abs(fit[0] - fit[2]) > 1e-6
+
+
+def test_niche_curriculum_holds_roles_and_hands_them_back():
+    """``train.curriculum``: at the first update every slot (fraction 1) works its role, the
+    roles per market follow the shares within one agent; the held set shrinks linearly and
+    only shrinks (a slot once released stays released); none is held after ``updates``;
+    a share list of the wrong length is refused naming the key."""
+    shares = [0.3, 0.2, 0.1, 0.05, 0.2, 0.1, 0.05]
+    over = [f"train.curriculum.shares={shares}", "train.curriculum.fraction=1.0", "train.curriculum.updates=10"]
+    cfg = load_run_config(CONFIGS / "tiny.yaml", over)
+    tr = Trainer(cfg)
+    ts = jax.eval_shape(tr.init_state, jax.random.key(0))  # only ts.update is read
+    held_at = lambda u: tr._curriculum(ts.replace(update=jnp.asarray(u, jnp.int32)))  # noqa: E731
+    held, roles = held_at(0)
+    assert bool(jnp.all(held))
+    n, m = cfg.economy.num_agents, cfg.economy.num_markets
+    counts = np.stack([np.bincount(np.asarray(roles).reshape(m, -1)[k], minlength=7) for k in range(m)])
+    assert np.all(np.abs(counts - np.asarray(shares) * (n // m)) < 1.0)
+    prev = np.asarray(held)
+    for u in (2, 5, 9):
+        h = np.asarray(held_at(u)[0])
+        assert abs(h.mean() - (1 - u / 10)) < 0.1 and not np.any(h & ~prev)
+        prev = h
+    assert not np.any(np.asarray(held_at(10)[0])) and not np.any(np.asarray(held_at(50)[0]))
+    assert Trainer(load_run_config(CONFIGS / "tiny.yaml"))._curriculum(ts) == (None, None)
+    with pytest.raises(ConfigError, match="train.curriculum.shares has 2 entries"):
+        load_run_config(CONFIGS / "tiny.yaml", ["train.curriculum.shares=[0.5, 0.5]", "train.curriculum.updates=5"])

@@ -1,0 +1,114 @@
+"""Behaviours no other test exercised (issue 25), each at a setting where a realistic bug
+shows: PBT selection with the lineage cap against an independent reference, fitness
+sharing for a member that mostly rests, the running fitness at a rate other than 0.5,
+PBT perturbation at a bound, and the active-niche threshold at exactly 1 %.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from analysis.niches import ACTIVE_SHARE, niche_spread
+from selfplay import population as pop
+from selfplay import variants
+
+
+def _reference_sources(fitness, fraction, founder, share):
+    """pbt_sources written out as its docstring says: pairs worst/best, second worst/second
+    best, ...; a pair copies when the source is strictly fitter and the source's lineage
+    stays within max(1, floor(share * P)) slots, counting the copies made before it (a
+    copier leaves its own lineage)."""
+    p = len(fitness)
+    k = int(p * fraction)
+    src = list(range(p))
+    if k == 0:
+        return src
+    order = sorted(range(p), key=lambda i: (fitness[i], i))  # ascending, stable
+    bottom, top = order[:k], order[::-1][:k]
+    cap = max(1, int(share * p))
+    counts = np.bincount(founder, minlength=p).tolist()
+    founder = list(founder)
+    for c, s in zip(bottom, top):
+        if not fitness[s] > fitness[c]:
+            continue
+        fc, fs = founder[c], founder[s]
+        after = counts[fs] + 1 - (fc == fs)
+        if share >= 1.0 or after <= cap:
+            counts[fc] -= 1
+            counts[fs] += 1
+            src[c] = s
+    return src
+
+
+def test_lineage_cap_with_several_copies_in_one_round():
+    """A hand case where the second copy of the round is allowed only because the first
+    copier left the lineage the second one copies from, and one where a lineage at the cap
+    takes no copy; then 60 random rounds against the reference (ties included)."""
+    # slot fitness 6..1: pairs (5 <- 0), (4 <- 1), (3 <- 2); cap floor(0.34 * 6) = 2
+    fit = jnp.asarray([6.0, 5.0, 4.0, 3.0, 2.0, 1.0])
+    # lineage 0 holds slots 0 and 4 (at the cap): slot 5 may not copy slot 0; slot 4 leaves
+    # lineage 0 to copy slot 1 (lineage 1: 2 slots); slot 3 copies slot 2.
+    founder = jnp.asarray([0, 1, 2, 3, 0, 4])
+    assert np.asarray(pop.pbt_sources(fit, 0.5, founder, 0.34)).tolist() == [0, 1, 2, 2, 1, 5]
+    # lineage 1 holds slots 1 and 5 (at the cap): slot 5 leaves it to copy slot 0, and only
+    # because it left may slot 4 then copy slot 1; slot 3 copies slot 2.
+    founder = jnp.asarray([0, 1, 4, 2, 3, 1])
+    assert np.asarray(pop.pbt_sources(fit, 0.5, founder, 0.34)).tolist() == [0, 1, 2, 2, 1, 0]
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        p = int(rng.choice([4, 6]))
+        fitness = rng.integers(0, 4, p).astype(np.float32)  # many ties
+        founder = rng.integers(0, p, p)
+        fraction = float(rng.choice([0.25, 0.34, 0.5]))
+        share = float(rng.choice([0.2, 0.34, 0.5, 1.0]))
+        got = np.asarray(pop.pbt_sources(jnp.asarray(fitness), fraction, jnp.asarray(founder), share)).tolist()
+        assert got == _reference_sources(fitness, fraction, founder, share), (fitness, founder, fraction, share)
+
+
+def test_niche_shared_fitness_ignores_resting():
+    """A member that mostly rests is counted in the niche it works most, not in "rest": it
+    shares niche 0 with member 1; member 2 has niche 1 to itself."""
+    counts = jnp.asarray([[1, 0, 100], [5, 0, 0], [0, 3, 1]], jnp.int32)  # [P, J+1], last: rest
+    x = pop.FitnessInputs({"utility": jnp.asarray([0.6, 0.4, 0.3])}, counts, jnp.zeros((2,)), jnp.ones((3, 2)) / 2)
+    np.testing.assert_allclose(np.asarray(pop.FITNESS["niche_shared"](x)), [0.3, 0.2, 0.3], rtol=1e-6)
+
+
+def test_running_fitness_at_a_rate_other_than_a_half():
+    """(1 - ema) * previous + ema * now at ema 0.25 (a rate of 0.5 hides swapped weights);
+    the first update takes ``now`` alone."""
+    prev, now = jnp.asarray([1.0, 2.0]), jnp.asarray([3.0, 6.0])
+    np.testing.assert_allclose(np.asarray(pop.update_fitness(prev, now, jnp.asarray(False), 0.25)), [1.5, 3.0])
+    np.testing.assert_allclose(np.asarray(pop.update_fitness(prev, now, jnp.asarray(True), 0.25)), [3.0, 6.0])
+
+
+def test_pbt_perturbation_clips_at_the_declared_bounds():
+    """A hyperparameter at (or near) its bound, perturbed up or down, stays within the
+    declared bounds; members outside the mask are untouched; a value inside moves by one of
+    the two factors by its law (scale; complement for the discount)."""
+    lo_lr, hi_lr = variants.VARIANTS["learning_rate"].bounds
+    hyper = {"learning_rate": jnp.asarray([hi_lr, hi_lr * 0.99, 1e-3, 1e-3]),
+             "gamma": jnp.asarray([0.999, 0.5, 0.9, 0.9])}
+    mask = jnp.asarray([True, True, True, False])
+    seen = set()
+    for seed in range(20):
+        out = variants.perturb(jax.random.key(seed), hyper, mask, (0.8, 1.25))
+        lr, g = np.asarray(out["learning_rate"]), np.asarray(out["gamma"])
+        assert lr[0] <= hi_lr and lr[1] <= hi_lr and lo_lr <= lr.min()
+        assert lr[3] == pytest.approx(1e-3) and g[3] == pytest.approx(0.9)  # not in the mask
+        assert np.isclose(lr[2], 1e-3 * 0.8) or np.isclose(lr[2], 1e-3 * 1.25)
+        assert np.isclose(g[2], 1 - 0.1 * 0.8) or np.isclose(g[2], 1 - 0.1 * 1.25)
+        assert 0.0 <= g.min() and g.max() <= 1.0
+        seen.add(bool(np.isclose(lr[0], hi_lr)))
+    assert seen == {True, False}  # at the upper bound: scaling up is clipped back, down moves below it
+
+
+def test_active_niche_threshold_is_inclusive_at_one_percent():
+    assert ACTIVE_SHARE == 0.01
+    assert niche_spread([1, 99])[1] == 2  # exactly 1 %: active
+    assert niche_spread([1, 100])[1] == 1  # just under: not
+    assert niche_spread([0, 0]) == (0.0, 0)
+    eff, act = niche_spread([1, 1, 2])
+    assert act == 3 and eff == pytest.approx(np.exp(-(2 * 0.25 * np.log(0.25) + 0.5 * np.log(0.5))))
