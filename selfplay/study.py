@@ -242,10 +242,12 @@ def baselines(study: Study) -> dict:
     want = {"worlds": s.worlds, "steps": s.steps, "burn_in": s.burn_in}
     first = study.runs[0]
     plays = [(name, first, name) for name in ("scripted", "random")]
-    seen = {json.dumps(first.cfg.economy.model_dump(mode="json"), sort_keys=True)}
+    from analysis.frontier import config_hash  # economies that differ only in what learners see are one
+
+    seen = {config_hash(first.cfg.economy)}
     for c in study.cfg.conditions:
         run = next(r for r in study.runs if r.condition == c.name)
-        eco = json.dumps(run.cfg.economy.model_dump(mode="json"), sort_keys=True)
+        eco = config_hash(run.cfg.economy)
         if eco not in seen:
             seen.add(eco)
             plays.append((f"scripted ({c.name})", run, "scripted"))
