@@ -27,7 +27,7 @@ Two frontiers, in the units of ``agora eval``'s ``utility`` (mean utility per ag
 
 :func:`frontier` computes both and caches them per economy config (a hash of the
 validated economy section, the evaluation settings and the search budget) under
-``$AGORA_CACHE`` (default ``~/.cache/agora``)/``frontier/``, so evaluations and studies
+``$AGORA_FRONTIER_CACHE`` (default ``$AGORA_CACHE/frontier``, i.e. ``~/.cache/agora/frontier``), so evaluations and studies
 reuse them.
 """
 
@@ -385,6 +385,9 @@ def config_hash(cfg: EconomyConfig, **extra) -> str:
 
 
 def cache_dir() -> Path:
+    """``$AGORA_FRONTIER_CACHE``, else ``$AGORA_CACHE/frontier`` (default ``~/.cache/agora/frontier``)."""
+    if os.environ.get("AGORA_FRONTIER_CACHE"):
+        return Path(os.environ["AGORA_FRONTIER_CACHE"])
     return Path(os.environ.get("AGORA_CACHE", Path.home() / ".cache" / "agora")) / "frontier"
 
 

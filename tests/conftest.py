@@ -26,10 +26,11 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
 
 @pytest.fixture(scope="session", autouse=True)
 def agora_cache(tmp_path_factory) -> Path:
-    """The welfare-frontier cache (``$AGORA_CACHE``) of this test session: fresh, never the
-    user's, inherited by the tests' subprocesses."""
-    path = tmp_path_factory.mktemp("agora_cache")
-    os.environ["AGORA_CACHE"] = str(path)
+    """The welfare-frontier cache (``$AGORA_FRONTIER_CACHE``) of this test session: fresh,
+    never the user's, inherited by the tests' subprocesses. (``$AGORA_CACHE`` is left alone:
+    the native kernels are built there and loaded once per process.)"""
+    path = tmp_path_factory.mktemp("frontier_cache")
+    os.environ["AGORA_FRONTIER_CACHE"] = str(path)
     return path
 
 

@@ -127,6 +127,15 @@ def test_default_catalogue_frontier_record_is_of_the_demo_economy():
     assert min(mf["shares"]) > 0.03 and min(fb["shares"]) > 0.04  # the chain's niches are all worked
 
 
+def test_readme_quotes_the_committed_welfare_pilot_table():
+    r = _load(ROOT / "results" / "welfare_pilot" / "results.json")
+    cols = ("utility", "efficiency", "niche_js_to_frontier", "active_niches", "member_niche_mi_bits", "project_stock",
+            "largest_lineage_share")
+    assert format_summary_md(r, cols) in (ROOT / "README.md").read_text()
+    study = yaml.safe_load((ROOT / "configs" / "studies" / "welfare_pilot.yaml").read_text())
+    assert list(r["conditions"]) == [c["name"] for c in study["conditions"]] and r["missing"] == []
+
+
 def test_summary_table_rejects_unknown_columns():
     r = _load(RESULTS[0])
     with pytest.raises(ValueError, match="no_such_metric"):

@@ -580,7 +580,7 @@ def test_truncation_bootstrap_and_advantages(trainer):
     ts = ts.replace(env_state=ts.env_state.replace(step=jnp.int32(env.cfg.episode_length - 3)))
     ts = trainer.place(ts)
     keys = update_keys(jax.random.wrap_key_data(ts.key), ts.update)
-    _, _, _, traj, _, last_value = jax.jit(trainer._rollout)(ts, keys["rollout"])
+    _, _, _, traj, _, last_value, _ = jax.jit(trainer._rollout)(ts, keys["rollout"])
     done = np.asarray(traj.done[:, 0, 0])
     assert done.tolist() == [False, False, True] + [False] * 13
     # Replay steps 0..2 with the same keys and actions: the pre-reset observation at step 2.
