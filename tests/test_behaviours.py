@@ -112,3 +112,52 @@ def test_active_niche_threshold_is_inclusive_at_one_percent():
     assert niche_spread([0, 0]) == (0.0, 0)
     eff, act = niche_spread([1, 1, 2])
     assert act == 3 and eff == pytest.approx(np.exp(-(2 * 0.25 * np.log(0.25) + 0.5 * np.log(0.5))))
+
+
+def test_member_metrics_count_league_players_in_the_whole_economy():
+    """Two learning members and one league player: a member's share of output, wealth and
+    utility is of the WHOLE economy (league included), and the niche table of I(member;
+    niche) has the learning members only."""
+    from selfplay.evaluate import world_metrics
+
+    groups = np.asarray([0, 1, 2, 0, 1, 2])  # group 2: a league snapshot
+    T = 3
+    sums = {
+        "utility": np.tile([[1.0, 2.0, 7.0]], (T, 1)),  # [T, groups]
+        "work": np.tile(np.asarray([[[2, 0, 0], [0, 2, 0], [1, 1, 0]]], np.float64), (T, 1, 1)),  # [T, groups, J+1]
+        "output": np.tile([[3.0, 1.0, 6.0]], (T, 1)),
+        "public": np.zeros(T), "project": np.zeros(T),
+        "niche_utility": np.zeros((T, 3, 3)),
+    }
+    wealth = np.asarray([1.0, 1.0, 4.0, 1.0, 1.0, 2.0])  # members: 2, 2; league: 6
+    m = world_metrics(sums, wealth, groups, members=2, burn_in=1)
+    assert m["largest_output_share"] == pytest.approx(0.3)  # 3 / (3 + 1 + 6), not 3 / 4
+    assert m["largest_wealth_share"] == pytest.approx(0.2)
+    assert m["largest_utility_share"] == pytest.approx(0.2)
+    assert m["member_niche_mi_bits"] == pytest.approx(1.0)  # the two members work disjoint niches
+
+
+def test_skill_decays_when_the_chosen_niche_lacks_its_inputs():
+    """An agent that chooses the baker's niche without the grain it needs does no work and
+    does not practise: its skills all decay by their forgetting rate, like a resting agent's;
+    an agent with the grain works and learns."""
+    import economy
+    from economy.production import work
+
+    cfg = economy.load_config("configs/tiny.yaml", num_agents=4, num_markets=1)
+    env = economy.Economy(cfg)
+    p, J = env.params, cfg.num_niches
+    baker = cfg.niche_names.index("baker")
+    goods = np.zeros((4, cfg.num_goods), np.int32)
+    goods[1, cfg.good_names.index("grain")] = 50  # agent 1 has grain, agent 0 none
+    skills = np.full((4, J), 0.5, np.float32)
+    w = work(p, jnp.asarray([baker, baker, J, J], jnp.int32), jnp.asarray(goods), jnp.asarray(skills),
+             jnp.zeros((4, J)), jnp.ones((1, J)), jnp.asarray(p.labour), jnp.ones((1,)), jnp.full((4,), 0.5),
+             num_markets=1, max_holding=cfg.max_holding, skill_floor=cfg.skill_floor, history_decay=0.1)
+    decayed = 0.5 * (1 - np.asarray(p.forget))
+    units, sk = np.asarray(w.units), np.asarray(w.skills)
+    assert units[0] == 0 and units[1] > 0
+    np.testing.assert_allclose(sk[0], decayed, rtol=1e-6)  # chose baker, lacked grain: no practice
+    np.testing.assert_allclose(sk[2], decayed, rtol=1e-6)  # rested
+    assert sk[1, baker] == pytest.approx(0.5 + float(p.learn[baker]) * 0.5)
+    np.testing.assert_array_equal(np.asarray(w.goods)[0], goods[0])  # nothing used, nothing made
