@@ -87,6 +87,29 @@ def test_second_invocation_trains_nothing(smoke, capsys):
     assert (smoke / "results.json").read_text() == results
 
 
+def test_study_resumes_a_run_killed_mid_training_and_re_evaluates_a_stale_eval(smoke, tmp_path):
+    """One run loses its newest checkpoint and its eval.json (killed after update 3 of 6):
+    the study trains it from update 3 and ends with the same evaluation as the run that was
+    never stopped. Another run's eval.json says an earlier update: the study evaluates it
+    again without training it."""
+    d = tmp_path / "resume"
+    shutil.copytree(smoke, d)
+    killed, stale = d / "runs" / "spec_on" / "seed_0", d / "runs" / "spec_off" / "seed_1"
+    want = json.loads((killed / "eval.json").read_text())["policies"]["trained"]
+    shutil.rmtree(killed / "checkpoints" / "6")
+    (killed / "eval.json").unlink()
+    e = json.loads((stale / "eval.json").read_text())
+    e["update"] = 3
+    (stale / "eval.json").write_text(json.dumps(e))
+    stale_metrics = (stale / "metrics.jsonl").stat().st_mtime_ns
+    assert _study("--study-dir", str(d)) == EXIT_OK
+    assert json.loads((killed / "eval.json").read_text())["policies"]["trained"] == want
+    assert (killed / "checkpoints" / "6").is_dir()
+    assert json.loads((stale / "eval.json").read_text())["update"] == 6
+    assert (stale / "metrics.jsonl").stat().st_mtime_ns == stale_metrics  # not trained again
+    assert _results(d)["conditions"] == _results(smoke)["conditions"]
+
+
 def test_sharded_and_resumed_studies_give_the_same_results(smoke, tmp_path, capsys):
     """Shard 2/2, then shard 1/2, then --aggregate: the same results.json as one unsharded
     study. A study stopped after shard 2/2's runs (a kill between runs) and run again
