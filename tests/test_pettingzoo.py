@@ -145,3 +145,23 @@ def test_example_script_runs(capsys):
     assert mod["main"](["--agents", "256", "--steps", "5"]) == 0
     out = capsys.readouterr().out
     assert "5 steps of 256 agents with random actions: mean utility" in out
+
+
+def test_reset_to_a_world_after_other_seeds_and_two_episodes_of_one_seed(env):
+    """``reset(options={"world": k})`` gives world k whatever was played before (it equals the
+    economy's own world k); ``reset(seed=s)`` then ``reset()`` are episodes 0 and 1 of seed s,
+    the same two worlds each time the seed is given again, and different from each other."""
+    first = lambda out: np.stack([out[0][a] for a in env.possible_agents])  # noqa: E731
+    fresh = first(env.reset(options={"world": 3}))
+    env.reset(seed=11)
+    env.reset()
+    again = first(env.reset(options={"world": 3}))
+    np.testing.assert_array_equal(again, fresh)
+    eco = env.economy
+    want, _ = eco.reset(eco.world_key(3, evaluation=env.held_out))
+    np.testing.assert_array_equal(fresh, np.asarray(want))
+    a0, a1 = first(env.reset(seed=5)), first(env.reset())
+    b0, b1 = first(env.reset(seed=5)), first(env.reset())
+    np.testing.assert_array_equal(a0, b0)
+    np.testing.assert_array_equal(a1, b1)
+    assert not np.array_equal(a0, a1)
