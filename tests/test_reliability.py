@@ -94,25 +94,27 @@ def test_one_writer_per_run_directory_and_damaged_checkpoints(tmp_path):
 
 
 @pytest.mark.slow
-def test_injected_nan_stops_the_run_with_exit_3(trainer, tmp_path):
-    """A NaN injected into member 2's reward at update 5 stops the run with exit 3 naming
-    member 2 (alone) and update 5; metrics.jsonl ends with update 5 marked; the newest
-    checkpoint is update 4's and finite."""
+@pytest.mark.parametrize("nan_update, lines_at, sealed", [(5, [3, 5], [2, 4]), (4, [3, 4], [2])])
+def test_injected_nan_stops_the_run_with_exit_3(trainer, tmp_path, nan_update, lines_at, sealed):
+    """A NaN injected into member 2's reward at update U stops the run with exit 3 naming
+    member 2 (alone) and update U; metrics.jsonl ends with update U marked; the newest
+    checkpoint is the last one before U and finite, also when U is itself a checkpoint
+    update (checkpoints every 2: U = 4 writes none)."""
     run_dir = tmp_path / "run"
-    proc = subprocess.run(_train_args(run_dir, "train.updates=8", "train.log_every=3", "train.fault.nan_update=5",
-                                      "train.fault.nan_member=2"),
+    proc = subprocess.run(_train_args(run_dir, "train.updates=8", "train.log_every=3",
+                                      f"train.fault.nan_update={nan_update}", "train.fault.nan_member=2"),
                           env=subprocess_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 3, proc.stdout + proc.stderr
-    assert "update 5: non-finite" in proc.stderr and "member 2" in proc.stderr, proc.stderr
+    assert f"update {nan_update}: non-finite" in proc.stderr and "member 2" in proc.stderr, proc.stderr
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["update"] for r in lines] == [3, 5] and lines[-1]["stopped"] == "non-finite"
+    assert [r["update"] for r in lines] == lines_at and lines[-1]["stopped"] == "non-finite"
     assert set(lines[-1]["nonfinite"]) >= {"loss", "parameters"}
     assert all(v == [2] for v in lines[-1]["nonfinite"].values()), lines[-1]["nonfinite"]
-    assert _sealed(run_dir / "checkpoints") == [2, 4]
+    assert _sealed(run_dir / "checkpoints") == sealed
     ckpt = Checkpoints(run_dir / "checkpoints", keep=5)
     got = ckpt.restore(trainer.init(jax.random.key(0)))
     ckpt.close()
-    assert int(got.update) == 4
+    assert int(got.update) == sealed[-1]
     for x in jax.tree.leaves(got):
         if np.issubdtype(np.asarray(x).dtype, np.floating):
             assert np.isfinite(np.asarray(x)).all()
