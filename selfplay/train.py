@@ -124,6 +124,11 @@ def step_keys(rollout: jax.Array, t: jax.Array | int) -> tuple[jax.Array, jax.Ar
     return derive(step, "act"), derive(step, "env")
 
 
+def nonfinite_members(params) -> jax.Array:
+    """bool ``[P]``: members with any non-finite entry in any leaf of their stacked parameters."""
+    return ~jax.vmap(lambda p: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(p)])))(params)
+
+
 def mesh_size(cfg: RunConfig, device_count: int | None = None) -> int:
     """Devices of the agent axis: ``mesh.agents``, or (``auto``) the most devices of all
     processes that divide ``economy.num_markets``. Raises :class:`ConfigError` naming the key
@@ -522,8 +527,7 @@ class Trainer:
             "nonfinite": {
                 "loss": ~jnp.isfinite(losses["loss"]),
                 "grad_norm": ~jnp.isfinite(losses["grad_norm"]),
-                "parameters": ~jax.vmap(lambda p: jnp.all(jnp.stack(
-                    [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(p)])))(params),
+                "parameters": nonfinite_members(params),
                 "fitness": ~jnp.isfinite(fit_now) | ~jnp.isfinite(fitness),
             },
             "analysis": analysis,  # see analysis.population_analysis; zeros unless analysis_done

@@ -161,3 +161,17 @@ def test_skill_decays_when_the_chosen_niche_lacks_its_inputs():
     np.testing.assert_allclose(sk[2], decayed, rtol=1e-6)  # rested
     assert sk[1, baker] == pytest.approx(0.5 + float(p.learn[baker]) * 0.5)
     np.testing.assert_array_equal(np.asarray(w.goods)[0], goods[0])  # nothing used, nothing made
+
+
+def test_one_nan_entry_of_one_parameter_flags_that_member_alone():
+    """The run's guard on parameters: a NaN (or an infinity) in ONE entry of ONE leaf of
+    member 1 flags member 1 and no other (a NaN in every entry would hide an ``any``
+    written as ``all``)."""
+    from selfplay.train import nonfinite_members
+
+    params = {"dense": {"kernel": jnp.zeros((3, 4, 5)), "bias": jnp.zeros((3, 5))}, "head": jnp.zeros((3, 2))}
+    assert np.asarray(nonfinite_members(params)).tolist() == [False, False, False]
+    bad = dict(params, dense=dict(params["dense"], kernel=params["dense"]["kernel"].at[1, 2, 3].set(jnp.nan)))
+    assert np.asarray(nonfinite_members(bad)).tolist() == [False, True, False]
+    bad = dict(params, head=params["head"].at[2, 0].set(jnp.inf))
+    assert np.asarray(nonfinite_members(bad)).tolist() == [False, False, True]
