@@ -334,19 +334,19 @@ def test_congestion_lowers_per_worker_output():
 # The README's custom-rule example, and the YAML-only example
 # --------------------------------------------------------------------------------------
 def readme_block(marker: str, lang: str) -> str:
-    text = (ROOT / "README.md").read_text()
-    assert marker in text, f"README.md lacks {marker!r}"
+    text = (ROOT / "docs" / "economy.md").read_text()
+    assert marker in text, f"docs/economy.md lacks {marker!r}"
     after = text.split(marker, 1)[1]
     m = re.match(rf"\s*```{lang}\n(.*?)\n```", after, re.S)
-    assert m, f"no ```{lang} block right after {marker!r} in README.md"
+    assert m, f"no ```{lang} block right after {marker!r} in docs/economy.md"
     return m.group(1)
 
 
 def readme_yaml_example() -> dict:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "economy.md").read_text()
     blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)\n```", text, re.S)]
     blocks = [b for b in blocks if isinstance(b, dict) and "economy" in b]
-    assert len(blocks) == 1, "expected one YAML niche example in README.md"
+    assert len(blocks) == 1, "expected one YAML niche example in docs/economy.md"
     return blocks[0]
 
 
@@ -359,7 +359,7 @@ def readme():
     cwd = os.getcwd()
     os.chdir(ROOT)
     try:
-        exec(compile(code, "README.md:custom-rule", "exec"), ns)
+        exec(compile(code, "docs/economy.md:custom-rule", "exec"), ns)
     finally:
         os.chdir(cwd)
     ns["fns"] = jitted(ns["env"])

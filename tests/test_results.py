@@ -131,7 +131,7 @@ def test_readme_quotes_the_committed_welfare_pilot_table():
     r = _load(ROOT / "results" / "welfare_pilot" / "results.json")
     cols = ("utility", "efficiency", "niche_js_to_frontier", "active_niches", "member_niche_mi_bits", "project_stock",
             "largest_lineage_share")
-    assert format_summary_md(r, cols) in (ROOT / "README.md").read_text()
+    assert format_summary_md(r, cols) in (ROOT / "results" / "welfare_pilot" / "README.md").read_text()
     study = yaml.safe_load((ROOT / "configs" / "studies" / "welfare_pilot.yaml").read_text())
     assert list(r["conditions"]) == [c["name"] for c in study["conditions"]] and r["missing"] == []
 

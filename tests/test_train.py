@@ -669,7 +669,7 @@ def test_readme_extension_examples():
 
     from selfplay import rewards, variants
 
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "selfplay.md").read_text()
     blocks = re.findall(r"<!-- tested: tests/test_train.py::test_readme_extension_examples -->\n```python\n(.*?)```", text, re.S)
     assert len(blocks) == 2
     try:
