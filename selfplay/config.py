@@ -293,6 +293,13 @@ class TrainConfig(_Frozen):
     #   markets (group selection).
     layout: Literal["mixed", "villages"] = "mixed"
     village_players: int = Field(2, ge=1)  # k: players per market under layout=villages (ignored under mixed)
+    # Who places the orders: "policy" (the learners' side, quantity and price heads) or
+    # "scripted" (the learners choose only their niche; the scripted baseline's rule places
+    # the orders for that niche: sell the surplus, buy the inputs and the consumption
+    # targets, a tick beyond the last price). "scripted" splits the division of labour (what
+    # self-play learns) from the trading it needs (a fixed rule), see docs/selfplay.md.
+    orders: Literal["policy", "scripted"] = "policy"
+    scripted_orders: ScriptedConfig = ScriptedConfig()  # the order rule's knobs under orders=scripted
     imitation: ImitationConfig = ImitationConfig()
     curriculum: CurriculumConfig = CurriculumConfig()  # a niche curriculum (roles held, handed back gradually)
     fault: FaultConfig = FaultConfig()

@@ -262,8 +262,7 @@ def population_utility(trainer, settings: EvalSettings) -> Callable:
     @jax.jit
     def world(params_all, world_key, key):
         _, state = env.reset(world_key)
-        policy = lambda k, s: trainer.act_with(params_all, k, env.observe(s), settings.greedy)  # noqa: E731
-        final, sums = rollout(env, policy, key, state, settings.steps, metrics)
+        final, sums = rollout(env, trainer.policy_with(params_all, settings.greedy), key, state, settings.steps, metrics)
         return wealth(final.goods, final.money, final.price), sums
 
     def utility(ts) -> float:
@@ -391,7 +390,15 @@ def crossplay(run_a: str | Path, against: str, settings: EvalSettings = EvalSett
         obs = env.observe(state)
         a = act_a(ka, obs[0::2])
         b = act_b(kb, obs[1::2]) if act_b is not None else {k: v[1::2] for k, v in scripted(kb, state).items()}
-        return {k: jnp.stack([a[k], b[k]], 1).reshape((n,) + a[k].shape[1:]) for k in a}
+        merge = lambda x, y: jnp.stack([x, y], 1).reshape((n,) + x.shape[1:])  # noqa: E731
+        # A side trained with train.orders=scripted drew its niches only: the scripted rule
+        # places its orders, for the niches both sides drew, on that side's rows.
+        niche = merge(a["niche"], b["niche"])
+        complete = lambda x, rows, tr: x if len(x) == len(env.action_spec) else {  # noqa: E731
+            h: v[rows] for h, v in tr.complete(derive(key, "orders"), state, {"niche": niche}).items()}
+        a = complete(a, slice(0, None, 2), trainer_a)
+        b = complete(b, slice(1, None, 2), trainer_b if act_b is not None else None)
+        return {k: merge(a[k], b[k]) for k in a}
 
     per_side = {0: [], 1: []}
     for _, sums in _worlds(env, policy, side, 2, s):

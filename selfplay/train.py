@@ -158,7 +158,11 @@ class Trainer:
         missing = [c for c in t.variants.rewards if c not in rw.REWARD_COMPONENTS]
         if missing:
             raise ConfigError(f"train.variants.rewards: components {missing} are not registered in this process")
-        self.net = ActorCritic(self.env.action_spec, hidden=tuple(t.network.hidden), activation=t.network.activation)
+        # The heads the learners draw (train.orders): all of the economy's, or under "scripted"
+        # the niche alone (the scripted rule completes the orders, :meth:`complete`).
+        self.policy_spec = self.env.action_spec if t.orders == "policy" else tuple(
+            h for h in self.env.action_spec if h.name == "niche")
+        self.net = ActorCritic(self.policy_spec, hidden=tuple(t.network.hidden), activation=t.network.activation)
         # The PPO loss's view of the network (train.loss_path): the fused pass (natively, on a
         # one-device mesh where the kernels run, the loss's terms and gradient in one pass,
         # agents.networks.objective_terms; its XLA twin on several devices) or autodiff.
@@ -309,15 +313,17 @@ class Trainer:
             # The torso by XLA; the output layer and the draws in one native pass where it runs.
             if imitate:  # the scripted teacher plays every agent; the critic still values it
                 actions = scripted_actions(env, k_act, env_state, self.cfg.train.imitation.scripted)
-                act_m = to_members(actions, PL, C)
+                act_m = to_members({h.name: actions[h.name] for h in self.policy_spec}, PL, C)
                 _, value = population_apply(self.net, params_all, obs_m)
                 log_prob = jnp.zeros_like(value)  # no behaviour ratio in the imitation loss
             else:
                 parts = population_apply(self.net, params_all, obs_m, parts=True)
-                act_m, log_prob, value = act_parts(k_act, *parts, env.action_spec, mesh=self.mesh)
+                act_m, log_prob, value = act_parts(k_act, *parts, self.policy_spec, mesh=self.mesh)
                 actions = from_members(act_m, C)
             if held is not None:  # the niche curriculum: held slots work their role
                 actions = dict(actions, niche=jnp.where(held, roles, actions["niche"]))
+            if not imitate:
+                actions = self.complete(derive(key, t, "orders"), env_state, actions)
             next_obs, next_state, _, term, trunc, info = env.step(k_env, env_state, actions)
             comps = rw.agent_components(self.components, rw.StepData(info, next_state, env_state, actions))
             comps_m = {c: to_members(x, PL, C)[:P] for c, x in comps.items()}  # [P, n] each
@@ -583,11 +589,29 @@ class Trainer:
         return ts.replace(league=pop.refresh_league(ts.league, ts.params, ts.pbt.fitness, ts.update))
 
     # ---- evaluation -------------------------------------------------------------------------
+    def complete(self, key: jax.Array, state: EconomyState, actions: dict) -> dict:
+        """The economy's actions from the learners' heads: unchanged under ``train.orders=policy``;
+        under ``scripted`` the scripted rule's orders for the niche each agent drew
+        (:func:`agents.scripted.scripted_actions` with ``niche=``; ``key`` drives its price ticks)."""
+        if self.cfg.train.orders == "policy":
+            return actions
+        return scripted_actions(self.env, key, state, self.cfg.train.scripted_orders, niche=actions["niche"])
+
     def policy(self, ts: TrainState, greedy: bool = False):
         """The population as a ``(key, state) -> actions`` policy for :func:`selfplay.simulate.rollout`
         (members and league snapshots in their agent slots; ``greedy``: most likely actions)."""
-        act = self.act_on(ts, greedy)
-        return lambda key, state: act(key, self.env.observe(state))
+        return self.policy_with(self._players_params(ts), greedy)
+
+    def policy_with(self, params_all, greedy: bool = False):
+        """:meth:`policy` with the players' parameters (``[P + K, ...]``) as an argument."""
+        if self.cfg.train.orders == "policy":
+            return lambda key, state: self.act_with(params_all, key, self.env.observe(state), greedy)
+
+        def policy(key, state):
+            a = self.act_with(params_all, derive(key, "act"), self.env.observe(state), greedy)
+            return self.complete(derive(key, "orders"), state, a)
+
+        return policy
 
     def act_on(self, ts: TrainState, greedy: bool = False, run: int | None = None):
         """``(key, obs [n, D]) -> actions [n, ...]``: row ``i`` played by player
