@@ -491,8 +491,41 @@ def format_frontier(fr: dict) -> str:
     return "\n".join(lines)
 
 
+def summary(fr: dict | None) -> dict | None:
+    """What an eval.json keeps of the frontier: both utilities, shares and where it came from."""
+    if fr is None:
+        return None
+    return {
+        "key": fr["key"],
+        "first_best": {k: fr["first_best"][k] for k in ("utility", "shares", "project_multiplier")},
+        "market": {k: fr["market"].get(k) for k in ("utility", "stderr", "shares", "project_stock", "evaluations")},
+        "settings": fr["settings"],
+    }
+
+
+def table_rows(fr: dict | None) -> dict | None:
+    """The frontier as rows beside the baselines (of the first run's economy), in the
+    metrics' names: ``market frontier`` and ``first-best`` (the planner's steady state)."""
+    if fr is None:
+        return None
+    from analysis.niches import niche_spread
+
+    fb, mf = fr["first_best"], fr["market"]
+    both = {"frontier_utility": mf["utility"], "frontier_first_best": fb["utility"]}
+    spread = lambda shares: dict(zip(("effective_niches", "active_niches"), niche_spread(shares)))  # noqa: E731
+    return {
+        "market frontier": {"utility": mf["utility"], "utility_stderr": mf["stderr"], "niche_shares": [*mf["shares"], 0.0],
+                            **spread(mf["shares"]), "project_stock": mf["project_stock"], **both, "efficiency": 1.0,
+                            "efficiency_first_best": mf["utility"] / fb["utility"], "niche_js_to_frontier": 0.0,
+                            "evaluations": mf["evaluations"]},
+        "first-best": {"utility": fb["utility"], "niche_shares": [*fb["shares"], 0.0], **spread(fb["shares"]), **both,
+                       "efficiency": fb["utility"] / mf["utility"], "efficiency_first_best": 1.0,
+                       "project_multiplier": fb["project_multiplier"]},
+    }
+
+
 __all__ = [
     "DISTANCE_METRICS", "FrontierError", "FrontierSettings", "assign_niches", "cache_dir", "check_catalogue",
     "config_hash", "distance", "first_best", "fixed_share_player", "format_frontier", "frontier", "js_bits",
-    "market_frontier", "producible",
+    "market_frontier", "producible", "summary", "table_rows",
 ]

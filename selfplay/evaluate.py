@@ -315,22 +315,10 @@ def evaluate_run(run_dir: str | Path, settings: EvalSettings = EvalSettings(), u
             policies[name] = evaluate_baseline(trainer.env, name, s)
     policies = {k: with_distance(v, fr) for k, v in policies.items()}
     result = {"policies": policies, "worlds": s.worlds, "steps": s.steps, "burn_in": s.burn_in, "greedy": s.greedy,
-              "update": int(ts.update), "frontier": _frontier_summary(fr)}
+              "update": int(ts.update), "frontier": welfare.summary(fr)}
     if write:
         write_atomic(Path(run_dir) / "eval.json", json.dumps(result, indent=1))
     return result
-
-
-def _frontier_summary(fr: dict | None) -> dict | None:
-    """What an eval.json keeps of the frontier: both utilities, shares and where it came from."""
-    if fr is None:
-        return None
-    return {
-        "key": fr["key"],
-        "first_best": {k: fr["first_best"][k] for k in ("utility", "shares", "project_multiplier")},
-        "market": {k: fr["market"].get(k) for k in ("utility", "stderr", "shares", "project_stock", "evaluations")},
-        "settings": fr["settings"],
-    }
 
 
 # ---- cross-play -------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from economy import ConfigError, load_yaml
 from economy.config import format_validation_error
 from analysis.report import write_atomic
 from selfplay.config import RunConfig, check_name_template, load_run_config
+from analysis import frontier as welfare
 from analysis.frontier import FrontierSettings
 from selfplay.evaluate import METRICS, EvalSettings, economy_frontier, with_distance
 
@@ -299,7 +300,7 @@ def attach_frontier(results: dict, fr: dict) -> dict:
     frontier ``fr`` attached as :func:`aggregate` attaches it (the distance metrics of every
     seed and baseline, their means and intervals, the frontier rows): for results written
     before the frontier existed, from their per-seed ``utility`` and ``niche_shares``."""
-    out = dict(results, metrics=list(METRICS), frontier=_frontier_rows(fr))
+    out = dict(results, metrics=list(METRICS), frontier=welfare.table_rows(fr))
     out["conditions"] = {}
     for name, c in results["conditions"].items():
         seeds = {k: with_distance(v, fr) for k, v in c["seeds"].items()}
@@ -335,7 +336,7 @@ def aggregate(study: Study) -> dict:
         "eval": {"worlds": s.worlds, "steps": s.steps, "burn_in": s.burn_in, "greedy": s.greedy},
         "conditions": conditions,
         "baselines": baselines(study),
-        "frontier": _frontier_rows(frontier_of(study, study.runs[0])),
+        "frontier": welfare.table_rows(frontier_of(study, study.runs[0])),
         "missing": missing,
     }
     study.study_dir.mkdir(parents=True, exist_ok=True)
@@ -345,27 +346,6 @@ def aggregate(study: Study) -> dict:
     write_atomic(study.study_dir / "results.md", format_results_md(results))
     write_study_report(study.study_dir)
     return results
-
-
-def _frontier_rows(fr: dict | None) -> dict | None:
-    """The frontier as rows beside the baselines (of the first run's economy), in the
-    metrics' names: ``market frontier`` and ``first-best`` (the planner's steady state)."""
-    if fr is None:
-        return None
-    from analysis.niches import niche_spread
-
-    fb, mf = fr["first_best"], fr["market"]
-    both = {"frontier_utility": mf["utility"], "frontier_first_best": fb["utility"]}
-    spread = lambda shares: dict(zip(("effective_niches", "active_niches"), niche_spread(shares)))  # noqa: E731
-    return {
-        "market frontier": {"utility": mf["utility"], "utility_stderr": mf["stderr"], "niche_shares": [*mf["shares"], 0.0],
-                            **spread(mf["shares"]), "project_stock": mf["project_stock"], **both, "efficiency": 1.0,
-                            "efficiency_first_best": mf["utility"] / fb["utility"], "niche_js_to_frontier": 0.0,
-                            "evaluations": mf["evaluations"]},
-        "first-best": {"utility": fb["utility"], "niche_shares": [*fb["shares"], 0.0], **spread(fb["shares"]), **both,
-                       "efficiency": fb["utility"] / mf["utility"], "efficiency_first_best": 1.0,
-                       "project_multiplier": fb["project_multiplier"]},
-    }
 
 
 def enable_compile_cache(study_dir: Path) -> None:

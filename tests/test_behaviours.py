@@ -175,3 +175,15 @@ def test_one_nan_entry_of_one_parameter_flags_that_member_alone():
     assert np.asarray(nonfinite_members(bad)).tolist() == [False, True, False]
     bad = dict(params, head=params["head"].at[2, 0].set(jnp.inf))
     assert np.asarray(nonfinite_members(bad)).tolist() == [False, False, True]
+
+
+def test_presence_of_a_hand_layout():
+    """Two markets of 6 agents, players 0..2 (2 members and one league player): member 0
+    holds agents 0, 1 (market 0) and 9 (market 1), member 1 agents 2..5 (market 0) and
+    member 2 the rest. Presence is each member's share of its own agents per market, the
+    league player dropped. (Catches: presence divided by the market's size or by all
+    agents, markets cut at the wrong agent, the league row kept.)"""
+    player_of = np.array([0, 0, 1, 1, 1, 1, 2, 2, 2, 0, 2, 2])
+    got = pop.layout_presence(player_of, 2, 2)
+    np.testing.assert_allclose(got, [[2 / 3, 1 / 3], [1.0, 0.0]], rtol=1e-6)
+    assert got.dtype == np.float32
