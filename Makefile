@@ -4,7 +4,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench mutants clean
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/agora train configs/demo.yaml
@@ -15,6 +15,11 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/suite.py
+
+# Mutation testing of the newer modules (cosmic-ray; hours on 2 cores, resumable; not in CI):
+#   make mutants MODULES="selfplay/population.py"   -> results/mutation/<module>.json
+mutants: $(VENV)/.installed
+	$(PY) tools/mutants.py $(MODULES) --jobs $(or $(JOBS),1)
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)

@@ -187,3 +187,25 @@ def test_presence_of_a_hand_layout():
     got = pop.layout_presence(player_of, 2, 2)
     np.testing.assert_allclose(got, [[2 / 3, 1 / 3], [1.0, 0.0]], rtol=1e-6)
     assert got.dtype == np.float32
+
+
+def test_league_starts_as_copies_of_the_members_round_robin():
+    """A league larger than the population starts as members 0, 1, 0 (round robin), each
+    slot holding its source's parameters. (Catches: slots dealt by ``//`` instead of ``%``,
+    every slot a copy of member 0.)"""
+    params = {"w": jnp.arange(2 * 3, dtype=jnp.float32).reshape(2, 3)}
+    league = pop.init_league(params, 3, 2)
+    np.testing.assert_array_equal(league.source, [0, 1, 0])
+    np.testing.assert_array_equal(league.params["w"], np.asarray(params["w"])[[0, 1, 0]])
+    assert int(league.refreshes) == 0 and not np.asarray(league.made_at).any()
+
+
+def test_pbt_ties_break_by_slot_and_the_cap_needs_founders():
+    """Among equal fitness the lower slot counts as worse and the higher as better, on
+    every backend (a stable sort); without founders the lineage cap is not applied.
+    (Catches: an unstable sort, whose tie order differs between runs and backends; a cap
+    path taken without founders.)"""
+    fitness = jnp.asarray([0.0, 0.0, 1.0, 1.0, 0.5, 0.5, 1.0, 0.0])
+    src = np.asarray(pop.pbt_sources(fitness, 0.25))  # k = 2: slots 0, 1 copy 6, 3
+    np.testing.assert_array_equal(src, [6, 3, 2, 3, 4, 5, 6, 7])
+    np.testing.assert_array_equal(pop.pbt_sources(fitness, 0.25, None, 0.25), src)

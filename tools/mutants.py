@@ -1,0 +1,290 @@
+"""Mutation testing of the newer modules with cosmic-ray (``make mutants``).
+
+For each module: a scratch copy of the repository (tracked and untracked, not ignored,
+files), so the work tree is never edited; ``cosmic-ray init`` lists the mutants of the
+module; operators outside the realistic set below are skipped (``cr-filter-operators``),
+as are lines marked ``# pragma: no mutate`` (``cr-filter-pragma``); ``cosmic-ray baseline``
+checks the module's fast tests pass unmutated; ``cosmic-ray exec`` runs them once per
+mutant, each in a fresh Python process (``pytest -x``, a mutant is killed at the first
+failing test). The score per module goes to ``results/mutation/<module>.json``: date,
+commit, killed / survived / equivalent / timed out, and every survivor with its diff and,
+when ``results/mutation/equivalent.yaml`` explains it, why it is equivalent.
+
+    python tools/mutants.py                       # every module (hours on 2 cores)
+    python tools/mutants.py selfplay/population.py --jobs 2
+    python tools/mutants.py --report              # rewrite the JSON from finished sessions
+
+A session is kept under ``--work`` (default ``$AGORA_MUTANTS`` or
+``~/.cache/agora/mutants``) and resumes where it stopped.
+
+Why cosmic-ray: it applies each mutant to the file on disk and runs the test command as a
+new process, so every mutant is traced and compiled by JAX afresh. mutmut 3 forks one
+process that has already run the tests and switches mutants at run time through
+trampolines: a forked child would reuse ``jax.jit`` caches traced without the mutant and
+report false survivors, and forking a process with XLA's threads running can deadlock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "results" / "mutation"
+
+# The module -> its fast tests: files, and a pytest -k expression choosing tests in them
+# (test file names match too, so "test_rewards or pbt" keeps all of test_rewards.py).
+MODULES: dict[str, tuple[list[str], str]] = {
+    "selfplay/population.py": (["tests/test_behaviours.py", "tests/test_train.py"],
+                               "test_behaviours or pbt_sources or registered_fitness or lineage_cap or "
+                               "reward_weight_ranges or league_refreshes or pbt_copy"),
+    "selfplay/variants.py": (["tests/test_behaviours.py", "tests/test_train.py"],
+                             "test_behaviours or pbt_copy or reward_weight_ranges or readme_extension"),
+    "selfplay/rewards.py": (["tests/test_rewards.py", "tests/test_layout.py", "tests/test_train.py"],
+                            "test_rewards or test_layout or persistence or specialisation or component"),
+    "selfplay/evaluate.py": (["tests/test_behaviours.py", "tests/test_study.py", "tests/test_cli.py",
+                              "tests/test_orders.py"], "test_behaviours or test_orders or eval or crossplay"),
+    "selfplay/study.py": (["tests/test_study.py", "tests/test_welfare.py"], ""),
+    "selfplay/checkpoint.py": (["tests/test_checkpoints.py", "tests/test_reliability.py"], ""),
+    "selfplay/run.py": (["tests/test_train.py", "tests/test_reliability.py", "tests/test_behaviours.py"],
+                        "test_reliability or run_directory or ctrl_c or sigkill or nonfinite or lock or hidden"),
+    "economy/production.py": (["tests/test_behaviours.py", "tests/test_env.py", "tests/test_treasury.py",
+                               "tests/test_registry.py", "tests/test_scripted.py"], ""),
+    "economy/interop/pettingzoo.py": (["tests/test_pettingzoo.py"], ""),
+    "analysis/study_report.py": (["tests/test_study_report.py", "tests/test_results.py"], ""),
+}
+
+# Realistic one-token bugs: a sign, an operator swapped for its sibling, an off-by-one
+# comparison, a flipped boolean or condition, a constant off by one, a decorator dropped,
+# a loop that never runs, a break for a continue. The other binary-operator swaps cosmic-ray
+# makes (a + b -> a << b, ...) crash at once and only inflate the score.
+KEEP = {
+    "ReplaceBinaryOperator": ["Add_Sub", "Sub_Add", "Mul_Div", "Div_Mul", "FloorDiv_Div", "Div_FloorDiv",
+                              "Mod_FloorDiv", "Pow_Mul", "BitOr_BitAnd", "BitAnd_BitOr", "BitXor_BitOr"],
+    "ReplaceComparisonOperator": ["Lt_LtE", "LtE_Lt", "Gt_GtE", "GtE_Gt", "Eq_NotEq", "NotEq_Eq", "Is_IsNot",
+                                  "IsNot_Is", "In_NotIn", "NotIn_In", "Lt_Gt", "Gt_Lt"],
+    "ReplaceUnaryOperator": ["USub_UAdd", "Delete_Not", "Delete_USub"],
+}
+
+
+def exclude_patterns() -> list[str]:
+    """``cr-filter-operators`` regexes: every operator of the families above except the kept ones."""
+    return [rf"core/{family}_(?!(?:{'|'.join(kept)})$)" for family, kept in KEEP.items()]
+
+
+def commit() -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
+def copy_repo(dest: Path) -> None:
+    """Tracked and untracked-but-not-ignored files of the work tree into ``dest``."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    for f in filter(None, files):
+        src = ROOT / f
+        if src.is_file():
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / f)
+
+
+def tool(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+def session_dir(work: Path, module: str) -> Path:
+    return work / module.replace("/", "__").removesuffix(".py")
+
+
+def prepare(module: str, work: Path, timeout: float, fresh: bool) -> Path:
+    d = session_dir(work, module)
+    if fresh and d.exists():
+        shutil.rmtree(d)
+    repo, db, cfg = d / "repo", d / "session.sqlite", d / "cosmic-ray.toml"
+    if db.exists():
+        return d  # resume
+    d.mkdir(parents=True, exist_ok=True)
+    if repo.exists():
+        shutil.rmtree(repo)
+    repo.mkdir()
+    copy_repo(repo)
+    command = _command(module, repo)
+    cfg.write_text(
+        "[cosmic-ray]\n"
+        f'module-path = "{module}"\n'
+        f"timeout = {timeout}\n"
+        "excluded-modules = []\n"
+        f'test-command = "{command}"\n'
+        "[cosmic-ray.distributor]\n"
+        'name = "local"\n'
+        "[cosmic-ray.filters.operators-filter]\n"
+        f"exclude-operators = {json.dumps(exclude_patterns())}\n"
+    )
+    run = lambda *a: subprocess.run(a, cwd=repo, check=True, capture_output=True, text=True)  # noqa: E731
+    run(tool("cosmic-ray"), "init", str(cfg), str(db))
+    run(tool("cr-filter-operators"), str(db), str(cfg))
+    run(tool("cr-filter-pragma"), str(db))
+    return d
+
+
+def execute(module: str, work: Path, timeout: float, fresh: bool) -> str:
+    d = prepare(module, work, timeout, fresh)
+    repo, db, cfg = d / "repo", d / "session.sqlite", d / "cosmic-ray.toml"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    base = subprocess.run([tool("cosmic-ray"), "baseline", str(cfg)], cwd=repo, env=env, capture_output=True, text=True)
+    if base.returncode:
+        return f"{module}: the fast tests fail unmutated; fix them first\n{base.stdout[-2000:]}{base.stderr[-2000:]}"
+    subprocess.run([tool("cosmic-ray"), "exec", str(cfg), str(db)], cwd=repo, env=env, check=True)
+    return report(module, work)
+
+
+def retest(module: str, work: Path, timeout: float) -> str:
+    """Run the session's survivors again against the work tree's tests as they are now (a
+    fresh copy; each mutant applied with ``cosmic-ray apply``, the file restored after):
+    how a new test is checked to kill what it was written for. Kept in ``retest.json``."""
+    d = session_dir(work, module)
+    dump = subprocess.run([tool("cosmic-ray"), "dump", str(d / "session.sqlite")], capture_output=True, text=True,
+                          check=True).stdout
+    repo = d / "retest"
+    if repo.exists():
+        shutil.rmtree(repo)
+    repo.mkdir()
+    copy_repo(repo)
+    command = _command(module, repo)
+    original = (repo / module).read_bytes()
+    path, done = d / "retest.json", {}
+    for line in dump.splitlines():
+        item, result = json.loads(line)
+        if not result or result.get("worker_outcome") != "normal" or result.get("test_outcome") != "survived":
+            continue
+        m = item["mutations"][0]
+        subprocess.run([tool("cosmic-ray"), "apply", module, m["operator_name"], str(m["occurrence"])], cwd=repo,
+                       check=True, capture_output=True)
+        try:
+            r = subprocess.run(command, shell=True, cwd=repo, capture_output=True, timeout=timeout)
+            done[_key(m)] = "survived" if r.returncode == 0 else "killed"
+        except subprocess.TimeoutExpired:
+            done[_key(m)] = "killed"
+        finally:
+            (repo / module).write_bytes(original)
+    path.write_text(json.dumps({"commit": commit(), "outcomes": done}, indent=1) + "\n")
+    return report(module, work)
+
+
+def _command(module: str, repo: Path) -> str:
+    """The module's fast tests as one shell command, run in ``repo`` (a fresh process per
+    mutant; the copy first on the path, since the package is installed editable from the
+    work tree; one pytest worker; stop at the first failure)."""
+    files, k = MODULES[module]
+    tests = " ".join(t for t in files if (repo / t).exists()) + (f" -k '{k}'" if k else "")
+    return f"env PYTHONPATH={repo} {sys.executable} -m pytest -x -q -p no:cacheprovider {tests}"
+
+
+def _equivalent() -> dict:
+    path = OUT / "equivalent.yaml"
+    return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+
+
+def _key(m: dict) -> str:
+    return f"{m['definition_name']}:{m['start_pos'][0]}:{m['operator_name'].removeprefix('core/')}:{m['occurrence']}"
+
+
+def report(module: str, work: Path) -> str:
+    d = session_dir(work, module)
+    dump = subprocess.run([tool("cosmic-ray"), "dump", str(d / "session.sqlite")], capture_output=True, text=True,
+                          check=True).stdout
+    equivalent = _equivalent().get(module, {})
+    retested = json.loads((d / "retest.json").read_text()) if (d / "retest.json").exists() else {"outcomes": {}}
+    counts = {"killed": 0, "survived": 0, "equivalent": 0, "timeout": 0, "incompetent": 0, "pending": 0,
+              "killed_on_retest": 0}
+    survivors = []
+    for line in dump.splitlines():
+        item, result = json.loads(line)
+        if result is None:
+            counts["pending"] += 1
+            continue
+        if result.get("worker_outcome") == "skipped":
+            continue
+        m = item["mutations"][0]
+        outcome, test_outcome = result.get("worker_outcome"), result.get("test_outcome")
+        if outcome == "abnormal":
+            counts["timeout"] += 1  # a mutant that hangs the tests is caught (the suite would not finish)
+        elif test_outcome == "killed":
+            counts["killed"] += 1
+        elif test_outcome == "incompetent":
+            counts["incompetent"] += 1
+        elif retested["outcomes"].get(_key(m)) == "killed":
+            counts["killed"] += 1
+            counts["killed_on_retest"] += 1
+        else:
+            key = _key(m)
+            why = equivalent.get(key)
+            counts["equivalent" if why else "survived"] += 1
+            survivors.append({"mutant": key, "line": m["start_pos"][0], "function": m["definition_name"],
+                              "operator": m["operator_name"], "equivalent": why,
+                              "diff": "\n".join(result.get("diff") or [])[-1500:] if isinstance(result.get("diff"), list)
+                              else (result.get("diff") or "")[-1500:]})
+    caught = counts["killed"] + counts["timeout"] + counts["incompetent"]
+    scored = caught + counts["survived"]
+    record = {
+        "module": module,
+        "date": dt.date.today().isoformat(),
+        "commit": commit(),
+        "tool": "cosmic-ray " + subprocess.run([tool("cosmic-ray"), "--version"], capture_output=True,
+                                               text=True).stdout.split()[-1],
+        "operators": {"kept": KEEP, "other families": "all of cosmic-ray's core operators"},
+        "retest_commit": retested.get("commit"),  # survivors run again against the tests of this commit
+        "tests": {"files": MODULES[module][0], "k": MODULES[module][1]},
+        **counts,
+        "score": round(caught / scored, 4) if scored else None,  # killed / non-equivalent (timeouts count as killed)
+        "survivors": survivors,
+    }
+    OUT.mkdir(parents=True, exist_ok=True)
+    name = module.replace("/", "__").removesuffix(".py")
+    (OUT / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
+    return f"{module}: {caught} killed, {counts['survived']} survived, {counts['equivalent']} equivalent, " \
+           f"{counts['pending']} pending; score {record['score']}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("modules", nargs="*", help=f"modules (default: all of {', '.join(MODULES)})")
+    ap.add_argument("--jobs", type=int, default=1, help="modules mutated at once")
+    ap.add_argument("--timeout", type=float, default=300.0, help="seconds one mutant's tests may take")
+    ap.add_argument("--work", default=os.environ.get("AGORA_MUTANTS", str(Path.home() / ".cache/agora/mutants")))
+    ap.add_argument("--fresh", action="store_true", help="start the sessions anew instead of resuming")
+    ap.add_argument("--report", action="store_true", help="only rewrite results/mutation from the sessions")
+    ap.add_argument("--retest", action="store_true", help="run the survivors again against the tests as they are now")
+    args = ap.parse_args(argv)
+    unknown = [m for m in args.modules if m not in MODULES]
+    if unknown:
+        print(f"mutants: unknown module(s) {unknown}; known: {list(MODULES)}", file=sys.stderr)
+        return 2
+    modules, work = args.modules or list(MODULES), Path(args.work)
+    if args.retest:
+        for m in modules:
+            if (session_dir(work, m) / "session.sqlite").exists():
+                print(retest(m, work, args.timeout), flush=True)
+        return 0
+    if args.report:
+        for m in modules:
+            if (session_dir(work, m) / "session.sqlite").exists():
+                print(report(m, work))
+        return 0
+    with cf.ThreadPoolExecutor(args.jobs) as pool:
+        for line in pool.map(lambda m: execute(m, work, args.timeout, args.fresh), modules):
+            print(line, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
