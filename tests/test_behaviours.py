@@ -209,3 +209,24 @@ def test_pbt_ties_break_by_slot_and_the_cap_needs_founders():
     src = np.asarray(pop.pbt_sources(fitness, 0.25))  # k = 2: slots 0, 1 copy 6, 3
     np.testing.assert_array_equal(src, [6, 3, 2, 3, 4, 5, 6, 7])
     np.testing.assert_array_equal(pop.pbt_sources(fitness, 0.25, None, 0.25), src)
+
+
+def test_lineage_records_of_two_rounds_of_copies():
+    """Round 1: slot 1 copies 0; round 2: slot 2 copies slot 1 (a copy of a copy). Slot 2
+    then has generation 2, parent 1, founder 0 and the round's update; slots never copied
+    keep generation 0, their own parent and copied_at -1; the running fitness moves with
+    the parameters. (Catches: generation not counted, or counted from the copier instead
+    of its source; founder taken from the copier.)"""
+    P = 4
+    params = {"w": jnp.arange(P, dtype=jnp.float32)[:, None]}
+    hyper = {"learning_rate": jnp.full((P,), 1e-3)}
+    state = pop.init_pbt(P)._replace(fitness=jnp.asarray([4.0, 3.0, 2.0, 1.0]))
+    step = lambda s, src, u: pop.exploit_explore(params, params, hyper, {}, s, jnp.asarray(src, jnp.int32),  # noqa: E731
+                                                 jax.random.key(u), jnp.int32(u), (), (0.8, 1.25))[4]
+    s1 = step(state, [0, 0, 2, 3], 10)
+    s2 = step(s1, [0, 1, 1, 3], 20)
+    np.testing.assert_array_equal(s2.generation, [0, 1, 2, 0])
+    np.testing.assert_array_equal(s2.parent, [0, 0, 1, 3])
+    np.testing.assert_array_equal(s2.founder, [0, 0, 0, 3])
+    np.testing.assert_array_equal(s2.copied_at, [-1, 10, 20, -1])
+    np.testing.assert_array_equal(s2.fitness, [4.0, 4.0, 4.0, 1.0])

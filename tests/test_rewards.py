@@ -83,3 +83,45 @@ def test_registry_rejects_bad_entries():
         rewards.register_component("x", lambda s: 0.0, level="market")
     assert rewards.component_names()[-1] == "specialisation"  # member-level after agent-level
     assert rewards.REWARD_COMPONENTS["specialisation"].level == "member"
+
+
+def test_weighted_reward_weights_each_member_by_its_own_weights():
+    """``sum_c w_c[p] x_c[..., p, :]`` with per-member weights that differ, over two
+    components. (Catches: weights applied to the wrong axis (agents or steps), components
+    multiplied instead of summed, a weight of one member used for all.)"""
+    x = {"utility": jnp.arange(12, dtype=jnp.float32).reshape(2, 2, 3), "social": jnp.ones((2, 2, 3))}
+    w = {"utility": jnp.asarray([1.0, 0.5]), "social": jnp.asarray([0.0, 2.0])}
+    got = np.asarray(rewards.weighted_reward(x, w))
+    want = np.asarray(x["utility"]) * np.array([1.0, 0.5])[:, None] + np.array([0.0, 2.0])[:, None]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_components_by_level_and_registration_rules():
+    """Agent-level components come from the step, member-level ones from the rollout,
+    broadcast to ``[T, P, n]``; each function skips the other level; a default range with
+    lo > hi is refused; ``replace=True`` replaces; the order is agent-level first.
+    (Catches: a level filter inverted, member components not broadcast, lo > hi allowed,
+    replace ignored.)"""
+    step = rewards.StepData(info={"utility": jnp.asarray([1.0, 2.0]), "specialisation": jnp.asarray([0.5, 0.0])},
+                            state=None, prev_state=None, actions={})
+    got = rewards.agent_components(("utility", "persistence", "specialisation"), step)
+    assert set(got) == {"utility", "persistence"}
+    np.testing.assert_array_equal(got["persistence"], [0.5, 0.0])
+    roll = _rollout(np.zeros((3, 2, 4)))
+    try:
+        rewards.register_component("flat", lambda r: jnp.float32(0.25), level="member")
+        member = rewards.member_components(("utility", "flat"), roll)
+        assert set(member) == {"flat"} and member["flat"].shape == (3, 2, 4)
+        np.testing.assert_array_equal(member["flat"], 0.25)
+        names = rewards.component_names()
+        assert names.index("flat") > names.index("social")  # member-level after every agent-level one
+        rewards.register_component("flat", lambda r: jnp.float32(0.5), level="member", replace=True)
+        np.testing.assert_array_equal(rewards.member_components(("flat",), roll)["flat"], 0.5)
+        with pytest.raises(ValueError, match="lo > hi"):
+            rewards.register_component("bad_range", lambda s: 0.0, default=(0.3, 0.1))
+        rewards.register_component("even", lambda s: 0.0, default=(0.2, 0.2))
+        assert rewards.REWARD_COMPONENTS["even"].default == (0.2, 0.2)
+    finally:
+        rewards.unregister_component("flat")
+        rewards.unregister_component("even")
+    assert "flat" not in rewards.component_names()

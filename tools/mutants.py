@@ -48,10 +48,9 @@ MODULES: dict[str, tuple[list[str], str]] = {
     "selfplay/population.py": (["tests/test_behaviours.py", "tests/test_train.py"],
                                "test_behaviours or pbt_sources or registered_fitness or lineage_cap or "
                                "reward_weight_ranges or league_refreshes or pbt_copy"),
-    "selfplay/variants.py": (["tests/test_behaviours.py", "tests/test_train.py"],
-                             "test_behaviours or pbt_copy or reward_weight_ranges or readme_extension"),
-    "selfplay/rewards.py": (["tests/test_rewards.py", "tests/test_layout.py", "tests/test_train.py"],
-                            "test_rewards or test_layout or persistence or specialisation or component"),
+    "selfplay/variants.py": (["tests/test_variants.py", "tests/test_behaviours.py", "tests/test_train.py"],
+                             "test_variants or perturbation or pbt_copy or reward_weight_ranges"),
+    "selfplay/rewards.py": (["tests/test_rewards.py", "tests/test_layout.py"], "test_rewards or social_component"),
     "selfplay/evaluate.py": (["tests/test_behaviours.py", "tests/test_study.py", "tests/test_cli.py",
                               "tests/test_orders.py"], "test_behaviours or test_orders or eval or crossplay"),
     "selfplay/study.py": (["tests/test_study.py", "tests/test_welfare.py"], ""),
