@@ -408,15 +408,49 @@ def _list_index(node: list, part: str, key: str) -> int:
     raise ConfigError(f"override {key!r}: no entry named {part!r}")
 
 
-def format_validation_error(e: ValidationError, data: Any = None, prefix: str = "") -> str:
-    """One line per problem: ``dotted.key = value: message``."""
+def _model_at(model: Any, loc: tuple) -> Any:
+    """The pydantic model class at ``loc`` below ``model`` (list indices and dict keys
+    pass through to the element type), or None."""
+    import typing
+
+    def unwrap(t):
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            return t
+        for a in typing.get_args(t):
+            m = unwrap(a)
+            if m is not None:
+                return m
+        return None
+
+    for part in loc:
+        if model is None:
+            return None
+        if isinstance(part, int) or part not in getattr(model, "model_fields", {}):
+            continue  # a list index or a mapping key: stay on the element type
+        model = unwrap(model.model_fields[part].annotation)
+    return model
+
+
+def did_you_mean(key: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``known`` to ``key``, or ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def format_validation_error(e: ValidationError, data: Any = None, prefix: str = "", model: Any = None) -> str:
+    """One line per problem: ``dotted.key = value: message``; an unknown key of ``model``
+    (the validated class) names the closest known key."""
     lines = []
     for err in e.errors():
         loc = ".".join(str(p) for p in err["loc"])
         loc = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "<config>"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            lines.append(f"{loc}: unknown key (value {err['input']!r})")
+            parent = _model_at(model, tuple(err["loc"][:-1])) if model is not None else None
+            hint = did_you_mean(err["loc"][-1], parent.model_fields) if parent is not None else ""
+            lines.append(f"{loc}: unknown key (value {err['input']!r}){hint}")
         elif err["type"] in ("value_error", "assertion_error") and not err["loc"]:
             # A model-wide check names keys relative to the model ("niches.4.outputs: ..."):
             # give each part its section's prefix so the key is named in full.
@@ -434,7 +468,7 @@ def economy_from_dict(data: Mapping, prefix: str = "") -> EconomyConfig:
     try:
         return EconomyConfig.model_validate(dict(data))
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, data, prefix)) from None
+        raise ConfigError(format_validation_error(e, data, prefix, EconomyConfig)) from None
 
 
 def load_config(path: str | Path, *overrides: str, **fields: Any) -> EconomyConfig:

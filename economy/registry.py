@@ -46,12 +46,15 @@ def default_rule(ctx: ProductionContext) -> jax.Array:
     return ctx.labour * skill_mult * ctx.richness * ctx.project
 
 
-def register_rule(name: str, rule: ProductionRule | None = None):
-    """Register ``rule`` under ``name`` (usable as a decorator). Re-registering replaces it."""
+def register_rule(name: str, rule: ProductionRule | None = None, replace: bool = False):
+    """Register ``rule`` under ``name`` (usable as a decorator). Re-registering a name
+    raises unless ``replace``."""
 
     def deco(fn: ProductionRule) -> ProductionRule:
         if not callable(fn):
             raise TypeError(f"production rule {name!r} must be callable, got {type(fn).__name__}")
+        if name in PRODUCTION_RULES and not replace:
+            raise ValueError(f"production rule {name!r} is already registered (replace=True to override)")
         PRODUCTION_RULES[name] = fn
         return fn
 

@@ -20,8 +20,11 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
-EXIT_NONFINITE = 3  # a run stopped by its non-finite guard
+# Exit codes, one meaning each (docs/cli.md): 0 done; 1 failed (a bug or an unreadable
+# result); 2 bad input (config keys and values, study files, damaged checkpoints, a busy run
+# directory), nothing written; 3 a run stopped by its non-finite guard; 4 a command this
+# version does not have; 130 interrupted (Ctrl-C), after a final checkpoint.
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NONFINITE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -226,8 +229,11 @@ def _train(args) -> int:
         print(f"agora train: {err}", file=sys.stderr)
         return EXIT_NONFINITE
     except KeyboardInterrupt:
-        return 130
-    print(f"done: {int(ts.update)} updates; TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
+        return EXIT_INTERRUPTED
+    print(f"done: {int(ts.update)} updates in {run_dir}; next:\n"
+          f"  agora report {run_dir}              # the dashboard (report.html)\n"
+          f"  agora eval {run_dir}                # held-out worlds, beside the baselines and the frontier\n"
+          f"  tensorboard --logdir {run_dir / 'tb'}")
     return EXIT_OK
 
 
@@ -262,7 +268,7 @@ def _eval(args) -> int:
             out = Path(args.run_dir) / "eval.json"
             print(f"update {result['update']}: {result['worlds']} held-out worlds x {result['steps']} steps "
                   f"(burn-in {result['burn_in']})")
-            print(format_eval_table(result))
+            print(format_eval_table(result, result["niche_names"]))
     except (ConfigError, NotARunError) as err:
         print(f"agora eval: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -304,7 +310,7 @@ def _study(args) -> int:
         print(f"agora study: {err}", file=sys.stderr)
         return EXIT_NONFINITE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     if results["missing"]:
         print(f"missing runs (not in the results): {', '.join(results['missing'])}")
     print((study.study_dir / "results.md").read_text())
@@ -352,7 +358,7 @@ def _frontier(args) -> int:
         print(f"agora frontier: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     out = Path(args.out) if args.out else Path("runs") / "frontier" / Path(args.config).stem / "frontier.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, json.dumps(fr, indent=1))

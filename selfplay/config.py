@@ -26,7 +26,7 @@ from pydantic import (
 
 from agents.scripted import ScriptedConfig
 from economy import ConfigError, EconomyConfig, apply_overrides, load_yaml
-from economy.config import FrozenMap, check_number_bounds, format_validation_error
+from economy.config import FrozenMap, check_number_bounds, did_you_mean, format_validation_error
 from selfplay.batching import minibatch_split
 from selfplay.population import FITNESS
 from selfplay.rewards import REWARD_COMPONENTS
@@ -406,9 +406,9 @@ _SECTIONS: dict[str, type[BaseModel]] = {
 }
 
 
-def _problems(e: ValidationError, prefix: str) -> list[str]:
+def _problems(e: ValidationError, prefix: str, model: type[BaseModel] | None = None) -> list[str]:
     """The lines of :func:`economy.config.format_validation_error`, without its heading."""
-    return format_validation_error(e, prefix=prefix).split("\n  ")[1:]
+    return format_validation_error(e, prefix=prefix, model=model).split("\n  ")[1:]
 
 
 def run_config_from_dict(data: Any) -> RunConfig:
@@ -419,7 +419,7 @@ def run_config_from_dict(data: Any) -> RunConfig:
     sections: dict[str, BaseModel] = {}
     for key in data:
         if key not in _SECTIONS:
-            problems.append(f"{key}: unknown section (sections: {sorted(_SECTIONS)})")
+            problems.append(f"{key}: unknown section{did_you_mean(key, _SECTIONS)} (sections: {sorted(_SECTIONS)})")
     if "economy" not in data:
         problems.append("economy: missing section (the economy: goods, niches, num_agents, ...)")
     for name, model in _SECTIONS.items():
@@ -440,7 +440,7 @@ def run_config_from_dict(data: Any) -> RunConfig:
         except ValidationError as e:
             # Validating each section alone keeps a section-wide check's message short:
             # it names the keys itself instead of repeating the whole section.
-            problems += _problems(e, prefix=f"{name}.")
+            problems += _problems(e, prefix=f"{name}.", model=model)
     if not problems:
         try:
             return RunConfig(**sections)

@@ -315,7 +315,7 @@ def evaluate_run(run_dir: str | Path, settings: EvalSettings = EvalSettings(), u
             policies[name] = evaluate_baseline(trainer.env, name, s)
     policies = {k: with_distance(v, fr) for k, v in policies.items()}
     result = {"policies": policies, "worlds": s.worlds, "steps": s.steps, "burn_in": s.burn_in, "greedy": s.greedy,
-              "update": int(ts.update), "frontier": welfare.summary(fr)}
+              "update": int(ts.update), "frontier": welfare.summary(fr), "niche_names": list(cfg.economy.niche_names)}
     if write:
         write_atomic(Path(run_dir) / "eval.json", json.dumps(result, indent=1))
     return result
@@ -411,27 +411,26 @@ def crossplay(run_a: str | Path, against: str, settings: EvalSettings = EvalSett
 
 # ---- printing -----------------------------------------------------------------------------
 def format_eval_table(result: dict, niche_names: list[str] | None = None) -> str:
-    """A fixed-width table: one row per metric, one column per policy."""
+    """A fixed-width table: one row per metric, one column per policy; a per-niche metric
+    (``niche_shares``) gets one row per niche, named, when ``niche_names`` are given."""
     pols = list(result["policies"])
     rows = []
+    fmt = lambda v: "—" if v is None else f"{v:.4g}"  # noqa: E731
     for k in METRICS:
-        cells = []
-        for p in pols:
-            v = result["policies"][p].get(k)
-            if v is None:
-                cells.append("—")
-            elif isinstance(v, list):
-                cells.append(" ".join(f"{x:.2f}" for x in v))
-            else:
-                cells.append(f"{v:.4g}")
-        rows.append([k, *cells])
+        values = [result["policies"][p].get(k) for p in pols]
+        lists = [v for v in values if isinstance(v, list)]
+        if not lists:
+            rows.append([k, *map(fmt, values)])
+            continue
+        width = len(lists[0])
+        names = list(niche_names or [])
+        names = (names + ["rest"])[:width] if len(names) + 1 >= width else [str(i) for i in range(width)]
+        for i, name in enumerate(names):
+            rows.append([f"{k} {name}", *(fmt(v[i]) if isinstance(v, list) else "—" for v in values)])
     header = ["metric", *pols]
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-    text = [line(header)] + [line(r) for r in rows]
-    if niche_names:
-        text.append("niche_shares order: " + ", ".join(niche_names))
-    return "\n".join(text)
+    return "\n".join([line(header)] + [line(r) for r in rows])
 
 
 __all__ = [

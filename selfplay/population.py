@@ -54,10 +54,13 @@ class FitnessInputs(NamedTuple):
 FITNESS: dict[str, Callable[[FitnessInputs], jax.Array]] = {}
 
 
-def register_fitness(name: str, fn: Callable[[FitnessInputs], jax.Array] | None = None):
-    """Add a named fitness (``train.pbt.fitness``); usable as a decorator."""
+def register_fitness(name: str, fn: Callable[[FitnessInputs], jax.Array] | None = None, replace: bool = False):
+    """Add a named fitness (``train.pbt.fitness``); usable as a decorator. Re-registering a
+    name raises unless ``replace``."""
 
     def add(f):
+        if name in FITNESS and not replace:
+            raise ValueError(f"fitness {name!r} is already registered (replace=True to override)")
         FITNESS[name] = f
         return f
 

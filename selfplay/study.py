@@ -144,7 +144,7 @@ def load_study(path: str | Path, study_dir: str | Path | None = None) -> Study:
     try:
         cfg = StudyConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, data, prefix="").replace("invalid config", f"invalid study file {path}")) from None
+        raise ConfigError(format_validation_error(e, data, prefix="", model=StudyConfig).replace("invalid config", f"invalid study file {path}")) from None
     base = (path.parent / cfg.config).resolve() if not Path(cfg.config).is_absolute() else Path(cfg.config)
     if not base.is_file():
         raise ConfigError(f"{path}: config={cfg.config!r}: run config not found ({base})")

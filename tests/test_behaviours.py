@@ -230,3 +230,17 @@ def test_lineage_records_of_two_rounds_of_copies():
     np.testing.assert_array_equal(s2.founder, [0, 0, 0, 3])
     np.testing.assert_array_equal(s2.copied_at, [-1, 10, 20, -1])
     np.testing.assert_array_equal(s2.fitness, [4.0, 4.0, 4.0, 1.0])
+
+
+def test_fitness_registry_refuses_a_silent_replacement():
+    """(Catches: a plug-in fitness that shadows a built-in one without saying so.)"""
+    with pytest.raises(ValueError, match="'utility' is already registered"):
+        pop.register_fitness("utility", lambda x: x.components["utility"] * 2)
+    new = lambda x: x.components["utility"]  # noqa: E731
+    try:
+        assert pop.register_fitness("test_fit", new) is new
+        other = lambda x: -x.components["utility"]  # noqa: E731
+        pop.register_fitness("test_fit", replace=True)(other)
+        assert pop.FITNESS["test_fit"] is other
+    finally:
+        pop.FITNESS.pop("test_fit", None)

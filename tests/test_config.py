@@ -614,3 +614,17 @@ def test_run_config_seed_in_eval_range():
         load_run_config(CONFIGS / "tiny.yaml", ["simulate.seed=10", "economy.world.eval_seed_start=10"])
     ok = load_run_config(CONFIGS / "tiny.yaml", ["simulate.seed=9", "economy.world.eval_seed_start=10"])
     assert ok.simulate.seed == 9
+
+
+def test_unknown_keys_name_the_closest_known_key():
+    """A mistyped key at any depth (a section, a field, a nested model, a list entry)
+    names the closest known key; a key like no other gets no guess. (Catches: suggestions
+    drawn from the wrong level of the config.)"""
+    with pytest.raises(ConfigError) as e:
+        load_run_config(CONFIGS / "tiny.yaml", ["train.updtes=3", "train.pbt.intervall=3", "economy.num_agnets=256",
+                                                "economy.niches.farmer.outputz.grain=2", "train.zzzqqq=1"])
+    msg = str(e.value)
+    for wrong, right in [("train.updtes", "updates"), ("train.pbt.intervall", "interval"),
+                         ("economy.num_agnets", "num_agents"), ("economy.niches.0.outputz", "outputs")]:
+        assert re.search(rf"{re.escape(wrong)}: unknown key .*did you mean '{right}'\?", msg), msg
+    assert re.search(r"train\.zzzqqq: unknown key \(value 1\)$", msg, re.M), msg

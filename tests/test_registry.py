@@ -467,7 +467,7 @@ def test_weaver_example_runs(weaver):
 # --------------------------------------------------------------------------------------
 # The registry
 # --------------------------------------------------------------------------------------
-def test_register_rule_replaces(restore_rules):
+def test_register_rule_replaces_only_when_asked(restore_rules):
     def first(ctx):
         return economy.default_rule(ctx)
 
@@ -476,7 +476,12 @@ def test_register_rule_replaces(restore_rules):
 
     assert economy.register_rule("test-replace", first) is first
     assert economy.make_rule("test-replace") is first
-    economy.register_rule("test-replace")(second)  # decorator form
+    with pytest.raises(ValueError, match="'test-replace' is already registered"):
+        economy.register_rule("test-replace", second)
+    with pytest.raises(ValueError, match="already registered"):
+        economy.register_rule("congestion")(second)  # a built-in rule is not silently shadowed
+    assert economy.make_rule("test-replace") is first
+    economy.register_rule("test-replace", replace=True)(second)  # decorator form
     assert economy.make_rule("test-replace") is second
     assert economy.PRODUCTION_RULES["test-replace"] is second
 
