@@ -359,7 +359,9 @@ def training_curves(study_dir: str | Path, results: Mapping | None = None,
             where = f"condition {name}, seed {seed}"
             rd = _run_dir(study_dir, cond, seed)
             if rd is None:
-                notes.append(f"{where}: no run directory recorded; skipped")
+                src = _dict(cond.get("merged_from")).get(seed)
+                notes.append(f"{where}: merged from {src} (its run directory is not here); no curve" if src
+                             else f"{where}: no run directory recorded; skipped")
                 continue
             path = rd / "metrics.jsonl"
             if not path.is_file():

@@ -76,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--shard", help="I/N: run only every N-th run starting at the I-th (1-based); "
                     "default under a Slurm job array: SLURM_ARRAY_TASK_ID of SLURM_ARRAY_TASK_COUNT")
     st.add_argument("--aggregate", action="store_true", help="only write results.json/.md and report.html from the complete runs")
+    st.add_argument("--merge", nargs="+", default=[], metavar="RESULTS_JSON",
+                    help="with --aggregate: take the runs missing here from these results.json files of the same "
+                    "study (shards aggregated on other machines); runs complete here are kept")
     st.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     fr = sub.add_parser("frontier", help="the economy's welfare frontier: the planner's first-best and the best fixed "
@@ -289,6 +292,8 @@ def _study(args) -> int:
     try:
         study = load_study(args.study, args.study_dir)
         shard = None if args.aggregate else parse_shard(args.shard)
+        if args.merge and not args.aggregate:
+            raise ConfigError("--merge works with --aggregate only (it trains nothing)")
     except ConfigError as err:
         print(f"agora study: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -299,7 +304,7 @@ def _study(args) -> int:
         if shard is not None:
             print(f"shard {shard[0]}/{shard[1]} done; when every shard is: agora study {args.study} --aggregate")
             return EXIT_OK
-        results = aggregate(study)
+        results = aggregate(study, args.merge)
     except ConfigError as err:
         print(f"agora study: {err}", file=sys.stderr)
         return EXIT_USAGE

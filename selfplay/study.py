@@ -18,7 +18,8 @@ Every condition x seed is its own run directory (``STUDY_DIR/runs/CONDITION/seed
 config, checkpoints, metrics, ``eval.json``), trained by ``agora train``'s loop, so a
 killed study resumes where it stopped and finished runs are skipped. The runs are
 independent: ``--shard I/N`` (or a Slurm job array) trains every N-th of them, and
-``--aggregate`` writes the results from whatever runs are complete. The scripted and
+``--aggregate`` writes the results from whatever runs are complete (``--merge
+OTHER/results.json`` adds the runs of shards aggregated elsewhere). The scripted and
 random baselines play the same worlds with the same keys (``STUDY_DIR/baselines.json``).
 
 Outputs: ``results.json`` (per condition: overrides, per-seed metrics, mean, ``ci95`` =
@@ -310,21 +311,65 @@ def attach_frontier(results: dict, fr: dict) -> dict:
     return out
 
 
-def aggregate(study: Study) -> dict:
-    """``results.json``, ``results.md`` and ``report.html`` from the complete runs."""
+def load_merge(study: Study, paths) -> list[tuple[str, dict]]:
+    """The ``results.json`` files of other study directories (e.g. shards run on machines that
+    share no file system, or a session's run directories since lost), checked to be this
+    study's: same name, evaluation settings and overrides of every condition they list;
+    otherwise a :class:`ConfigError` naming the difference."""
+    s = study.settings
+    want_eval = {"worlds": s.worlds, "steps": s.steps, "burn_in": s.burn_in, "greedy": s.greedy}
+    out = []
+    for p in paths:
+        p = Path(p)
+        try:
+            r = json.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"--merge {p}: not found") from None
+        except (OSError, json.JSONDecodeError) as err:
+            raise ConfigError(f"--merge {p}: not a results.json ({err})") from None
+        if not isinstance(r, dict) or not isinstance(r.get("conditions"), dict):
+            raise ConfigError(f"--merge {p}: not a results.json (no conditions)")
+        if r.get("study") != study.name:
+            raise ConfigError(f"--merge {p}: results of study {r.get('study')!r}, not {study.name!r}")
+        if r.get("eval") != want_eval:
+            raise ConfigError(f"--merge {p}: evaluated with {r.get('eval')}, this study with {want_eval}")
+        for c in study.cfg.conditions:
+            theirs = r["conditions"].get(c.name)
+            ours = [*study.cfg.overrides, *c.overrides]
+            if theirs is not None and list(theirs.get("overrides", [])) != ours:
+                raise ConfigError(f"--merge {p}: condition {c.name!r} ran with overrides {theirs.get('overrides')}, "
+                                  f"this study's are {ours}")
+        out.append((str(p), r))
+    return out
+
+
+def aggregate(study: Study, merge=()) -> dict:
+    """``results.json``, ``results.md`` and ``report.html`` from the complete runs. A run not
+    complete here is taken from the first of the ``merge`` results (:func:`load_merge`) that
+    has its seed, recorded per condition under ``merged_from`` (seed: that file) and
+    without a run directory; runs complete here are never replaced."""
+    merged = load_merge(study, merge)
     conditions, missing = {}, []
     for c in study.cfg.conditions:
-        seeds, dirs = {}, {}
+        seeds, dirs, origin = {}, {}, {}
         for r in (r for r in study.runs if r.condition == c.name):
-            if not complete(r, study.settings):
-                missing.append(str(r.run_dir.relative_to(study.study_dir)))
-                continue
-            trained = json.loads((r.run_dir / "eval.json").read_text())["policies"]["trained"]
-            seeds[str(r.seed)] = with_distance(trained, frontier_of(study, r))
-            dirs[str(r.seed)] = str(r.run_dir.relative_to(study.study_dir))
+            seed = str(r.seed)
+            if complete(r, study.settings):
+                trained = json.loads((r.run_dir / "eval.json").read_text())["policies"]["trained"]
+                dirs[seed] = str(r.run_dir.relative_to(study.study_dir))
+            else:
+                src = next(((p, m) for p, m in merged if seed in m["conditions"].get(c.name, {}).get("seeds", {})), None)
+                if src is None:
+                    missing.append(str(r.run_dir.relative_to(study.study_dir)))
+                    continue
+                trained = src[1]["conditions"][c.name]["seeds"][seed]
+                origin[seed] = src[0]
+            seeds[seed] = with_distance(trained, frontier_of(study, r))
         mean, ci = summarise(seeds)
         conditions[c.name] = {"overrides": [*study.cfg.overrides, *c.overrides], "seeds": seeds, "run_dirs": dirs,
                               "mean": mean, "ci95": ci}
+        if origin:
+            conditions[c.name]["merged_from"] = origin
     s = study.settings
     cfg0 = study.runs[0].cfg
     results = {
@@ -361,5 +406,5 @@ def enable_compile_cache(study_dir: Path) -> None:
 __all__ = [
     "CI_METHOD", "ConditionConfig", "Run", "Study", "StudyConfig", "aggregate", "baselines", "complete", "frontier_of",
     "attach_frontier", "summarise",
-    "enable_compile_cache", "load_study", "mean_ci", "parse_shard", "run_study",
+    "enable_compile_cache", "load_merge", "load_study", "mean_ci", "parse_shard", "run_study",
 ]

@@ -124,6 +124,31 @@ def test_sharded_and_resumed_studies_give_the_same_results(smoke, tmp_path, caps
     partial = _results(a)
     assert partial["missing"] == ["runs/spec_off/seed_0", "runs/spec_on/seed_0"]
     assert "missing runs" in capsys.readouterr().out
+    # shards aggregated on two machines: shard 1/2's runs here, shard 2/2's only as a results.json
+    c = tmp_path / "merged"
+    shutil.copytree(smoke, c, ignore=shutil.ignore_patterns("seed_1"))
+    elsewhere = tmp_path / "shard2.json"
+    shutil.copy(a / "results.json", elsewhere)
+    assert _study("--study-dir", str(c), "--aggregate", "--merge", str(elsewhere)) == EXIT_OK
+    merged, want = _results(c), _results(smoke)
+    assert merged["missing"] == []
+    for name, cond in merged["conditions"].items():
+        assert {k: cond[k] for k in ("seeds", "mean", "ci95")} == {k: want["conditions"][name][k] for k in ("seeds", "mean", "ci95")}
+        assert cond["merged_from"] == {"1": str(elsewhere)} and list(cond["run_dirs"]) == ["0"]
+    # the local run wins over a merged one; a results.json of another study is refused
+    assert _study("--study-dir", str(smoke), "--aggregate", "--merge", str(elsewhere)) == EXIT_OK
+    assert _results(smoke) == want
+    other = json.loads(elsewhere.read_text())
+    other["study"] = "welfare"
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    other["study"], other["conditions"]["spec_on"]["overrides"] = "smoke", ["train.updates=7"]
+    (tmp_path / "changed.json").write_text(json.dumps(other))
+    capsys.readouterr()
+    for bad, words in (("other.json", "study 'welfare'"), ("changed.json", "condition 'spec_on'"), ("nope.json", "not found")):
+        assert _study("--study-dir", str(c), "--aggregate", "--merge", str(tmp_path / bad)) == EXIT_USAGE
+        assert words in capsys.readouterr().err
+    assert _study("--study-dir", str(c), "--merge", str(elsewhere)) == EXIT_USAGE
+    assert _results(c) == merged  # nothing already written is lost
     assert _study("--study-dir", str(a), "--shard", "1/2") == EXIT_OK
     assert _study("--study-dir", str(a), "--aggregate") == EXIT_OK
     assert _results(a) == _results(smoke)
