@@ -123,7 +123,7 @@ def test_mutated_presets_load_or_name_the_bad_key(case, tmp_path_factory):
         assert np.isfinite(np.asarray(x, np.float64)).all(), (name, mutated, field)
 
 
-STUDIES = sorted((CONFIGS / "studies").glob("*.yaml"))
+STUDIES = sorted((CONFIGS / "studies").rglob("*.yaml"))
 
 
 @st.composite

@@ -24,7 +24,7 @@ from scipy import stats
 from analysis.study_report import format_results_md, format_summary_md
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = sorted((ROOT / "results").glob("*/results.json"))
+RESULTS = sorted((ROOT / "results").rglob("results.json"))
 NICHES = ROOT / "results" / "niches"
 # The README's summary of the niches study: these columns of results.json, in this order.
 README_COLUMNS = ("utility", "efficiency", "efficiency_first_best", "niche_js_to_frontier", "active_niches",
@@ -128,11 +128,11 @@ def test_default_catalogue_frontier_record_is_of_the_demo_economy():
 
 
 def test_readme_quotes_the_committed_welfare_pilot_table():
-    r = _load(ROOT / "results" / "welfare_pilot" / "results.json")
+    r = _load(ROOT / "results" / "pilots" / "welfare_pilot" / "results.json")
     cols = ("utility", "efficiency", "niche_js_to_frontier", "active_niches", "member_niche_mi_bits", "project_stock",
             "largest_lineage_share")
-    assert format_summary_md(r, cols) in (ROOT / "results" / "welfare_pilot" / "README.md").read_text()
-    study = yaml.safe_load((ROOT / "configs" / "studies" / "welfare_pilot.yaml").read_text())
+    assert format_summary_md(r, cols) in (ROOT / "results" / "pilots" / "welfare_pilot" / "README.md").read_text()
+    study = yaml.safe_load((ROOT / "configs" / "studies" / "pilots" / "welfare_pilot.yaml").read_text())
     assert list(r["conditions"]) == [c["name"] for c in study["conditions"]] and r["missing"] == []
 
 
@@ -143,12 +143,12 @@ def test_summary_table_rejects_unknown_columns():
 
 
 def test_study_dynamics_on_a_hand_case(tmp_path):
-    """examples/study_dynamics.py: fixation is the first logged update with one founder in
+    """results/niches/study_dynamics.py: fixation is the first logged update with one founder in
     every slot; a niche group "dies" at the first update after its last one at or above
     the threshold (a dip that recovers does not count); "never" when it does not happen."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("study_dynamics", ROOT / "examples" / "study_dynamics.py")
+    spec = importlib.util.spec_from_file_location("study_dynamics", ROOT / "results" / "niches" / "study_dynamics.py")
     dyn = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(dyn)
     names = ["a", "b", "c", "rest"]

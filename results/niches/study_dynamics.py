@@ -6,7 +6,7 @@ members' mean share of work in the named niches (default: the tools chain, miner
 smith) falls below a threshold (default 1 %) and stays there to the end; a Markdown table
 per condition (median and range over seeds).
 
-    python examples/study_dynamics.py STUDY_DIR [--niches miner smith] [--below 0.01]
+    python results/niches/study_dynamics.py STUDY_DIR [--niches miner smith] [--below 0.01]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from analysis.report import read_jsonl  # noqa: E402
 

@@ -4,7 +4,7 @@ worlds of a run config (the measure of ``agora eval --against scripted``'s
 ``utility_by_niche``, here with scripted agents in every slot), and each niche's share of
 work.
 
-    python examples/scripted_utility_by_niche.py [configs/demo.yaml] [key=value ...]
+    python results/niches/scripted_utility_by_niche.py [configs/demo.yaml] [key=value ...]
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import functools
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np  # noqa: E402
 
