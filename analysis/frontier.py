@@ -395,7 +395,7 @@ def frontier(cfg: EconomyConfig, worlds: int, steps: int, burn_in: int, only: Se
              settings: FrontierSettings = FrontierSettings(), recompute: bool = False, log=None) -> dict:
     """Both frontiers of ``cfg`` on the evaluation worlds (``worlds``, ``steps``,
     ``burn_in`` as ``agora eval`` plays them), from the cache when it has them."""
-    from analysis.report import write_atomic
+    from analysis.files import write_atomic
 
     only = sorted(only) if only else None
     key = config_hash(cfg, worlds=worlds, steps=steps, burn_in=burn_in, only=only, settings=settings.model_dump())

@@ -10,9 +10,6 @@ analysis yet").
 
 from __future__ import annotations
 
-import base64
-import datetime as _dt
-import html
 import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -20,6 +17,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from analysis import plots
+from analysis.files import by_update, column, read_jsonl, update_of
+from analysis.page import Figures, escape, fmt, kv_table, table, write_page
 
 __all__ = ["NotARunError", "write_report", "REQUIRED_FILES", "SECTIONS"]
 
@@ -35,7 +34,6 @@ SECTIONS = (
     ("lineage", "PBT lineage"),
     ("config", "Config"),
 )
-DPI = 80
 NO_ANALYSIS = "No diversity analysis yet (analysis.jsonl is missing or empty)."
 MAX_LINEAGE_ROWS = 200
 MAX_MEMBER_LINES = 12
@@ -48,70 +46,12 @@ class NotARunError(ValueError):
 # ---- reading --------------------------------------------------------------------------
 
 
-def read_jsonl(path: Path) -> tuple[list[dict], list[str]]:
-    """The JSON objects of ``path`` (none if it is missing) and notes on skipped lines.
-    An unparsable last line (a run writing it right now) is skipped silently."""
-    if not path.is_file():
-        return [], []
-    lines = path.read_text(errors="replace").splitlines()
-    rows, notes = [], []
-    last = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            if i != last:
-                notes.append(f"{path.name}: skipped unparsable line {i + 1}")
-            continue
-        if isinstance(obj, dict):
-            rows.append(obj)
-        elif i != last:
-            notes.append(f"{path.name}: skipped line {i + 1} (not a JSON object)")
-    return rows, notes
-
-
-def _update_of(r: dict) -> float:
-    try:
-        return float(r.get("update"))
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-def _by_update(rows: list[dict]) -> list[dict]:
-    """Records with a numeric ``update``, sorted by it, the last record of each update kept."""
-    last = {}
-    for r in rows:
-        u = _update_of(r)
-        if np.isfinite(u):
-            last[u] = r
-    return [last[u] for u in sorted(last)]
-
-
-def _column(rows: Sequence[dict], key: str, index: str = "update") -> tuple[np.ndarray, np.ndarray] | None:
-    """(updates, values stacked over rows) of ``key``, from the rows that have it with the
-    shape of its last occurrence; None if no row has it."""
-    pairs = []
-    for r in rows:
-        if key in r and r[key] is not None and index in r:
-            try:
-                pairs.append((float(r[index]), np.asarray(r[key], np.float64)))
-            except (TypeError, ValueError):
-                continue
-    if not pairs:
-        return None
-    shape = pairs[-1][1].shape
-    pairs = [(u, v) for u, v in pairs if v.shape == shape]
-    return np.array([u for u, _ in pairs]), np.stack([v for _, v in pairs])
-
-
-def _per_column_series(rows: Sequence[dict], specs, names: Callable[[int], list[str]], figs: "_Figures") -> str:
+def _per_column_series(rows: Sequence[dict], specs, names: Callable[[int], list[str]], figs: "Figures") -> str:
     """One line plot per ``(key, title, ylabel)`` of ``specs`` whose values are ``[k]`` per
     row: a line per column, named by ``names(k)``."""
     out = ""
     for key, title, ylabel in specs:
-        col = _column(rows, key)
+        col = column(rows, key)
         if col is None or col[1].ndim != 2:
             continue
         u, v = col
@@ -145,77 +85,6 @@ def _names(entries: Any, n: int | None, prefix: str) -> list[str]:
 
 
 # ---- HTML pieces ----------------------------------------------------------------------
-
-_CSS = """
-body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 0 auto;
-       max-width: 1100px; padding: 0 1.2em 3em; color: #222; line-height: 1.4; }
-h1 { margin-bottom: 0.1em; } .sub { color: #666; margin-top: 0; }
-nav { position: sticky; top: 0; background: #fff; padding: 0.5em 0; border-bottom: 1px solid #ddd; }
-nav a { margin-right: 1em; text-decoration: none; color: #1f5fa8; }
-section { margin-top: 1.5em; border-top: 1px solid #eee; }
-img { max-width: 100%; height: auto; display: block; margin: 0.6em 0; }
-table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
-th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: right; }
-th { background: #f4f4f4; } td.l, th.l { text-align: left; }
-pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
-.missing { color: #a05a00; font-style: italic; } .note { color: #666; font-size: 0.9em; }
-"""
-
-
-def _e(x: Any) -> str:
-    return html.escape(str(x), quote=True)
-
-
-def _fmt(x: Any, digits: int = 4) -> str:
-    if x is None:
-        return "—"
-    if isinstance(x, (bool, np.bool_)):
-        return str(bool(x))
-    if isinstance(x, (int, np.integer)):
-        return f"{int(x):,}"
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return str(x)
-    if not np.isfinite(v):
-        return str(v)
-    return f"{v:.{digits}g}"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], left: int = 1) -> str:
-    """An HTML table; the first ``left`` columns are left-aligned text."""
-    cls = lambda i: ' class="l"' if i < left else ""
-    head = "".join(f"<th{cls(i)}>{_e(h)}</th>" for i, h in enumerate(header))
-    body = "".join(
-        "<tr>" + "".join(f"<td{cls(i)}>{_e(c if isinstance(c, str) else _fmt(c))}</td>" for i, c in enumerate(r)) + "</tr>"
-        for r in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _kv_table(rows: Sequence[tuple[str, Any]]) -> str:
-    body = "".join(f'<tr><th class="l">{_e(k)}</th><td class="l">{_e(v)}</td></tr>' for k, v in rows)
-    return f"<table><tbody>{body}</tbody></table>"
-
-
-class _Figures:
-    """Renders figures to ``<img>`` tags; a figure that fails becomes a note, not a crash."""
-
-    def __init__(self):
-        self.count = 0
-        self.errors: list[str] = []
-
-    def img(self, alt: str, make: Callable[[], Any]) -> str:
-        try:
-            fig = make()
-            png = plots.figure_png(fig, dpi=DPI)
-        except Exception as err:  # noqa: BLE001 - one bad plot must not lose the report
-            self.errors.append(f"{alt}: {type(err).__name__}: {err}")
-            return f'<p class="missing">Plot "{_e(alt)}" could not be drawn: {_e(type(err).__name__)}: {_e(err)}</p>'
-        self.count += 1
-        data = base64.b64encode(png).decode("ascii")
-        return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
-
 
 # ---- the report -----------------------------------------------------------------------
 
@@ -255,45 +124,17 @@ def write_report(run_dir: str | Path) -> Path:
     analysis, n3 = read_jsonl(run_dir / "analysis.jsonl")
     notes += n1 + n2 + n3
     # A resumed run re-logs the updates after its last checkpoint: keep the last record.
-    metrics, analysis = _by_update(metrics), _by_update(analysis)
-    lineage = list({(_update_of(e), e.get("child")): e for e in lineage}.values())
+    metrics, analysis = by_update(metrics), by_update(analysis)
+    lineage = list({(update_of(e), e.get("child")): e for e in lineage}.values())
 
     ctx = _Context(run_dir, cfg, metrics, lineage, analysis)
-    figs = _Figures()
+    figs = Figures()
     body = {sid: fn(ctx, figs) for sid, fn in _BUILDERS.items()}
-    body["config"] = f"<pre>{_e(config_text)}</pre>"
+    body["config"] = f"<pre>{escape(config_text)}</pre>"
     notes += figs.errors
 
     title = f"Agora run report: {run_dir.resolve().name}"
     return write_page(run_dir / "report.html", title, run_dir, SECTIONS, body, notes)
-
-
-def write_page(out: Path, title: str, where: Path, sections: Sequence[tuple[str, str]], body: dict, notes: Sequence[str]) -> Path:
-    """Write a self-contained report page (run or study) atomically: a title, the folder it
-    describes, a navigation bar, notes, then one ``<section>`` per ``(id, name)``."""
-    nav = "".join(f'<a href="#{sid}">{_e(name)}</a>' for sid, name in sections)
-    parts = "".join(f'<section id="{sid}"><h2>{_e(name)}</h2>{body[sid]}</section>\n' for sid, name in sections)
-    stamp = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    note_html = "".join(f'<p class="note">{_e(n)}</p>' for n in notes)
-    doc = (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        '<link rel="icon" href="data:,">\n'
-        f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-        f"<h1>{_e(title)}</h1>\n<p class=\"sub\">{_e(where.resolve())} — generated {_e(stamp)}</p>\n"
-        f"<nav>{nav}</nav>\n{note_html}{parts}</body>\n</html>\n"
-    )
-    write_atomic(out, doc)
-    return out
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename, so readers (another
-    process, a browser, a resumed study) never see a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 class _Context:
@@ -316,7 +157,7 @@ class _Context:
     def member_series(self, key: str) -> tuple[np.ndarray, dict] | None:
         """(updates, lines) of a per-member metric: one line per member, or the mean,
         min and max over members when there are more than ``MAX_MEMBER_LINES``."""
-        col = _column(self.metrics, key)
+        col = column(self.metrics, key)
         if col is None:
             return None
         u, v = col
@@ -328,22 +169,22 @@ class _Context:
 
 
 def _missing_analysis() -> str:
-    return f'<p class="missing">{_e(NO_ANALYSIS)}</p>'
+    return f'<p class="missing">{escape(NO_ANALYSIS)}</p>'
 
 
-def _overview(c: _Context, figs: _Figures) -> str:
+def _overview(c: _Context, figs: Figures) -> str:
     planned = c.train.get("updates")
     league = _get(c.train, "league", "size", default=0) or 0
     info = [
         ("run", c.run_dir.resolve().name),
-        ("updates reached / planned", f"{c.last_update:,} / {_fmt(planned)}"),
+        ("updates reached / planned", f"{c.last_update:,} / {fmt(planned)}"),
         ("members", f"{c.P}" + (f" (+ {league} league snapshots)" if league else "")),
-        ("agents", f"{_fmt(c.econ.get('num_agents'))} in {_fmt(c.econ.get('num_markets'))} markets"),
+        ("agents", f"{fmt(c.econ.get('num_agents'))} in {fmt(c.econ.get('num_markets'))} markets"),
         ("goods / niches", f"{len(c.good_names)} / {len(c.niche_names)}"),
         ("logged updates", f"{len(c.metrics)} in metrics.jsonl, {len(c.analysis)} in analysis.jsonl"),
         ("PBT copies", f"{len(c.lineage)}"),
     ]
-    out = _kv_table(info)
+    out = kv_table(info)
     a = c.analysis[-1] if c.analysis else {}
     util = _last(c.metrics, "utility")
     largest = a.get("largest_share")
@@ -352,23 +193,23 @@ def _overview(c: _Context, figs: _Figures) -> str:
         j = a["monopoly_niche"]
         who = (a.get("largest_member") or [None] * (j + 1))[j] if j >= 0 else None
         name = (c.niche_names[j] if j < len(c.niche_names) else f"niche {j}") if j >= 0 else None
-        mono = f"{_fmt(a.get('monopoly_share'), 3)} ({name}, member {who})" if j >= 0 else "no niche makes 1% of output"
+        mono = f"{fmt(a.get('monopoly_share'), 3)} ({name}, member {who})" if j >= 0 else "no niche makes 1% of output"
     elif isinstance(largest, list) and largest:
         j = int(np.nanargmax(np.asarray(largest, np.float64)))
         who = (a.get("largest_member") or [None] * len(largest))[j]
         name = c.niche_names[j] if j < len(c.niche_names) else f"niche {j}"
-        mono = f"{_fmt(largest[j], 3)} ({name}, member {who})"
+        mono = f"{fmt(largest[j], 3)} ({name}, member {who})"
     finals = [
-        ("mean utility per agent-step", _fmt(np.mean(util)) if util else "—"),
-        ("mean pairwise KL", _fmt(a.get("mean_kl"))),
-        ("mean pairwise JS", _fmt(a.get("mean_js"))),
-        ("effective number of policies", _fmt(a.get("effective_policies"))),
-        ("niche occupancy entropy (nats)", _fmt(a.get("occupancy_entropy"))),
+        ("mean utility per agent-step", fmt(np.mean(util)) if util else "—"),
+        ("mean pairwise KL", fmt(a.get("mean_kl"))),
+        ("mean pairwise JS", fmt(a.get("mean_js"))),
+        ("effective number of policies", fmt(a.get("effective_policies"))),
+        ("niche occupancy entropy (nats)", fmt(a.get("occupancy_entropy"))),
         ("largest monopoly share", mono),
-        ("wealth Gini", _fmt(a.get("gini"))),
+        ("wealth Gini", fmt(a.get("gini"))),
     ]
     at = f" (analysis at update {a['update']})" if "update" in a else ""
-    out += f"<h3>Final numbers{_e(at)}</h3>" + _table(["quantity", "value"], finals)
+    out += f"<h3>Final numbers{escape(at)}</h3>" + table(["quantity", "value"], finals)
     out += _members_table(c)
     out += _eval_table(c)
     if not c.analysis:
@@ -402,16 +243,16 @@ def _eval_table(c: _Context) -> str:
         vals = [e["policies"][p].get(k) for p in pols]
         if any(isinstance(v, list) for v in vals):
             continue
-        rows.append([k, *[_fmt(v, 4) for v in vals]])
-    head = (f"<h3>Held-out evaluation (agora eval: update {_fmt(e.get('update'))}, {_fmt(e.get('worlds'))} worlds x "
-            f"{_fmt(e.get('steps'))} steps, burn-in {_fmt(e.get('burn_in'))})</h3>")
+        rows.append([k, *[fmt(v, 4) for v in vals]])
+    head = (f"<h3>Held-out evaluation (agora eval: update {fmt(e.get('update'))}, {fmt(e.get('worlds'))} worlds x "
+            f"{fmt(e.get('steps'))} steps, burn-in {fmt(e.get('burn_in'))})</h3>")
     fr = e.get("frontier")
     if isinstance(fr, dict) and isinstance(fr.get("market"), dict) and isinstance(fr.get("first_best"), dict):
         head += (f"<p>Welfare frontier of this economy on the same worlds (agora frontier): market frontier "
-                 f"{_fmt(fr['market'].get('utility'), 4)} (best fixed niche shares with scripted orders), first-best "
-                 f"{_fmt(fr['first_best'].get('utility'), 4)} (a planner's steady state); <code>efficiency</code> is "
+                 f"{fmt(fr['market'].get('utility'), 4)} (best fixed niche shares with scripted orders), first-best "
+                 f"{fmt(fr['first_best'].get('utility'), 4)} (a planner's steady state); <code>efficiency</code> is "
                  f"utility over the market frontier.</p>")
-    return head + _table(["metric", *pols], rows)
+    return head + table(["metric", *pols], rows)
 
 
 def _members_table(c: _Context) -> str:
@@ -428,21 +269,21 @@ def _members_table(c: _Context) -> str:
         return ""
     pick = lambda v, p: v[p] if isinstance(v, list) and p < len(v) else None
     rows = [
-        [f"m{p}", *[_fmt(pick(last[k], p), 4) for k in cols], *[_fmt(pick(weights[k], p), 3) for k in comps],
-         _fmt(pick(last["fitness"], p), 4), _fmt(pick(last["founder"], p))]
+        [f"m{p}", *[fmt(pick(last[k], p), 4) for k in cols], *[fmt(pick(weights[k], p), 3) for k in comps],
+         fmt(pick(last["fitness"], p), 4), fmt(pick(last["founder"], p))]
         for p in range(c.P)
     ]
     header = ["member", *cols, *[f"weight: {k}" for k in comps], "fitness", "founder"]
     return (f"<h3>Members at update {c.last_update}</h3><p>Hyperparameters (after PBT) and reward weights "
             "(each slot's condition; copied by PBT only when <code>train.pbt.inherit</code> lists them).</p>"
-            + _table(header, rows))
+            + table(header, rows))
 
 
-def _diversity(c: _Context, figs: _Figures) -> str:
+def _diversity(c: _Context, figs: Figures) -> str:
     if not c.analysis:
         return _missing_analysis()
     out = ""
-    series = {k: _column(c.analysis, k) for k in ("mean_kl", "mean_js")}
+    series = {k: column(c.analysis, k) for k in ("mean_kl", "mean_js")}
     series = {k: v for k, v in series.items() if v is not None}
     if series:
         u = next(iter(series.values()))[0]
@@ -450,13 +291,13 @@ def _diversity(c: _Context, figs: _Figures) -> str:
         data = {label[k]: v[1] for k, v in series.items() if v[0].shape == u.shape}
         out += figs.img("mean KL and JS over time", lambda: plots.series_figure(
             u, data, "mean pairwise divergence between members", "nats"))
-    eff = _column(c.analysis, "effective_policies")
+    eff = column(c.analysis, "effective_policies")
     if eff is not None:
         out += figs.img("effective number of policies", lambda: plots.series_figure(
             eff[0], {"effective policies": eff[1]}, "effective number of distinct policies", "policies"))
-    ent = _column(c.analysis, "occupancy_entropy")
+    ent = column(c.analysis, "occupancy_entropy")
     if ent is not None:
-        mk = _column(c.analysis, "market_occupancy_entropy")
+        mk = column(c.analysis, "market_occupancy_entropy")
         data = {"population": ent[1]}
         if mk is not None and mk[0].shape == ent[0].shape and mk[1].ndim == 2:
             data.update({f"market {i}": mk[1][:, i] for i in range(mk[1].shape[1])})
@@ -475,12 +316,12 @@ def _square(x: Any) -> np.ndarray | None:
     return m if m.ndim == 2 and m.shape[0] == m.shape[1] and m.shape[0] > 0 else None
 
 
-def _heatmaps(c: _Context, figs: _Figures) -> str:
+def _heatmaps(c: _Context, figs: Figures) -> str:
     if not c.analysis:
         return _missing_analysis()
     a = c.analysis[-1]
     kl = _square(a.get("kl"))
-    out = f"<p>At update {_e(a.get('update', '?'))}. Members ordered by average-linkage clustering of the KL matrix (symmetrised).</p>"
+    out = f"<p>At update {escape(a.get('update', '?'))}. Members ordered by average-linkage clustering of the KL matrix (symmetrised).</p>"
     order = plots.cluster_order(kl) if kl is not None else None
     labels = [f"m{i}" for i in range(kl.shape[0])] if kl is not None else None
     for key, title in (("kl", "KL(π_row ‖ π_col), summed over heads"), ("js", "Jensen–Shannon divergence"),
@@ -492,25 +333,25 @@ def _heatmaps(c: _Context, figs: _Figures) -> str:
         out += figs.img(f"{key} heat map", lambda m=m, o=o, t=title: plots.heatmap_figure(
             m, t, labels=[f"m{i}" for i in range(m.shape[0])], order=o))
     if order is not None and labels:
-        out += f"<p class=\"note\">Cluster order: {_e(', '.join(labels[i] for i in order))}</p>"
+        out += f"<p class=\"note\">Cluster order: {escape(', '.join(labels[i] for i in order))}</p>"
     return out
 
 
-def _niches(c: _Context, figs: _Figures) -> str:
+def _niches(c: _Context, figs: Figures) -> str:
     if not c.metrics:
         return '<p class="missing">No updates logged yet.</p>'
     out = ""
-    occ = _column(c.metrics, "occupancy")
+    occ = column(c.metrics, "occupancy")
     if occ is not None:
         out += figs.img("population niche occupancy", lambda: plots.niche_shares_figure(
             occ[0], occ[1], c.niches_rest))
-    sh = _column(c.metrics, "niche_shares")
+    sh = column(c.metrics, "niche_shares")
     if sh is not None and sh[1].ndim == 3:
         out += figs.img("niche shares per member", lambda: plots.niche_shares_figure(
             sh[0], sh[1], c.niches_rest))
         last = sh[1][-1]
         rows = [[f"m{p}", *[float(x) for x in last[p]]] for p in range(last.shape[0])]
-        out += f"<h3>Niche shares at update {int(sh[0][-1])}</h3>" + _table(["member", *c.niches_rest], rows)
+        out += f"<h3>Niche shares at update {int(sh[0][-1])}</h3>" + table(["member", *c.niches_rest], rows)
     s = c.member_series("specialisation_index")
     if s:
         out += figs.img("specialisation index per member", lambda: plots.series_figure(
@@ -527,7 +368,7 @@ def _niches(c: _Context, figs: _Figures) -> str:
     return out or '<p class="missing">metrics.jsonl has no niche fields.</p>'
 
 
-def _monopoly(c: _Context, figs: _Figures) -> str:
+def _monopoly(c: _Context, figs: Figures) -> str:
     if not c.analysis:
         return _missing_analysis()
     names = lambda k: c.niche_names[:k] + [f"niche {i}" for i in range(len(c.niche_names), k)]
@@ -545,19 +386,19 @@ def _monopoly(c: _Context, figs: _Figures) -> str:
             who = "— (nothing produced)" if who is None or int(who) < 0 else f"m{int(who)}"
             h = hhi[j] if isinstance(hhi, list) and j < len(hhi) else None
             rows.append([nm[j], who, ls[j], h])
-        out += (f"<h3>Largest member per niche at update {_e(a.get('update', '?'))}</h3>"
-                + _table(["niche", "largest member", "share", "HHI"], rows, left=2))
+        out += (f"<h3>Largest member per niche at update {escape(a.get('update', '?'))}</h3>"
+                + table(["niche", "largest member", "share", "HHI"], rows, left=2))
     return out or '<p class="missing">analysis.jsonl has no monopoly fields.</p>'
 
 
-def _wealth(c: _Context, figs: _Figures) -> str:
+def _wealth(c: _Context, figs: Figures) -> str:
     if not c.analysis:
         return _missing_analysis()
     out = ""
     lor = _last(c.analysis, "lorenz")
     if isinstance(lor, list) and lor:
         out += figs.img("Lorenz curve", lambda: plots.lorenz_figure(lor))
-    g = _column(c.analysis, "gini")
+    g = column(c.analysis, "gini")
     if g is not None:
         out += figs.img("Gini over time", lambda: plots.series_figure(g[0], {"Gini": g[1]}, "wealth Gini", "Gini"))
     h = _last(c.analysis, "wealth_histogram")
@@ -567,7 +408,7 @@ def _wealth(c: _Context, figs: _Figures) -> str:
     return out or '<p class="missing">analysis.jsonl has no wealth fields.</p>'
 
 
-def _prices(c: _Context, figs: _Figures) -> str:
+def _prices(c: _Context, figs: Figures) -> str:
     goods = lambda k: c.good_names[:k] + [f"good {i}" for i in range(len(c.good_names), k)]
     out = _per_column_series(c.metrics, (
         ("market_price", "mean market price per good", "price"),
@@ -588,11 +429,11 @@ def _prices(c: _Context, figs: _Figures) -> str:
     if pm is not None and pm.ndim == 2:
         nm = goods(pm.shape[1])
         rows = [[f"market {m}", *pm[m].tolist()] for m in range(pm.shape[0])]
-        out += f"<h3>Prices per market at update {_e(a.get('update', '?'))}</h3>" + _table(["market", *nm], rows)
+        out += f"<h3>Prices per market at update {escape(a.get('update', '?'))}</h3>" + table(["market", *nm], rows)
     return out
 
 
-def _lineage(c: _Context, figs: _Figures) -> str:
+def _lineage(c: _Context, figs: Figures) -> str:
     P = c.P or int(c.train.get("members") or 1)
     ev = [e for e in c.lineage if all(k in e for k in ("update", "child", "parent"))]
     out = figs.img("PBT lineage", lambda: plots.lineage_figure(ev, P, max(c.last_update, 1)))
@@ -603,10 +444,10 @@ def _lineage(c: _Context, figs: _Figures) -> str:
     out += f"<h3>{len(ev)} cop{'y' if len(ev) == 1 else 'ies'}</h3>"
     if len(shown) < len(ev):
         out += f'<p class="note">The last {len(shown)} are listed.</p>'
-    return out + _table(["update", "child", "parent (copied from)", "fitness of parent"], rows, left=0)
+    return out + table(["update", "child", "parent (copied from)", "fitness of parent"], rows, left=0)
 
 
-_BUILDERS: dict[str, Callable[[_Context, _Figures], str]] = {
+_BUILDERS: dict[str, Callable[[_Context, Figures], str]] = {
     "overview": _overview,
     "diversity": _diversity,
     "kl-heatmap": _heatmaps,

@@ -25,7 +25,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from analysis import plots
-from analysis.report import NotARunError, _by_update, _column, _e, _Figures, _fmt, _kv_table, _table, read_jsonl, write_page
+from analysis.files import by_update, column, read_jsonl
+from analysis.page import Figures, escape, fmt, kv_table, table, write_page
+from analysis.report import NotARunError
 
 __all__ = [
     "BASELINES",
@@ -158,9 +160,9 @@ def _cell(mean: Any, ci: Any = None) -> str:
     for null."""
     if mean is None or isinstance(mean, (list, tuple, dict)):
         return "—"
-    s = _fmt(mean, DIGITS)
+    s = fmt(mean, DIGITS)
     if isinstance(ci, (list, tuple)) and len(ci) == 2 and any(_number(b) for b in ci):
-        s += f" [{_fmt(ci[0], DIGITS)}, {_fmt(ci[1], DIGITS)}]"
+        s += f" [{fmt(ci[0], DIGITS)}, {fmt(ci[1], DIGITS)}]"
     return s
 
 
@@ -301,7 +303,7 @@ def format_summary_md(results: dict, keys: Sequence[str]) -> str:
 
 def _member_mean(rows: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray] | None:
     """(updates, mean over members) of a per-member metric; NaN where no member has a value."""
-    col = _column(rows, key)
+    col = column(rows, key)
     if col is None:
         return None
     u, v = col
@@ -370,7 +372,7 @@ def training_curves(study_dir: str | Path, results: Mapping | None = None,
                 continue
             rows, bad = read_jsonl(path)
             notes += [f"{where}: {b}" for b in bad]
-            rows = _by_update(rows)
+            rows = by_update(rows)
             if not rows:
                 notes.append(f"{where}: metrics.jsonl has no updates logged; skipped")
                 continue
@@ -433,7 +435,7 @@ def _overview(study_dir: Path, results: Mapping) -> str:
         ("confidence intervals", results.get("ci_method") or "—"),
         ("evaluation", _eval_text(results)),
     ]
-    out = _kv_table(info)
+    out = kv_table(info)
     conds = _conditions(results)
     if conds:
         rows = []
@@ -443,13 +445,13 @@ def _overview(study_dir: Path, results: Mapping) -> str:
             dirs = _dict(c.get("run_dirs"))
             rows.append([name, "; ".join(ov) or "(none: the base config)", ", ".join(_seeds(c)) or "—",
                          ", ".join(str(dirs[s]) for s in _seeds(c) if s in dirs) or "—"])
-        out += "<h3>Conditions</h3>" + _table(["condition", "overrides", "seeds", "run directories"], rows, left=4)
+        out += "<h3>Conditions</h3>" + table(["condition", "overrides", "seeds", "run directories"], rows, left=4)
     else:
         out += '<p class="missing">results.json lists no conditions.</p>'
     missing = _missing(results)
     if missing:
         out += (f"<h3>Missing runs ({len(missing)})</h3><ul class=\"missing\">"
-                + "".join(f"<li>{_e(m)}</li>" for m in missing) + "</ul>")
+                + "".join(f"<li>{escape(m)}</li>" for m in missing) + "</ul>")
     else:
         out += "<p>No missing runs.</p>"
     return out
@@ -458,10 +460,10 @@ def _overview(study_dir: Path, results: Mapping) -> str:
 def _comparison_html(results: Mapping) -> str:
     header, rows = _comparison(results)
     ci = results.get("ci_method") or "no interval method given"
-    out = (f"<p>Conditions: mean over seeds [{_e(ci)}]; baselines: their value. "
-           "“—”: no value.</p>" + _table(header, rows))
+    out = (f"<p>Conditions: mean over seeds [{escape(ci)}]; baselines: their value. "
+           "“—”: no value.</p>" + table(header, rows))
     for title, h, r in _vector_tables(results):
-        out += f"<h3>{_e(title)}</h3>" + _table(h, r)
+        out += f"<h3>{escape(title)}</h3>" + table(h, r)
     keys = [k for k in _metrics(results) if not _is_list_metric(results, k)]
     seed_rows = []
     for name, c in _conditions(results).items():
@@ -472,21 +474,21 @@ def _comparison_html(results: Mapping) -> str:
                 seed_rows.append([name, s, *[_cell(v.get(k)) for k in keys]])
     if seed_rows:
         out += ("<details><summary>Per-seed values</summary>"
-                + _table(["condition", "seed", *keys], seed_rows, left=2) + "</details>")
+                + table(["condition", "seed", *keys], seed_rows, left=2) + "</details>")
     return out
 
 
-def _curves_html(study_dir: Path, results: Mapping, figs: _Figures) -> str:
+def _curves_html(study_dir: Path, results: Mapping, figs: Figures) -> str:
     curves, notes = training_curves(study_dir, results)
     out = ("<p>Per update: the mean over a run's members, then across the seeds of a condition "
            "the mean (line) and the range from the lowest to the highest seed (band).</p>")
-    out += "".join(f'<p class="note">{_e(n)}</p>' for n in notes)
+    out += "".join(f'<p class="note">{escape(n)}</p>' for n in notes)
     for key, title, ylabel in CURVE_METRICS:
         data = {name: c[key] for name, c in curves.items() if key in c}
         if not data:
-            out += f'<p class="missing">No {_e(key)} curves: no run of the study logged {_e(key)}.</p>'
+            out += f'<p class="missing">No {escape(key)} curves: no run of the study logged {escape(key)}.</p>'
             continue
-        out += f"<h3>{_e(key)}</h3>" + figs.img(f"{key} over training", lambda d=data, t=title, y=ylabel: band_figure(d, t, y))
+        out += f"<h3>{escape(key)}</h3>" + figs.img(f"{key} over training", lambda d=data, t=title, y=ylabel: band_figure(d, t, y))
     return out
 
 
@@ -495,7 +497,7 @@ def write_study_report(study_dir: str | Path) -> Path:
     :class:`NotAStudyError` if ``results.json`` is missing or unparsable."""
     study_dir = Path(study_dir)
     results = load_results(study_dir)
-    figs = _Figures()
+    figs = Figures()
     body = {
         "overview": _overview(study_dir, results),
         "comparison": _comparison_html(results),

@@ -75,7 +75,7 @@ def check_number_bounds(v: Any) -> Any:
     return v
 
 
-class _Frozen(BaseModel):
+class Frozen(BaseModel):
     """Frozen, unknown keys refused, no NaN or infinite floats, every integer within int32."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
@@ -86,7 +86,7 @@ class _Frozen(BaseModel):
         return check_number_bounds(v)
 
 
-class GoodConfig(_Frozen):
+class GoodConfig(Frozen):
     """One tradable good."""
 
     name: str  # unique identifier used by recipes
@@ -103,7 +103,7 @@ class GoodConfig(_Frozen):
         return self
 
 
-class NicheConfig(_Frozen):
+class NicheConfig(Frozen):
     """A profession: a recipe turning inputs into outputs, scaled by skill and local resources."""
 
     name: str
@@ -126,7 +126,7 @@ class NicheConfig(_Frozen):
         return self
 
 
-class MarketConfig(_Frozen):
+class MarketConfig(Frozen):
     """Call-auction market settings."""
 
     price_ticks: int = Field(64, ge=3, le=1024)  # L: size of the price-tick grid around the last price
@@ -149,7 +149,7 @@ class MarketConfig(_Frozen):
         return self
 
 
-class ProjectConfig(_Frozen):
+class ProjectConfig(Frozen):
     """Public projects: a per-market stock that raises every local producer's output."""
 
     decay: Fraction = 0.05  # fraction of the stock lost each step
@@ -157,7 +157,7 @@ class ProjectConfig(_Frozen):
     half: float = Field(200.0, gt=0.0)  # stock at which half the bonus is reached
 
 
-class TreasuryConfig(_Frozen):
+class TreasuryConfig(Frozen):
     """A public treasury per market, inside the exact money ledger: a sales tax on what
     sellers earn funds procurement of public-project units. The defaults (no tax, no pay)
     leave the economy exactly as without a treasury."""
@@ -166,7 +166,7 @@ class TreasuryConfig(_Frozen):
     pay: NonNegInt = 0  # money per public-project unit produced, paid to its producer from the market's treasury
 
 
-class WorldConfig(_Frozen):
+class WorldConfig(Frozen):
     """Distributions of procedurally generated worlds (drawn by ``reset``)."""
 
     richness_sigma: float = Field(0.5, ge=0.0)  # log-normal spread of market resource richness
@@ -186,7 +186,7 @@ class WorldConfig(_Frozen):
         return self
 
 
-class EconomyConfig(_Frozen):
+class EconomyConfig(Frozen):
     """The whole economy. Derived sizes are properties, computed from the fields."""
 
     num_agents: int = Field(4096, ge=1)  # N

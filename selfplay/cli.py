@@ -244,7 +244,7 @@ def _eval(args) -> int:
     """``agora eval``: RUN_DIR/eval.json (or, with --against, RUN_DIR/crossplay_NAME.json)."""
     import json
 
-    from analysis.report import write_atomic
+    from analysis.files import write_atomic
     from economy import ConfigError
     from selfplay.checkpoint import CheckpointError
     from selfplay.evaluate import EvalSettings, NotARunError, crossplay, evaluate_run, format_eval_table
@@ -345,7 +345,7 @@ def _frontier(args) -> int:
     import json
 
     from analysis.frontier import format_frontier, frontier
-    from analysis.report import write_atomic
+    from analysis.files import write_atomic
     from selfplay.evaluate import EvalSettings
 
     try:

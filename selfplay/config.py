@@ -26,7 +26,7 @@ from pydantic import (
 
 from agents.scripted import ScriptedConfig
 from economy import ConfigError, EconomyConfig, apply_overrides, load_yaml
-from economy.config import FrozenMap, check_number_bounds, did_you_mean, format_validation_error
+from economy.config import Frozen, FrozenMap, check_number_bounds, did_you_mean, format_validation_error
 from selfplay.batching import minibatch_split
 from selfplay.population import FITNESS
 from selfplay.rewards import REWARD_COMPONENTS
@@ -44,18 +44,7 @@ def check_name_template(field: str, v: str) -> str:
     return v
 
 
-class _Frozen(BaseModel):
-    """Frozen, unknown keys refused, no NaN or infinite floats, every integer within int32."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    @field_validator("*", mode="after")
-    @classmethod
-    def _int32(cls, v):
-        return check_number_bounds(v)
-
-
-class MeshConfig(_Frozen):
+class MeshConfig(Frozen):
     """Devices: the agent axis is split over ``agents`` devices by whole markets
     (``economy.num_markets`` divisible by it); parameters are replicated. ``auto``: the
     most devices (of all processes) that divide the number of markets."""
@@ -70,7 +59,7 @@ class MeshConfig(_Frozen):
         return v
 
 
-class SimulateConfig(_Frozen):
+class SimulateConfig(Frozen):
     """``agora simulate``: run one world with baseline agents and print a table."""
 
     steps: int = Field(100, ge=1)  # steps to simulate (one world; episode_length does not reset it)
@@ -141,7 +130,7 @@ def variant_problems(data: Any, prefix: str = "") -> tuple[dict | None, list[str
     }, []
 
 
-class VariantRanges(_Frozen):
+class VariantRanges(Frozen):
     """RL variants and reward weights, per member, drawn at start. In YAML::
 
         variants:
@@ -170,7 +159,7 @@ class VariantRanges(_Frozen):
         return {**{k: list(v) for k, v in self.ranges.items()}, "rewards": {k: list(v) for k, v in self.rewards.items()}}
 
 
-class PBTConfig(_Frozen):
+class PBTConfig(Frozen):
     """Population-based training on the device."""
 
     enabled: bool = True
@@ -195,14 +184,14 @@ class PBTConfig(_Frozen):
         return v
 
 
-class LeagueConfig(_Frozen):
+class LeagueConfig(Frozen):
     """Frozen snapshots of earlier members play a share ``size / (members + size)`` of the agent slots."""
 
     size: int = Field(0, ge=0)  # number of frozen snapshots (0: no league)
     refresh_every: int = Field(10, ge=1)  # updates between snapshot refreshes (round robin over slots)
 
 
-class AnalysisConfig(_Frozen):
+class AnalysisConfig(Frozen):
     """Diversity and niche analysis, computed on the device inside the update."""
 
     every: int = Field(10, ge=0)  # updates between analyses (0: never); logged to analysis.jsonl and TensorBoard
@@ -211,7 +200,7 @@ class AnalysisConfig(_Frozen):
     images: bool = True  # KL heat map, niche shares and lineage images in TensorBoard (host-side matplotlib)
 
 
-class ImitationConfig(_Frozen):
+class ImitationConfig(Frozen):
     """A warm start by imitation: the first ``updates`` updates roll out the scripted
     baseline (every agent) and fit each member to its actions by maximum likelihood, the
     critic to the scripted economy's returns; PPO, PBT and the league start after them.
@@ -222,7 +211,7 @@ class ImitationConfig(_Frozen):
     scripted: ScriptedConfig = ScriptedConfig()  # knobs of the scripted teacher
 
 
-class CurriculumConfig(_Frozen):
+class CurriculumConfig(Frozen):
     """A niche curriculum: for the first ``updates`` updates a share of the agent slots work
     the niche of their role instead of the one their policy draws, the share falling
     linearly from ``fraction`` to 0. Roles follow ``shares`` (one per niche, e.g. the market
@@ -244,14 +233,14 @@ class CurriculumConfig(_Frozen):
         return v
 
 
-class FaultConfig(_Frozen):
+class FaultConfig(Frozen):
     """Injected faults, for testing the run's guards (all off by default)."""
 
     nan_update: int = Field(0, ge=0)  # from this update (1-based) member nan_member's reward is NaN (0: never)
     nan_member: int = Field(0, ge=0)
 
 
-class NetworkConfig(_Frozen):
+class NetworkConfig(Frozen):
     hidden: tuple[int, ...] = (128, 128)  # widths of the torso's layers (each at least 1; () for none)
     activation: Literal["tanh", "relu"] = "tanh"
 
@@ -263,7 +252,7 @@ class NetworkConfig(_Frozen):
         return v
 
 
-class TrainConfig(_Frozen):
+class TrainConfig(Frozen):
     """``agora train``: population self-play with PPO, RL variants, PBT and a league."""
 
     members: int = Field(4, ge=1)  # P: learning members; players 0..P-1 of the P + league.size players (see layout)
@@ -328,7 +317,7 @@ class TrainConfig(_Frozen):
         return 1 if self.layout == "mixed" else agents_per_market // self.village_players
 
 
-class RunConfig(_Frozen):
+class RunConfig(Frozen):
     """A whole run: the economy and one section per command."""
 
     economy: EconomyConfig
@@ -461,3 +450,13 @@ def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfi
         data = {"economy": data}
     data = apply_overrides(data, overrides)
     return run_config_from_dict(data)
+
+
+def config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """The dotted keys at which two nested config dicts differ (a key on one side only counts)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += config_diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]

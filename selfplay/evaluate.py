@@ -54,7 +54,7 @@ from analysis.frontier import DISTANCE_METRICS, FrontierSettings, distance
 from analysis.diversity import effective_policies, js_matrix, kl_matrix, mean_offdiag
 from analysis.niches import ACTIVE_SHARE, gini, niche_spread  # noqa: F401 (ACTIVE_SHARE: re-exported)
 from analysis.population import wealth
-from analysis.report import write_atomic
+from analysis.files import write_atomic
 from economy import ConfigError, Economy, eval_keys
 from economy.streams import derive
 from selfplay.config import RunConfig, run_config_from_dict
@@ -173,7 +173,7 @@ def mean_metrics(per_world: list[dict]) -> dict:
     return out
 
 
-def _worlds(env: Economy, policy: Callable, groups: np.ndarray, num_groups: int, settings: EvalSettings):
+def play_worlds(env: Economy, policy: Callable, groups: np.ndarray, num_groups: int, settings: EvalSettings):
     """``(final state, per-step sums [T, ...] on the host)`` of every evaluation world played
     by ``policy``; one compile per policy (``jax.jit`` of the whole rollout)."""
     run = jax.jit(functools.partial(
@@ -192,7 +192,7 @@ def play(env: Economy, policy: Callable, groups: np.ndarray, num_groups: int, se
     """Play every evaluation world with ``policy``; returns ``(per-world metrics, probe
     observations or None)``."""
     per_world, probes = [], []
-    for final, sums in _worlds(env, policy, groups, num_groups, settings):
+    for final, sums in play_worlds(env, policy, groups, num_groups, settings):
         w = np.asarray(wealth(final.goods, final.money, final.price), np.float64)
         per_world.append(world_metrics(sums, w, groups, members, settings.burn_in))
         if probe:
@@ -323,9 +323,9 @@ def evaluate_run(run_dir: str | Path, settings: EvalSettings = EvalSettings(), u
 
 # ---- cross-play -------------------------------------------------------------------------
 def _economy_diff(a: RunConfig, b: RunConfig) -> list[str]:
-    from selfplay.run import _diff
+    from selfplay.config import config_diff
 
-    return _diff(a.economy.model_dump(mode="json"), b.economy.model_dump(mode="json"), "economy.")
+    return config_diff(a.economy.model_dump(mode="json"), b.economy.model_dump(mode="json"), "economy.")
 
 
 def crossplay_run(trainer, name) -> int:
@@ -389,7 +389,7 @@ def crossplay(run_a: str | Path, against: str, settings: EvalSettings = EvalSett
         return {k: merge(a[k], b[k]) for k in a}
 
     per_side = {0: [], 1: []}
-    for _, sums in _worlds(env, policy, side, 2, s):
+    for _, sums in play_worlds(env, policy, side, 2, s):
         sums = {k: np.asarray(v, np.float64)[s.burn_in:] for k, v in sums.items()}
         out_total = sums["output"].sum()
         for g in (0, 1):
@@ -437,5 +437,6 @@ __all__ = [
     "EvalSettings", "METRICS", "MEMBER_METRICS", "NotARunError", "crossplay", "crossplay_run", "economy_frontier",
     "eval_keys",
     "evaluate_baseline", "with_distance",
-    "evaluate_population", "evaluate_run", "format_eval_table", "load_run", "mean_metrics", "play", "world_metrics",
+    "evaluate_population", "evaluate_run", "format_eval_table", "load_run", "mean_metrics", "play", "play_worlds",
+    "world_metrics",
 ]

@@ -23,10 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 
-from analysis.report import read_jsonl, write_atomic
+from analysis.files import read_jsonl, write_atomic
 from economy import ConfigError
 from selfplay.checkpoint import CheckpointError, CheckpointMismatchError, Checkpoints
-from selfplay.config import RunConfig
+from selfplay.config import RunConfig, config_diff
 from selfplay.train import Trainer, TrainState
 
 
@@ -121,7 +121,7 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, write: bool = T
     new = snapshot(cfg)
     if path.exists() and resume and (run_dir / "checkpoints").exists():
         old = yaml.safe_load(path.read_text())
-        diff = _diff(old, new)
+        diff = config_diff(old, new)
         # The number of updates may grow on resume; everything else must match.
         diff = [d for d in diff if d != "train.updates"]
         if diff:
@@ -131,15 +131,6 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, write: bool = T
             )
     if write:
         write_atomic(path, yaml.safe_dump(new, sort_keys=False))  # other processes may be reading it
-
-
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
 
 
 def member_scalars(m: dict, names: dict) -> dict[str, float]:

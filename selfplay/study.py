@@ -40,11 +40,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from economy import ConfigError, load_yaml
 from economy.config import format_validation_error
-from analysis.report import write_atomic
+from analysis.files import write_atomic
 from selfplay.config import RunConfig, check_name_template, load_run_config
 from analysis import frontier as welfare
 from analysis.frontier import FrontierSettings
@@ -53,10 +53,10 @@ from selfplay.evaluate import METRICS, EvalSettings, economy_frontier, with_dist
 CI_METHOD = "Student's t, 95 %, over seeds"
 
 
-from selfplay.config import _Frozen  # noqa: E402  (frozen, unknown keys refused, int32, no NaN)
+from economy.config import Frozen  # noqa: E402  (frozen, unknown keys refused, int32, no NaN)
 
 
-class ConditionConfig(_Frozen):
+class ConditionConfig(Frozen):
     name: str
     overrides: tuple[str, ...] = ()
 
@@ -68,14 +68,14 @@ class ConditionConfig(_Frozen):
         return v
 
 
-class StudyEvalConfig(_Frozen):
+class StudyEvalConfig(Frozen):
     worlds: int = Field(8, ge=1)
     steps: int | None = Field(None, ge=1)
     burn_in: int | None = Field(None, ge=0)
     greedy: bool = False
 
 
-class StudyConfig(_Frozen):
+class StudyConfig(Frozen):
     name: str | None = None
     config: str  # the base run config, relative to the study file
     overrides: tuple[str, ...] = ()

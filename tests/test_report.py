@@ -211,7 +211,7 @@ def test_report_of_run_in_progress(tmp_path):
 
 def test_report_of_resumed_run_keeps_last_record_per_update(tmp_path):
     """A run resumed from an older checkpoint logs some updates twice."""
-    from analysis.report import _by_update, read_jsonl
+    from analysis.files import by_update as _by_update, read_jsonl
 
     run = make_run(tmp_path / "resumed", updates=(1, 2, 3), analysis=False, lineage=False)  # no report: fast
     rows = (run / "metrics.jsonl").read_text().splitlines()

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from agents.scripted import scripted_actions  # noqa: E402
 from economy import Economy  # noqa: E402
 from selfplay.config import load_run_config  # noqa: E402
-from selfplay.evaluate import EvalSettings, _worlds  # noqa: E402
+from selfplay.evaluate import EvalSettings, play_worlds  # noqa: E402
 
 
 def utility_by_niche(cfg, worlds: int = 8, steps: int = 100, burn_in: int = 25) -> dict:
@@ -28,7 +28,7 @@ def utility_by_niche(cfg, worlds: int = 8, steps: int = 100, burn_in: int = 25) 
     s = EvalSettings(worlds, steps, burn_in, False).resolved(cfg)
     groups = np.zeros(env.cfg.num_agents, np.int64)
     u = w = 0.0
-    for _, sums in _worlds(env, functools.partial(scripted_actions, env), groups, 1, s):
+    for _, sums in play_worlds(env, functools.partial(scripted_actions, env), groups, 1, s):
         u = u + np.asarray(sums["niche_utility"], np.float64)[s.burn_in:, 0].sum(0)
         w = w + np.asarray(sums["work"], np.float64)[s.burn_in:, 0].sum(0)
     names = list(env.cfg.niche_names) + ["rest"]

@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from analysis.report import read_jsonl  # noqa: E402
+from analysis.files import read_jsonl  # noqa: E402
 
 
 def run_events(run_dir: Path, niche_idx: list[int], below: float) -> dict:
