@@ -31,6 +31,44 @@ class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names it."""
 
 
+# ---- nearest valid sizes ---------------------------------------------------------------
+
+
+def divisors(n: int) -> list[int]:
+    """The positive divisors of ``n >= 1``, ascending (trial division up to sqrt(n))."""
+    small, large = [], []
+    d = 1
+    while d * d <= n:
+        if n % d == 0:
+            small.append(d)
+            if d * d != n:
+                large.append(n // d)
+        d += 1
+    return small + large[::-1]
+
+
+def nearest_sizes(value: int, candidates: Iterable[int], valid: Any = None) -> tuple[int | None, int | None]:
+    """The nearest of ``candidates`` below and above ``value`` (``None`` where there is
+    none) that pass ``valid`` (a predicate; all of them when ``None``). Candidates are tried
+    nearest first, so ``valid`` runs only until each side has its answer."""
+    below = sorted((c for c in set(candidates) if c < value), reverse=True)
+    above = sorted(c for c in set(candidates) if c > value)
+    pick = lambda side: next((c for c in side if valid is None or valid(c)), None)  # noqa: E731
+    return pick(below), pick(above)
+
+
+def suggest_sizes(setting: str, value: int, candidates: Iterable[int], valid: Any = None, note: str = "") -> str:
+    """``nearest valid SETTING: B below, A above`` (``none below`` / ``none above`` on a
+    side without one) for a size that breaks a divisibility rule: ``candidates`` are the
+    values the rule allows, ``valid`` (optional) the predicate of every other size rule.
+    ``note`` follows the setting's name (e.g. what else adds to it)."""
+    below, above = nearest_sizes(value, candidates, valid)
+    if below is None and above is None:
+        return f"no valid {setting}{note} with the other sizes as they are"
+    side = lambda x, where: f"none {where}" if x is None else f"{x} {where}"  # noqa: E731
+    return f"nearest valid {setting}{note}: {side(below, 'below')}, {side(above, 'above')}"
+
+
 class FrozenMap(dict):
     """A read-only, hashable ``dict`` (recipes and rule parameters of frozen configs)."""
 
@@ -231,9 +269,11 @@ class EconomyConfig(Frozen):
     def _check(self):
         errors = []
         if self.num_agents % self.num_markets:
+            n, m = self.num_agents, self.num_markets
+            multiples = [x for x in ((n // m) * m, (n // m + 1) * m) if 1 <= x <= INT32_MAX]
             errors.append(
-                f"num_agents={self.num_agents} is not divisible by num_markets={self.num_markets} "
-                "(markets are contiguous blocks of equal size)"
+                f"num_agents={n} is not divisible by num_markets={m} (markets are contiguous blocks of equal size): "
+                f"{suggest_sizes('num_agents', n, multiples)}, or {suggest_sizes('num_markets', m, divisors(n))}"
             )
         goods = [g.name for g in self.goods]
         if len(goods) < 1:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 import math
-from typing import Annotated, Any, Literal, Mapping, Sequence
+from typing import Annotated, Any, Literal, Mapping, NamedTuple, Sequence
 
 from pydantic import (
     AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator,
@@ -26,7 +26,9 @@ from pydantic import (
 
 from agents.scripted import ScriptedConfig
 from economy import ConfigError, EconomyConfig, apply_overrides, load_yaml
-from economy.config import Frozen, FrozenMap, check_number_bounds, did_you_mean, format_validation_error
+from economy.config import (
+    INT32_MAX, Frozen, FrozenMap, check_number_bounds, did_you_mean, divisors, format_validation_error, suggest_sizes,
+)
 from selfplay.batching import minibatch_split
 from selfplay.population import FITNESS
 from selfplay.rewards import REWARD_COMPONENTS
@@ -317,6 +319,98 @@ class TrainConfig(Frozen):
         return 1 if self.layout == "mixed" else agents_per_market // self.village_players
 
 
+class Sizes(NamedTuple):
+    """The sizes a run's divisibility rules tie together (plain integers: checking them
+    imports nothing and compiles nothing). :meth:`problem` names the first broken rule and
+    the settings that could fix it, :meth:`suggest` the nearest valid values of one."""
+
+    agents: int  # economy.num_agents (N)
+    markets: int  # economy.num_markets (M)
+    mesh: int | str  # mesh.agents (devices, or "auto")
+    members: int  # train.members
+    league: int  # train.league.size
+    layout: str  # train.layout
+    village_players: int  # train.village_players (k)
+    minibatches: int  # train.minibatches
+    rollout_steps: int  # train.rollout_steps (T)
+    min_members: int = 1  # train.fault.nan_member + 1: the least train.members a suggestion may name
+
+    # dotted setting -> field of Sizes
+    SETTINGS = {"mesh.agents": "mesh", "train.members": "members", "train.village_players": "village_players",
+                "train.minibatches": "minibatches"}
+
+    @classmethod
+    def of(cls, cfg: "RunConfig") -> "Sizes":
+        t = cfg.train
+        return cls(cfg.economy.num_agents, cfg.economy.num_markets, cfg.mesh.agents, t.members, t.league.size,
+                   t.layout, t.village_players, t.minibatches, t.rollout_steps, t.fault.nan_member + 1)
+
+    @property
+    def players(self) -> int:
+        return self.members + self.league
+
+    def problem(self) -> tuple[str, tuple[str, ...]] | None:
+        """``(message, settings)`` for the first size rule these sizes break (``settings``:
+        the dotted keys whose nearest valid values the message should name), or ``None``."""
+        n, m, pl, k = self.agents, self.markets, self.players, self.village_players
+        per_market = n // m
+        players = f"the {pl} players (train.members={self.members} + train.league.size={self.league})"
+        if self.mesh != "auto" and m % self.mesh:
+            return (f"mesh.agents={self.mesh} must divide economy.num_markets={m} (each device holds whole markets)",
+                    ("mesh.agents",))
+        if self.layout == "villages":
+            if k > pl:
+                return (f"train.village_players={k} (train.layout=villages) must be at most {players}",
+                        ("train.village_players",))
+            if per_market % k:
+                return (f"train.village_players={k} (train.layout=villages) must divide the agents per market "
+                        f"(economy.num_agents / economy.num_markets = {per_market}): each market is split into "
+                        f"{k} contiguous runs of agents, one per player", ("train.village_players",))
+            if (m * k) % pl:
+                return (f"train.layout=villages: economy.num_markets={m} * train.village_players={k} = {m * k} market "
+                        f"seats must be divisible by {players}, so that every player sits in the same number of "
+                        "markets", ("train.members", "train.village_players"))
+        if n % pl:
+            return (f"train.members={self.members} + train.league.size={self.league} = {pl} players must divide "
+                    f"economy.num_agents={n} (agent i is played by player (i // C) % players, see train.layout)",
+                    ("train.members",))
+        if self.layout == "mixed" and per_market % pl:
+            return (f"train.members={self.members} + train.league.size={self.league} = {pl} players must divide the "
+                    f"agents per market (economy.num_agents / economy.num_markets = {per_market}) so every member "
+                    "trades in every market under train.layout=mixed (train.layout=villages puts a few players in "
+                    "each market)", ("train.members",))
+        try:  # each minibatch takes a part of the steps (samples) of a group of the agents (streams)
+            minibatch_split(self.minibatches, n // pl, self.rollout_steps)
+        except ValueError as e:
+            return (f"train.minibatches={self.minibatches} with train.rollout_steps={self.rollout_steps} and "
+                    f"{n // pl} agents per player: {e}", ("train.minibatches",))
+        return None
+
+    def candidates(self, setting: str) -> list[int]:
+        """Values of ``setting`` that its own divisibility rule allows (a superset of the
+        valid ones: :meth:`suggest` checks every rule on each)."""
+        if setting == "mesh.agents":
+            return divisors(self.markets)
+        if setting == "train.members":  # the players (members + league) must divide N
+            return [p - self.league for p in divisors(self.agents) if p - self.league >= self.min_members]
+        if setting == "train.village_players":  # k must divide the agents per market
+            return divisors(self.agents // self.markets)
+        if setting == "train.minibatches":  # sample parts divide T, stream groups divide the agents per player
+            streams = self.agents // self.players
+            return [d * g for d in divisors(self.rollout_steps) for g in divisors(streams) if d * g <= INT32_MAX]
+        raise KeyError(setting)
+
+    def suggest(self, setting: str) -> str:
+        """``nearest valid SETTING: B below, A above``: the nearest values of ``setting``
+        with which every size rule holds, the other sizes as they are."""
+        field = self.SETTINGS[setting]
+        valid = lambda v: self._replace(**{field: v}).problem() is None  # noqa: E731
+        note = ""
+        if setting == "train.members" and self.league:
+            note = f" (train.league.size={self.league} adds {self.league} players)"
+        return suggest_sizes(setting, getattr(self, field), self.candidates(setting), valid, note)
+
+
 class RunConfig(Frozen):
     """A whole run: the economy and one section per command."""
 
@@ -333,12 +427,7 @@ class RunConfig(Frozen):
                 f"simulate.seed={self.simulate.seed} lies in the held-out evaluation range "
                 f"(economy.world.eval_seed_start={start})"
             )
-        if self.mesh.agents != "auto" and self.economy.num_markets % self.mesh.agents:
-            raise ValueError(
-                f"mesh.agents={self.mesh.agents} must divide economy.num_markets={self.economy.num_markets} "
-                "(each device holds whole markets)"
-            )
-        t, n = self.train, self.economy.num_agents
+        t = self.train
         if t.fault.nan_member >= t.members:
             raise ValueError(f"train.fault.nan_member={t.fault.nan_member} must be below train.members={t.members}")
         if t.imitation.updates >= t.updates:
@@ -352,41 +441,11 @@ class RunConfig(Frozen):
                 f"train.curriculum.shares has {len(c.shares)} entries; the economy has {self.economy.num_niches} "
                 f"niches ({', '.join(self.economy.niche_names)})"
             )
-        per_market, m = self.economy.agents_per_market, self.economy.num_markets
-        players = f"the {t.players} players (train.members={t.members} + train.league.size={t.league.size})"
-        if t.layout == "villages":
-            k = t.village_players
-            if k > t.players:
-                raise ValueError(f"train.village_players={k} (train.layout=villages) must be at most {players}")
-            if per_market % k:
-                raise ValueError(
-                    f"train.village_players={k} (train.layout=villages) must divide the agents per market "
-                    f"(economy.num_agents / economy.num_markets = {per_market}): each market is split into "
-                    f"{k} contiguous runs of agents, one per player"
-                )
-            if (m * k) % t.players:
-                raise ValueError(
-                    f"train.layout=villages: economy.num_markets={m} * train.village_players={k} = {m * k} market "
-                    f"seats must be divisible by {players}, so that every player sits in the same number of markets"
-                )
-        if n % t.players:
-            raise ValueError(
-                f"train.members={t.members} + train.league.size={t.league.size} = {t.players} players must divide "
-                f"economy.num_agents={n} (agent i is played by player (i // C) % players, see train.layout)"
-            )
-        try:  # each minibatch takes a part of the steps (samples) of a group of the agents (streams)
-            minibatch_split(t.minibatches, n // t.players, t.rollout_steps)
-        except ValueError as e:
-            raise ValueError(
-                f"train.minibatches={t.minibatches} with train.rollout_steps={t.rollout_steps} and "
-                f"{n // t.players} agents per player: {e}"
-            ) from None
-        if t.layout == "mixed" and per_market % t.players:
-            raise ValueError(
-                f"train.members={t.members} + train.league.size={t.league.size} = {t.players} players must divide the "
-                f"agents per market (economy.num_agents / economy.num_markets = {per_market}) so every member trades "
-                "in every market under train.layout=mixed (train.layout=villages puts a few players in each market)"
-            )
+        sizes = Sizes.of(self)
+        problem = sizes.problem()
+        if problem is not None:
+            why, settings = problem
+            raise ValueError(f"{why}: " + ", or ".join(sizes.suggest(x) for x in settings))
         return self
 
 

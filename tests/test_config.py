@@ -8,6 +8,7 @@ they name. Nothing here compiles JAX code.
 
 from __future__ import annotations
 
+import functools
 import re
 import textwrap
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 import economy
 from conftest import CONFIGS
 from economy import ConfigError
-from selfplay.config import RunConfig, load_run_config
+from selfplay.config import RunConfig, load_run_config, run_config_from_dict
 
 DEFAULT = CONFIGS / "economy" / "classic.yaml"
 PRESETS = ["tiny.yaml", "demo.yaml", "large.yaml", "examples/weaver.yaml"]
@@ -628,3 +629,100 @@ def test_unknown_keys_name_the_closest_known_key():
                          ("economy.num_agnets", "num_agents"), ("economy.niches.0.outputz", "outputs")]:
         assert re.search(rf"{re.escape(wrong)}: unknown key .*did you mean '{right}'\?", msg), msg
     assert re.search(r"train\.zzzqqq: unknown key \(value 1\)$", msg, re.M), msg
+
+
+# --------------------------------------------------------------------------------------
+# Size rules name the nearest valid sizes
+# --------------------------------------------------------------------------------------
+def nearest_named(msg: str, setting: str) -> tuple[int | None, int | None]:
+    """``(below, above)`` as the message proposes them for ``setting`` (``None``: none)."""
+    if re.search(rf"no valid {esc(setting)}\b", msg):
+        return None, None
+    m = re.search(rf"nearest valid {esc(setting)}(?: \([^)]*\))?: (none|\d+) below, (none|\d+) above", msg)
+    assert m, (setting, msg)
+    return tuple(None if x == "none" else int(x) for x in m.groups())
+
+
+@functools.cache
+def tiny_data() -> dict:
+    return economy.load_yaml(CONFIGS / "tiny.yaml")
+
+
+def loads_run(overrides: list[str]) -> bool:
+    """Whether tiny.yaml with ``overrides`` loads (the file read once: this runs often)."""
+    try:
+        run_config_from_dict(economy.apply_overrides(tiny_data(), overrides))
+    except ConfigError:
+        return False
+    return True
+
+
+def test_num_agents_not_divisible_names_nearest_valid_sizes():
+    with pytest.raises(ConfigError) as e:
+        load_default(num_agents=100, num_markets=3)
+    msg = str(e.value)
+    assert nearest_named(msg, "num_agents") == (99, 102), msg
+    assert nearest_named(msg, "num_markets") == (2, 4), msg
+    for fields in ({"num_agents": 99}, {"num_agents": 102}, {"num_markets": 2}, {"num_markets": 4}):
+        assert load_default(**{"num_agents": 100, "num_markets": 3, **fields})
+    # Fewer agents than markets: no multiple below, no more markets than agents.
+    with pytest.raises(ConfigError) as e:
+        load_default(num_agents=2, num_markets=3)
+    assert nearest_named(str(e.value), "num_agents") == (None, 3)
+    assert nearest_named(str(e.value), "num_markets") == (2, None)
+
+
+VILLAGES = ["train.layout=villages"]
+BIG_VILLAGES = [*VILLAGES, "economy.num_agents=8192", "economy.num_markets=8", "train.village_players=8"]
+
+
+@pytest.mark.parametrize("overrides, rule, setting, want", [
+    (["mesh.agents=3"], r"mesh\.agents=3 must divide", "mesh.agents", (2, 4)),
+    (["train.members=3"], r"3 players must divide economy\.num_agents=256", "train.members", (2, 4)),
+    # The league adds its snapshots to the players: 5 + 2 = 7 does not divide 256, 2 + 2 and 6 + 2 do.
+    (["train.members=5", "train.league.size=2"], r"7 players must divide", "train.members", (2, 6)),
+    (["train.members=300"], r"300 players must divide", "train.members", (64, None)),
+    (["economy.num_agents=48", "train.members=8"], r"agents per market", "train.members", (6, 12)),
+    ([*VILLAGES, "train.village_players=3"], r"village_players=3.*must divide", "train.village_players", (2, 4)),
+    ([*VILLAGES, "train.village_players=8"], r"village_players=8.*at most", "train.village_players", (4, None)),
+    ([*VILLAGES, "train.members=16"], r"market seats", "train.members", (8, None)),
+    ([*VILLAGES, "train.members=16"], r"market seats", "train.village_players", (None, 4)),
+    # 8 markets * 8 village players = 64 seats: 102 players do not divide them, 62 + 2 do; no
+    # players above 64 can, and no village size both divides the 1024 agents per market and
+    # gives a multiple of 102 seats.
+    ([*BIG_VILLAGES, "train.members=100", "train.league.size=2"], r"64 market seats .* 102 players",
+     "train.members", (62, None)),
+    ([*BIG_VILLAGES, "train.members=100", "train.league.size=2"], r"64 market seats", "train.village_players",
+     (None, None)),
+    (["train.minibatches=48", "train.rollout_steps=16"], r"minibatches=48", "train.minibatches", (32, 64)),
+])
+def test_size_errors_name_the_nearest_valid_sizes(overrides, rule, setting, want):
+    """A size that breaks a divisibility rule is refused with the nearest valid values of
+    the setting below and above (every size rule considered, the league's players
+    included); those load, and nothing between them and the refused value does. (Catches:
+    a proposal computed from one rule that another refuses, or one that is not the nearest.)"""
+    with pytest.raises(ConfigError, match=rule) as e:
+        load_run_config(CONFIGS / "tiny.yaml", overrides)
+    msg = str(e.value)
+    below, above = nearest_named(msg, setting)
+    assert (below, above) == want, msg
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith(f"{setting}=")]
+    section, name = setting.split(".")
+    value = int(given[-1]) if given else RunConfig.model_fields[section].default.model_dump()[name]
+    kept = [o for o in overrides if not o.startswith(f"{setting}=")]
+    for proposed in (below, above):
+        if proposed is not None:
+            assert loads_run([*kept, f"{setting}={proposed}"]), (setting, proposed)
+    lo = below + 1 if below is not None else max(1, value - 8)
+    hi = above if above is not None else value + 9
+    for v in range(lo, hi):
+        assert not loads_run([*kept, f"{setting}={v}"]), (setting, v)
+
+
+def test_size_error_exits_2_with_the_nearest_valid_sizes(capsys, tmp_path):
+    from selfplay.cli import main
+
+    rc = main(["simulate", str(CONFIGS / "tiny.yaml"), "train.members=5", "train.league.size=2"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "nearest valid train.members (train.league.size=2 adds 2 players): 2 below, 6 above" in err, err
