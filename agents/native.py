@@ -72,8 +72,8 @@ def _cpu_supported() -> tuple[bool, str]:
 
 
 def build(force: bool = False) -> Path:
-    """Compile ``native_sample.cc`` (if its cached build is missing) and return the library's path.
-    Raises ``RuntimeError`` naming the compiler's complaint on failure."""
+    """Compile ``native_sample.cc`` (if its cached build is missing, or ``force``) and return the
+    library's path. Raises ``RuntimeError`` naming the compiler's complaint on failure."""
     import jaxlib
 
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
@@ -119,8 +119,10 @@ def _load() -> str:
 
 
 def available() -> bool:
-    """Whether :func:`sample` can run here (builds and registers the library on first call).
-    When it cannot, a warning says why once and callers use the XLA sampler."""
+    """Whether the native kernels (:func:`sample`, :func:`act`, :func:`stats`,
+    :func:`stats_grad`, :func:`objective`) can run here (builds and registers the library
+    on first call). When they cannot, a warning says why once (none for ``AGORA_NATIVE=0``)
+    and callers use the XLA paths."""
     why = _load()
     if why and why != "AGORA_NATIVE=0":
         _warn_once(why)

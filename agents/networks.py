@@ -14,9 +14,10 @@
   ``[N, ...]`` into member-major ``[P, N/P, ...]`` (reshapes and a transpose) and
   :func:`from_members` inverts it; :func:`agent_players` is the map as a NumPy array.
 * :func:`sample_actions`, :func:`log_prob` and :func:`entropy` treat each head as a
-  ``distrax.Categorical`` over its last axis, one independent categorical per entry of
-  the head's shape, and sum over heads and entries, so that the result has the batch
-  shape (one joint log-probability / entropy per agent).
+  categorical over its last axis (``distrax.Categorical`` for the log-probability and
+  entropy; :func:`sample_actions` draws by the inverse CDF, the same law), one
+  independent categorical per entry of the head's shape, and sum over heads and entries,
+  so that the result has the batch shape (one joint log-probability / entropy per agent).
 
 Logits are a dict ``head name -> float32 [..., *head.shape, head.choices]``. The batch
 shape ``[...]`` is, unless given as ``batch_ndim``, inferred as the leading shape of the
@@ -528,7 +529,8 @@ class FusedPolicy:
     ``apply_fn(params, obs)`` gives ``(logits, value)`` like :func:`joint_apply`.
 
     ``native`` (default: :func:`agents.native.available`, which announces once why not
-    where it cannot run): the native kernels, else the XLA path."""
+    where it cannot run): the native kernels, else the XLA path; ``native=True`` where they
+    cannot run raises ``RuntimeError``."""
 
     def __init__(self, net: ActorCritic, native: bool | None = None):
         from agents import native as _native

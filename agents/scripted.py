@@ -10,8 +10,10 @@ One step, per agent:
 
 1. **Niche**: the expected units of work in niche ``j`` follow the default production
    rule, ``labour_j * (floor + (1 - floor) * skill_ij) * richness_mj * project_m``,
-   capped by the inputs the agent holds; the niche's value is those units times the
-   recipe's margin at the market's last prices (outputs minus inputs), plus
+   capped by the inputs the agent holds and by the holding cap; the niche's value is those
+   units (plus the rest of the effort, work that waits for inputs still to be bought, at
+   the ``restock_value`` discount) times the recipe's margin at the market's last prices
+   (outputs minus inputs), plus
    ``public_value`` per public-project unit, shrinking as the local stock fills, plus
    the money the market's treasury pays per public unit (``treasury.pay``, expected
    at most ``treasury / agents_per_market``; see :func:`niche_values`). Each
@@ -73,7 +75,8 @@ def niche_values(env: "Economy", state: EconomyState, config: ScriptedConfig) ->
 
     Returns ``(value, units, effort)``, float32 ``[N, J]``: ``effort`` is the units of
     work the default rule gives, ``units`` the same capped by the inputs held and the
-    holding cap, ``value`` = ``units`` x (margin at last prices + public value), where a
+    holding cap, ``value`` = (``units`` + ``restock_value`` x (``effort`` - ``units``)) x
+    (margin at last prices + public value), where a
     public unit is worth ``public_value * (half / (stock + half))^2`` plus, with a paying
     treasury, ``min(pay, treasury / agents_per_market)`` money.
     """

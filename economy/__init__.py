@@ -1,4 +1,4 @@
-"""Agora's economy: a vectorised, jit-compiled trading economy (see DESIGN.md)."""
+"""Agora's economy: a vectorised, jit-compiled trading economy (see docs/economy.md)."""
 
 import os as _os
 

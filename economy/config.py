@@ -4,7 +4,7 @@ A config file is YAML. It may name a ``base:`` file (path relative to itself) th
 extends: mappings merge recursively, and lists of named entries (``goods``, ``niches``)
 merge by ``name`` so that a preset adds or changes one niche with one entry. A preset
 file holds the economy under an ``economy:`` section next to other sections (``simulate``,
-later ``train``); :func:`load_config` accepts either form.
+``train``, ``mesh``: :mod:`selfplay.config`); :func:`load_config` accepts either form.
 
 Every bad value stops at load time with :class:`ConfigError`, whose message names the
 offending key (as a dotted path) and value.
@@ -114,7 +114,8 @@ def check_number_bounds(v: Any) -> Any:
 
 
 class Frozen(BaseModel):
-    """Frozen, unknown keys refused, no NaN or infinite floats, every integer within int32."""
+    """Frozen, unknown keys refused, no NaN or infinite floats, every integer within int32 and
+    every float within :data:`FLOAT_LIMIT` (:func:`check_number_bounds`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
 
@@ -339,7 +340,8 @@ def _dupes(what: str, names: list[str], errors: list[str]) -> None:
 
 
 def deep_merge(base: Any, over: Any) -> Any:
-    """Merge ``over`` into ``base``: dicts recursively, lists of named dicts by ``name``."""
+    """Merge ``over`` into ``base``: dicts recursively, lists of named dicts by ``name`` (an
+    entry of ``over`` with ``remove: true`` deletes the entry of that name)."""
     if isinstance(base, dict) and isinstance(over, dict):
         out = dict(base)
         for k, v in over.items():

@@ -2,7 +2,7 @@
 
 One step, all agents at once: work, orders, call-auction clearing, the markets'
 treasuries (sales tax, procurement of public units), consumption, public projects.
-See :mod:`economy.market` for the auction and DESIGN.md for the contracts.
+See :mod:`economy.market` for the auction and docs/economy.md for the contracts.
 """
 
 from __future__ import annotations
@@ -87,7 +87,10 @@ class Economy:
         return self.observe(state), state
 
     def step(self, key: jax.Array, state: EconomyState, actions: Actions):
-        """Returns ``(obs, state, reward, terminated, truncated, info)``; see DESIGN.md."""
+        """Returns ``(obs [N, obs_dim], state, reward [N], terminated [N], truncated [N],
+        info)``: the reward is the utility of the step's consumption, ``truncated`` is set
+        for every agent at ``episode_length``; ``info`` holds the per-agent reward terms and
+        the markets' totals (see :meth:`_step` and docs/economy.md)."""
         actions = self._check_shapes(actions)
         if self.checked:
             err, out = self._checked_step(key, state, actions)
@@ -106,7 +109,8 @@ class Economy:
 
     def observe(self, state: EconomyState) -> jax.Array:
         """float32 ``[N, obs_dim]``: own holdings and cash (square-root scaled), skills, tastes, niche history, and
-        the market's prices (relative to base), volume per agent, richness, project bonus."""
+        the market's log prices relative to base, ``log(1 + volume per agent)``, log richness of
+        each niche's resource and project bonus; with ``observe_values`` then :meth:`niche_values`."""
         cfg, p = self.cfg, self.params
         n = state.goods.shape[0]
         m = state.price.shape[0]
