@@ -20,7 +20,7 @@ from analysis.diversity import effective_policies, js_matrix, kl_matrix, mean_of
 from analysis.niches import gini, herfindahl, lorenz, occupancy_entropy, price_dispersion
 
 LORENZ_POINTS = 101
-MAJOR_NICHE = 0.01  # a niche counts for the monopoly summary when it makes >= 1% of all output
+MAJOR_NICHE = 0.01  # a niche counts for niche_concentration when it makes >= 1% of all output
 
 
 def wealth(goods: jax.Array, money: jax.Array, price: jax.Array) -> jax.Array:
@@ -90,27 +90,32 @@ def population_analysis(
     hhi, largest_share, largest_member = herfindahl(niche_output[:, :J].astype(jnp.float32))
     output = jnp.sum(niche_output[:, :J], 0).astype(jnp.float32)  # [J] units of work per niche
     major = output >= MAJOR_NICHE * jnp.maximum(jnp.sum(output), 1.0)
+    member_output = jnp.sum(niche_output[:, :J], 1).astype(jnp.float32)  # [P] units of work per member
     w = wealth(goods, money, price)
     return {
         "kl": kl,
         "js": js,
         "niche_kl": kl_matrix({"niche": logits["niche"]}),
-        "mean_kl": mean_offdiag(kl),
-        "mean_js": mean_offdiag(js),
+        "kl_mean": mean_offdiag(kl),
+        "js_mean": mean_offdiag(js),
         "effective_policies": effective_policies(js),
         "niche_profile_distance": niche_profile_distance(shares),
         "occupancy_entropy": occupancy_entropy(jnp.sum(market_occupancy, 0)),
         "market_occupancy_entropy": occupancy_entropy(market_occupancy),
         "specialisation_index": jnp.mean(agent_specialisation, -1),
         "hhi": hhi,
-        "largest_share": largest_share,
-        "largest_member": largest_member,
+        "niche_largest_share": largest_share,
+        "niche_largest_member": largest_member,
         "niche_output": output,
-        # The monopoly indicator: the largest member's share of a niche's output, over the
+        # Whole-economy dominance, as agora eval defines it: the largest member's share of
+        # all units produced (here of the members' output; league snapshots left out).
+        "largest_output_share": jnp.max(member_output) / jnp.maximum(jnp.sum(member_output), 1.0),
+        # Per-niche concentration: the largest member's share of a niche's output, over the
         # niches that make at least MAJOR_NICHE of all output (a niche worked by one agent
-        # is trivially "monopolised"); 0 and niche -1 when there is none.
-        "monopoly_share": jnp.max(jnp.where(major, largest_share, 0.0)),
-        "monopoly_niche": jnp.where(jnp.any(major), jnp.argmax(jnp.where(major, largest_share, -1.0)), -1).astype(jnp.int32),
+        # is trivially concentrated); 0 and niche -1 when there is none.
+        "niche_concentration": jnp.max(jnp.where(major, largest_share, 0.0)),
+        "niche_concentration_niche": jnp.where(
+            jnp.any(major), jnp.argmax(jnp.where(major, largest_share, -1.0)), -1).astype(jnp.int32),
         "gini": gini(w),
         "lorenz": lorenz(w, LORENZ_POINTS),
         "wealth_histogram": histogram(w, bins, 0.0, jnp.max(w)),

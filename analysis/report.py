@@ -18,6 +18,7 @@ import numpy as np
 
 from analysis import plots
 from analysis.files import by_update, column, read_jsonl, update_of
+from analysis.metrics import glossary, renamed
 from analysis.page import Figures, escape, fmt, kv_table, table, write_page
 
 __all__ = ["NotARunError", "write_report", "REQUIRED_FILES", "SECTIONS"]
@@ -28,15 +29,17 @@ SECTIONS = (
     ("diversity", "Policy diversity"),
     ("kl-heatmap", "KL heat map"),
     ("niches", "Niches"),
-    ("monopoly", "Monopoly"),
+    ("monopoly", "Dominance and concentration"),
     ("wealth", "Wealth"),
     ("prices", "Prices"),
     ("lineage", "PBT lineage"),
     ("config", "Config"),
+    ("glossary", "Glossary"),
 )
 NO_ANALYSIS = "No diversity analysis yet (analysis.jsonl is missing or empty)."
 MAX_LINEAGE_ROWS = 200
 MAX_MEMBER_LINES = 12
+DOMINANCE = ("largest_output_share", "largest_wealth_share", "largest_utility_share", "largest_lineage_share")
 
 
 class NotARunError(ValueError):
@@ -125,12 +128,15 @@ def write_report(run_dir: str | Path) -> Path:
     notes += n1 + n2 + n3
     # A resumed run re-logs the updates after its last checkpoint: keep the last record.
     metrics, analysis = by_update(metrics), by_update(analysis)
+    # Today's metric names (analysis.metrics) for records an older run wrote.
+    metrics, analysis = [renamed(r, train=True) for r in metrics], [renamed(r) for r in analysis]
     lineage = list({(update_of(e), e.get("child")): e for e in lineage}.values())
 
     ctx = _Context(run_dir, cfg, metrics, lineage, analysis)
     figs = Figures()
     body = {sid: fn(ctx, figs) for sid, fn in _BUILDERS.items()}
     body["config"] = f"<pre>{escape(config_text)}</pre>"
+    body["glossary"] = _glossary()
     notes += figs.errors
 
     title = f"Agora run report: {run_dir.resolve().name}"
@@ -154,6 +160,21 @@ class _Context:
         self.good_names = _names(econ.get("goods"), len(price) if isinstance(price, list) else None, "good")
         self.last_update = int(_last(metrics, "update") or 0)
 
+    def eval(self) -> dict | None:
+        """``RUN_DIR/eval.json`` (``agora eval``), None when absent or unreadable."""
+        path = self.run_dir / "eval.json"
+        try:
+            e = json.loads(path.read_text()) if path.is_file() else None
+        except (OSError, ValueError):
+            return None
+        return e if isinstance(e, dict) and isinstance(e.get("policies"), dict) else None
+
+    def eval_trained(self) -> dict | None:
+        """The trained population's metrics of ``eval.json``."""
+        e = self.eval()
+        t = e["policies"].get("trained") if e else None
+        return t if isinstance(t, dict) else None
+
     def member_series(self, key: str) -> tuple[np.ndarray, dict] | None:
         """(updates, lines) of a per-member metric: one line per member, or the mean,
         min and max over members when there are more than ``MAX_MEMBER_LINES``."""
@@ -168,8 +189,26 @@ class _Context:
         return u, {f"m{p}": v[:, p] for p in range(v.shape[1])}
 
 
-def _missing_analysis() -> str:
-    return f'<p class="missing">{escape(NO_ANALYSIS)}</p>'
+def _glossary() -> str:
+    """Every metric the report names, from :mod:`analysis.metrics` (one definition each)."""
+    rows = [[k, unit, d] for k, unit, d in glossary()]
+    return table(["metric", "unit", "definition"], rows, left=3)
+
+
+def _why_no_analysis(c: "_Context") -> str:
+    """Why a run has no analysis yet, and what to set."""
+    an = c.train.get("analysis") if isinstance(c.train.get("analysis"), dict) else {}
+    every = an.get("every", 10)
+    if every == 0:
+        return "train.analysis.every is 0 (never): set it to a number of updates to analyse the population."
+    if isinstance(every, int) and c.last_update < every:
+        return (f"The run has reached update {c.last_update}; the first analysis comes at update {every} "
+                f"(train.analysis.every={every}): train longer or set train.analysis.every lower.")
+    return f"train.analysis.every={every}: analysis.jsonl should have lines by update {c.last_update}; was it deleted?"
+
+
+def _missing_analysis(c: "_Context") -> str:
+    return f'<p class="missing">{escape(NO_ANALYSIS)} {escape(_why_no_analysis(c))}</p>'
 
 
 def _overview(c: _Context, figs: Figures) -> str:
@@ -187,33 +226,29 @@ def _overview(c: _Context, figs: Figures) -> str:
     out = kv_table(info)
     a = c.analysis[-1] if c.analysis else {}
     util = _last(c.metrics, "utility")
-    largest = a.get("largest_share")
-    mono = "—"
-    if isinstance(a.get("monopoly_niche"), int):  # over niches with >= 1% of all output
-        j = a["monopoly_niche"]
-        who = (a.get("largest_member") or [None] * (j + 1))[j] if j >= 0 else None
+    conc = "—"
+    if isinstance(a.get("niche_concentration_niche"), int):  # over niches with >= 1% of all output
+        j = a["niche_concentration_niche"]
+        who = (a.get("niche_largest_member") or [None] * (j + 1))[j] if j >= 0 else None
         name = (c.niche_names[j] if j < len(c.niche_names) else f"niche {j}") if j >= 0 else None
-        mono = f"{fmt(a.get('monopoly_share'), 3)} ({name}, member {who})" if j >= 0 else "no niche makes 1% of output"
-    elif isinstance(largest, list) and largest:
-        j = int(np.nanargmax(np.asarray(largest, np.float64)))
-        who = (a.get("largest_member") or [None] * len(largest))[j]
-        name = c.niche_names[j] if j < len(c.niche_names) else f"niche {j}"
-        mono = f"{fmt(largest[j], 3)} ({name}, member {who})"
+        conc = (f"{fmt(a.get('niche_concentration'), 3)} ({name}, member {who})" if j >= 0
+                else "no niche makes 1% of output")
     finals = [
         ("mean utility per agent-step", fmt(np.mean(util)) if util else "—"),
-        ("mean pairwise KL", fmt(a.get("mean_kl"))),
-        ("mean pairwise JS", fmt(a.get("mean_js"))),
-        ("effective number of policies", fmt(a.get("effective_policies"))),
-        ("niche occupancy entropy (nats)", fmt(a.get("occupancy_entropy"))),
-        ("largest monopoly share", mono),
-        ("wealth Gini", fmt(a.get("gini"))),
+        ("kl_mean (nats)", fmt(a.get("kl_mean"))),
+        ("js_mean (nats)", fmt(a.get("js_mean"))),
+        ("effective_policies", fmt(a.get("effective_policies"))),
+        ("occupancy_entropy (nats)", fmt(a.get("occupancy_entropy"))),
+        ("largest_output_share (the largest member's share of all output)", fmt(a.get("largest_output_share"), 3)),
+        ("niche_concentration (the largest member's share of one niche)", conc),
+        ("gini (wealth)", fmt(a.get("gini"))),
     ]
     at = f" (analysis at update {a['update']})" if "update" in a else ""
     out += f"<h3>Final numbers{escape(at)}</h3>" + table(["quantity", "value"], finals)
     out += _members_table(c)
     out += _eval_table(c)
     if not c.analysis:
-        out += _missing_analysis()
+        out += _missing_analysis(c)
     if not c.metrics:
         return out + '<p class="missing">No updates logged yet (metrics.jsonl is empty).</p>'
     s = c.member_series("utility")
@@ -230,12 +265,8 @@ def _overview(c: _Context, figs: Figures) -> str:
 def _eval_table(c: _Context) -> str:
     """``agora eval``'s numbers (RUN_DIR/eval.json), when the run has been evaluated: one
     column per policy, one row per metric (the names of eval.json and results.json)."""
-    path = c.run_dir / "eval.json"
-    try:
-        e = json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, ValueError):
-        e = None
-    if not isinstance(e, dict) or not isinstance(e.get("policies"), dict):
+    e = c.eval()
+    if e is None:
         return ""
     pols = list(e["policies"])
     rows = []
@@ -281,13 +312,13 @@ def _members_table(c: _Context) -> str:
 
 def _diversity(c: _Context, figs: Figures) -> str:
     if not c.analysis:
-        return _missing_analysis()
+        return _missing_analysis(c)
     out = ""
-    series = {k: column(c.analysis, k) for k in ("mean_kl", "mean_js")}
+    series = {k: column(c.analysis, k) for k in ("kl_mean", "js_mean")}
     series = {k: v for k, v in series.items() if v is not None}
     if series:
         u = next(iter(series.values()))[0]
-        label = {"mean_kl": "mean KL", "mean_js": "mean JS"}
+        label = {"kl_mean": "kl_mean", "js_mean": "js_mean"}
         data = {label[k]: v[1] for k, v in series.items() if v[0].shape == u.shape}
         out += figs.img("mean KL and JS over time", lambda: plots.series_figure(
             u, data, "mean pairwise divergence between members", "nats"))
@@ -318,7 +349,7 @@ def _square(x: Any) -> np.ndarray | None:
 
 def _heatmaps(c: _Context, figs: Figures) -> str:
     if not c.analysis:
-        return _missing_analysis()
+        return _missing_analysis(c)
     a = c.analysis[-1]
     kl = _square(a.get("kl"))
     out = f"<p>At update {escape(a.get('update', '?'))}. Members ordered by average-linkage clustering of the KL matrix (symmetrised).</p>"
@@ -345,7 +376,7 @@ def _niches(c: _Context, figs: Figures) -> str:
     if occ is not None:
         out += figs.img("population niche occupancy", lambda: plots.niche_shares_figure(
             occ[0], occ[1], c.niches_rest))
-    sh = column(c.metrics, "niche_shares")
+    sh = column(c.metrics, "member_niche_shares")
     if sh is not None and sh[1].ndim == 3:
         out += figs.img("niche shares per member", lambda: plots.niche_shares_figure(
             sh[0], sh[1], c.niches_rest))
@@ -370,14 +401,24 @@ def _niches(c: _Context, figs: Figures) -> str:
 
 def _monopoly(c: _Context, figs: Figures) -> str:
     if not c.analysis:
-        return _missing_analysis()
+        return _missing_analysis(c)
     names = lambda k: c.niche_names[:k] + [f"niche {i}" for i in range(len(c.niche_names), k)]
-    out = _per_column_series(c.analysis, (
-        ("largest_share", "largest share of a niche's output held by one member", "share"),
-        ("hhi", "Herfindahl index of members within each niche", "HHI"),
+    out = ""
+    dom = column(c.analysis, "largest_output_share")
+    if dom is not None:
+        out += figs.img("largest_output_share over time", lambda: plots.series_figure(
+            dom[0], {"largest_output_share": dom[1]}, "the largest member's share of all output (whole economy)",
+            "share"))
+    e = c.eval_trained()
+    if e:
+        out += ("<h3>Dominance on the held-out worlds (eval.json)</h3>"
+                + table(["metric", "value"], [[k, e.get(k)] for k in DOMINANCE]))
+    out += "<h3>Concentration within each niche</h3>" + _per_column_series(c.analysis, (
+        ("niche_largest_share", "niche_largest_share: the largest member's share of a niche's output", "share"),
+        ("hhi", "hhi: Herfindahl index of members within each niche", "HHI"),
     ), names, figs)
     a = c.analysis[-1]
-    ls, hhi, lm = a.get("largest_share"), a.get("hhi"), a.get("largest_member")
+    ls, hhi, lm = a.get("niche_largest_share"), a.get("hhi"), a.get("niche_largest_member")
     if isinstance(ls, list):
         nm = names(len(ls))
         rows = []
@@ -387,13 +428,13 @@ def _monopoly(c: _Context, figs: Figures) -> str:
             h = hhi[j] if isinstance(hhi, list) and j < len(hhi) else None
             rows.append([nm[j], who, ls[j], h])
         out += (f"<h3>Largest member per niche at update {escape(a.get('update', '?'))}</h3>"
-                + table(["niche", "largest member", "share", "HHI"], rows, left=2))
+                + table(["niche", "niche_largest_member", "niche_largest_share", "hhi"], rows, left=2))
     return out or '<p class="missing">analysis.jsonl has no monopoly fields.</p>'
 
 
 def _wealth(c: _Context, figs: Figures) -> str:
     if not c.analysis:
-        return _missing_analysis()
+        return _missing_analysis(c)
     out = ""
     lor = _last(c.analysis, "lorenz")
     if isinstance(lor, list) and lor:
@@ -415,7 +456,7 @@ def _prices(c: _Context, figs: Figures) -> str:
         ("market_volume", "traded volume per good", "volume"),
     ), goods, figs)
     if not c.analysis:
-        return out + _missing_analysis()
+        return out + _missing_analysis(c)
     out += _per_column_series(c.analysis, (
         ("price_dispersion", "price dispersion across markets", "dispersion"),
         ("trade_volume", "trade volume per good (analysis)", "volume"),

@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 
 from analysis import plots
 from analysis.files import by_update, column, read_jsonl
+from analysis.metrics import REGISTRY, canonical, glossary
 from analysis.page import Figures, escape, fmt, kv_table, table, write_page
 from analysis.report import NotARunError
 
@@ -53,6 +54,7 @@ STUDY_SECTIONS = (
     ("overview", "Overview"),
     ("comparison", "Comparison"),
     ("curves", "Training curves"),
+    ("glossary", "Glossary"),
 )
 DIGITS = 3  # significant digits of the comparison tables
 VECTOR_METRICS = ("niche_shares",)  # list-valued even when every value is null
@@ -265,12 +267,36 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]
     return lines
 
 
+TABLE_GROUPS = (
+    ("Outcome and niches", ("outcome", "niches", "wealth")),
+    ("Dominance and diversity among the members", ("dominance", "diversity")),
+    ("Distance to the welfare frontier", ("frontier",)),
+)
+
+
+def _table_groups(results: Mapping) -> list[tuple[str, list[str]]]:
+    """The scalar metrics split into tables that fit a page: by their group in
+    :mod:`analysis.metrics` (metrics it does not know in a last table)."""
+    keys = [k for k in _metrics(results) if not _is_list_metric(results, k)]
+    out, seen = [], set()
+    for title, groups in TABLE_GROUPS:
+        ks = [k for k in keys if canonical(k) in REGISTRY and REGISTRY[canonical(k)].group in groups]
+        seen.update(ks)
+        if ks:
+            out.append((title, ks))
+    rest = [k for k in keys if k not in seen]
+    if rest:
+        out.append(("Other metrics", rest))
+    return out
+
+
 def format_results_md(results: dict) -> str:
     """The comparison table of a study as Markdown: header lines (study, base config,
     seeds per condition, CI method, evaluation settings, missing runs), then one row per
     condition ("mean [lo, hi]") and per baseline (its value), one column per scalar metric
-    of ``results["metrics"]``; list-valued metrics (``niche_shares``) in a second table of
-    means. Null values read "—"."""
+    of ``results["metrics"]`` in a few tables by kind (:data:`TABLE_GROUPS`, so each fits a
+    page); list-valued metrics (``niche_shares``) in a last table of means. Null values
+    read "—"."""
     lines = [f"## Study: {_md(_study_name(results))}", ""]
     if results.get("base"):
         lines.append(f"- Base config: `{results['base']}`")
@@ -281,8 +307,9 @@ def format_results_md(results: dict) -> str:
     if missing:
         lines.append(f"- Missing runs ({len(missing)}):")
         lines += [f"  - {_md(m)}" for m in missing]
-    header, rows = _comparison(results)
-    lines += ["", *_md_table(header, rows)]
+    for title, keys in _table_groups(results):
+        header, rows = _comparison(results, keys)
+        lines += ["", f"**{title}**", "", *_md_table(header, rows)]
     for title, header, rows in _vector_tables(results):
         lines += ["", f"**{title}**", "", *_md_table(header, rows)]
     return "\n".join(lines) + "\n"
@@ -502,6 +529,7 @@ def write_study_report(study_dir: str | Path) -> Path:
         "overview": _overview(study_dir, results),
         "comparison": _comparison_html(results),
         "curves": _curves_html(study_dir, results, figs),
+        "glossary": table(["metric", "unit", "definition"], [list(g) for g in glossary(_metrics(results))], left=3),
     }
     title = f"Agora study report: {_study_name(results, study_dir.resolve().name)}"
     return write_page(study_dir / "report.html", title, study_dir, STUDY_SECTIONS, body, figs.errors)

@@ -58,7 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     dist.add_argument("--process-id", type=int, default=_env_int("AGORA_PROCESS_ID"))
     dist.add_argument("--distributed", action="store_true", help="jax.distributed.initialize() with cluster auto-detection")
 
-    ev = sub.add_parser("eval", help="evaluate a run's population on held-out worlds beside the scripted and random baselines")
+    from analysis.metrics import EVAL, glossary_text
+
+    ev = sub.add_parser("eval", help="evaluate a run's population on held-out worlds beside the scripted and random baselines",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="metrics (eval.json; every metric: docs/metrics.md):\n" + glossary_text(EVAL))
     ev.add_argument("run_dir", help="run directory written by agora train")
     ev.add_argument("--update", type=int, help="evaluate the checkpoint of this update (default: the latest)")
     ev.add_argument("--worlds", type=int, default=8, help="held-out worlds (seeds economy.world.eval_seed_start + k; default 8)")

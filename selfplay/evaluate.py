@@ -50,6 +50,7 @@ import yaml
 from agents.networks import population_apply
 from agents.scripted import random_actions, scripted_actions
 from analysis import frontier as welfare
+from analysis import metrics as metric_registry
 from analysis.frontier import DISTANCE_METRICS, FrontierSettings, distance
 from analysis.diversity import effective_policies, js_matrix, kl_matrix, mean_offdiag
 from analysis.niches import ACTIVE_SHARE, gini, niche_spread  # noqa: F401 (ACTIVE_SHARE: re-exported)
@@ -60,15 +61,9 @@ from economy.streams import derive
 from selfplay.config import RunConfig, run_config_from_dict
 from selfplay.simulate import rollout
 
-METRICS = (
-    "utility", "niche_shares", "effective_niches", "active_niches", "member_niche_mi_bits", "project_per_agent_step",
-    "project_stock", "gini", "largest_output_share", "largest_wealth_share", "largest_utility_share",
-    "largest_lineage_share", "kl_mean", "js_mean", "effective_policies", *DISTANCE_METRICS,
-)
-MEMBER_METRICS = (
-    "member_niche_mi_bits", "largest_output_share", "largest_wealth_share", "largest_utility_share",
-    "largest_lineage_share", "kl_mean", "js_mean", "effective_policies",
-)
+METRICS = metric_registry.EVAL  # eval.json's and results.json's metrics, declared in analysis.metrics
+MEMBER_METRICS = metric_registry.EVAL_MEMBER  # null for a baseline (no members)
+assert set(DISTANCE_METRICS) <= set(METRICS)
 PROBE_STATES = 1024  # observations of the final states in the diversity probe set
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import yaml
 
 from analysis.files import read_jsonl, write_atomic
+from analysis.metrics import tag
 from economy import ConfigError
 from selfplay.checkpoint import CheckpointError, CheckpointMismatchError, Checkpoints
 from selfplay.config import RunConfig, config_diff
@@ -154,13 +155,13 @@ def member_scalars(m: dict, names: dict) -> dict[str, float]:
         for p in range(P):
             out[f"member/{p}/{k}"] = float(v[p])
     for j, name in enumerate(names["niches"]):
-        out[f"niche_share/{name}"] = float(m["occupancy"][j])
+        out[tag("occupancy", name)] = float(m["occupancy"][j])
         for p in range(P):
-            out[f"member/{p}/niche_share/{name}"] = float(m["niche_shares"][p, j])
+            out[f"member/{p}/member_niche_shares/{name}"] = float(m["member_niche_shares"][p, j])
     for g, name in enumerate(names["goods"]):
-        out[f"market/price/{name}"] = float(m["market_price"][g])
-        out[f"market/volume/{name}"] = float(m["market_volume"][g])
-    out["market/project"] = float(m["project"])
+        out[tag("market_price", name)] = float(m["market_price"][g])
+        out[tag("market_volume", name)] = float(m["market_volume"][g])
+    out[tag("project")] = float(m["project"])
     return out
 
 
@@ -170,22 +171,20 @@ def analysis_record(u: int, an: dict) -> dict:
 
 
 def analysis_scalars(an: dict, names: dict) -> dict[str, float]:
-    """TensorBoard tags of one analysis."""
-    out = {f"diversity/{k}": float(an[k]) for k in ("mean_kl", "mean_js", "effective_policies")}
+    """TensorBoard tags of one analysis (:func:`analysis.metrics.tag`: ``GROUP/NAME``)."""
+    out = {tag(k): float(an[k]) for k in ("kl_mean", "js_mean", "effective_policies", "occupancy_entropy",
+                                           "largest_output_share", "niche_concentration", "gini")}
     P = len(an["kl"])
     off = ~np.eye(P, dtype=bool)
     for k in ("niche_kl", "niche_profile_distance"):
-        out[f"diversity/{k}_mean"] = float(np.asarray(an[k])[off].mean()) if P > 1 else 0.0
-    out["niches/occupancy_entropy"] = float(an["occupancy_entropy"])
-    out["niches/market_occupancy_entropy_mean"] = float(np.mean(an["market_occupancy_entropy"]))
+        out[tag(k, "mean")] = float(np.asarray(an[k])[off].mean()) if P > 1 else 0.0
+    out[tag("market_occupancy_entropy", "mean")] = float(np.mean(an["market_occupancy_entropy"]))
     for j, name in enumerate(names["niches"][:-1]):
-        out[f"monopoly/hhi/{name}"] = float(an["hhi"][j])
-        out[f"monopoly/largest_share/{name}"] = float(an["largest_share"][j])
-    out["monopoly/share"] = float(an["monopoly_share"])  # largest member share over niches with >= 1% of output
-    out["wealth/gini"] = float(an["gini"])
+        out[tag("hhi", name)] = float(an["hhi"][j])
+        out[tag("niche_largest_share", name)] = float(an["niche_largest_share"][j])
     for g, name in enumerate(names["goods"]):
-        out[f"market/dispersion/{name}"] = float(an["price_dispersion"][g])
-        out[f"market/trade_volume/{name}"] = float(an["trade_volume"][g])
+        out[tag("price_dispersion", name)] = float(an["price_dispersion"][g])
+        out[tag("trade_volume", name)] = float(an["trade_volume"][g])
     return out
 
 
@@ -200,22 +199,23 @@ class Dashboard:
         self.run_dir, self.cfg, self.names = run_dir, cfg, names
         self.writer = SummaryWriter(str(run_dir / "tb"))
         self.shares: list[tuple[int, Any]] = [
-            (r["update"], r["niche_shares"]) for r in read_jsonl(run_dir / "metrics.jsonl")[0] if "niche_shares" in r
+            (r["update"], r["member_niche_shares"]) for r in read_jsonl(run_dir / "metrics.jsonl")[0]
+            if "member_niche_shares" in r
         ]
 
     def scalars(self, u: int, scalars: dict[str, float], m: dict) -> None:
         for k, v in scalars.items():
             self.writer.add_scalar(k, v, u)
-        self.shares.append((u, np.asarray(m["niche_shares"]).tolist()))
+        self.shares.append((u, np.asarray(m["member_niche_shares"]).tolist()))
 
     def analysis(self, u: int, an: dict) -> None:
         w = self.writer
         for k, v in analysis_scalars(an, self.names).items():
             w.add_scalar(k, v, u)
-        for tag in ("specialisation", "wealth"):
-            h = an[f"{tag}_histogram"]
+        for kind in ("specialisation", "wealth"):
+            h = an[f"{kind}_histogram"]
             w.add_histogram_raw(
-                f"histogram/{tag}", min=float(h["min"]), max=float(h["max"]), num=int(h["num"]), sum=float(h["sum"]),
+                tag(f"{kind}_histogram"), min=float(h["min"]), max=float(h["max"]), num=int(h["num"]), sum=float(h["sum"]),
                 sum_squares=float(h["sum_squares"]), bucket_limits=np.asarray(h["edges"][1:]).tolist(),
                 bucket_counts=np.asarray(h["counts"]).tolist(), global_step=u,
             )
@@ -241,8 +241,8 @@ class Dashboard:
             figures["niche_shares"] = plots.niche_shares_figure(
                 np.array([s[0] for s in self.shares]), np.array([s[1] for s in self.shares]), self.names["niches"]
             )
-        for tag, fig in figures.items():
-            self.writer.add_figure(f"images/{tag}", fig, u, close=True)
+        for name, fig in figures.items():
+            self.writer.add_figure(f"images/{name}", fig, u, close=True)
 
     def close(self):
         self.writer.close()
@@ -250,13 +250,13 @@ class Dashboard:
 
 def analysis_summary(u: int, an: dict, names: dict) -> str:
     niches = names["niches"][:-1]
-    j = int(an["monopoly_niche"])
-    monopoly = (f"largest monopoly share {float(an['monopoly_share']):.2f} ({niches[j]}, member "
-                f"{int(an['largest_member'][j])})") if j >= 0 else "no niche makes 1% of output"
+    j = int(an["niche_concentration_niche"])
+    concentration = (f"niche_concentration {float(an['niche_concentration']):.2f} ({niches[j]}, member "
+                     f"{int(an['niche_largest_member'][j])})") if j >= 0 else "no niche makes 1% of output"
     return (
-        f"update {u}: mean pairwise KL {float(an['mean_kl']):.4f}, JS {float(an['mean_js']):.4f}, "
-        f"effective policies {float(an['effective_policies']):.2f}; niche entropy {float(an['occupancy_entropy']):.3f} nats; "
-        f"{monopoly}; wealth Gini {float(an['gini']):.3f}"
+        f"update {u}: kl_mean {float(an['kl_mean']):.4f}, js_mean {float(an['js_mean']):.4f}, "
+        f"effective_policies {float(an['effective_policies']):.2f}; occupancy_entropy {float(an['occupancy_entropy']):.3f} nats; "
+        f"largest_output_share {float(an['largest_output_share']):.2f}; {concentration}; gini {float(an['gini']):.3f}"
     )
 
 
@@ -310,7 +310,7 @@ class Recorder:
                 self.dash.writer.add_text("pbt", text + "\n\nhyperparameters: " + json.dumps(hp), u)
         if u % t.log_every == 0 or last or mark:
             scalars = member_scalars(m, self.names)
-            scalars["perf/agent_steps_per_s"] = self.steps_per_update / dt
+            scalars[tag("agent_steps_per_s")] = self.steps_per_update / dt
             self.dash.scalars(u, scalars, m)
             self._write("metrics", [{"update": u, **jax.tree.map(lambda v: np.asarray(v).tolist(), m), **(mark or {})}])
         if bool(m["analysis_done"]):

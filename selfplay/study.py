@@ -48,9 +48,10 @@ from analysis.files import write_atomic
 from selfplay.config import RunConfig, check_name_template, load_run_config
 from analysis import frontier as welfare
 from analysis.frontier import FrontierSettings
+from analysis.metrics import bounds
 from selfplay.evaluate import METRICS, EvalSettings, economy_frontier, with_distance
 
-CI_METHOD = "Student's t, 95 %, over seeds"
+CI_METHOD = "Student's t, 95 %, over seeds, clipped to the metric's range"
 
 
 from economy.config import Frozen  # noqa: E402  (frozen, unknown keys refused, int32, no NaN)
@@ -272,9 +273,10 @@ def frontier_of(study: Study, run: Run) -> dict | None:
     return economy_frontier(run.cfg, study.settings, study.cfg.frontier)
 
 
-def mean_ci(values: list[Any]) -> tuple[Any, Any]:
+def mean_ci(values: list[Any], lo: float = -math.inf, hi: float = math.inf) -> tuple[Any, Any]:
     """Mean over seeds and Student's t 95 % interval of the mean (element-wise for lists;
-    null with a null value or, for the interval, fewer than two seeds)."""
+    null with a null value or, for the interval, fewer than two seeds), clipped to the
+    values the metric can take, ``[lo, hi]`` (a share's interval never leaves [0, 1])."""
     from scipy import stats
 
     if any(v is None for v in values):
@@ -284,15 +286,16 @@ def mean_ci(values: list[Any]) -> tuple[Any, Any]:
     if len(values) < 2:
         return mean.tolist(), None
     half = stats.t.ppf(0.975, len(values) - 1) * x.std(0, ddof=1) / math.sqrt(len(values))
-    ci = np.stack([mean - half, mean + half], -1)
+    ci = np.clip(np.stack([mean - half, mean + half], -1), lo, hi)
     return mean.tolist(), ci.tolist()
 
 
-def summarise(seeds: dict[str, dict]) -> tuple[dict, dict]:
-    """``(mean, ci95)`` of every metric over a condition's seeds (null without seeds)."""
+def summarise(seeds: dict[str, dict], niches: int | None = None) -> tuple[dict, dict]:
+    """``(mean, ci95)`` of every metric over a condition's seeds (null without seeds); each
+    interval within the metric's range (:func:`analysis.metrics.bounds`, ``niches`` = J)."""
     mean, ci = {}, {}
     for k in METRICS:
-        mean[k], ci[k] = mean_ci([m.get(k) for m in seeds.values()]) if seeds else (None, None)
+        mean[k], ci[k] = mean_ci([m.get(k) for m in seeds.values()], *bounds(k, niches)) if seeds else (None, None)
     return mean, ci
 
 
@@ -301,11 +304,11 @@ def attach_frontier(results: dict, fr: dict) -> dict:
     frontier ``fr`` attached as :func:`aggregate` attaches it (the distance metrics of every
     seed and baseline, their means and intervals, the frontier rows): for results written
     before the frontier existed, from their per-seed ``utility`` and ``niche_shares``."""
-    out = dict(results, metrics=list(METRICS), frontier=welfare.table_rows(fr))
+    out = dict(results, metrics=list(METRICS), ci_method=CI_METHOD, frontier=welfare.table_rows(fr))
     out["conditions"] = {}
     for name, c in results["conditions"].items():
         seeds = {k: with_distance(v, fr) for k, v in c["seeds"].items()}
-        mean, ci = summarise(seeds)
+        mean, ci = summarise(seeds, len(results["niche_names"]) - 1 if results.get("niche_names") else None)
         out["conditions"][name] = dict(c, seeds=seeds, mean=mean, ci95=ci)
     out["baselines"] = {k: with_distance(v, fr) for k, v in results["baselines"].items()}
     return out
@@ -365,7 +368,7 @@ def aggregate(study: Study, merge=()) -> dict:
                 trained = src[1]["conditions"][c.name]["seeds"][seed]
                 origin[seed] = src[0]
             seeds[seed] = with_distance(trained, frontier_of(study, r))
-        mean, ci = summarise(seeds)
+        mean, ci = summarise(seeds, study.runs[0].cfg.economy.num_niches)
         conditions[c.name] = {"overrides": [*study.cfg.overrides, *c.overrides], "seeds": seeds, "run_dirs": dirs,
                               "mean": mean, "ci95": ci}
         if origin:

@@ -513,7 +513,7 @@ class Trainer:
             **comp_means,  # [P] each reward component, per agent-step
             "reward_weights": ts.reward_weights,  # {component: [P]}, after PBT
             "specialisation_index": jnp.mean(agent_spec, -1),  # [P]
-            "niche_shares": niche_counts / jnp.sum(niche_counts, -1, keepdims=True),  # [P, J+1]
+            "member_niche_shares": niche_counts / jnp.sum(niche_counts, -1, keepdims=True),  # [P, J+1]
             "occupancy": jnp.sum(occupancy, 0) / jnp.sum(occupancy),  # [J+1] all players
             "market_price": jnp.mean(stats["market_price"], 0),  # [G]
             "market_volume": market_volume,  # [G]

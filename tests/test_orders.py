@@ -65,4 +65,4 @@ def test_updates_train_the_niche_head_only(trainer, state):
     leaves0, leaves1 = jax.tree.leaves(state.params), jax.tree.leaves(ts.params)
     assert all(np.isfinite(np.asarray(x)).all() for x in leaves1)
     assert any(not np.array_equal(a, b) for a, b in zip(leaves0, leaves1))
-    np.testing.assert_allclose(np.asarray(metrics["niche_shares"]).sum(-1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(metrics["member_niche_shares"]).sum(-1), 1.0, rtol=1e-6)

@@ -4,6 +4,7 @@ Chromium (every section shown, every image loaded, no console errors)."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 import yaml
 
 from analysis import plots, report
+from analysis.metrics import ALIASES, TRAIN_ALIASES, glossary
 from analysis.report import NO_ANALYSIS, SECTIONS, NotARunError, write_report
 from selfplay.cli import EXIT_OK, EXIT_USAGE, main
 from tests.conftest import ROOT, subprocess_env
@@ -30,9 +32,12 @@ def _shares(rng, *shape):
     return (x / x.sum(-1, keepdims=True)).tolist()
 
 
-def make_run(path: Path, updates=(2, 4, 6, 8, 10), analysis=True, truncate=False, lineage=True) -> Path:
+def make_run(path: Path, updates=(2, 4, 6, 8, 10), analysis=True, truncate=False, lineage=True, legacy=False) -> Path:
     """A plausible run directory as ``agora train`` (and the analysis) would write it:
-    P=3 members, J=3 niches, G=2 goods, M=2 markets."""
+    P=3 members, J=3 niches, G=2 goods, M=2 markets; ``legacy``: under the metric names
+    runs wrote before analysis.metrics (``mean_kl``, ``monopoly_share``, ...)."""
+    old = {new: o for o, new in {**ALIASES, **TRAIN_ALIASES}.items()} if legacy else {}
+    named = lambda r: {old.get(k, k): v for k, v in r.items()}
     rng = np.random.default_rng(0)
     path.mkdir(parents=True, exist_ok=True)
     cfg = {
@@ -52,7 +57,7 @@ def make_run(path: Path, updates=(2, 4, 6, 8, 10), analysis=True, truncate=False
     lines = []
     for u in updates:
         m = {"update": u, "pbt_event": u % 4 == 0, "project": float(rng.random()),
-             "niche_shares": _shares(rng, P, J + 1), "occupancy": _shares(rng, J + 1),
+             "member_niche_shares": _shares(rng, P, J + 1), "occupancy": _shares(rng, J + 1),
              "market_price": (10 + rng.random(G)).tolist(), "market_volume": (100 * rng.random(G)).tolist(),
              "pbt_source": list(range(P))}
         for k in ("reward", "utility", "specialisation", "collaboration", "specialisation_index", "fitness",
@@ -61,7 +66,7 @@ def make_run(path: Path, updates=(2, 4, 6, 8, 10), analysis=True, truncate=False
             m[k] = rng.random(P).tolist()
         m["reward_weights"] = {"utility": [1.0] * P, "specialisation": [0.0125, 0.1375, 0.1875][:P]}
         m["founder"] = [0, 0, 2][:P]
-        lines.append(json.dumps(m))
+        lines.append(json.dumps(named(m)))
     text = "\n".join(lines) + "\n"
     if truncate:  # a run writing its next line right now
         text += lines[-1][: len(lines[-1]) // 2]
@@ -80,20 +85,21 @@ def make_run(path: Path, updates=(2, 4, 6, 8, 10), analysis=True, truncate=False
             lorenz = np.concatenate([[0.0], np.cumsum(np.sort(rng.random(100)))])
             rows.append({
                 "update": u, "kl": kl.tolist(), "js": js.tolist(), "niche_kl": (kl / 2).tolist(),
-                "mean_kl": float(kl.sum() / (P * (P - 1))), "mean_js": float(js.sum() / (P * (P - 1))),
+                "kl_mean": float(kl.sum() / (P * (P - 1))), "js_mean": float(js.sum() / (P * (P - 1))),
                 "effective_policies": float(1 + rng.random() * (P - 1)),
                 "niche_profile_distance": js.tolist(), "occupancy_entropy": float(rng.random()),
                 "market_occupancy_entropy": rng.random(M).tolist(),
                 "specialisation_index": rng.random(P).tolist(), "hhi": rng.random(J).tolist(),
-                "largest_share": [0.5, 0.875, 0.0], "largest_member": [0, 2, -1],
-                "niche_output": [40.0, 8.0, 0.0], "monopoly_share": 0.875, "monopoly_niche": 1,
+                "niche_largest_share": [0.5, 0.875, 0.0], "niche_largest_member": [0, 2, -1],
+                "niche_output": [40.0, 8.0, 0.0], "niche_concentration": 0.875, "niche_concentration_niche": 1,
+                "largest_output_share": 0.4375,
                 "gini": float(rng.random()), "lorenz": (lorenz / lorenz[-1]).tolist(),
                 "wealth_histogram": {"edges": np.linspace(0, 800, 9).tolist(), "counts": counts.tolist()},
                 "specialisation_histogram": {"edges": np.linspace(0, 1, 6).tolist(), "counts": [3, 9, 20, 20, 12]},
                 "trade_volume": rng.random(G).tolist(), "price_dispersion": rng.random(G).tolist(),
                 "prices": (10 + rng.random((M, G))).tolist(),
             })
-        (path / "analysis.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (path / "analysis.jsonl").write_text("".join(json.dumps(named(r)) + "\n" for r in rows))
     return path
 
 
@@ -179,10 +185,40 @@ def test_report_of_finished_run_is_complete_and_self_contained(finished_report):
     for name in NICHES + GOODS + ["rest"]:
         assert name in text, name
     assert "m2" in text and "— (nothing produced)" in text
-    assert f"0.875 ({NICHES[1]}, member 2)" in text  # the monopoly indicator in the overview
-    assert "effective number of policies" in text and "wealth Gini" in text
+    assert f"0.875 ({NICHES[1]}, member 2)" in text  # niche_concentration in the overview
+    assert "largest_output_share" in text and "0.438" in text  # whole-economy dominance, its own name
+    assert "effective_policies" in text and "gini (wealth)" in text
+    # The glossary lists every metric of the registry with its definition.
+    gloss = text.split('<section id="glossary">', 1)[1]
+    for name, unit, definition in glossary():
+        assert f"<td class=\"l\">{name}</td>" in gloss and html.escape(definition) in gloss, name
     # The config is shown verbatim (escaped).
     assert "<pre>economy:" in text and "num_agents: 64" in text
+
+
+def test_report_of_a_run_under_the_old_metric_names(tmp_path):
+    """A run written before the metric registry (``mean_kl``, ``monopoly_share``,
+    ``niche_shares`` per member, ...) reads under today's names: the same numbers."""
+    old = write_report(make_run(tmp_path / "a" / "run", legacy=True)).read_text()
+    new = write_report(make_run(tmp_path / "b" / "run")).read_text()
+    strip = lambda t: re.sub(r"<p class=\"sub\">.*?</p>|<title>.*?</title>|<h1>.*?</h1>|"
+                             r"src=\"data:image/png;base64,[^\"]*\"", "", t)
+    assert strip(old) == strip(new)
+    assert f"0.875 ({NICHES[1]}, member 2)" in old and "niche shares per member" in old
+
+
+def test_empty_sections_say_why_and_what_to_set(tmp_path):
+    """A run shorter than train.analysis.every: the empty sections name the first analysis
+    update and the setting; with analysis off (every=0) they say so."""
+    run = make_run(tmp_path / "short", updates=(2, 4), analysis=False)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["train"]["analysis"] = {"every": 10}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    text = write_report(run).read_text()
+    assert text.count("the first analysis comes at update 10 (train.analysis.every=10)") >= 4
+    cfg["train"]["analysis"] = {"every": 0}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert "train.analysis.every is 0 (never)" in write_report(run).read_text()
 
 
 def test_report_of_run_in_progress(tmp_path):

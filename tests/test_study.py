@@ -52,6 +52,13 @@ def test_smoke_study_results(smoke):
     r = _results(smoke)
     assert list(r["conditions"]) == ["spec_off", "spec_on"] and r["missing"] == []
     assert r["metrics"][0] == "utility" and "largest_lineage_share" in r["metrics"]
+    # one name everywhere: results.json and every run's eval.json carry the registry's eval metrics
+    from analysis.metrics import EVAL
+
+    assert r["metrics"] == list(EVAL)
+    for e in smoke.glob("runs/*/*/eval.json"):
+        for policy, m in json.loads(e.read_text())["policies"].items():
+            assert list(m) == list(EVAL), (e, policy)
     for name, c in r["conditions"].items():
         assert sorted(c["seeds"]) == ["0", "1"]
         for k in SCALARS:

@@ -113,8 +113,8 @@ def test_metrics_shapes(trainer, trained):
               "specialisation_index"):
         assert np.shape(m[k]) == (P,), k
         assert np.isfinite(m[k]).all(), k
-    assert m["niche_shares"].shape == (P, J + 1)
-    np.testing.assert_allclose(m["niche_shares"].sum(-1), 1.0, rtol=1e-5)
+    assert m["member_niche_shares"].shape == (P, J + 1)
+    np.testing.assert_allclose(m["member_niche_shares"].sum(-1), 1.0, rtol=1e-5)
     assert m["market_price"].shape == m["market_volume"].shape == (G,)
     assert [int(x["update"]) for x in metrics] == list(range(1, TRAIN_UPDATES + 1))
     # PBT ran every 5 updates and only then.
@@ -143,19 +143,21 @@ def test_analysis_in_training(trainer, trained):
         np.testing.assert_allclose(js, js.T, atol=1e-6)
         assert (js <= np.log(2) * categoricals + 1e-5).all()
         assert (np.asarray(a["niche_kl"]) <= kl + 1e-5).all()
-        np.testing.assert_allclose(a["mean_kl"], kl[~np.eye(P, dtype=bool)].mean(), rtol=1e-5)
+        np.testing.assert_allclose(a["kl_mean"], kl[~np.eye(P, dtype=bool)].mean(), rtol=1e-5)
         assert 1.0 - 1e-5 <= float(a["effective_policies"]) <= P + 1e-5
         assert a["market_occupancy_entropy"].shape == (M,)
         assert 0 <= float(a["occupancy_entropy"]) <= np.log(J + 1) + 1e-6
         np.testing.assert_allclose(a["specialisation_index"], m["specialisation_index"], rtol=1e-6)
-        assert a["hhi"].shape == a["largest_share"].shape == a["largest_member"].shape == (J,)
-        live = np.asarray(a["largest_member"]) >= 0
+        assert a["hhi"].shape == a["niche_largest_share"].shape == a["niche_largest_member"].shape == (J,)
+        live = np.asarray(a["niche_largest_member"]) >= 0
         assert ((a["hhi"][live] >= 1 / P - 1e-6) & (a["hhi"][live] <= 1 + 1e-6)).all()
-        assert (a["largest_share"][live] ** 2 <= a["hhi"][live] + 1e-6).all()
+        assert (a["niche_largest_share"][live] ** 2 <= a["hhi"][live] + 1e-6).all()
         out = np.asarray(a["niche_output"])
         major = out >= 0.01 * out.sum()
-        assert float(a["monopoly_share"]) == pytest.approx(float(np.max(np.where(major, a["largest_share"], 0.0))))
-        assert major[int(a["monopoly_niche"])] and (out[~live] == 0).all()
+        assert float(a["niche_concentration"]) == pytest.approx(
+            float(np.max(np.where(major, a["niche_largest_share"], 0.0))))
+        assert major[int(a["niche_concentration_niche"])] and (out[~live] == 0).all()
+        assert 1 / P - 1e-6 <= float(a["largest_output_share"]) <= 1 + 1e-6 or out.sum() == 0
         lz = np.asarray(a["lorenz"])
         assert abs(lz[0]) < 1e-6 and abs(lz[-1] - 1) < 1e-5 and (np.diff(lz) >= -1e-6).all()
         assert 0 <= float(a["gini"]) < 1
@@ -177,17 +179,29 @@ def test_analysis_of_identical_members_is_zero(trainer, trained):
     params = jax.tree.map(lambda x: jnp.broadcast_to(x[:1], x.shape), ts.params)
     probe = jax.random.normal(jax.random.key(0), (64, trainer.env.obs_dim))
     st = ts.env_state
-    a = jax.jit(
-        lambda params, probe: population_analysis(
+    analyse = jax.jit(
+        lambda params, probe, output: population_analysis(
             lambda p, o: population_apply(trainer.net, p, o), params, probe,
-            jnp.ones((P, J + 1), jnp.int32), jnp.ones((P, J + 1), jnp.int32), jnp.ones((2, J + 1), jnp.int32),
+            jnp.ones((P, J + 1), jnp.int32), output, jnp.ones((2, J + 1), jnp.int32),
             jnp.full((P, 8), 0.5), st.goods, st.money, st.price, jnp.ones(trainer.env.cfg.num_goods), 10,
         )
-    )(params, probe)
+    )
+    a = analyse(params, probe, jnp.ones((P, J + 1), jnp.int32))
     for k in ("kl", "js", "niche_kl", "niche_profile_distance"):
         np.testing.assert_allclose(a[k], 0.0, atol=1e-6, err_msg=k)
     np.testing.assert_allclose(a["effective_policies"], 1.0, atol=1e-4)
     np.testing.assert_allclose(a["hhi"], 1 / P, rtol=1e-6)
+    np.testing.assert_allclose([a["largest_output_share"], a["niche_concentration"]], 1 / P, rtol=1e-6)
+    # Whole-economy dominance against per-niche concentration on a hand case: member 2 makes
+    # all of niche 0 (10 units) and 1 of each other niche; the others 1 of each niche but 0.
+    out = np.ones((P, J + 1), np.int32)
+    out[:, 0] = 0
+    out[2, 0] = 10
+    a = analyse(params, probe, jnp.asarray(out))
+    total = 10 + P * (J - 1)
+    assert float(a["largest_output_share"]) == pytest.approx((10 + J - 1) / total, rel=1e-6)
+    assert float(a["niche_concentration"]) == pytest.approx(1.0) and int(a["niche_concentration_niche"]) == 0
+    assert int(a["niche_largest_member"][0]) == 2
 
 
 @pytest.mark.slow
@@ -375,8 +389,9 @@ def test_train_run_writes_run_directory(cfg, tmp_path):
         assert all(len(v) == 4 for v in w.values())
     scalars, texts, histograms, images = read_events(run_dir / "tb")
     for tag in ("population/utility_mean", "member/0/reward", "member/3/learning_rate", "member/2/entropy",
-                "niche_share/farmer", "niche_share/rest", "member/1/niche_share/baker", "market/price/bread",
-                "market/volume/grain", "perf/agent_steps_per_s", "member/2/reward_weight/specialisation",
+                "niche_share/occupancy/farmer", "niche_share/occupancy/rest", "member/1/member_niche_shares/baker",
+                "market/market_price/bread", "market/market_volume/grain", "perf/agent_steps_per_s",
+                "member/2/reward_weight/specialisation",
                 "member/1/gamma", "member/0/vf_coef"):
         assert tag in scalars, (tag, sorted(scalars)[:20])
         assert [s for s, _ in scalars[tag]] == [1, 2, 3, 4, 5], tag
@@ -389,19 +404,35 @@ def test_train_run_writes_run_directory(cfg, tmp_path):
     # the same values as analysis.jsonl.
     an = [json.loads(x) for x in (run_dir / "analysis.jsonl").read_text().splitlines()]
     assert [a["update"] for a in an] == [5]
-    for tag in ("diversity/mean_kl", "diversity/mean_js", "diversity/effective_policies", "niches/occupancy_entropy",
-                "monopoly/largest_share/farmer", "monopoly/hhi/baker", "wealth/gini", "market/dispersion/bread"):
+    for tag in ("diversity/kl_mean", "diversity/js_mean", "diversity/effective_policies", "niches/occupancy_entropy",
+                "niches/niche_largest_share/farmer", "niches/hhi/baker", "wealth/gini", "market/price_dispersion/bread",
+                "dominance/largest_output_share", "niches/niche_concentration"):
         assert [s for s, _ in scalars[tag]] == [5], tag
-    np.testing.assert_allclose(scalars["diversity/mean_kl"][0][1], an[0]["mean_kl"], rtol=1e-6)
+    np.testing.assert_allclose(scalars["diversity/kl_mean"][0][1], an[0]["kl_mean"], rtol=1e-6)
+    # Every scalar tag names one metric of the registry (or a reward component / a variant,
+    # declared in their own registries): one name from the records to the dashboard.
+    from analysis.metrics import REGISTRY
+    from selfplay.rewards import REWARD_COMPONENTS
+    from selfplay.variants import VARIANTS
+    declared = set(REGISTRY) | set(REWARD_COMPONENTS) | set(VARIANTS)
+    for t in scalars:
+        parts = t.split("/")
+        if parts[0] == "member":
+            name = parts[3] if parts[2] == "reward_weight" else parts[2]
+        elif parts[0] == "population":
+            name = parts[-1].removesuffix("_mean")
+        else:
+            name = parts[1]
+        assert name in declared, (t, name)
     np.testing.assert_allclose(scalars["wealth/gini"][0][1], an[0]["gini"], rtol=1e-6)
-    h = histograms["histogram/specialisation"][0]
+    h = histograms["histogram/specialisation_histogram"][0]
     assert h.step == 5 and h.histogram_value.num == sum(an[0]["specialisation_histogram"]["counts"])
     assert list(h.histogram_value.bucket) == an[0]["specialisation_histogram"]["counts"]
-    assert histograms["histogram/wealth"][0].histogram_value.num == 256
+    assert histograms["histogram/wealth_histogram"][0].histogram_value.num == 256
     for tag in ("images/kl_heatmap", "images/niche_shares", "images/lineage"):
         img = images[tag][0]
         assert img.step == 5 and img.width > 100 and img.height > 100 and img.encoded_image_string[:4] == b"\x89PNG", tag
-    assert "effective policies" in text["analysis"][0]
+    assert "effective_policies" in text["analysis"][0] and "largest_output_share" in text["analysis"][0]
     # Resuming a finished run with more updates continues from its checkpoint.
     more = run_cfg.model_copy(update={"train": run_cfg.train.model_copy(update={"updates": 6})})
     ts = train_run(more, run_dir, progress=False)
@@ -731,7 +762,7 @@ def test_member_level_specialisation_makes_members_differ():
             ts = tr.init(jax.random.key(seed))
             weights = dict(ts.reward_weights, specialisation=jnp.full((4,), w, jnp.float32))
             ts, metrics = run_updates(tr, tr.place(ts.replace(reward_weights=weights)), 25)
-            mi[w] = np.mean([_mi_bits(np.asarray(m["niche_shares"])[:, :-1]) for m in metrics[-5:]])
+            mi[w] = np.mean([_mi_bits(np.asarray(m["member_niche_shares"])[:, :-1]) for m in metrics[-5:]])
             assert (np.asarray(metrics[-1]["founder"]) == np.arange(4)).all()  # no lineage took a second slot
         assert mi[1.0] >= mi[0.0] + 1.0, (seed, mi)
 

@@ -30,7 +30,8 @@ def run_events(run_dir: Path, niche_idx: list[int], below: float) -> dict:
         raise FileNotFoundError(f"{path} not found")
     rows, _ = read_jsonl(path)  # a run writing its last line right now: that line is skipped
     fixation = next((m["update"] for m in rows if len(set(np.ravel(m["founder"]).tolist())) == 1), None)
-    share = np.array([np.asarray(m["niche_shares"], np.float64).mean(0)[niche_idx].sum() for m in rows])
+    share = np.array([np.asarray(m.get("member_niche_shares", m.get("niche_shares")), np.float64).mean(0)[niche_idx].sum()
+                      for m in rows])  # niche_shares: the name before 2026-12-07
     alive = np.flatnonzero(share >= below)
     last_alive = alive[-1] if alive.size else -1
     dies = rows[last_alive + 1]["update"] if last_alive + 1 < len(rows) else None
