@@ -14,7 +14,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 bench: $(VENV)/.installed
-	$(PY) benchmarks/suite.py
+	$(PY) -m benchmarks.suite
 
 # Mutation testing of the newer modules (cosmic-ray; hours on 2 cores, resumable; not in CI):
 #   make mutants MODULES="selfplay/population.py"   -> results/mutation/<module>.json

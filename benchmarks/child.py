@@ -1,8 +1,9 @@
 """Running one measurement in a fresh Python process (shared by the benchmark scripts).
 
-Each benchmark script re-runs itself with ``--single``/``--limits`` arguments so every
-size and device count starts with a clean heap and its own XLA device count; the child
-prints its result as the last line of stdout, in JSON.
+Each benchmark re-runs its own module (``python -m benchmarks.<name>``) with
+``--single``/``--limits`` arguments so every size and device count starts with a clean
+heap and its own XLA device count; the child prints its result as the last line of
+stdout, in JSON.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ def tail(text: str, lines: int = 25) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def run_child(script: str | Path, args: list[str], devices: int = 1, timeout: float | None = None) -> tuple[dict | None, str]:
-    """Run ``script`` with ``args`` in a fresh process; ``(its JSON result, "")`` or ``(None, why)``."""
-    cmd = [sys.executable, str(Path(script).resolve()), *args]
+def run_child(module: str, args: list[str], devices: int = 1, timeout: float | None = None) -> tuple[dict | None, str]:
+    """Run ``python -m module`` with ``args`` in a fresh process; ``(its JSON result, "")``
+    or ``(None, why)``."""
+    cmd = [sys.executable, "-m", module, *args]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, env=child_env(devices), timeout=timeout)
     except subprocess.TimeoutExpired as e:

@@ -7,7 +7,7 @@ shards the agent axis by whole markets over D host devices (on a CPU, virtual de
 let XLA run markets on several cores). Writes JSON (default
 ``benchmarks/results/env_step.json``) and prints a Markdown table.
 
-    python benchmarks/env_step.py [--sizes 12 14 16 18 20] [--steps 20] [--devices 1]
+    python -m benchmarks.env_step [--sizes 12 14 16 18 20] [--steps 20] [--devices 1]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from child import run_child  # benchmarks/child.py, beside this script
+from benchmarks.child import run_child
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +49,6 @@ def measure(log2n: int, steps: int, repeats: int, devices: int, markets: int | N
     import jax
     import jax.numpy as jnp
 
-    sys.path.insert(0, str(ROOT))
     import economy
 
     n = 2**log2n
@@ -138,7 +137,7 @@ def main(argv=None) -> int:
     rows = []
     for d in args.devices:
         for s in args.sizes:
-            row, why = run_child(__file__, ["--single", str(s), "--steps", str(args.steps),
+            row, why = run_child("benchmarks.env_step", ["--single", str(s), "--steps", str(args.steps),
                                              "--repeats", str(args.repeats), "--devices", str(d)], d)
             if row is None:
                 print(why, file=sys.stderr)

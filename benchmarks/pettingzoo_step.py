@@ -3,7 +3,7 @@ jitted ``Economy.step`` on the same world, keys and actions, in one run: the wra
 cost is building per-agent dicts on the host (actions in, observations, rewards and infos
 out). The actions are drawn beforehand, so neither side pays for sampling.
 
-    python benchmarks/pettingzoo_step.py [--log2n 12] [--steps 50] [--out benchmarks/results/pettingzoo_step.json]
+    python -m benchmarks.pettingzoo_step [--log2n 12] [--steps 50] [--out benchmarks/results/pettingzoo_step.json]
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
 
 
 def main(argv=None) -> int:
@@ -31,7 +29,7 @@ def main(argv=None) -> int:
 
     from economy import Economy
     from economy.interop.pettingzoo import parallel_env
-    from suite import _machine
+    from benchmarks.suite import machine_info
 
     n, T = 2**args.log2n, args.steps
     env = parallel_env("configs/economy/classic.yaml", num_agents=n, num_markets=max(4, n // 1024), episode_length=T + 1)
@@ -65,7 +63,7 @@ def main(argv=None) -> int:
             fn()
             best = min(best, time.perf_counter() - t0)
         timings[name] = n * T / best
-    result = {"machine": _machine(), "agents": n, "steps": T, "wrapper_agent_steps_per_s": timings["wrapper"],
+    result = {"machine": machine_info(), "agents": n, "steps": T, "wrapper_agent_steps_per_s": timings["wrapper"],
               "raw_agent_steps_per_s": timings["raw"], "wrapper_over_raw": timings["wrapper"] / timings["raw"]}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

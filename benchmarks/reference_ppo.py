@@ -22,7 +22,7 @@ out is bookkeeping that costs little: PBT, the league, value normalisation, the 
 analysis, per-member hyperparameters (every member uses the midpoints of the config's
 ranges) and reward components other than utility.
 
-    from reference_ppo import Reference
+    from benchmarks.reference_ppo import Reference
     ref = Reference(cfg); state = ref.init(jax.random.key(0)); state, metrics = ref.update(state)
 """
 

@@ -16,8 +16,8 @@ Both record the process's resident memory (RSS, from /proc) after every window, 
 given as a ratio to the machine's float32 matmul rate measured in the same run (the
 suite's reference), since machines change between sessions.
 
-    python benchmarks/soak.py --out benchmarks/results/soak.json            # both parts
-    python benchmarks/soak.py --parts economy --log2n 14 --steps 200         # a quick look
+    python -m benchmarks.soak --out benchmarks/results/soak.json            # both parts
+    python -m benchmarks.soak --parts economy --log2n 14 --steps 200         # a quick look
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(HERE))
 
 
 def rss_mb() -> float:
@@ -176,11 +174,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(HERE / "results" / "soak.json"))
     args = ap.parse_args(argv)
 
-    from suite import _machine, measure_limits
+    from benchmarks.suite import machine_info, measure_limits
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"machine": _machine(), "limits": measure_limits(), "args": vars(args)}
+    result = {"machine": machine_info(), "limits": measure_limits(), "args": vars(args)}
     mm = result["limits"]["matmul_flops_per_s"]
 
     def save():

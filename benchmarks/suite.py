@@ -32,7 +32,7 @@ throughput with one, compile time against N. A failing subprocess is reported (i
 stderr tail), the others still run, and the exit status is 1. On a 2-core CPU virtual
 devices share the cores: expect a small overhead from more devices, not a speed-up.
 
-    python benchmarks/suite.py [--sizes 12 14 16] [--devices 1 2 4] [--kinds env acting update]
+    python -m benchmarks.suite [--sizes 12 14 16] [--devices 1 2 4] [--kinds env acting update]
     agora bench --quick --kinds env
 """
 
@@ -49,10 +49,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from benchmarks.child import run_child
+
 ROOT = Path(__file__).resolve().parents[1]
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from child import run_child, tail as _tail  # noqa: E402  (benchmarks/child.py, beside this script)
 KINDS = ("env", "acting", "update")
 TITLES = {
     "env": "Environment step (lax.scan, actions on the device)",
@@ -69,8 +68,7 @@ def measure_limits(array_mb: int = 256, matmul_n: int = 4096, repeats: int = 5) 
     import jax
     import jax.numpy as jnp
 
-    sys.path.insert(0, str(HERE))
-    from train_step import matmul_flops
+    from benchmarks.train_step import matmul_flops
 
     n = array_mb * 2**20 // 4
     x = jnp.arange(n, dtype=jnp.float32)
@@ -97,11 +95,9 @@ def measure_limits(array_mb: int = 256, matmul_n: int = 4096, repeats: int = 5) 
 
 def measure_one(kind: str, log2n: int, devices: int, markets: int, members: int, steps: int, repeats: int) -> dict:
     """One row: ``kind`` at N = 2^log2n agents in ``markets`` markets over ``devices`` devices."""
-    sys.path.insert(0, str(HERE))
-    sys.path.insert(0, str(ROOT))
     n = 2**log2n
     if kind == "env":
-        import env_step
+        from benchmarks import env_step
 
         r = env_step.measure(log2n, steps, repeats, devices, markets=markets, xla=True)
         row = {k: r[k] for k in ("agent_steps_per_s", "agent_steps_per_s_median", "compile_s", "peak_rss_mb",
@@ -111,7 +107,7 @@ def measure_one(kind: str, log2n: int, devices: int, markets: int, members: int,
 
     import jax
 
-    import train_step
+    from benchmarks import train_step
     from selfplay.train import Trainer
 
     cfg = train_step.run_config(log2n, members, steps, devices=devices, markets=markets)
@@ -205,7 +201,7 @@ def compile_vs_n(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _machine() -> dict:
+def machine_info() -> dict:
     import importlib.metadata as md
 
     def version(pkg):
@@ -363,7 +359,7 @@ def main(argv=None, prog: str | None = None) -> int:
     result = {
         "benchmark": "suite",
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": _machine(),
+        "machine": machine_info(),
         "config": {k: getattr(args, k) for k in ("sizes", "devices", "members", "steps", "repeats", "kinds", "quick")},
         "limits": None,
         "rows": [],
@@ -390,7 +386,7 @@ def main(argv=None, prog: str | None = None) -> int:
         print(f"FAILED {label}: {message}", file=sys.stderr, flush=True)
 
     quick = ["--quick"] if args.quick else []
-    limits, why = run_child(__file__, ["--limits", *quick], 1, args.timeout)
+    limits, why = run_child("benchmarks.suite", ["--limits", *quick], 1, args.timeout)
     if limits is None:
         fail({"kind": "limits", "log2n": None, "devices": 1}, why)
     else:
@@ -406,7 +402,7 @@ def main(argv=None, prog: str | None = None) -> int:
                 child = ["--single", kind, str(s), str(d), "--markets", str(m), "--members", str(args.members),
                          "--steps", str(args.steps), "--repeats", str(args.repeats)]
                 t0 = time.perf_counter()
-                row, why = run_child(__file__, child, d, args.timeout)
+                row, why = run_child("benchmarks.suite", child, d, args.timeout)
                 if row is None:
                     fail({"kind": kind, "log2n": s, "devices": d}, why)
                     write()

@@ -14,7 +14,7 @@ curve ``(update, seconds, utility)``, and the seconds and update at which utilit
 reaches each threshold (null when it does not within the run). Writes JSON (default
 ``benchmarks/results/time_to_quality.json``) and prints a Markdown table.
 
-    python benchmarks/time_to_quality.py [--updates 150] [--eval-every 10] [--seeds 0 1]
+    python -m benchmarks.time_to_quality [--updates 150] [--eval-every 10] [--seeds 0 1]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from child import run_child  # benchmarks/child.py, beside this script
+from benchmarks.child import run_child
 
 ROOT = Path(__file__).resolve().parents[1]
 THRESHOLDS = (0.9, 1.0)
@@ -36,7 +36,6 @@ THRESHOLDS = (0.9, 1.0)
 def measure(loss_path: str, seed: int, updates: int, eval_every: int, worlds: int, steps: int, burn_in: int) -> dict:
     import jax
 
-    sys.path.insert(0, str(ROOT))
     from selfplay.config import load_run_config
     from selfplay.evaluate import EvalSettings, evaluate_baseline, population_utility
     from selfplay.train import Trainer
@@ -95,7 +94,7 @@ def main(argv=None) -> int:
     runs = []
     for path in args.loss_paths:
         for seed in args.seeds:
-            row, why = run_child(__file__, ["--single", path, str(seed), "--updates", settings[0], "--eval-every",
+            row, why = run_child("benchmarks.time_to_quality", ["--single", path, str(seed), "--updates", settings[0], "--eval-every",
                                             settings[1], "--worlds", settings[2], "--steps", settings[3],
                                             "--burn-in", settings[4]], timeout=args.timeout)
             if row is None:

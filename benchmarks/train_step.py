@@ -21,7 +21,7 @@ each population size P (default 16 and 64 members), a fresh subprocess measures:
 
 Writes JSON (default ``benchmarks/results/train_step.json``) and prints a Markdown table.
 
-    python benchmarks/train_step.py [--sizes 14 16 18] [--members 16 64] [--repeats 2]
+    python -m benchmarks.train_step [--sizes 14 16 18] [--members 16 64] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-from child import run_child  # benchmarks/child.py, beside this script
+from benchmarks.child import run_child
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,7 +81,6 @@ def run_config(log2n: int, members: int, steps: int, devices: int | None = None,
     """The benchmarked run config: N = 2^log2n agents in ``markets`` (default N/1024)
     markets, no league, on-device analysis off; the agent axis over ``devices`` devices
     (``mesh.agents``; default: the config's own, ``auto``)."""
-    sys.path.insert(0, str(ROOT))
     from selfplay.config import load_run_config
 
     n = 2**log2n
@@ -169,8 +168,7 @@ def time_against_reference(cfg, trainer, ts, repeats: int):
     (compile s, Agora's times, the reference's times, the new state)."""
     import jax
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from reference_ppo import Reference
+    from benchmarks.reference_ppo import Reference
 
     ref = Reference(cfg)
     return time_paired(trainer.update, ts, ref.update, ref.init(jax.random.key(0)), repeats)
@@ -184,8 +182,7 @@ def xla_estimate(cfg, ts, kind: str, devices: int = 1) -> dict:
     optimiser step, PBT)."""
     import jax
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from env_step import xla_cost
+    from benchmarks.env_step import xla_cost
     from selfplay.train import Trainer
 
     t = cfg.train
@@ -201,7 +198,6 @@ def measure(log2n: int, members: int, steps: int, repeats: int, acting_only: boo
             reference: bool = True, loss_path: str | None = None) -> dict:
     import jax
 
-    sys.path.insert(0, str(ROOT))
     from selfplay.train import Trainer
 
     n = 2**log2n
@@ -290,7 +286,7 @@ def main(argv=None) -> int:
     rows = []
     for s in args.sizes:
         for p in args.members:
-            row, why = run_child(__file__, ["--single", str(s), str(p), "--steps", str(args.steps),
+            row, why = run_child("benchmarks.train_step", ["--single", str(s), str(p), "--steps", str(args.steps),
                                              "--repeats", str(args.repeats)] + ["--acting-only"] * args.acting_only
                                   + ["--no-reference"] * args.no_reference
                                   + (["--loss-path", args.loss_path] if args.loss_path else []))

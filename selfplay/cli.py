@@ -26,8 +26,6 @@ from typing import Sequence
 # version does not have; 130 interrupted (Ctrl-C), after a final checkpoint.
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NONFINITE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
@@ -383,17 +381,16 @@ def _unavailable(what: str) -> int:
 
 def _bench(args) -> int:
     """The benchmark suite (benchmarks/suite.py; its options, its --help)."""
-    import importlib.util
-
-    path = ROOT / "benchmarks" / "suite.py"
-    if not path.is_file():
-        print(f"agora bench: {path} not found (bench runs from a source checkout)", file=sys.stderr)
-        return EXIT_FAIL
-    spec = importlib.util.spec_from_file_location("agora_benchmark_suite", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     try:
-        return int(mod.main(args.args, prog="agora bench") or 0)
+        from benchmarks import suite
+    except ModuleNotFoundError as e:
+        if e.name not in ("benchmarks", "benchmarks.suite"):
+            raise
+        print("agora bench: the benchmarks package is not installed (bench runs from a source checkout: "
+              "pip install -e .)", file=sys.stderr)
+        return EXIT_FAIL
+    try:
+        return int(suite.main(args.args, prog="agora bench") or 0)
     except SystemExit as e:  # the suite's argparse: 0 after --help, 2 on bad usage
         return e.code if isinstance(e.code, int) else EXIT_USAGE
 

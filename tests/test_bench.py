@@ -3,7 +3,6 @@ Markdown report, measures the machine's limits, and reports failing subprocesses
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -12,15 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from selfplay.cli import main
+from benchmarks import suite
+from selfplay.cli import EXIT_FAIL, main
 from tests.conftest import ROOT, subprocess_env
-
-
-def _suite():
-    spec = importlib.util.spec_from_file_location("agora_benchmark_suite_test", ROOT / "benchmarks" / "suite.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _agora() -> list[str]:
@@ -83,9 +76,15 @@ def test_bench_help_and_bad_usage(capsys):
     assert "--devices" in capsys.readouterr().err
 
 
+def test_bench_without_the_benchmarks_package(monkeypatch, capsys):
+    """An installation without the benchmarks package: a clear message and EXIT_FAIL."""
+    monkeypatch.setitem(sys.modules, "benchmarks", None)  # import benchmarks then fails
+    assert main(["bench", "--quick"]) == EXIT_FAIL
+    assert "benchmarks package is not installed" in capsys.readouterr().err
+
+
 def test_report_tables_from_rows():
     """Scaling ratios, compile time against N and the Markdown tables from synthetic rows."""
-    suite = _suite()
     limits = {"memory_bandwidth_bytes_per_s": 1e10, "matmul_flops_per_s": 1e11, "matmul_n": 4096,
               "bandwidth_array_mb": 256, "bandwidth_by_kernel_bytes_per_s": {"scale_add": 1e10, "sum": 8e9}}
     rows = []
@@ -127,8 +126,7 @@ def test_paired_timing_runs_both_sides_in_turn_and_skips_the_warm_up():
     import jax
     import jax.numpy as jnp
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import train_step
+    from benchmarks import train_step
 
     calls = []
     step = lambda tag: jax.jit(lambda s: (s + 1, jax.debug.callback(lambda: calls.append(tag), ordered=True) or s))  # noqa: E731

@@ -14,7 +14,6 @@ action) moves them by orders of magnitude more.
 
 from __future__ import annotations
 
-import sys
 import warnings
 
 import jax
@@ -218,9 +217,8 @@ def test_fallback_to_the_xla_path_is_announced_once(monkeypatch, env):
 def test_reference_update_has_agoras_law_and_loss(minibatch):
     """benchmarks/reference_ppo.py: its network takes Agora's parameters unchanged, its
     distrax log-probabilities are Agora's, and its loss and gradients are Agora's."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from reference_ppo import RefNet, dist_log_prob
-    from reference_ppo import ppo_loss as ref_loss
+    from benchmarks.reference_ppo import RefNet, dist_log_prob
+    from benchmarks.reference_ppo import ppo_loss as ref_loss
 
     net, params, batch = minibatch
     ref = RefNet(net.action_spec, tuple(net.hidden), net.activation)
