@@ -11,10 +11,10 @@ index, however the rows are split over threads or devices).
 The same library holds the PPO loss's kernels (:func:`stats`, :func:`stats_grad`, used by
 :func:`agents.networks.policy_terms`): every categorical's log-probability of the action
 taken and its entropy, and their gradient with respect to the output layer, with the
-logits formed in cache a tile of rows at a time and never written out; and
-:func:`objective` (used by :func:`agents.networks.objective_terms`): the same terms and
-the PPO or imitation loss's gradient in one pass, the logits formed once instead of
-twice (forward, then again for the backward pass).
+logits formed in cache a tile of rows at a time and never written out. They know nothing
+of the loss: the PPO and imitation losses are written once, in JAX (:mod:`selfplay.ppo`),
+on the per-sample terms, and their cotangents reach :func:`stats_grad` through autodiff,
+so a term added to the loss in Python reaches the gradient with no change here.
 
 The library is compiled on first use with the system's C++ compiler against
 ``jax.ffi.include_dir()`` into a cache folder (``$AGORA_CACHE``, default
@@ -46,7 +46,7 @@ from economy import rng
 
 SOURCE = Path(__file__).with_name("native_sample.cc")
 TARGETS = {"agora_sample": "AgoraSample", "agora_act": "AgoraAct", "agora_stats": "AgoraStats",
-           "agora_stats_grad": "AgoraStatsGrad", "agora_objective": "AgoraObjective"}
+           "agora_stats_grad": "AgoraStatsGrad"}
 FLAGS = ("-O3", "-mavx2", "-mfma", "-std=c++17", "-fPIC", "-shared")
 
 
@@ -120,7 +120,7 @@ def _load() -> str:
 
 def available() -> bool:
     """Whether the native kernels (:func:`sample`, :func:`act`, :func:`stats`,
-    :func:`stats_grad`, :func:`objective`) can run here (builds and registers the library
+    :func:`stats_grad`) can run here (builds and registers the library
     on first call). When they cannot, a warning says why once (none for ``AGORA_NATIVE=0``)
     and callers use the XLA paths."""
     why = _load()
@@ -247,41 +247,4 @@ def stats_grad(h, w, b, actions, g_log_prob, g_entropy, g_value, sizes) -> tuple
     return call(h, w, b, actions, glp, gent, gv, sizes=_sizes(sizes))
 
 
-OBJECTIVES = {"ppo": 0, "imitation": 1}
-
-
-def objective(h, w, b, actions, rows, coefs, sizes, kind: str):
-    """The PPO or imitation loss's terms and their gradient in one pass (the logits formed
-    once, in cache): with the output layer and actions as :func:`stats`, ``rows [*g, n,
-    4]`` (per row: the behaviour log-probability, the normalised advantage, the return and
-    the old value) and ``coefs [*g, K + 2]`` (per categorical the entropy's cotangent,
-    then ``clip_eps`` and ``vf_coef``), returns ``(log_prob [*g, n, K], entropy [*g, n,
-    K], value [*g, n], dh, dw, db)``: :func:`stats`'s terms and the gradient of
-
-    * ``kind="ppo"``: ``mean clipped_surrogate(lp - old, A) + vf_coef * 0.5 * mean max((v
-      - R)^2, (v_clipped - R)^2) + sum_j coefs_j * sum_rows H_j``;
-    * ``kind="imitation"``: ``-mean lp + vf_coef * 0.5 * mean (v - R)^2 + sum_j coefs_j *
-      sum_rows H_j``
-
-    (``lp`` the joint log-probability; :func:`selfplay.ppo.ppo_loss` and
-    :func:`selfplay.ppo.imitation_loss` define them) with respect to ``h``, ``w`` and
-    ``b``, summed over rows as :func:`stats_grad` does."""
-    h, w, b, rows, coefs = (jnp.asarray(x, jnp.float32) for x in (h, w, b, rows, coefs))
-    actions = jnp.asarray(actions, jnp.int32)
-    if kind not in OBJECTIVES:
-        raise ValueError(f"objective kind {kind!r}: expected one of {sorted(OBJECTIVES)}")
-    g, n = _layer_shapes("agora_objective", h, w, b, sizes, {"actions": actions})
-    k = len(sizes)
-    if rows.shape != g + (n, 4) or coefs.shape != g + (k + 2,):
-        raise ValueError(f"agora_objective: rows {rows.shape} and coefs {coefs.shape}, expected {g + (n, 4)} and {g + (k + 2,)}")
-    f32 = lambda *shape: jax.ShapeDtypeStruct(g + shape, jnp.float32)  # noqa: E731
-    call = jax.ffi.ffi_call(
-        "agora_objective",
-        (f32(n, k), f32(n, k), f32(n), jax.ShapeDtypeStruct(h.shape, jnp.float32),
-         jax.ShapeDtypeStruct(w.shape, jnp.float32), jax.ShapeDtypeStruct(b.shape, jnp.float32)),
-        vmap_method="broadcast_all",
-    )
-    return call(h, w, b, actions, rows, coefs, sizes=_sizes(sizes), kind=np.int64(OBJECTIVES[kind]))
-
-
-__all__ = ["act", "available", "build", "cache_dir", "draw", "objective", "sample", "stats", "stats_grad"]
+__all__ = ["act", "available", "build", "cache_dir", "draw", "sample", "stats", "stats_grad"]

@@ -10,7 +10,7 @@
 //   rows are formed in cache (6x16 register tiles) and drawn at once, never written out.
 // agora_stats, agora_stats_grad: the PPO loss's per-categorical log-probabilities and
 //   entropies of the same logits, and their gradient for given cotangents.
-// agora_objective: those terms and the PPO (or imitation) loss's gradient in one pass.
+// The loss itself is written once, in JAX (selfplay/ppo.py), on these per-sample terms.
 //
 // Each row is read once (max, exp, prefix sums, draws and logs in one pass); rows are
 // split over XLA's intra-op thread pool and a row's result does not depend on the split.
@@ -523,7 +523,7 @@ ffi::Error StatsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> h, ffi::Buffer<
   return ffi::Error::Success();
 }
 
-// The gradient pass shared by agora_stats_grad and agora_objective: with the cotangents of
+// The gradient pass of agora_stats_grad: with the cotangents of
 // sum_j (glp_j log p(a_j) + gent_j H_j) + gv * value given per row by
 // cot(row, logits x, scratch) (called after row_sums; it fills sc.glp and sc.gent and
 // returns gv), the gradient with respect to h, w and b, in one pass: each tile of rows'
@@ -669,82 +669,6 @@ ffi::Error StatsGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> h, ffi::Buf
   return ffi::Error::Success();
 }
 
-// The PPO (kind 0) or imitation (kind 1) loss of agents/networks.py:objective in one pass:
-// per row, log p(a_j), H_j and the value (written out, as agora_stats), then the loss's
-// cotangents of them, then grad_pass's dz, dh, dw, db, without forming the logits twice.
-// rows [*g, n, 4]: old log-probability, normalised advantage, return, old value; coefs
-// [*g, K + 2]: gent_j (the entropy cotangents, the same for every row), clip_eps, vf_coef.
-// With lp = sum_j log p(a_j), r = exp(lp - old), A the advantage and 1/n the mean's weight:
-//   PPO: glp_j = -A r / n where r is inside [1 - eps, 1 + eps] or -r A > -clip(r) A, else 0
-//        (the gradient of mean max(-r A, -clip(r) A) as JAX differentiates it);
-//        gv = vf_coef / n * (v - R) where |v - v_old| <= eps or (v - R)^2 > (vc - R)^2
-//        (vc = v_old + clip(v - v_old, -eps, eps)), 0 where the clipped term is larger,
-//        half of it at a tie (of 0.5 mean max((v - R)^2, (vc - R)^2)).
-//   imitation: glp_j = -1 / n, gv = vf_coef / n * (v - R).
-ffi::Error ObjectiveImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> h, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
-                         ffi::Buffer<ffi::S32> act, ffi::Buffer<ffi::F32> rows, ffi::Buffer<ffi::F32> coefs,
-                         ffi::Span<const int64_t> sizes, int64_t kind, ffi::ResultBuffer<ffi::F32> lp,
-                         ffi::ResultBuffer<ffi::F32> ent, ffi::ResultBuffer<ffi::F32> value,
-                         ffi::ResultBuffer<ffi::F32> dh, ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> db) {
-  Layer L;
-  const int64_t k = static_cast<int64_t>(sizes.size());
-  if (auto e = make_layer("agora_objective", h, w, b, sizes, {{act.dimensions(), k}, {rows.dimensions(), 4}}, &L);
-      e.failure())
-    return e;
-  const auto cd = coefs.dimensions();
-  const auto hd = h.dimensions();
-  bool ok = cd.size() == L.gr + 1 && cd[L.gr] == k + 2;
-  for (size_t i = 0; ok && i < L.gr; ++i) ok = cd[i] == hd[i];
-  if (!ok) return ffi::Error::InvalidArgument("agora_objective: coefs must be [*g, K + 2]");
-  if (kind != 0 && kind != 1) return ffi::Error::InvalidArgument("agora_objective: kind must be 0 (PPO) or 1 (imitation)");
-  const int32_t* a = act.typed_data();
-  const float* rw = rows.typed_data();
-  const float* cf = coefs.typed_data();
-  float* l = lp->typed_data();
-  float* en = ent->typed_data();
-  float* v = value->typed_data();
-  const int64_t* sz = sizes.begin();
-  const int64_t n = L.n, need = L.need;
-  const float inv_n = 1.f / static_cast<float>(n);
-  auto cot = [=](int64_t row, const float* x, Scratch& sc) {
-    const float* c = cf + (row / n) * (k + 2);
-    const float* d = sc.cdf.data();
-    float total = 0.f;
-    int64_t off = 0;
-    for (int64_t j = 0; j < k; ++j) {
-      const float lpj = d[off + clamp_action(a[row * k + j], sz[j])] - sc.logs[j];
-      l[row * k + j] = lpj;
-      en[row * k + j] = sc.logs[j] - sc.wsums[j] / sc.sums[j];
-      sc.gent[j] = c[j];
-      total += lpj;
-      off += sz[j];
-    }
-    const float val = x[need];
-    v[row] = val;
-    const float* rr = rw + row * 4;
-    const float eps = c[k], vf = c[k + 1] * inv_n, ret = rr[2];
-    float g1, gv;
-    if (kind == 1) {
-      g1 = -inv_n;
-      gv = vf * (val - ret);
-    } else {
-      const float adv = rr[1], r = std::exp(total - rr[0]);
-      const float clipped = -std::min(std::max(r, 1.f - eps), 1.f + eps) * adv;
-      const bool inside = r >= 1.f - eps && r <= 1.f + eps;
-      g1 = (inside || -r * adv > clipped) ? -adv * r * inv_n : 0.f;
-      const float dv = val - rr[3], du = val - ret;
-      const float dc = rr[3] + std::min(std::max(dv, -eps), eps) - ret;
-      const float su = du * du, sc2 = dc * dc;
-      const bool vin = dv >= -eps && dv <= eps;
-      gv = vf * (vin || su > sc2 ? du : (su < sc2 ? 0.f : 0.5f * du));
-    }
-    for (int64_t j = 0; j < k; ++j) sc.glp[j] = g1;
-    return gv;
-  };
-  grad_pass(pool, L, w.typed_data(), a, sz, k, cot, dh->typed_data(), dw->typed_data(), db->typed_data());
-  return ffi::Error::Success();
-}
-
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AgoraSample, SampleImpl,
@@ -779,24 +703,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AgoraStatsGrad, StatsGradImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Attr<ffi::Span<const int64_t>>("sizes")
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(AgoraObjective, ObjectiveImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Attr<ffi::Span<const int64_t>>("sizes")
-                                  .Attr<int64_t>("kind")
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());

@@ -478,39 +478,6 @@ def _policy_terms_bwd(sizes, native, residuals, grads):
 policy_terms.defvjp(_policy_terms_fwd, _policy_terms_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
-def _objective(h, kernel, bias, actions, rows, coefs, sizes, kind):
-    return _objective_fwd(h, kernel, bias, actions, rows, coefs, sizes, kind)[0]
-
-
-def _objective_fwd(h, kernel, bias, actions, rows, coefs, sizes, kind):
-    from agents import native as _native
-
-    lp, ent, value, dh, dw, db = _native.objective(h, kernel, bias, actions, rows, coefs, sizes, kind)
-    return (lp, ent, value, jnp.zeros((), jnp.float32)), (dh, dw, db)
-
-
-def _objective_bwd(sizes, kind, residuals, grads):
-    dh, dw, db = residuals
-    g = grads[3]  # the carrier's; the terms leave objective_terms without a gradient
-    return g * dh, g * dw, g * db, None, None, None
-
-
-_objective.defvjp(_objective_fwd, _objective_bwd)
-
-
-def objective_terms(h, kernel, bias, actions, rows, coefs, sizes: tuple, kind: str):
-    """The PPO (``kind="ppo"``) or imitation loss's output-layer terms and gradient in one
-    native pass (:func:`agents.native.objective`: the logits formed once, not again for
-    the backward pass as :func:`policy_terms` does): ``(log_prob [n, K], entropy [n, K],
-    value [n], carrier)``. The terms carry no gradient; ``carrier`` is a zero whose
-    gradient with respect to ``h``, ``kernel`` and ``bias`` is the loss's (the loss that
-    :func:`agents.native.objective` documents, of these terms), so ``loss(terms) +
-    carrier`` has the loss's value and gradient. Works under ``vmap`` and ``jit``."""
-    lp, ent, value, carrier = _objective(h, kernel, bias, actions, rows, coefs, sizes, kind)
-    return jax.lax.stop_gradient(lp), jax.lax.stop_gradient(ent), jax.lax.stop_gradient(value), carrier
-
-
 def flat_actions(actions: Actions, action_spec) -> jax.Array:
     """``actions`` dict -> int32 ``[..., K]`` in :func:`head_sizes` order."""
     parts = []
@@ -561,29 +528,9 @@ class FusedPolicy:
     def _joint(self, lp, ent, value):
         return jnp.sum(lp, -1), {name: jnp.sum(ent[..., a:b], -1) for name, a, b in self.heads}, value
 
-    def objective(self, params, obs, actions, kind: str, rows: dict, ent_coefs: dict, clip_eps, vf_coef):
-        """:meth:`evaluate` and a ``carrier`` (see :func:`objective_terms`) for the loss
-        ``kind`` (``"ppo"`` or ``"imitation"``) over the rows ``obs [n, D]``: ``rows`` holds
-        ``log_prob``, ``advantages`` (normalised), ``returns`` and ``values`` ``[n]``;
-        ``ent_coefs``: per head, the weight of its mean entropy in the loss (the loss
-        subtracts ``sum_head ent_coefs[head] * mean entropy``). On the native path the loss's
-        gradient comes with the carrier in the same pass and the terms carry none; on the
-        XLA path the terms carry it and the carrier is 0."""
-        if not self.native:
-            return (*self.evaluate(params, obs, actions), jnp.zeros((), jnp.float32))
-        h, kernel, bias = self.net.apply(params, obs, parts=True)
-        n = obs.shape[0]
-        gent = jnp.concatenate([jnp.broadcast_to(-jnp.asarray(ent_coefs.get(name, 0.0), jnp.float32) / n, (b - a,))
-                                for name, a, b in self.heads])
-        coefs = jnp.concatenate([gent, jnp.stack([jnp.asarray(clip_eps, jnp.float32), jnp.asarray(vf_coef, jnp.float32)])])
-        rows = jnp.stack([rows[k] for k in ("log_prob", "advantages", "returns", "values")], -1).astype(jnp.float32)
-        lp, ent, value, carrier = objective_terms(
-            h, kernel, bias, flat_actions(actions, self.net.action_spec), rows, coefs, self.sizes, kind)
-        return (*self._joint(lp, ent, value), carrier)
-
 
 __all__ = [
     "ActorCritic", "FusedPolicy", "act_parts", "agent_players", "entropy", "flat_actions", "from_members", "head_sizes",
-    "init_population", "joint_apply", "joint_width", "log_prob", "objective_terms", "policy_terms", "population_apply",
+    "init_population", "joint_apply", "joint_width", "log_prob", "policy_terms", "population_apply",
     "sample_actions", "split_joint", "to_members",
 ]

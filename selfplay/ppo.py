@@ -89,30 +89,21 @@ def clipped_surrogate(log_ratio: jax.Array, advantages: jax.Array, clip_eps: flo
     return jnp.maximum(unclipped, clipped)
 
 
-def _policy_terms(apply_fn: Callable, params: Any, batch: dict, batch_ndim: int, objective: tuple | None = None):
-    """``(log_prob, entropy, entropy_niche or None, value, carrier)`` of the batch's
-    actions: from ``apply_fn.objective`` where the network offers it and ``objective =
-    (kind, advantages, hyper)`` names the loss (:class:`agents.networks.FusedPolicy`: the
-    terms and, natively, the loss's gradient in one pass, carried by ``carrier``), else
-    ``apply_fn.evaluate`` (one fused pass with a written-out gradient), else the logits of
-    ``apply_fn``; ``carrier`` is 0 but for the native objective (add it to the loss)."""
-    zero = jnp.zeros((), jnp.float32)
-    if objective is not None and hasattr(apply_fn, "objective") and batch_ndim == 1:
-        kind, adv, hyper = objective
-        ent_coefs = {name: hyper["ent_coef"] for name, _, _ in apply_fn.heads}
-        if hyper.get("ent_coef_niche") is not None and "niche" in ent_coefs:
-            ent_coefs["niche"] = hyper["ent_coef"] + hyper["ent_coef_niche"]
-        rows = {"log_prob": batch["log_prob"], "advantages": adv, "returns": batch["returns"], "values": batch["values"]}
-        lp, ents, value, carrier = apply_fn.objective(
-            params, batch["obs"], batch["actions"], kind, rows, ent_coefs, hyper.get("clip_eps", 0.0), hyper["vf_coef"])
-        return lp, sum(ents.values()), ents.get("niche"), value, carrier
+def _policy_terms(apply_fn: Callable, params: Any, batch: dict, batch_ndim: int):
+    """``(log_prob, entropy, entropy_niche or None, value)`` of the batch's actions, the
+    per-sample terms every loss of this module is written on: from ``apply_fn.evaluate``
+    where the network offers it (:class:`agents.networks.FusedPolicy`: the output layer's
+    terms in one pass, natively where the kernels run, and their gradient from the
+    cotangents autodiff gives them, :func:`agents.networks.policy_terms`), else from the
+    logits of ``apply_fn``. The losses are defined here once; whichever path computes the
+    terms, a term added to a loss reaches its gradient."""
     if hasattr(apply_fn, "evaluate"):
         lp, ents, value = apply_fn.evaluate(params, batch["obs"], batch["actions"])
-        return lp, sum(ents.values()), ents.get("niche"), value, zero
+        return lp, sum(ents.values()), ents.get("niche"), value
     logits, value = apply_fn(params, batch["obs"])
     lp = _log_prob(logits, batch["actions"], batch_ndim=batch_ndim)
     niche = _entropy({"niche": logits["niche"]}, batch_ndim=batch_ndim) if "niche" in logits else None
-    return lp, _entropy(logits, batch_ndim=batch_ndim), niche, value, zero
+    return lp, _entropy(logits, batch_ndim=batch_ndim), niche, value
 
 
 def _niche_entropy_bonus(ent_niche, hyper: Mapping[str, Any]) -> tuple[jax.Array, dict]:
@@ -150,8 +141,7 @@ def ppo_loss(params: Any, apply_fn: Callable, batch: dict, hyper: Mapping[str, A
     old_log_prob = batch["log_prob"]
     adv = batch["advantages"]
     adv = (adv - adv.mean()) / (adv.std() + ADV_EPS)
-    new_log_prob, ent, ent_niche, value, carrier = _policy_terms(
-        apply_fn, params, batch, old_log_prob.ndim, ("ppo", adv, hyper))
+    new_log_prob, ent, ent_niche, value = _policy_terms(apply_fn, params, batch, old_log_prob.ndim)
     log_ratio = new_log_prob - old_log_prob
     ratio = jnp.exp(log_ratio)
 
@@ -163,7 +153,7 @@ def ppo_loss(params: Any, apply_fn: Callable, batch: dict, hyper: Mapping[str, A
 
     ent = ent.mean()
     bonus, extra = _niche_entropy_bonus(ent_niche, hyper)
-    loss = policy_loss + vf_coef * value_loss - ent_coef * ent - bonus + carrier
+    loss = policy_loss + vf_coef * value_loss - ent_coef * ent - bonus
     metrics = {
         "policy_loss": policy_loss,
         "value_loss": value_loss,
@@ -184,13 +174,12 @@ def imitation_loss(params: Any, apply_fn: Callable, batch: dict, hyper: Mapping[
     (``ent_coef_niche`` as in :func:`ppo_loss`). ``policy_loss`` reports the negative
     log-likelihood; ``approx_kl`` and ``clip_fraction`` are 0 (no behaviour ratio)."""
     ent_coef, vf_coef = hyper["ent_coef"], hyper["vf_coef"]
-    lp, ent, ent_niche, value, carrier = _policy_terms(
-        apply_fn, params, batch, batch["log_prob"].ndim, ("imitation", batch["advantages"], hyper))
+    lp, ent, ent_niche, value = _policy_terms(apply_fn, params, batch, batch["log_prob"].ndim)
     nll = -lp.mean()
     value_loss = 0.5 * jnp.square(value - batch["returns"]).mean()
     ent = ent.mean()
     bonus, extra = _niche_entropy_bonus(ent_niche, hyper)
-    loss = nll + vf_coef * value_loss - ent_coef * ent - bonus + carrier
+    loss = nll + vf_coef * value_loss - ent_coef * ent - bonus
     zero = jnp.zeros((), jnp.float32)
     metrics = {"policy_loss": nll, "value_loss": value_loss, "entropy": ent, "approx_kl": zero, "clip_fraction": zero, **extra}
     return loss, metrics

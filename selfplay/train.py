@@ -163,9 +163,10 @@ class Trainer:
         self.policy_spec = self.env.action_spec if t.orders == "policy" else tuple(
             h for h in self.env.action_spec if h.name == "niche")
         self.net = ActorCritic(self.policy_spec, hidden=tuple(t.network.hidden), activation=t.network.activation)
-        # The PPO loss's view of the network (train.loss_path): the fused pass (natively, on a
-        # one-device mesh where the kernels run, the loss's terms and gradient in one pass,
-        # agents.networks.objective_terms; its XLA twin on several devices) or autodiff.
+        # The PPO loss's view of the network (train.loss_path): the fused output layer
+        # (agents.networks.policy_terms: natively on a one-device mesh where the kernels run,
+        # its XLA twin on several devices) or autodiff of the logits; the loss itself is
+        # selfplay.ppo's either way.
         self.mesh = agent_mesh(jax.devices()[: mesh_size(cfg)])
         self.loss_net = joint_apply(self.net) if t.loss_path == "traced" else FusedPolicy(
             self.net, native=None if self.mesh.size == 1 else False)
