@@ -35,3 +35,31 @@ def test_no_page_points_outside_the_repository():
 def test_the_link_checker_sees_links():
     """The pattern finds the README's links (an empty match would pass every page)."""
     assert len(_links(ROOT / "README.md")) >= 5
+
+
+FLOORS = ("economy", "agents", "analysis", "selfplay")  # docs/design.md: each imports only from those before it
+
+
+def _imports(path: Path):
+    import ast
+
+    for n in ast.walk(ast.parse(path.read_text())):
+        if isinstance(n, ast.ImportFrom) and n.module and n.level == 0:
+            yield n.module, [a.name for a in n.names]
+        elif isinstance(n, ast.Import):
+            for a in n.names:
+                yield a.name, []
+
+
+def test_the_import_graph_has_four_floors_and_no_private_imports():
+    """docs/design.md's contract: a package imports only from the floors before it, and no
+    module imports another module's private helper."""
+    for i, pkg in enumerate(FLOORS):
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            for module, names in _imports(path):
+                top = module.split(".")[0]
+                if top in FLOORS:
+                    assert FLOORS.index(top) <= i, f"{path.relative_to(ROOT)} imports {module} (a floor above)"
+                    private = [x for x in names if x.startswith("_")]
+                    assert not private or module == ".".join(path.relative_to(ROOT).with_suffix("").parts), (
+                        f"{path.relative_to(ROOT)} imports private {private} from {module}")
