@@ -11,7 +11,7 @@ pure function of arrays, so the trainer runs it under ``lax.cond`` every
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -52,34 +52,36 @@ def histogram(x: jax.Array, bins: int, lo: jax.Array | float, hi: jax.Array | fl
     }
 
 
+class RolloutSummary(NamedTuple):
+    """What one analysis reads of an update's rollout (``P`` members, ``S`` probe states,
+    ``J`` niches, ``M`` markets, ``G`` goods, ``n`` agents per member)."""
+
+    probe_obs: jax.Array  # float32 [S, D]: observations every member is asked about
+    niche_counts: jax.Array  # [P, J+1] niche choices of each member's agents over the rollout
+    niche_output: jax.Array  # [P, J+1] units produced by each member's agents, by chosen niche
+    market_occupancy: jax.Array  # [M, J+1] agents per niche per market, summed over the rollout
+    agent_specialisation: jax.Array  # float32 [P, n] per-agent specialisation index
+    goods: jax.Array  # the economy state at the end of the rollout: holdings [N, G],
+    money: jax.Array  # cash [N]
+    price: jax.Array  # and last prices [M, G]
+    trade_volume: jax.Array  # float32 [G] units traded per step (all markets), rollout mean
+
+
 def population_analysis(
     apply_fn: Callable[[Any, jax.Array], tuple[dict, jax.Array]],
     params: Any,
-    probe_obs: jax.Array,
-    niche_counts: jax.Array,
-    niche_output: jax.Array,
-    market_occupancy: jax.Array,
-    agent_specialisation: jax.Array,
-    goods: jax.Array,
-    money: jax.Array,
-    price: jax.Array,
-    trade_volume: jax.Array,
+    rollout: RolloutSummary,
     bins: int,
 ) -> dict[str, Any]:
-    """Every measure of one analysis (the keys of a line of ``analysis.jsonl``).
+    """Every measure of one analysis (the keys of a line of ``analysis.jsonl``, named as
+    :mod:`analysis.metrics` declares them).
 
-    Args (``P`` members, ``S`` probe states, ``J`` niches, ``M`` markets, ``G`` goods):
-      apply_fn: ``(params [P, ...], obs [P, S, D]) -> (logits {head: [P, S, ..., C]}, value)``.
-      params: the members' stacked parameters.
-      probe_obs: float32 ``[S, D]`` observations; every member is asked about every one.
-      niche_counts: ``[P, J+1]`` niche choices of each member's agents over the rollout.
-      niche_output: ``[P, J+1]`` units produced by each member's agents, by chosen niche.
-      market_occupancy: ``[M, J+1]`` agents per niche per market, summed over the rollout.
-      agent_specialisation: float32 ``[P, n]`` per-agent specialisation index.
-      goods, money, price: the economy state at the end of the rollout.
-      trade_volume: float32 ``[G]`` units traded per step (all markets), rollout mean.
-      bins: histogram bins.
+    ``apply_fn``: ``(params [P, ...], obs [P, S, D]) -> (logits {head: [P, S, ..., C]},
+    value)``; ``params``: the members' stacked parameters; ``rollout``: what the update's
+    rollout left (:class:`RolloutSummary`); ``bins``: histogram bins.
     """
+    (probe_obs, niche_counts, niche_output, market_occupancy, agent_specialisation, goods, money, price,
+     trade_volume) = rollout
     P = niche_counts.shape[0]
     J = niche_counts.shape[1] - 1
     obs = jnp.broadcast_to(probe_obs[None], (P,) + probe_obs.shape)

@@ -48,7 +48,7 @@ from agents.networks import (
 )
 from agents.scripted import scripted_actions
 from analysis.niches import specialisation_index
-from analysis.population import population_analysis
+from analysis.population import RolloutSummary, population_analysis
 from economy import ConfigError, Economy, EconomyState
 from economy.sharding import agent_mesh, state_sharding
 from economy.streams import derive, world_key
@@ -438,13 +438,37 @@ class Trainer:
         )
 
     def _update_phase(self, ts: TrainState, imitate: bool):
-        t = self.cfg.train
-        P = self.num_members
-        J = self.env.cfg.num_niches
+        """One update as a few named pure steps: roll out, reward, learn (PPO or imitation),
+        summarise and analyse the rollout, update fitness, then PBT and the league."""
         keys = update_keys(jax.random.wrap_key_data(ts.key), ts.update)
         env_state, obs, episode, traj, stats, last_value, last_seen = self._rollout(ts, keys["rollout"], imitate)
         reward, comps = self.rewards(ts, traj)  # [T, P, n]
+        params, opt_state, value_norm, losses = self._learn(ts, traj, reward, last_value, keys["ppo"], imitate)
+        summary = self._summarise(traj, stats, comps)
+        analysis, do_analysis = self._analysis(
+            ts, params, traj.obs, summary["niche_counts"], jnp.sum(stats["niche_output"], 0), summary["occupancy"],
+            summary["agent_spec"], last_seen, summary["market_volume"], keys["analysis"],
+        )
+        fit_now, fitness = self._fitness(ts, summary)
+        u = ts.update + 1
+        ts = ts.replace(
+            params=params, opt_state=opt_state, value_norm=value_norm, env_state=env_state, obs=obs, episode=episode,
+            pbt=ts.pbt._replace(fitness=fitness), update=u,
+        )
+        ts, src, do_pbt = self._population_step(ts, keys["pbt"], imitate)
+        metrics = {
+            **self._update_metrics(ts, reward, summary, stats, (fit_now, fitness), src, do_pbt, imitate, value_norm,
+                                   losses, params),
+            "analysis": analysis,  # see analysis.population_analysis; zeros unless analysis_done
+            "analysis_done": do_analysis,
+        }
+        return ts, metrics
 
+    def _learn(self, ts: TrainState, traj, reward, last_value, key, imitate: bool):
+        """PPO (or, while ``imitate``, imitation) on the rollout, every member at once:
+        ``(params, opt_state, value_norm, losses)``."""
+        t = self.cfg.train
+        P = self.num_members
         adv, ret = self.advantages(ts, reward, traj, last_value)
         tm = lambda x: jnp.swapaxes(x, 0, 1)
         value_norm, v_mean, v_std = self._normalise_values(ts, ret)
@@ -464,61 +488,76 @@ class Trainer:
         loss_hyper = {n: ts.hyper[n] for n in variants.names("loss") if n in ts.hyper}
         if t.niche_ent_coef > 0:
             loss_hyper["ent_coef_niche"] = jnp.full((P,), t.niche_ent_coef, jnp.float32)
-        ppo_keys = jax.vmap(lambda p: derive(keys["ppo"], p))(jnp.arange(P, dtype=jnp.uint32))
+        ppo_keys = jax.vmap(lambda p: derive(key, p))(jnp.arange(P, dtype=jnp.uint32))
         params, opt_state, losses = jax.vmap(
             lambda p, o, b, k, h: ppo_update(
                 p, o, self.tx, self.loss_net, b, k, h, t.epochs, t.minibatches,
                 imitation_loss if imitate else ppo_loss,
             )
         )(ts.params, ts.opt_state, batch, ppo_keys, loss_hyper)
+        return params, opt_state, value_norm, losses
 
-        # Fitness (selfplay.population.FITNESS), as a running average.
-        comp_means = {c: jnp.mean(x, (0, 2)) for c, x in comps.items()}  # [P] per agent-step
-        niche_counts = jnp.sum(stats["niche_counts"], 0)  # [P, J+1]
-        occupancy = jnp.sum(stats["market_occupancy"], 0)  # [M, J+1]
-        market_utility = jnp.mean(stats["market_utility"], 0)  # [M]
-        niche = tm(traj.actions["niche"])  # [P, T, n]
-        agent_spec = jax.vmap(lambda x: specialisation_index(x, J + 1))(niche)  # [P, n]
-        market_volume = jnp.mean(stats["market_volume"].astype(jnp.float32), 0)  # [G]
-        analysis, do_analysis = self._analysis(
-            ts, params, traj.obs, niche_counts, jnp.sum(stats["niche_output"], 0), occupancy, agent_spec,
-            last_seen, market_volume, keys["analysis"],
-        )
+    def _summarise(self, traj, stats, comps) -> dict:
+        """The rollout's summaries that fitness, the analysis and the metrics read."""
+        J = self.env.cfg.num_niches
+        niche = jnp.swapaxes(traj.actions["niche"], 0, 1)  # [P, T, n]
+        return {
+            "comp_means": {c: jnp.mean(x, (0, 2)) for c, x in comps.items()},  # [P] per agent-step
+            "niche_counts": jnp.sum(stats["niche_counts"], 0),  # [P, J+1]
+            "occupancy": jnp.sum(stats["market_occupancy"], 0),  # [M, J+1]
+            "market_utility": jnp.mean(stats["market_utility"], 0),  # [M]
+            "agent_spec": jax.vmap(lambda x: specialisation_index(x, J + 1))(niche),  # [P, n]
+            "market_volume": jnp.mean(stats["market_volume"].astype(jnp.float32), 0),  # [G]
+        }
+
+    def _fitness(self, ts: TrainState, summary: dict):
+        """This update's fitness (selfplay.population.FITNESS) and its running average."""
+        t = self.cfg.train
         fit_now = pop.FITNESS[t.pbt.fitness](
-            pop.FitnessInputs(comp_means, niche_counts, market_utility, jnp.asarray(self.presence))
+            pop.FitnessInputs(summary["comp_means"], summary["niche_counts"], summary["market_utility"],
+                              jnp.asarray(self.presence))
         ).astype(jnp.float32)
         # The running fitness starts afresh with the first PPO update (imitation's is the teacher's).
         fitness = pop.update_fitness(ts.pbt.fitness, fit_now, ts.update <= t.imitation.updates, t.pbt.fitness_ema)
+        return fit_now, fitness
 
-        u = ts.update + 1
-        ts = ts.replace(
-            params=params, opt_state=opt_state, value_norm=value_norm, env_state=env_state, obs=obs, episode=episode,
-            pbt=ts.pbt._replace(fitness=fitness), update=u,
-        )
+    def _population_step(self, ts: TrainState, key, imitate: bool):
+        """PBT every ``train.pbt.interval`` updates (not while imitating) and the league's
+        snapshots: ``(ts, src, do_pbt)``."""
+        t = self.cfg.train
+        P = self.num_members
+        u = ts.update
         do_pbt = jnp.asarray(t.pbt.enabled and P > 1 and not imitate) & (u % t.pbt.interval == 0)
         src = jnp.where(
-            do_pbt, pop.pbt_sources(fitness, t.pbt.fraction, ts.pbt.founder, t.pbt.max_lineage_share),
+            do_pbt, pop.pbt_sources(ts.pbt.fitness, t.pbt.fraction, ts.pbt.founder, t.pbt.max_lineage_share),
             jnp.arange(P, dtype=jnp.int32),
         )
-        ts = jax.lax.cond(do_pbt, lambda s: self._exploit_explore(s, src, keys["pbt"]), lambda s: s, ts)
+        ts = jax.lax.cond(do_pbt, lambda s: self._exploit_explore(s, src, key), lambda s: s, ts)
         if t.league.size and imitate:  # the snapshots follow the imitators, so PPO starts against them
             league = pop.init_league(ts.params, t.league.size, P)
             ts = ts.replace(league=league._replace(made_at=jnp.full_like(league.made_at, u)))
         elif t.league.size:
             do_league = u % t.league.refresh_every == 0
             ts = jax.lax.cond(do_league, self._refresh_league, lambda s: s, ts)
+        return ts, src, do_pbt
 
-        metrics = {
-            "update": u,
+    def _update_metrics(self, ts, reward, summary, stats, fitnesses, src, do_pbt, imitate, value_norm, losses, params):
+        """The update's line of ``metrics.jsonl`` (names as :mod:`analysis.metrics` declares):
+        ``ts`` after PBT; ``fitnesses``, ``value_norm``, ``losses`` and ``params`` from before
+        it (the guards must see a non-finite value before a copy overwrites it)."""
+        fit_now, fitness = fitnesses
+        niche_counts, occupancy = summary["niche_counts"], summary["occupancy"]
+        return {
+            "update": ts.update,
             "reward": jnp.mean(reward, (0, 2)),  # [P] per agent-step
-            **comp_means,  # [P] each reward component, per agent-step
+            **summary["comp_means"],  # [P] each reward component, per agent-step
             "reward_weights": ts.reward_weights,  # {component: [P]}, after PBT
-            "specialisation_index": jnp.mean(agent_spec, -1),  # [P]
+            "specialisation_index": jnp.mean(summary["agent_spec"], -1),  # [P]
             "member_niche_shares": niche_counts / jnp.sum(niche_counts, -1, keepdims=True),  # [P, J+1]
             "occupancy": jnp.sum(occupancy, 0) / jnp.sum(occupancy),  # [J+1] all players
             "market_price": jnp.mean(stats["market_price"], 0),  # [G]
-            "market_volume": market_volume,  # [G]
-            "market_utility": market_utility,  # [M] all players
+            "market_volume": summary["market_volume"],  # [G]
+            "market_utility": summary["market_utility"],  # [M] all players
             "project": jnp.mean(stats["project"]),
             "fitness_now": fit_now,  # [P] this update's fitness (before the running average)
             "fitness": ts.pbt.fitness,  # [P] running fitness, after PBT
@@ -537,10 +576,7 @@ class Trainer:
                 "parameters": nonfinite_members(params),
                 "fitness": ~jnp.isfinite(fit_now) | ~jnp.isfinite(fitness),
             },
-            "analysis": analysis,  # see analysis.population_analysis; zeros unless analysis_done
-            "analysis_done": do_analysis,
         }
-        return ts, metrics
 
     def _analysis(self, ts, params, obs, niche_counts, niche_output, occupancy, agent_spec, env_state, volume, key):
         """Diversity and niche analysis of the members just trained (before PBT copies any),
@@ -559,10 +595,9 @@ class Trainer:
         def analyse(_):
             flat = obs[:, :, ::stride].reshape(-1, D)
             probe = flat[jax.random.randint(key, (a.probe_states,), 0, flat.shape[0])]
-            return population_analysis(
-                lambda p, o: population_apply(self.net, p, o), params, probe, niche_counts, niche_output,
-                occupancy, agent_spec, env_state.goods, env_state.money, env_state.price, volume, a.histogram_bins,
-            )
+            rollout = RolloutSummary(probe, niche_counts, niche_output, occupancy, agent_spec, env_state.goods,
+                                     env_state.money, env_state.price, volume)
+            return population_analysis(lambda p, o: population_apply(self.net, p, o), params, rollout, a.histogram_bins)
 
         def skip(_):
             return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(analyse, 0))

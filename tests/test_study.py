@@ -53,7 +53,7 @@ def test_smoke_study_results(smoke):
     assert list(r["conditions"]) == ["spec_off", "spec_on"] and r["missing"] == []
     assert r["metrics"][0] == "utility" and "largest_lineage_share" in r["metrics"]
     # one name everywhere: results.json and every run's eval.json carry the registry's eval metrics
-    from analysis.metrics import EVAL
+    from analysis.metrics import EVAL, bounds
 
     assert r["metrics"] == list(EVAL)
     for e in smoke.glob("runs/*/*/eval.json"):
@@ -66,8 +66,13 @@ def test_smoke_study_results(smoke):
             assert c["mean"][k] == pytest.approx(np.mean(vals), rel=1e-9, abs=1e-12), (name, k)
             lo, hi = c["ci95"][k]
             assert lo <= c["mean"][k] <= hi, (name, k)
-            # Student's t with one degree of freedom: half-width 12.706 * sd / sqrt(2).
-            assert hi - lo == pytest.approx(2 * 12.7062 * np.std(vals, ddof=1) / math.sqrt(2), rel=1e-3, abs=1e-12)
+            # Student's t with one degree of freedom: half-width 12.706 * sd / sqrt(2), clipped
+            # to the values the metric can take (a share's interval stays in [0, 1])
+            half = 12.7062 * np.std(vals, ddof=1) / math.sqrt(2)
+            b_lo, b_hi = bounds(k, len(r["niche_names"]) - 1)
+            assert b_lo <= lo and hi <= b_hi, (name, k)
+            assert hi - lo == pytest.approx(min(np.mean(vals) + half, b_hi) - max(np.mean(vals) - half, b_lo),
+                                            rel=1e-3, abs=1e-12)
         assert c["seeds"]["0"]["utility"] != c["seeds"]["1"]["utility"]  # seeds differ
         np.testing.assert_allclose(c["mean"]["niche_shares"], np.mean([c["seeds"][s]["niche_shares"] for s in "01"], 0))
     for name in ("scripted", "random"):

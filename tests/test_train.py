@@ -172,7 +172,7 @@ def test_analysis_of_identical_members_is_zero(trainer, trained):
     """A population of copies of one member: every KL and JS is 0 and there is exactly one
     effective policy."""
     from agents.networks import population_apply
-    from analysis.population import population_analysis
+    from analysis.population import RolloutSummary, population_analysis
 
     ts, _ = trained
     P, J = 4, trainer.env.cfg.num_niches
@@ -181,9 +181,10 @@ def test_analysis_of_identical_members_is_zero(trainer, trained):
     st = ts.env_state
     analyse = jax.jit(
         lambda params, probe, output: population_analysis(
-            lambda p, o: population_apply(trainer.net, p, o), params, probe,
-            jnp.ones((P, J + 1), jnp.int32), output, jnp.ones((2, J + 1), jnp.int32),
-            jnp.full((P, 8), 0.5), st.goods, st.money, st.price, jnp.ones(trainer.env.cfg.num_goods), 10,
+            lambda p, o: population_apply(trainer.net, p, o), params, RolloutSummary(
+                probe, jnp.ones((P, J + 1), jnp.int32), output, jnp.ones((2, J + 1), jnp.int32),
+                jnp.full((P, 8), 0.5), st.goods, st.money, st.price, jnp.ones(trainer.env.cfg.num_goods)),
+            10,
         )
     )
     a = analyse(params, probe, jnp.ones((P, J + 1), jnp.int32))
