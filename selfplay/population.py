@@ -146,34 +146,42 @@ def init_pbt(members: int) -> PBTState:
     )
 
 
-def exploit_explore(
-    params: Any,
-    opt_state: Any,
-    hyper: dict,
-    reward_weights: dict,
-    pbt: PBTState,
-    src: jax.Array,
-    key: jax.Array,
-    update: jax.Array,
-    inherit: tuple[str, ...],
-    factors: tuple[float, float],
-):
+class Slots(NamedTuple):
+    """What the member slots hold that PBT copies, each leaf ``[P, ...]``."""
+
+    params: Any  # always copied (with anything else that must follow the parameters)
+    opt_state: Any  # always copied
+    hyper: dict  # {variant: [P]}: copied if inherited, then perturbed in every copied slot
+    reward_weights: dict  # {component: [P]}: copied if inherited (by default a slot's condition)
+
+
+class CopyRule(NamedTuple):
+    """``train.pbt``'s rule for a copy: what is inherited beside parameters and optimiser
+    state (``"hyperparameters"``, ``"reward_weights"``) and the perturbation factors."""
+
+    inherit: tuple[str, ...]
+    factors: tuple[float, float]
+
+
+def exploit_explore(slots: Slots, pbt: PBTState, src: jax.Array, key: jax.Array, update: jax.Array,
+                    rule: CopyRule) -> tuple[Slots, PBTState]:
     """Slots with ``src != own`` copy the source's parameters and optimiser state
-    (bit-identical), its hyperparameters if ``"hyperparameters" in inherit`` and its reward
-    weights if ``"reward_weights" in inherit``; a copied slot's hyperparameters (inherited
-    or its own) are then perturbed (:func:`selfplay.variants.perturb`, ``key``). Returns
-    ``(params, opt_state, hyper, reward_weights, pbt)``; the caller writes optimiser
-    hyperparameters back into ``opt_state``."""
+    (bit-identical), its hyperparameters if ``"hyperparameters" in rule.inherit`` and its
+    reward weights if ``"reward_weights" in rule.inherit``; a copied slot's hyperparameters
+    (inherited or its own) are then perturbed (:func:`selfplay.variants.perturb`, ``key``).
+    Returns ``(slots, pbt)``; the caller writes optimiser hyperparameters back into
+    ``opt_state``."""
+    params, opt_state, hyper, reward_weights = slots
     P = src.shape[0]
     copied = src != jnp.arange(P, dtype=jnp.int32)
     take = lambda x: x[src]
     params = jax.tree.map(take, params)
     opt_state = jax.tree.map(take, opt_state)
-    if "hyperparameters" in inherit:
+    if "hyperparameters" in rule.inherit:
         hyper = jax.tree.map(take, hyper)
-    if "reward_weights" in inherit:
+    if "reward_weights" in rule.inherit:
         reward_weights = jax.tree.map(take, reward_weights)
-    hyper = variants.perturb(key, hyper, copied, factors)
+    hyper = variants.perturb(key, hyper, copied, rule.factors)
     pbt = PBTState(
         fitness=pbt.fitness[src],
         parent=jnp.where(copied, src, pbt.parent),
@@ -181,7 +189,7 @@ def exploit_explore(
         generation=jnp.where(copied, pbt.generation[src] + 1, pbt.generation),
         founder=pbt.founder[src],
     )
-    return params, opt_state, hyper, reward_weights, pbt
+    return Slots(params, opt_state, hyper, reward_weights), pbt
 
 
 class LeagueState(NamedTuple):
@@ -215,6 +223,6 @@ def refresh_league(league: LeagueState, params: Any, fitness: jax.Array, update:
 
 
 __all__ = [
-    "FITNESS", "FitnessInputs", "LeagueState", "PBTState", "exploit_explore", "init_league", "init_pbt",
+    "FITNESS", "CopyRule", "FitnessInputs", "LeagueState", "PBTState", "Slots", "exploit_explore", "init_league", "init_pbt",
     "layout_presence", "pbt_sources", "refresh_league", "register_fitness", "update_fitness",
 ]

@@ -17,7 +17,7 @@ in ``opt_state`` when ``tx`` is built with ``optax.inject_hyperparams``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -206,20 +206,22 @@ def minibatches(x: jax.Array, order: jax.Array, num_minibatches: int) -> jax.Arr
     return x.reshape((num_minibatches, b // groups, k // parts) + x.shape[4:])
 
 
-def ppo_update(
-    params: Any,
-    opt_state: Any,
-    tx: optax.GradientTransformation,
-    apply_fn: Callable,
-    batch: dict,
-    key: jax.Array,
-    hyper: Mapping[str, Any],
-    num_epochs: int,
-    num_minibatches: int,
-    loss_fn: Callable = ppo_loss,
-) -> tuple[Any, Any, dict]:
-    """``num_epochs`` passes over ``batch``, one optimiser step per minibatch of ``loss_fn``
-    (:func:`ppo_loss`, or :func:`imitation_loss` for a warm start).
+class PPOSettings(NamedTuple):
+    """How :func:`ppo_update` learns (static under ``jit``): the optimiser, the network as
+    the loss sees it, the epochs and minibatches per update, and the loss."""
+
+    tx: optax.GradientTransformation
+    apply_fn: Callable  # (params, obs) -> (logits, value), or an agents.networks.FusedPolicy
+    num_epochs: int
+    num_minibatches: int
+    loss_fn: Callable = ppo_loss  # or imitation_loss (a warm start)
+
+
+def ppo_update(params: Any, opt_state: Any, batch: dict, key: jax.Array, hyper: Mapping[str, Any],
+               settings: PPOSettings) -> tuple[Any, Any, dict]:
+    """``settings.num_epochs`` passes over ``batch``, one optimiser step per minibatch of
+    ``settings.loss_fn`` (:func:`ppo_loss` by default, or :func:`imitation_loss` for a warm
+    start), with ``settings.tx`` and the network ``settings.apply_fn``.
 
     ``batch`` leaves are ``[B, K, ...]``: ``B`` streams (agents) of ``K`` samples (time
     steps). Each epoch shuffles every stream's samples (:func:`minibatch_order` with
@@ -234,6 +236,7 @@ def ppo_update(
     ``loss`` and ``grad_norm`` (global norm of the gradient, before clipping), averaged over all ``num_epochs * num_minibatches`` steps. Jittable, and
     vmappable over members (see the module docstring).
     """
+    tx, apply_fn, num_epochs, num_minibatches, loss_fn = settings
     if num_epochs < 1 or num_minibatches < 1:
         raise ValueError(f"num_epochs and num_minibatches must be >= 1, got {num_epochs} and {num_minibatches}")
     shapes = {tuple(jnp.shape(x)[:2]) for x in jax.tree.leaves(batch)}
@@ -260,5 +263,6 @@ def ppo_update(
 
 
 __all__ = [
-    "clipped_surrogate", "gae", "imitation_loss", "minibatch_order", "minibatch_split", "minibatches", "ppo_loss", "ppo_update",
+    "PPOSettings", "clipped_surrogate", "gae", "imitation_loss", "minibatch_order", "minibatch_split", "minibatches",
+    "ppo_loss", "ppo_update",
 ]

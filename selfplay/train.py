@@ -57,7 +57,7 @@ from selfplay import rewards as rw
 from selfplay import variants
 from selfplay.config import RunConfig
 from selfplay.population import LeagueState, PBTState
-from selfplay.ppo import gae, imitation_loss, ppo_loss, ppo_update
+from selfplay.ppo import PPOSettings, gae, imitation_loss, ppo_loss, ppo_update
 
 VALUE_STD_FLOOR = 1e-2  # smallest standard deviation used to normalise value targets
 
@@ -489,12 +489,9 @@ class Trainer:
         if t.niche_ent_coef > 0:
             loss_hyper["ent_coef_niche"] = jnp.full((P,), t.niche_ent_coef, jnp.float32)
         ppo_keys = jax.vmap(lambda p: derive(key, p))(jnp.arange(P, dtype=jnp.uint32))
-        params, opt_state, losses = jax.vmap(
-            lambda p, o, b, k, h: ppo_update(
-                p, o, self.tx, self.loss_net, b, k, h, t.epochs, t.minibatches,
-                imitation_loss if imitate else ppo_loss,
-            )
-        )(ts.params, ts.opt_state, batch, ppo_keys, loss_hyper)
+        settings = PPOSettings(self.tx, self.loss_net, t.epochs, t.minibatches, imitation_loss if imitate else ppo_loss)
+        params, opt_state, losses = jax.vmap(lambda p, o, b, k, h: ppo_update(p, o, b, k, h, settings))(
+            ts.params, ts.opt_state, batch, ppo_keys, loss_hyper)
         return params, opt_state, value_norm, losses
 
     def _summarise(self, traj, stats, comps) -> dict:
@@ -612,9 +609,9 @@ class Trainer:
         hyperparameters and reward weights as ``train.pbt.inherit`` says; then the copies'
         hyperparameters are perturbed and the optimiser takes its new ones."""
         pbt_cfg = self.cfg.train.pbt
-        (params, value_norm), opt_state, hyper, weights, pbt = pop.exploit_explore(
-            (ts.params, ts.value_norm), ts.opt_state, ts.hyper, ts.reward_weights, ts.pbt, src, key, ts.update,
-            pbt_cfg.inherit, pbt_cfg.perturb,
+        ((params, value_norm), opt_state, hyper, weights), pbt = pop.exploit_explore(
+            pop.Slots((ts.params, ts.value_norm), ts.opt_state, ts.hyper, ts.reward_weights), ts.pbt, src, key,
+            ts.update, pop.CopyRule(pbt_cfg.inherit, pbt_cfg.perturb),
         )
         opt_state = self._set_opt_hyper(opt_state, hyper)
         return ts.replace(params=params, value_norm=value_norm, opt_state=opt_state, hyper=hyper,

@@ -221,8 +221,9 @@ def test_lineage_records_of_two_rounds_of_copies():
     params = {"w": jnp.arange(P, dtype=jnp.float32)[:, None]}
     hyper = {"learning_rate": jnp.full((P,), 1e-3)}
     state = pop.init_pbt(P)._replace(fitness=jnp.asarray([4.0, 3.0, 2.0, 1.0]))
-    step = lambda s, src, u: pop.exploit_explore(params, params, hyper, {}, s, jnp.asarray(src, jnp.int32),  # noqa: E731
-                                                 jax.random.key(u), jnp.int32(u), (), (0.8, 1.25))[4]
+    step = lambda s, src, u: pop.exploit_explore(pop.Slots(params, params, hyper, {}), s,  # noqa: E731
+                                                 jnp.asarray(src, jnp.int32), jax.random.key(u), jnp.int32(u),
+                                                 pop.CopyRule((), (0.8, 1.25)))[1]
     s1 = step(state, [0, 0, 2, 3], 10)
     s2 = step(s1, [0, 1, 1, 3], 20)
     np.testing.assert_array_equal(s2.generation, [0, 1, 2, 0])

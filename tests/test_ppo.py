@@ -23,7 +23,8 @@ from hypothesis.extra import numpy as hnp
 
 from agents.networks import ActorCritic, init_population, log_prob
 from economy import ActionHead
-from selfplay.ppo import clipped_surrogate, gae, minibatch_order, minibatch_split, minibatches, ppo_loss, ppo_update
+from selfplay.ppo import (PPOSettings, clipped_surrogate, gae, minibatch_order, minibatch_split, minibatches, ppo_loss,
+                          ppo_update)
 
 # ---- GAE --------------------------------------------------------------------------------
 
@@ -357,19 +358,16 @@ def hyper(clip_eps, ent_coef, vf_coef):
 
 
 def _update(params, opt_state, batch, key, clip_eps, ent_coef, vf_coef):
-    return ppo_update(
-        params, opt_state, TX, NET.apply, streams(batch), key, hyper(clip_eps, ent_coef, vf_coef), EPOCHS, MINIBATCHES
-    )
+    return ppo_update(params, opt_state, streams(batch), key, hyper(clip_eps, ent_coef, vf_coef),
+                      PPOSettings(TX, NET.apply, EPOCHS, MINIBATCHES))
 
 
 UPDATE = jax.jit(_update)
-_VUPDATE = jax.jit(
-    jax.vmap(ppo_update, in_axes=(0, 0, None, None, 0, 0, 0, None, None)), static_argnums=(2, 3, 7, 8)
-)
+_VUPDATE = jax.jit(jax.vmap(ppo_update, in_axes=(0, 0, 0, 0, 0, None)), static_argnums=(5,))
 
 
-def VUPDATE(params, opt_state, tx, apply_fn, batch, *rest):
-    return _VUPDATE(params, opt_state, tx, apply_fn, streams(batch, lead=1), *rest)
+def VUPDATE(params, opt_state, batch, keys, hyper, settings):
+    return _VUPDATE(params, opt_state, streams(batch, lead=1), keys, hyper, settings)
 
 
 @jax.jit
@@ -493,9 +491,8 @@ def test_update_vmapped_over_members_equals_separate_runs(pop):
     clip = jnp.asarray([0.1, 0.3], jnp.float32)
     ent = jnp.asarray([0.0, 0.01], jnp.float32)
     vf = jnp.asarray([0.5, 1.0], jnp.float32)
-    vparams, vopt, vmetrics = VUPDATE(
-        pop, opt_state, TX, NET.apply, batch, keys, hyper(clip, ent, vf), EPOCHS, MINIBATCHES
-    )
+    vparams, vopt, vmetrics = VUPDATE(pop, opt_state, batch, keys, hyper(clip, ent, vf),
+                                      PPOSettings(TX, NET.apply, EPOCHS, MINIBATCHES))
     assert all(x.shape[0] == 2 for x in jax.tree.leaves((vparams, vopt, vmetrics)))
     for m in range(2):
         sp, so, sm = UPDATE(member(pop, m), member(opt_state, m), batches[m], keys[m], clip[m], ent[m], vf[m])
@@ -518,10 +515,10 @@ def test_update_rejects_indivisible_minibatches(pop):
     params = member(pop, 0)
     batch = {"x": jnp.zeros((3, 10, 2))}
     with pytest.raises(ValueError, match="num_minibatches=4 needs 2 groups.*K=10.*B=3 streams"):
-        ppo_update(params, TX.init(params), TX, NET.apply, batch, jax.random.key(0), hyper(0.2, 0.0, 0.5), 1, 4)
+        ppo_update(params, TX.init(params), batch, jax.random.key(0), hyper(0.2, 0.0, 0.5), PPOSettings(TX, NET.apply, 1, 4))
     with pytest.raises(ValueError, match="streams, samples"):
-        ppo_update(params, TX.init(params), TX, NET.apply, {"x": jnp.zeros((3, 8)), "y": jnp.zeros((4, 8))},
-                   jax.random.key(0), hyper(0.2, 0.0, 0.5), 1, 4)
+        ppo_update(params, TX.init(params), {"x": jnp.zeros((3, 8)), "y": jnp.zeros((4, 8))},
+                   jax.random.key(0), hyper(0.2, 0.0, 0.5), PPOSettings(TX, NET.apply, 1, 4))
 
 
 @pytest.mark.parametrize("num_minibatches, groups, parts", [(4, 1, 4), (8, 2, 4), (6, 3, 2), (1, 1, 1)])

@@ -536,8 +536,8 @@ def test_reward_weight_ranges_are_drawn_per_slot_and_inherited_on_request():
     src = jnp.asarray([0, 0, 2, 2], jnp.int32)
     state = pop.init_pbt(P)
     for inherit in ((), ("hyperparameters",), ("reward_weights",), ("hyperparameters", "reward_weights")):
-        p2, o2, h2, w2, pbt = pop.exploit_explore(params, params, hyper, weights, state, src, jax.random.key(1),
-                                                  jnp.int32(5), inherit, (0.8, 1.25))
+        (p2, o2, h2, w2), pbt = pop.exploit_explore(pop.Slots(params, params, hyper, weights), state, src,
+                                                    jax.random.key(1), jnp.int32(5), pop.CopyRule(inherit, (0.8, 1.25)))
         np.testing.assert_array_equal(p2["w"][:, 0], [0, 0, 2, 2])
         want_w = np.asarray(weights["specialisation"])[np.asarray(src)] if "reward_weights" in inherit else weights["specialisation"]
         np.testing.assert_array_equal(w2["specialisation"], want_w)
