@@ -63,3 +63,27 @@ def test_the_import_graph_has_four_floors_and_no_private_imports():
                     private = [x for x in names if x.startswith("_")]
                     assert not private or module == ".".join(path.relative_to(ROOT).with_suffix("").parts), (
                         f"{path.relative_to(ROOT)} imports private {private} from {module}")
+
+
+def test_the_design_pages_economy_contract_runs():
+    """docs/design.md's code block runs as written (from the repository root) and keeps the
+    ledger identity it states."""
+    import os
+
+    block = re.search(r"```python\n(.*?)```", (ROOT / "docs" / "design.md").read_text(), re.S).group(1)
+    ns: dict = {}
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        exec(compile(block, "docs/design.md", "exec"), ns)
+    finally:
+        os.chdir(cwd)
+    import numpy as np
+
+    obs, state, info = ns["obs"], ns["state"], ns["info"]
+    assert obs.shape[0] == 4096
+    before = ns["economy"].ledger(ns["env"].reset(ns["key"])[1])
+    after = ns["economy"].ledger(state)
+    assert after["money"] == before["money"]
+    np.testing.assert_array_equal(np.asarray(after["goods"]),
+                                  np.asarray(before["goods"]) + np.asarray(info["produced"]) - np.asarray(info["consumed"]))
