@@ -1,5 +1,6 @@
-"""Agora's analysis: policy diversity, niche, market and monopoly metrics, plots and the
-self-contained HTML report of a run (:func:`write_report`)."""
+"""Agora's analysis: policy diversity, niche, market and concentration metrics (declared in
+:mod:`analysis.metrics`), plots and the self-contained HTML report of a run
+(:func:`write_report`)."""
 
 # Importing economy first sets the XLA:CPU scheduler flag (see economy/__init__.py)
 # before any computation, as importing any Agora package does.

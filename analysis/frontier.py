@@ -203,7 +203,8 @@ def first_best(cfg: EconomyConfig, worlds: int = 8, only: Sequence[str] | None =
 
     Returns ``utility`` (mean per agent-step over markets and worlds), ``shares`` ``[J]``
     (mean labour shares), ``project_multiplier`` (mean), ``per_market`` shares ``[K*M, J]``
-    and ``unproducible`` consumer goods. ``only`` restricts the niches by name.
+    and ``per_market_utility`` ``[K*M]``, the ``niches`` used, ``unproducible`` consumer
+    goods and the ``optimiser`` used. ``only`` restricts the niches by name.
     """
     from scipy.optimize import minimize
 
@@ -317,8 +318,9 @@ def market_frontier(cfg: EconomyConfig, worlds: int, steps: int, burn_in: int, s
                     log=None) -> dict:
     """The best fixed niche shares with scripted orders (module doc), searched by CMA-ES
     from ``seed_shares``. Returns ``utility`` (mean over worlds), ``stderr`` (over worlds),
-    ``shares`` ``[J]``, ``project_stock``, ``units_per_agent_step`` ``[J]``, the number of
-    ``evaluations`` and the ``history`` of the best utility per generation."""
+    ``per_world`` utilities, ``shares`` ``[J]``, ``project_stock``, ``units_per_agent_step``
+    ``[J]``, the number of ``evaluations``, the ``history`` of the best utility per
+    generation and the ``optimiser`` used."""
     import cma
 
     allowed = _allowed(cfg, only)
@@ -394,7 +396,10 @@ def cache_dir() -> Path:
 def frontier(cfg: EconomyConfig, worlds: int, steps: int, burn_in: int, only: Sequence[str] | None = None,
              settings: FrontierSettings = FrontierSettings(), recompute: bool = False, log=None) -> dict:
     """Both frontiers of ``cfg`` on the evaluation worlds (``worlds``, ``steps``,
-    ``burn_in`` as ``agora eval`` plays them), from the cache when it has them."""
+    ``burn_in`` as ``agora eval`` plays them), from the cache (:func:`cache_dir`) when it
+    has them and ``recompute`` is false. Returns ``{"key", "niche_names", "only", "eval",
+    "settings", "first_best", "market", "seconds", "version", "cached"}`` (``first_best``:
+    :func:`first_best`, ``market``: :func:`market_frontier`)."""
     from analysis.files import write_atomic
 
     only = sorted(only) if only else None

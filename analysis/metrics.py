@@ -30,8 +30,8 @@ class Metric:
     ``where``: the records that carry it (``eval``: ``agora eval``'s ``eval.json`` and
     study results; ``analysis``: ``analysis.jsonl``, every ``train.analysis.every``
     updates; ``train``: ``metrics.jsonl``, every update); ``group``: its TensorBoard tag
-    group; ``shape``: ``scalar``, ``per niche``, ``per member``, ``per good``, ``matrix``
-    or ``record``."""
+    group; ``shape``: ``scalar``, ``per niche``, ``per member``, ``per market``, ``per
+    good``, ``matrix`` or ``record``."""
 
     name: str
     definition: str
@@ -49,7 +49,8 @@ TRAIN_ALIASES = {"niche_shares": "member_niche_shares"}  # metrics.jsonl only (e
 
 
 def register_metric(metric: Metric, *, replace: bool = False, aliases: tuple[str, ...] = ()) -> Metric:
-    """Add ``metric`` (a :class:`ValueError` if its name is taken and not ``replace``)."""
+    """Add ``metric`` (a :class:`ValueError` if its name is taken and not ``replace``);
+    ``aliases``: names older runs wrote for it (:data:`ALIASES`). Returns ``metric``."""
     if metric.name in REGISTRY and not replace:
         raise ValueError(f"metric {metric.name!r} is already registered (pass replace=True to replace it)")
     REGISTRY[metric.name] = metric

@@ -43,7 +43,9 @@ def herfindahl(output: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     ``(hhi [J], largest_share [J], largest_member [J] int32)``: ``hhi = sum_p share^2``
     of the members' shares (1 for a monopoly, ``1/n`` for ``n`` equal producers), the
     largest share and the member holding it (the lowest index on ties). A niche with no
-    output has ``hhi = 0``, ``largest_share = 0``, ``largest_member = -1``."""
+    output has ``hhi = 0``, ``largest_share = 0``, ``largest_member = -1``. The analysis
+    records them as ``hhi``, ``niche_largest_share`` and ``niche_largest_member``
+    (:mod:`analysis.metrics`)."""
     x = output.astype(jnp.float32)
     total = jnp.sum(x, axis=0)  # [J]
     active = total > 0

@@ -1,6 +1,7 @@
 """Host-side figures of a run: NumPy in, :class:`matplotlib.figure.Figure` out.
 
-Shared by the HTML report (``analysis.report``) and the trainer's TensorBoard images
+Shared by the HTML reports (``analysis.report``, ``analysis.study_report``, through
+``analysis.page``) and the trainer's TensorBoard images
 (``tensorboardX.SummaryWriter.add_figure``). Figures are built with the object-oriented
 API (``matplotlib.figure.Figure``), never through pyplot, so no GUI backend is loaded and
 nothing is kept in pyplot's global figure list; they render with Agg (``figure_png``).

@@ -3,7 +3,7 @@
 :func:`population_analysis` gathers every diversity and niche measure of
 :mod:`analysis.diversity` and :mod:`analysis.niches` for one update: the members'
 policies compared on a probe set of observations drawn from the update's rollout
-(every member's agents, every market), the niche and monopoly statistics of the
+(every member's agents, every market), the niche and concentration statistics of the
 rollout, and the wealth and price statistics of the economy at the end of it. It is a
 pure function of arrays, so the trainer runs it under ``lax.cond`` every
 ``train.analysis.every`` updates and only a few kilobytes come back to the host.

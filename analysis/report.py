@@ -1,7 +1,8 @@
 """``agora report RUN_DIR``: one self-contained HTML file describing a run directory.
 
 Reads what ``agora train`` writes (``config.yaml``, ``metrics.jsonl``, ``lineage.jsonl``
-and, when present, ``analysis.jsonl``) and writes ``RUN_DIR/report.html``: plots as
+and, when present, ``analysis.jsonl``), and ``eval.json`` when ``agora eval`` has written
+one, and writes ``RUN_DIR/report.html``: plots as
 base64 PNG ``<img>`` elements, inline CSS, no scripts, fonts or network references.
 Works on a finished run and on one still being written (an unparsable last line of a
 JSONL file is skipped; a missing ``analysis.jsonl`` is reported as "no diversity

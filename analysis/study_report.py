@@ -2,17 +2,18 @@
 self-contained HTML file.
 
 A study directory holds ``results.json`` (conditions × seeds, evaluated after training,
-with means and confidence intervals over seeds, and the scripted and random baselines)
-and one run directory per condition and seed (``run_dirs``, relative to the study
+with means and confidence intervals over seeds, the scripted and random baselines and
+the welfare frontier's rows) and one run directory per condition and seed (``run_dirs``, relative to the study
 directory), each with its ``metrics.jsonl``.
 
 * :func:`format_results_md` — the comparison table as Markdown (for the terminal, a
   README or a pull request).
 * :func:`write_study_report` — ``STUDY_DIR/report.html``: overview, the same comparison
-  as HTML, and training curves per condition (mean over seeds with a min–max band). Like
-  the run report (:mod:`analysis.report`), whose helpers and style it shares: images are
-  base64 PNG data URIs, CSS is inline, no scripts, fonts or network references. Missing
-  or partial ``metrics.jsonl`` files are noted, not fatal.
+  as HTML, training curves per condition (mean over seeds with a min–max band) and a
+  glossary. Like the run report (:mod:`analysis.report`), with whose page helpers and
+  style (:mod:`analysis.page`) it is written: images are base64 PNG data URIs, CSS is
+  inline, no scripts, fonts or network references. Missing or partial ``metrics.jsonl``
+  files are noted, not fatal.
 """
 
 from __future__ import annotations
@@ -293,7 +294,7 @@ def _table_groups(results: Mapping) -> list[tuple[str, list[str]]]:
 def format_results_md(results: dict) -> str:
     """The comparison table of a study as Markdown: header lines (study, base config,
     seeds per condition, CI method, evaluation settings, missing runs), then one row per
-    condition ("mean [lo, hi]") and per baseline (its value), one column per scalar metric
+    condition ("mean [lo, hi]"), per baseline and per frontier row (its value), one column per scalar metric
     of ``results["metrics"]`` in a few tables by kind (:data:`TABLE_GROUPS`, so each fits a
     page); list-valued metrics (``niche_shares``) in a last table of means. Null values
     read "—"."""

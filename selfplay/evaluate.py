@@ -18,7 +18,7 @@ Metrics (the names :mod:`selfplay.study` and the reports use), per world then av
   ``project_stock``: mean project stock of a market;
 * ``gini``: Gini coefficient of wealth (money + holdings at the market's last prices)
   at the end;
-* monopoly as whole-economy dominance: ``largest_output_share`` (units of work),
+* whole-economy dominance: ``largest_output_share`` (units of work),
   ``largest_wealth_share`` (at the end), ``largest_utility_share``: the largest learning
   member's share of the whole economy's; ``largest_lineage_share``: the largest share of
   the members descending from one founding member (PBT lineage);
@@ -342,8 +342,8 @@ def crossplay_run(trainer, name) -> int:
 
 def crossplay(run_a: str | Path, against: str, settings: EvalSettings = EvalSettings()) -> dict:
     """Population A in the even agent slots, B (a run directory, or ``scripted``) in the
-    odd ones, on the evaluation worlds: each side's utility, niche shares and share of
-    output (units of work). Raises :class:`ConfigError` naming the economy keys that
+    odd ones, on the evaluation worlds: each side's utility (and per measured step), niche
+    shares, share of output (units of work) and utility by niche worked. Raises :class:`ConfigError` naming the economy keys that
     differ between the two runs."""
     cfg_a, trainer_a, ts_a = load_run(run_a)
     env = trainer_a.env

@@ -9,7 +9,7 @@ the trainer keeps a moving average (``fitness = (1 - a) * fitness + a * now``, w
 * ``niche_shared``: that utility divided by the number of members (itself included)
   whose most worked niche is the member's own (fitness sharing);
 * ``market_welfare``: the mean utility of ALL agents of the markets the member plays in,
-  each market weighted by the member's share of agents there (:func:`layout_presence`), so
+  each market weighted by the share of the member's agents in it (:func:`layout_presence`), so
   a member whose agents pay into the public project is not selected against when its
   markets gain. (With every member in every market in equal numbers, as the ``mixed``
   layout has it, all members tie; PBT then copies nobody, see :func:`pbt_sources`. Under
@@ -17,8 +17,9 @@ the trainer keeps a moving average (``fitness = (1 - a) * fitness + a * now``, w
   the groups that share markets.)
 
 :func:`exploit_explore` copies parameters and optimiser state of the sources (always),
-their hyperparameters and reward weights as ``inherit`` lists, then perturbs the copies'
-hyperparameters by their declared laws (:func:`selfplay.variants.perturb`).
+their hyperparameters and reward weights as :class:`CopyRule` says (``train.pbt.inherit``),
+then perturbs the copies' hyperparameters by their declared laws
+(:func:`selfplay.variants.perturb`, factors ``train.pbt.perturb``).
 """
 
 from __future__ import annotations
@@ -157,7 +158,8 @@ class Slots(NamedTuple):
 
 class CopyRule(NamedTuple):
     """``train.pbt``'s rule for a copy: what is inherited beside parameters and optimiser
-    state (``"hyperparameters"``, ``"reward_weights"``) and the perturbation factors."""
+    state (``inherit``: ``"hyperparameters"``, ``"reward_weights"``) and the perturbation
+    factors (``factors``, from ``train.pbt.perturb``)."""
 
     inherit: tuple[str, ...]
     factors: tuple[float, float]
@@ -168,9 +170,11 @@ def exploit_explore(slots: Slots, pbt: PBTState, src: jax.Array, key: jax.Array,
     """Slots with ``src != own`` copy the source's parameters and optimiser state
     (bit-identical), its hyperparameters if ``"hyperparameters" in rule.inherit`` and its
     reward weights if ``"reward_weights" in rule.inherit``; a copied slot's hyperparameters
-    (inherited or its own) are then perturbed (:func:`selfplay.variants.perturb`, ``key``).
-    Returns ``(slots, pbt)``; the caller writes optimiser hyperparameters back into
-    ``opt_state``."""
+    (inherited or its own) are then perturbed (:func:`selfplay.variants.perturb`, ``key``,
+    ``rule.factors``). In ``pbt`` a copied slot takes the source's fitness and founder, its
+    ``parent`` becomes the source, ``copied_at`` becomes ``update`` and ``generation`` the
+    source's plus one. Returns ``(slots, pbt)``; the caller writes optimiser
+    hyperparameters back into ``opt_state``."""
     params, opt_state, hyper, reward_weights = slots
     P = src.shape[0]
     copied = src != jnp.arange(P, dtype=jnp.int32)

@@ -4,15 +4,15 @@ minibatch-epoch update.
 Everything here is a pure function of arrays for ONE member; the training loop runs the
 population by ``jax.vmap`` over members, e.g.::
 
-    update = jax.vmap(ppo_update, in_axes=(0, 0, None, None, 0, 0, 0, None, None))
-    params, opt_state, metrics = update(params, opt_state, tx, apply_fn, batch, keys,
-                                        hyper, num_epochs, num_minibatches)
+    settings = PPOSettings(tx, apply_fn, num_epochs, num_minibatches, ppo_loss)
+    update = jax.vmap(lambda p, o, b, k, h: ppo_update(p, o, b, k, h, settings))
+    params, opt_state, metrics = update(params, opt_state, batch, keys, hyper)
 
-(``tx``, ``apply_fn``, ``num_epochs`` and ``num_minibatches`` are shared and static;
-under ``jax.jit`` mark them static or close over them). ``hyper`` is a mapping of the
-member's hyperparameters (:mod:`selfplay.variants`): the loss reads ``clip_eps``,
-``ent_coef`` and ``vf_coef`` from it and ignores the rest. Per-member learning rates live
-in ``opt_state`` when ``tx`` is built with ``optax.inject_hyperparams``.
+(``settings``, a :class:`PPOSettings`, is shared and static: close over it, as here,
+under ``jax.jit``). ``hyper`` is a mapping of the member's hyperparameters
+(:mod:`selfplay.variants`): the loss reads ``clip_eps``, ``ent_coef``, ``vf_coef`` and,
+when present, ``ent_coef_niche`` from it and ignores the rest. Per-member learning rates
+live in ``opt_state`` when ``tx`` is built with ``optax.inject_hyperparams``.
 """
 
 from __future__ import annotations

@@ -2,8 +2,10 @@
 
 A run directory holds ``config.yaml`` (the validated config snapshot), ``tb/``
 (TensorBoard event files), ``checkpoints/`` (orbax, last ``keep_checkpoints`` kept),
-``metrics.jsonl`` (one line of population metrics per logged update) and
-``lineage.jsonl`` (PBT copies: who copied whom, when). A run resumes from its latest
+``metrics.jsonl`` (one line of population metrics per logged update),
+``lineage.jsonl`` (PBT copies: who copied whom, when), ``analysis.jsonl`` (one line per
+analysis, :func:`analysis.population.population_analysis`) and the lock file ``.lock``
+(:func:`run_dir_lock`). A run resumes from its latest
 checkpoint by default and then continues exactly as if it had never stopped: every key
 lives in the checkpointed state and the update is deterministic.
 """

@@ -23,7 +23,8 @@ OTHER/results.json`` adds the runs of shards aggregated elsewhere). The scripted
 random baselines play the same worlds with the same keys (``STUDY_DIR/baselines.json``).
 
 Outputs: ``results.json`` (per condition: overrides, per-seed metrics, mean, ``ci95`` =
-Student's t interval of the mean over seeds; baselines; missing runs), ``results.md``
+Student's t interval of the mean over seeds, clipped to the metric's range
+(:func:`analysis.metrics.bounds`); baselines; missing runs), ``results.md``
 and ``report.html``. Every condition's and baseline's distance to its economy's welfare
 frontier (``efficiency`` and the rest, :mod:`analysis.frontier`) is computed from its
 utility and niche shares against the frontier of that run's economy, and the frontier
