@@ -330,14 +330,14 @@ def crossplay_run(trainer, name) -> int:
     ``villages`` (its players in the markets they trained in: row ``r``, agent ``2 r`` or
     ``2 r + 1``, goes to player ``(r // (C / 2)) % PL = (agent // C) % PL``). Raises
     :class:`ConfigError` when a villages run ``C`` is odd (the halves would split runs)."""
-    if trainer.run == 1:
+    if trainer.run_length == 1:
         return 1
-    if trainer.run % 2:
+    if trainer.run_length % 2:
         raise ConfigError(
-            f"cross-play: {name} trained with train.layout=villages in runs of {trainer.run} agents "
+            f"cross-play: {name} trained with train.layout=villages in runs of {trainer.run_length} agents "
             f"(agents per market / train.village_players), odd, so its runs do not split between the two sides"
         )
-    return trainer.run // 2
+    return trainer.run_length // 2
 
 
 def crossplay(run_a: str | Path, against: str, settings: EvalSettings = EvalSettings()) -> dict:

@@ -232,7 +232,7 @@ def run_study(study: Study, shard: tuple[int, int] | None = None, progress: bool
     return todo
 
 
-def baselines(study: Study) -> dict:
+def baselines(study: Study, merged: list[tuple[str, dict]] = ()) -> dict:
     """The scripted and random baselines on the study's evaluation worlds, in the economy of
     the first run, and the scripted baseline in the economy of every condition whose
     economy differs (e.g. funding), named ``scripted (CONDITION)``; each measured against
@@ -262,6 +262,10 @@ def baselines(study: Study) -> dict:
             return cached["policies"]
     policies = {}
     for label, run, name in plays:
+        known = next((m["baselines"][label] for _, m in merged if label in m.get("baselines", {})), None)
+        if known is not None:  # the same study's measurement, aggregated elsewhere (load_merge checked it)
+            policies[label] = known
+            continue
         metrics = evaluate_baseline(Economy(run.cfg.economy), name, s)
         policies[label] = with_distance(metrics, frontier_of(study, run))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -351,7 +355,10 @@ def aggregate(study: Study, merge=()) -> dict:
     """``results.json``, ``results.md`` and ``report.html`` from the complete runs. A run not
     complete here is taken from the first of the ``merge`` results (:func:`load_merge`) that
     has its seed, recorded per condition under ``merged_from`` (seed: that file) and
-    without a run directory; runs complete here are never replaced."""
+    without a run directory, with the distance to the frontier it was aggregated with (the
+    same economy's); runs complete here are never replaced. A baseline not yet measured
+    here (no ``baselines.json``) is taken from the merged results where they have it, so a
+    merge needs no frontier it did not already have."""
     merged = load_merge(study, merge)
     conditions, missing = {}, []
     for c in study.cfg.conditions:
@@ -366,8 +373,10 @@ def aggregate(study: Study, merge=()) -> dict:
                 if src is None:
                     missing.append(str(r.run_dir.relative_to(study.study_dir)))
                     continue
-                trained = src[1]["conditions"][c.name]["seeds"][seed]
+                # measured against the same economy's frontier where it was aggregated
+                seeds[seed] = src[1]["conditions"][c.name]["seeds"][seed]
                 origin[seed] = src[0]
+                continue
             seeds[seed] = with_distance(trained, frontier_of(study, r))
         mean, ci = summarise(seeds, study.runs[0].cfg.economy.num_niches)
         conditions[c.name] = {"overrides": [*study.cfg.overrides, *c.overrides], "seeds": seeds, "run_dirs": dirs,
@@ -384,7 +393,7 @@ def aggregate(study: Study, merge=()) -> dict:
         "ci_method": CI_METHOD,
         "eval": {"worlds": s.worlds, "steps": s.steps, "burn_in": s.burn_in, "greedy": s.greedy},
         "conditions": conditions,
-        "baselines": baselines(study),
+        "baselines": baselines(study, merged),
         "frontier": welfare.table_rows(frontier_of(study, study.runs[0])),
         "missing": missing,
     }

@@ -179,8 +179,8 @@ class Trainer:
         # trades in market i // (N / M). ``player_of`` int64 [N]; ``presence`` float32 [P, M],
         # the share of each member's agents in each market (rows sum to 1).
         n, m = cfg.economy.num_agents, cfg.economy.num_markets
-        self.run = t.run_length(n // m)
-        self.player_of = agent_players(n, self.num_players, self.run)
+        self.run_length = t.run_length(n // m)
+        self.player_of = agent_players(n, self.num_players, self.run_length)
         self.presence = pop.layout_presence(self.player_of, m, self.num_members)
         # Devices: agents (and markets) split by whole markets over the mesh, everything else
         # replicated; the update keeps that layout (so it never gathers the agent state).
@@ -296,11 +296,11 @@ class Trainer:
     def _member_value(self, ts: TrainState, obs: jax.Array) -> jax.Array:
         """Members' values ``[P, n]`` (reward units) of agent-major observations ``[N, D]``."""
         mu, sd = self._value_scale(ts)
-        _, v = population_apply(self.net, ts.params, to_members(obs, self.num_players, self.run)[: self.num_members])
+        _, v = population_apply(self.net, ts.params, to_members(obs, self.num_players, self.run_length)[: self.num_members])
         return v * sd + mu
 
     def _rollout(self, ts: TrainState, key: jax.Array, imitate: bool = False):
-        env, P, PL, C = self.env, self.num_members, self.num_players, self.run
+        env, P, PL, C = self.env, self.num_members, self.num_players, self.run_length
         J, M = env.cfg.num_niches, env.cfg.num_markets
         params_all = self._players_params(ts)
         mu, sd = self._value_scale(ts)
@@ -656,7 +656,7 @@ class Trainer:
 
     def act_with(self, params_all, key: jax.Array, obs: jax.Array, greedy: bool = False, run: int | None = None):
         """:meth:`act_on` with the players' parameters (``[P + K, ...]``) as an argument."""
-        run = self.run if run is None else run
+        run = self.run_length if run is None else run
         logits, _ = population_apply(self.net, params_all, to_members(obs, self.num_players, run))
         if greedy:
             a = {k: jnp.argmax(v, -1).astype(jnp.int32) for k, v in logits.items()}

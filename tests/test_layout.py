@@ -102,9 +102,9 @@ def test_villages_layout_matches_presence(trainer):
     presence rows sum to 1. (Catches: presence computed with the old ``i % P`` map while the
     rollout regroups by runs, or the other way round.)"""
     C = B // K
-    assert trainer.run == C
+    assert trainer.run_length == C
     np.testing.assert_array_equal(trainer.player_of, (np.arange(N) // C) % PL)
-    ids = np.asarray(to_members(np.arange(N), PL, trainer.run))  # [PL, N/PL] agents of each player
+    ids = np.asarray(to_members(np.arange(N), PL, trainer.run_length))  # [PL, N/PL] agents of each player
     market_of = ids // B
     counts = np.zeros((PL, M))
     np.add.at(counts, (np.repeat(np.arange(PL), N // PL), market_of.ravel()), 1)
@@ -167,15 +167,15 @@ def test_greedy_play_and_evaluation_use_the_layout(trainer, monkeypatch):
     with pytest.raises(StopIteration):
         evaluate.population_utility(trainer, evaluate.EvalSettings(steps=4, burn_in=0))
     for name in ("play", "_step_sums"):
-        np.testing.assert_array_equal(seen[name], (np.arange(N) // trainer.run) % PL, err_msg=name)
+        np.testing.assert_array_equal(seen[name], (np.arange(N) // trainer.run_length) % PL, err_msg=name)
     # Cross-play: row r of a side (agent 2r or 2r + 1) goes to the player of its agent.
     half = evaluate.crossplay_run(trainer, "run")
-    assert half == trainer.run // 2
+    assert half == trainer.run_length // 2
     np.testing.assert_array_equal(agent_players(N // 2, PL, half), trainer.player_of[0::2])
     np.testing.assert_array_equal(agent_players(N // 2, PL, half), trainer.player_of[1::2])
     with pytest.raises(ConfigError, match="odd"):
-        evaluate.crossplay_run(types.SimpleNamespace(run=3), "run")
-    assert evaluate.crossplay_run(types.SimpleNamespace(run=1), "run") == 1
+        evaluate.crossplay_run(types.SimpleNamespace(run_length=3), "run")
+    assert evaluate.crossplay_run(types.SimpleNamespace(run_length=1), "run") == 1
 
 
 # ---- the social component -------------------------------------------------------------------

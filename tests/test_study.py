@@ -147,6 +147,19 @@ def test_sharded_and_resumed_studies_give_the_same_results(smoke, tmp_path, caps
     for name, cond in merged["conditions"].items():
         assert {k: cond[k] for k in ("seeds", "mean", "ci95")} == {k: want["conditions"][name][k] for k in ("seeds", "mean", "ci95")}
         assert cond["merged_from"] == {"1": str(elsewhere)} and list(cond["run_dirs"]) == ["0"]
+    # without baselines measured here, the merged file's are taken (no frontier needed)
+    (c / "baselines.json").unlink()
+    marked = json.loads(elsewhere.read_text())
+    marked["baselines"]["scripted"]["utility"] = 123.0
+    (tmp_path / "marked.json").write_text(json.dumps(marked))
+    assert _study("--study-dir", str(c), "--aggregate", "--merge", str(tmp_path / "marked.json")) == EXIT_OK
+    assert _results(c)["baselines"]["scripted"]["utility"] == 123.0
+    assert _results(c)["baselines"]["random"] == want["baselines"]["random"]
+    assert _study("--study-dir", str(c), "--aggregate", "--merge", str(elsewhere)) == EXIT_OK  # baselines.json kept
+    assert _results(c)["baselines"]["scripted"]["utility"] == 123.0
+    (c / "baselines.json").unlink()
+    assert _study("--study-dir", str(c), "--aggregate", "--merge", str(elsewhere)) == EXIT_OK
+    merged = _results(c)
     # the local run wins over a merged one; a results.json of another study is refused
     assert _study("--study-dir", str(smoke), "--aggregate", "--merge", str(elsewhere)) == EXIT_OK
     assert _results(smoke) == want

@@ -241,6 +241,11 @@ def test_determinism(trainer):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     c, _ = run_updates(trainer, trainer.init(jax.random.key(12)), 1)
     assert not np.array_equal(np.asarray(jax.tree.leaves(a.params)[0]), np.asarray(jax.tree.leaves(c.params)[0]))
+    # the whole run in one scan (Trainer.train: init, then the updates) ends in the same state
+    d, metrics = trainer.train(jax.random.key(11), 3)
+    assert np.asarray(metrics["update"]).tolist() == [1, 2, 3]
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(d.params)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
 
 
 def test_pbt_copy_is_bit_identical(trainer):
