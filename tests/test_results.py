@@ -87,9 +87,24 @@ def test_niches_study_results():
     assert r["baselines"]["scripted"]["utility"] > r["baselines"]["random"]["utility"]
 
 
-def test_readme_quotes_the_committed_niches_table():
+def test_the_niches_record_quotes_the_committed_niches_table():
     r = _load(NICHES / "results.json")
-    assert format_summary_md(r, README_COLUMNS) in (ROOT / "README.md").read_text()
+    assert format_summary_md(r, README_COLUMNS) in (NICHES / "README.md").read_text()
+
+
+WELFARE_COLUMNS = ("utility", "efficiency", "active_niches", "member_niche_mi_bits", "project_stock",
+                   "largest_output_share", "largest_lineage_share")
+
+
+def test_readme_quotes_the_committed_welfare_table():
+    """The README's headline is the welfare study's committed table, as is its record's."""
+    r = _load(ROOT / "results" / "welfare" / "results.json")
+    table = format_summary_md(r, WELFARE_COLUMNS)
+    assert table in (ROOT / "README.md").read_text() and table in (ROOT / "results" / "welfare" / "README.md").read_text()
+    study = yaml.safe_load((ROOT / "configs" / "studies" / "welfare.yaml").read_text())
+    assert list(r["conditions"]) == [c["name"] for c in study["conditions"]]
+    have = sum(len(c["seeds"]) for c in r["conditions"].values())
+    assert have + len(r["missing"]) == len(study["conditions"]) * study["seeds"]
 
 
 def test_niches_study_is_measured_against_its_economys_frontier():
