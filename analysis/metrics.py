@@ -245,7 +245,7 @@ def glossary_md() -> str:
                 lines.append(f"| `{k}` | {m.unit} | {m.scope} | [{lo}, {hi}] | {m.definition}.{extra} |")
         lines.append("")
     if ALIASES:
-        old = {**ALIASES, **{k: v for k, v in TRAIN_ALIASES.items()}}
+        old = {**ALIASES, **TRAIN_ALIASES}
         lines += ["Older runs wrote " + ", ".join(f"`{a}` (now `{b}`)" for a, b in old.items())
                   + "; the reports read them under the new names.", ""]
     return "\n".join(lines)

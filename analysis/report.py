@@ -137,7 +137,7 @@ def write_report(run_dir: str | Path) -> Path:
     figs = Figures()
     body = {sid: fn(ctx, figs) for sid, fn in _BUILDERS.items()}
     body["config"] = f"<pre>{escape(config_text)}</pre>"
-    body["glossary"] = _glossary()
+    body["glossary"] = glossary_table()
     notes += figs.errors
 
     title = f"Agora run report: {run_dir.resolve().name}"
@@ -190,10 +190,10 @@ class _Context:
         return u, {f"m{p}": v[:, p] for p in range(v.shape[1])}
 
 
-def _glossary() -> str:
-    """Every metric the report names, from :mod:`analysis.metrics` (one definition each)."""
-    rows = [[k, unit, d] for k, unit, d in glossary()]
-    return table(["metric", "unit", "definition"], rows, left=3)
+def glossary_table(names=None) -> str:
+    """The glossary of ``names`` (default: every metric) as an HTML table, from
+    :mod:`analysis.metrics` (one definition each); the run and study reports' last section."""
+    return table(["metric", "unit", "definition"], [list(g) for g in glossary(names)], left=3)
 
 
 def _why_no_analysis(c: "_Context") -> str:
@@ -319,8 +319,7 @@ def _diversity(c: _Context, figs: Figures) -> str:
     series = {k: v for k, v in series.items() if v is not None}
     if series:
         u = next(iter(series.values()))[0]
-        label = {"kl_mean": "kl_mean", "js_mean": "js_mean"}
-        data = {label[k]: v[1] for k, v in series.items() if v[0].shape == u.shape}
+        data = {k: v[1] for k, v in series.items() if v[0].shape == u.shape}
         out += figs.img("mean KL and JS over time", lambda: plots.series_figure(
             u, data, "mean pairwise divergence between members", "nats"))
     eff = column(c.analysis, "effective_policies")

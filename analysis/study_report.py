@@ -27,9 +27,9 @@ from matplotlib.figure import Figure
 
 from analysis import plots
 from analysis.files import by_update, column, read_jsonl
-from analysis.metrics import REGISTRY, canonical, glossary
+from analysis.metrics import REGISTRY, canonical
 from analysis.page import Figures, escape, fmt, kv_table, table, write_page
-from analysis.report import NotARunError
+from analysis.report import NotARunError, glossary_table
 
 __all__ = [
     "BASELINES",
@@ -530,7 +530,7 @@ def write_study_report(study_dir: str | Path) -> Path:
         "overview": _overview(study_dir, results),
         "comparison": _comparison_html(results),
         "curves": _curves_html(study_dir, results, figs),
-        "glossary": table(["metric", "unit", "definition"], [list(g) for g in glossary(_metrics(results))], left=3),
+        "glossary": glossary_table(_metrics(results)),
     }
     title = f"Agora study report: {_study_name(results, study_dir.resolve().name)}"
     return write_page(study_dir / "report.html", title, study_dir, STUDY_SECTIONS, body, figs.errors)

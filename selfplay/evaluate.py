@@ -78,6 +78,10 @@ class EvalSettings:
     burn_in: int | None = None  # steps not measured at the start of each world (default: steps // 4)
     greedy: bool = False  # the population plays its most likely actions
 
+    def record(self) -> dict:
+        """The settings as ``eval.json`` and a study's ``results.json`` record them."""
+        return {"worlds": self.worlds, "steps": self.steps, "burn_in": self.burn_in, "greedy": self.greedy}
+
     def resolved(self, cfg: RunConfig) -> "EvalSettings":
         steps = self.steps or cfg.economy.episode_length
         burn = steps // 4 if self.burn_in is None else self.burn_in
@@ -309,8 +313,8 @@ def evaluate_run(run_dir: str | Path, settings: EvalSettings = EvalSettings(), u
         for name in ("scripted", "random"):
             policies[name] = evaluate_baseline(trainer.env, name, s)
     policies = {k: with_distance(v, fr) for k, v in policies.items()}
-    result = {"policies": policies, "worlds": s.worlds, "steps": s.steps, "burn_in": s.burn_in, "greedy": s.greedy,
-              "update": int(ts.update), "frontier": welfare.summary(fr), "niche_names": list(cfg.economy.niche_names)}
+    result = {"policies": policies, **s.record(), "update": int(ts.update), "frontier": welfare.summary(fr),
+              "niche_names": list(cfg.economy.niche_names)}
     if write:
         write_atomic(Path(run_dir) / "eval.json", json.dumps(result, indent=1))
     return result

@@ -196,7 +196,7 @@ def complete(run: Run, settings: EvalSettings) -> bool:
         e = json.loads(path.read_text())
     except json.JSONDecodeError:
         return False
-    want = {"worlds": settings.worlds, "steps": settings.steps, "burn_in": settings.burn_in, "greedy": settings.greedy}
+    want = settings.record()
     return e.get("update") == run.cfg.train.updates and all(e.get(k) == v for k, v in want.items())
 
 
@@ -324,8 +324,7 @@ def load_merge(study: Study, paths) -> list[tuple[str, dict]]:
     share no file system, or a session's run directories since lost), checked to be this
     study's: same name, evaluation settings and overrides of every condition they list;
     otherwise a :class:`ConfigError` naming the difference."""
-    s = study.settings
-    want_eval = {"worlds": s.worlds, "steps": s.steps, "burn_in": s.burn_in, "greedy": s.greedy}
+    want_eval = study.settings.record()
     out = []
     for p in paths:
         p = Path(p)
@@ -391,7 +390,7 @@ def aggregate(study: Study, merge=()) -> dict:
         "metrics": list(METRICS),
         "niche_names": [*cfg0.economy.niche_names, "rest"],
         "ci_method": CI_METHOD,
-        "eval": {"worlds": s.worlds, "steps": s.steps, "burn_in": s.burn_in, "greedy": s.greedy},
+        "eval": s.record(),
         "conditions": conditions,
         "baselines": baselines(study, merged),
         "frontier": welfare.table_rows(frontier_of(study, study.runs[0])),
