@@ -172,26 +172,29 @@ def mean_metrics(per_world: list[dict]) -> dict:
     return out
 
 
-def play_worlds(env: Economy, policy: Callable, groups: np.ndarray, num_groups: int, settings: EvalSettings):
+def play_worlds(env: Economy, policy: Callable, groups: np.ndarray, num_groups: int, settings: EvalSettings,
+                params=None):
     """``(final state, per-step sums [T, ...] on the host)`` of every evaluation world played
-    by ``policy``; one compile per policy (``jax.jit`` of the whole rollout)."""
-    run = jax.jit(functools.partial(
-        rollout, env, policy, steps=settings.steps,
-        metrics=_step_sums(groups, num_groups, env.cfg.num_niches, env.cfg.collaboration_scale),
-    ))
+    by ``policy(key, state) -> actions``, or, given ``params``, by ``policy(params)``: the
+    parameters are then an argument of the compiled rollout, not constants in it, so every
+    population of one economy and shape plays the same program (one compile, shared by a
+    study's runs through the persistent cache). One ``jax.jit`` of the whole rollout."""
+    metrics = _step_sums(groups, num_groups, env.cfg.num_niches, env.cfg.collaboration_scale)
+    run = jax.jit(lambda p, key, state: rollout(env, policy if params is None else policy(p), key, state,
+                                                settings.steps, metrics))
     reset = jax.jit(env.reset)
     for world, key in eval_keys(env, settings.worlds):
         _, state = reset(world)
-        final, sums = run(key, state)
+        final, sums = run(params, key, state)
         yield final, jax.device_get(sums)
 
 
 def play(env: Economy, policy: Callable, groups: np.ndarray, num_groups: int, settings: EvalSettings, members: int,
-         probe: bool = False):
-    """Play every evaluation world with ``policy``; returns ``(per-world metrics, probe
-    observations or None)``."""
+         probe: bool = False, params=None):
+    """Play every evaluation world with ``policy`` (and ``params``, see :func:`play_worlds`);
+    returns ``(per-world metrics, probe observations or None)``."""
     per_world, probes = [], []
-    for final, sums in play_worlds(env, policy, groups, num_groups, settings):
+    for final, sums in play_worlds(env, policy, groups, num_groups, settings, params):
         w = np.asarray(wealth(final.goods, final.money, final.price), np.float64)
         per_world.append(world_metrics(sums, w, groups, members, settings.burn_in))
         if probe:
@@ -240,7 +243,8 @@ def evaluate_population(cfg: RunConfig, trainer, ts, settings: EvalSettings) -> 
     env = trainer.env
     PL, P = trainer.num_players, trainer.num_members
     groups = trainer.player_of  # [N] the training layout's player of each agent (train.layout)
-    per_world, probe = play(env, trainer.policy(ts, greedy=settings.greedy), groups, PL, settings, P, probe=True)
+    per_world, probe = play(env, lambda p: trainer.policy_with(p, settings.greedy), groups, PL, settings, P,
+                            probe=True, params=trainer.players_params(ts))
     out = mean_metrics(per_world)
     founders = np.asarray(jax.device_get(ts.pbt.founder))
     out["largest_lineage_share"] = float(np.bincount(founders, minlength=P).max() / P)
@@ -265,7 +269,7 @@ def population_utility(trainer, settings: EvalSettings) -> Callable:
         return wealth(final.goods, final.money, final.price), sums
 
     def utility(ts) -> float:
-        params_all = trainer._players_params(ts)
+        params_all = trainer.players_params(ts)
         per_world = []
         for world_key, key in eval_keys(env, settings.worlds):
             w, sums = jax.device_get(world(params_all, world_key, key))

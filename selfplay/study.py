@@ -412,7 +412,7 @@ def enable_compile_cache(study_dir: Path) -> None:
 
     if not jax.config.jax_compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", str(study_dir / ".jax_cache"))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 __all__ = [

@@ -283,7 +283,8 @@ class Trainer:
         )
 
     # ---- one update -------------------------------------------------------------------
-    def _players_params(self, ts: TrainState):
+    def players_params(self, ts: TrainState):
+        """The parameters of every player, ``[P + K, ...]``: the members, then the league's snapshots."""
         return jax.tree.map(lambda a, b: jnp.concatenate([a, b], 0), ts.params, ts.league.params)
 
     def _value_scale(self, ts: TrainState):
@@ -302,7 +303,7 @@ class Trainer:
     def _rollout(self, ts: TrainState, key: jax.Array, imitate: bool = False):
         env, P, PL, C = self.env, self.num_members, self.num_players, self.run_length
         J, M = env.cfg.num_niches, env.cfg.num_markets
-        params_all = self._players_params(ts)
+        params_all = self.players_params(ts)
         mu, sd = self._value_scale(ts)
 
         held, roles = self._curriculum(ts)
@@ -633,7 +634,7 @@ class Trainer:
     def policy(self, ts: TrainState, greedy: bool = False):
         """The population as a ``(key, state) -> actions`` policy for :func:`selfplay.simulate.rollout`
         (members and league snapshots in their agent slots; ``greedy``: most likely actions)."""
-        return self.policy_with(self._players_params(ts), greedy)
+        return self.policy_with(self.players_params(ts), greedy)
 
     def policy_with(self, params_all, greedy: bool = False):
         """:meth:`policy` with the players' parameters (``[P + K, ...]``) as an argument."""
@@ -651,7 +652,7 @@ class Trainer:
         ``(i // run) % (P + K)``; ``run`` defaults to the training layout's :attr:`run`
         (``n`` a multiple of the players times ``run``; cross-play gives each population its
         own rows and its own run, see :func:`selfplay.evaluate.crossplay`)."""
-        params_all = self._players_params(ts)
+        params_all = self.players_params(ts)
         return lambda key, obs: self.act_with(params_all, key, obs, greedy, run)
 
     def act_with(self, params_all, key: jax.Array, obs: jax.Array, greedy: bool = False, run: int | None = None):

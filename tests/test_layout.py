@@ -161,7 +161,7 @@ def test_greedy_play_and_evaluation_use_the_layout(trainer, monkeypatch):
 
     monkeypatch.setattr(evaluate, "play", capture("play"))
     monkeypatch.setattr(evaluate, "_step_sums", capture("_step_sums"))
-    monkeypatch.setattr(trainer, "policy", lambda ts, greedy=False: None)
+    monkeypatch.setattr(trainer, "players_params", lambda ts: None)
     with pytest.raises(StopIteration):
         evaluate.evaluate_population(trainer.cfg, trainer, None, evaluate.EvalSettings(steps=4, burn_in=0))
     with pytest.raises(StopIteration):

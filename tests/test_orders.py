@@ -45,7 +45,7 @@ def test_the_policy_draws_the_niche_and_the_rule_places_its_orders(trainer, stat
     key = jax.random.key(11)
     actions = jax.jit(trainer.policy(state))(key, state.env_state)
     assert set(actions) == {h.name for h in env.action_spec}
-    drawn = trainer.act_with(trainer._players_params(state), derive(key, "act"), env.observe(state.env_state))
+    drawn = trainer.act_with(trainer.players_params(state), derive(key, "act"), env.observe(state.env_state))
     np.testing.assert_array_equal(actions["niche"], drawn["niche"])
     cfg = ScriptedConfig(price_spread=3, cash_share=0.25)
     want = scripted_actions(env, derive(key, "orders"), state.env_state, cfg, niche=drawn["niche"])

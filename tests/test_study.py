@@ -174,7 +174,13 @@ def test_sharded_and_resumed_studies_give_the_same_results(smoke, tmp_path, caps
         assert words in capsys.readouterr().err
     assert _study("--study-dir", str(c), "--merge", str(elsewhere)) == EXIT_USAGE
     assert _results(c) == merged  # nothing already written is lost
+    # shard 1/2 is seed 0 of each condition: with those runs already here (copied from the
+    # unsharded study; the resumed study below trains them anew) it trains nothing
+    for cond in ("spec_off", "spec_on"):
+        shutil.copytree(smoke / "runs" / cond / "seed_0", a / "runs" / cond / "seed_0")
+    capsys.readouterr()
     assert _study("--study-dir", str(a), "--shard", "1/2") == EXIT_OK
+    assert "this process: 2, 2 complete" in capsys.readouterr().out
     assert _study("--study-dir", str(a), "--aggregate") == EXIT_OK
     assert _results(a) == _results(smoke)
     capsys.readouterr()

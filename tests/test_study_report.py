@@ -182,6 +182,54 @@ def test_markdown_table_of_sparse_results():
     assert "scripted" not in md
 
 
+def test_table_columns_without_a_metrics_list_and_intervals_that_could_not_be_computed():
+    """Without ``results["metrics"]`` the columns are the metrics in order of appearance,
+    conditions then baselines (one only a baseline has included); a metric that is a list
+    only in a baseline is a list metric (its own table, not a column); an interval of two
+    nulls prints the mean alone; a missing run without a reason, or with only one, is named."""
+    r = _results()
+    del r["metrics"]
+    r["baselines"]["scripted"]["only_baseline"] = 0.5
+    r["baselines"]["random"]["per_good"] = [1.0, 2.0]
+    for c in r["conditions"].values():
+        c["mean"]["per_good"] = None
+    r["conditions"]["solo"]["ci95"]["utility"] = [None, None]
+    r["missing"] = [{"condition": "solo", "seed": 1}, {"reason": "killed"}, "seed 7 of off"]
+    md = format_results_md(r)
+    tables = _md_tables(md)
+    main, other = tables[0], tables[1]
+    assert main[0] == ["condition", "utility", "effective_niches", "member_niche_mi_bits", "gini"]
+    assert other[0] == ["condition", "only_baseline"]  # not in the registry: "Other metrics"
+    cells = {row[0]: dict(zip(main[0][1:], row[1:])) for row in main[1:]}
+    assert cells["solo"]["utility"] == "0.3"
+    others = {row[0]: row[1] for row in other[1:]}
+    assert others["scripted (baseline)"] == "0.5" and others["on"] == "—"
+    per_good = [t for t in tables if t[0][1:] == ["[0]", "[1]"]]
+    assert len(per_good) == 1 and per_good[0][-1] == ["random (baseline)", "1", "2"]
+    assert "Missing runs (3):" in md and "solo seed 1" in md and "(reason: killed)" not in md
+    assert "reason: killed" in md and "seed 7 of off" in md
+
+
+def test_seeds_sort_numerically_then_by_name():
+    r = _results()
+    cond = r["conditions"]["on"]
+    cond["seeds"] = {s: cond["seeds"]["0"] for s in ("10", "2", "x", "1")}
+    cond["run_dirs"] = {}
+    md = format_results_md(r)
+    assert "on: 4" in md
+    assert study_report._seeds(cond) == ["1", "2", "10", "x"]
+
+
+def test_a_list_metric_without_values_is_skipped_not_the_ones_after_it():
+    r = _results()
+    r["metrics"] = ["utility", "empty_list", "niche_shares"]
+    for c in r["conditions"].values():
+        c["mean"]["empty_list"] = []
+    md = format_results_md(r)
+    titles = [line for line in md.splitlines() if line.startswith("**")]
+    assert "**Mean niche shares**" in titles and not any("empty_list" in t for t in titles)
+
+
 # ---- training curves ----------------------------------------------------------------------
 
 
@@ -199,6 +247,40 @@ def test_training_curves_mean_and_band_over_seeds(study):
             np.testing.assert_allclose(c["lo"], per_seed.min(0))
             np.testing.assert_allclose(c["hi"], per_seed.max(0))
             assert c["seeds"].tolist() == [len(seeds)] * len(UPDATES)
+
+
+def test_member_mean_skips_members_and_updates_without_values(tmp_path):
+    """The mean over members counts only the members with a value (null in the log); an
+    update where no member has one is left out of the curve, one member's value is the mean;
+    a seed without a run directory (merged from elsewhere) is noted and the next seed still
+    read."""
+    r = _results()
+    r["conditions"] = {"on": r["conditions"]["on"]}
+    r["conditions"]["on"]["run_dirs"] = {"1": "runs/on/seed_1"}
+    r["conditions"]["on"]["merged_from"] = {"0": "/elsewhere/results.json"}
+    (tmp_path / "results.json").write_text(json.dumps(r))
+    run = tmp_path / "runs/on/seed_1"
+    run.mkdir(parents=True)
+    logged = [[0.2, None, 0.4], [None, None, None], [0.5, None, None], [-0.1, -0.3, 0.1]]
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"update": u + 1, "utility": v}) + "\n"
+                                               for u, v in enumerate(logged)))
+    curves, notes = training_curves(tmp_path, keys=("utility",))
+    c = curves["on"]["utility"]
+    assert c["updates"].tolist() == [1, 3, 4]
+    np.testing.assert_allclose(c["mean"], [0.3, 0.5, -0.1])
+    assert notes == ["condition on, seed 0: merged from /elsewhere/results.json (its run directory is not here); no curve"]
+
+
+def test_band_figure_draws_one_line_per_curve_and_skips_malformed_ones():
+    c = {"updates": [1, 2, 3], "mean": [0.1, 0.2, 0.3], "lo": [0.0, 0.1, 0.2], "hi": [0.2, 0.3, 0.4]}
+    bad = {**c, "mean": [0.1, 0.2]}
+    empty = {k: [] for k in c}
+    fig = band_figure({"a": c, "bad": bad, "empty": empty, "b": c}, "t", "y")
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.get_lines()] == ["a", "b"]
+    np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), c["mean"])
+    assert ax.get_legend() is not None and not ax.texts
+    assert band_figure({"bad": bad}, "t", "y").axes[0].texts[0].get_text() == "no data"
 
 
 def test_band_figure_renders_without_pyplot():
@@ -277,6 +359,27 @@ def test_html_report_tolerates_missing_and_partial_metrics(tmp_path):
     text = write_study_report(path2).read_text()
     assert "No fitness curves" in text and "has no fitness" in text
     assert len(_imgs(text)) == 2
+
+
+def test_html_overview_rows_and_a_curve_missing_before_others(tmp_path):
+    """The overview names the base config and interval method in their own rows, an override
+    given as one string, and a metric no run logged (here the first) does not hide the
+    curves after it."""
+    path, _ = make_study(tmp_path / "s", curve_keys=["specialisation_index", "fitness"])
+    r = json.loads((path / "results.json").read_text())
+    r["conditions"]["solo"]["overrides"] = "train.updates=3"
+    (path / "results.json").write_text(json.dumps(r))
+    text = write_study_report(path).read_text()
+    assert '<th class="l">base config</th><td class="l">configs/tiny.yaml</td>' in text
+    assert '<th class="l">confidence intervals</th><td class="l">Student&#x27;s t, 95 %, over seeds</td>' in text
+    assert "<p>Conditions: mean over seeds [Student&#x27;s t, 95 %, over seeds]" in text
+    assert '<td class="l">solo</td><td class="l">train.updates=3</td>' in text
+    assert "No utility curves" in text and len(_imgs(text)) == 2
+    r.pop("base"), r.pop("ci_method")
+    (path / "results.json").write_text(json.dumps(r))
+    text = write_study_report(path).read_text()
+    assert '<th class="l">base config</th><td class="l">—</td>' in text
+    assert "[no interval method given]" in text
 
 
 @pytest.mark.parametrize("what", ["missing_dir", "file", "no_results", "unparsable", "not_object"])
