@@ -55,9 +55,9 @@ class RolloutData(NamedTuple):
 class RewardComponent:
     name: str
     fn: Callable[[Any], jax.Array]
-    level: Literal["agent", "member"] = "agent"
-    default: tuple[float, float] = (0.0, 0.0)  # weight range when the config does not name it
-    doc: str = ""
+    level: Literal["agent", "member"]
+    default: tuple[float, float]  # weight range when the config does not name it
+    doc: str
 
 
 REWARD_COMPONENTS: dict[str, RewardComponent] = {}
@@ -148,7 +148,7 @@ def niche_pmi_table(niche: jax.Array, num_niches: int, pseudocount: float = PMI_
     (``a``: ``pseudocount``), so identical members give 0 exactly."""
     J = num_niches
     P = niche.shape[1]
-    counts = jnp.sum(jax.nn.one_hot(niche, J + 1, dtype=jnp.float32), (0, 2))[:, :J]  # [P, J]
+    counts = jnp.sum(jax.nn.one_hot(niche, J, dtype=jnp.float32), (0, 2))  # [P, J] (resting, J, is all zeros)
     a = pseudocount
     pm = (counts + a) / (jnp.sum(counts, -1, keepdims=True) + a * J)
     tot = jnp.sum(counts, 0)

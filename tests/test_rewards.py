@@ -125,3 +125,49 @@ def test_components_by_level_and_registration_rules():
         rewards.unregister_component("flat")
         rewards.unregister_component("even")
     assert "flat" not in rewards.component_names()
+
+
+def _pmi_reference(niche: np.ndarray, a: float) -> np.ndarray:
+    """NumPy float64 ``[P, J]`` PMI table from the definition (counts per member and niche)."""
+    P = niche.shape[1]
+    c = np.stack([np.bincount(niche[:, p].ravel(), minlength=J + 1)[:J] for p in range(P)]).astype(float)
+    pm = (c + a) / (c.sum(1, keepdims=True) + a * J)
+    pbar = (c.sum(0) + P * a) / (c.sum() + P * a * J)
+    return np.log(pm) - np.log(pbar)[None]
+
+
+@pytest.mark.parametrize("a", [PMI_PSEUDOCOUNT, 0.5, 3.0])
+def test_pmi_table_against_its_definition_at_several_pseudocounts(a):
+    """The whole table against a NumPy reference, with niches some members never work (the
+    pseudo-count keeps those finite) and at pseudo-counts other than 1, where ``P * a`` and
+    ``P / a`` differ. (Catches: the pseudo-count dropped or misapplied in either share.)"""
+    rng = np.random.default_rng(7)
+    niche = rng.integers(0, J + 1, (6, 3, 10))
+    niche[:, 0] = np.where(niche[:, 0] == 2, 1, niche[:, 0])  # member 0 never works niche 2
+    got = np.asarray(niche_pmi_table(jnp.asarray(niche), J, a))
+    assert got.shape == (3, J + 1) and np.isfinite(got).all() and (got[:, J] == 0).all()
+    np.testing.assert_allclose(got[:, :J], _pmi_reference(niche, a), rtol=1e-5, atol=1e-6)
+
+
+def test_registered_doc_and_default_weights():
+    """An explicit ``doc`` is kept (else the function's docstring); a component the config
+    does not name gets its default range: the economy's utility at weight 1 exactly, every
+    other built-in off."""
+    from selfplay.config import load_run_config
+    from tests.conftest import CONFIGS
+
+    def f(s):
+        """docstring"""
+        return s.info["utility"]
+
+    try:
+        rewards.register_component("doc_given", f, doc="given")
+        rewards.register_component("doc_from_fn", f)
+        assert rewards.REWARD_COMPONENTS["doc_given"].doc == "given"
+        assert rewards.REWARD_COMPONENTS["doc_from_fn"].doc == "docstring"
+    finally:
+        rewards.unregister_component("doc_given")
+        rewards.unregister_component("doc_from_fn")
+    cfg = load_run_config(CONFIGS / "tiny.yaml", ["train.variants.rewards={}"])
+    got = {k: list(v) for k, v in cfg.train.variants.rewards.items()}
+    assert got == {"utility": [1.0, 1.0], **{c: [0.0, 0.0] for c in got if c != "utility"}}

@@ -194,20 +194,28 @@ def test_table_columns_without_a_metrics_list_and_intervals_that_could_not_be_co
     for c in r["conditions"].values():
         c["mean"]["per_good"] = None
     r["conditions"]["solo"]["ci95"]["utility"] = [None, None]
+    r["conditions"]["on"]["mean"]["per_member"] = [0.1, 0.2, 0.3]  # a list in one condition's mean only
+    r["conditions"]["off"]["seeds"]["0"]["seed_list"] = [1, 2]  # a list in one seed's values only
+    r["conditions"]["off"]["mean"]["seed_list"] = None
+    r["baselines"]["scripted"]["by_niche"] = {"farmer": 1.0}  # not a number: "—"
     r["missing"] = [{"condition": "solo", "seed": 1}, {"reason": "killed"}, "seed 7 of off"]
+    r["eval"] = {}
     md = format_results_md(r)
     tables = _md_tables(md)
     main, other = tables[0], tables[1]
     assert main[0] == ["condition", "utility", "effective_niches", "member_niche_mi_bits", "gini"]
-    assert other[0] == ["condition", "only_baseline"]  # not in the registry: "Other metrics"
     cells = {row[0]: dict(zip(main[0][1:], row[1:])) for row in main[1:]}
     assert cells["solo"]["utility"] == "0.3"
-    others = {row[0]: row[1] for row in other[1:]}
-    assert others["scripted (baseline)"] == "0.5" and others["on"] == "—"
+    assert other[0] == ["condition", "only_baseline", "by_niche"]
+    others = {row[0]: row[1:] for row in other[1:]}
+    assert others["scripted (baseline)"] == ["0.5", "—"] and others["on"] == ["—", "—"]
+    assert "per_member" not in main[0] + other[0] and "seed_list" not in main[0] + other[0]
+    # seed_list is a list metric (no column) whose means are all null: no table of means
+    assert "**Mean per_member**" in md and "seed_list" not in md and "- Evaluation: —\n" in md
     per_good = [t for t in tables if t[0][1:] == ["[0]", "[1]"]]
     assert len(per_good) == 1 and per_good[0][-1] == ["random (baseline)", "1", "2"]
-    assert "Missing runs (3):" in md and "solo seed 1" in md and "(reason: killed)" not in md
-    assert "reason: killed" in md and "seed 7 of off" in md
+    assert "Missing runs (3):" in md and "  - solo seed 1\n" in md and "  - reason: killed\n" in md
+    assert "  - seed 7 of off\n" in md
 
 
 def test_seeds_sort_numerically_then_by_name():
@@ -221,13 +229,21 @@ def test_seeds_sort_numerically_then_by_name():
 
 
 def test_a_list_metric_without_values_is_skipped_not_the_ones_after_it():
+    """A list metric with only empty lists, or (``niche_shares``) only nulls, has no table;
+    one of length 1 has one; the tables after them are kept; a shorter list than the
+    longest ends in "—"."""
     r = _results()
-    r["metrics"] = ["utility", "empty_list", "niche_shares"]
+    r["metrics"] = ["utility", "empty_list", "niche_shares", "one", "ragged"]
     for c in r["conditions"].values():
-        c["mean"]["empty_list"] = []
+        c["mean"].update(empty_list=[], niche_shares=None, one=[0.5], ragged=[1.0, 2.0])
+    for b in r["baselines"].values():
+        b.update(niche_shares=None, ragged=[3.0])
     md = format_results_md(r)
     titles = [line for line in md.splitlines() if line.startswith("**")]
-    assert "**Mean niche shares**" in titles and not any("empty_list" in t for t in titles)
+    assert "**Mean one**" in titles and "**Mean ragged**" in titles
+    assert not any("empty_list" in t or "niche shares" in t for t in titles)
+    ragged = _md_tables(md)[-1]
+    assert ragged[0] == ["condition", "[0]", "[1]"] and ragged[-1] == ["random (baseline)", "3", "—"]
 
 
 # ---- training curves ----------------------------------------------------------------------
@@ -256,10 +272,12 @@ def test_member_mean_skips_members_and_updates_without_values(tmp_path):
     read."""
     r = _results()
     r["conditions"] = {"on": r["conditions"]["on"]}
-    r["conditions"]["on"]["run_dirs"] = {"1": "runs/on/seed_1"}
+    r["conditions"]["on"]["seeds"]["2"] = r["conditions"]["on"]["seeds"]["1"]
+    r["conditions"]["on"]["run_dirs"] = {"1": "runs/on/seed_1", "2": "runs/on/seed_2"}
     r["conditions"]["on"]["merged_from"] = {"0": "/elsewhere/results.json"}
     (tmp_path / "results.json").write_text(json.dumps(r))
-    run = tmp_path / "runs/on/seed_1"
+    (tmp_path / "runs/on/seed_1").mkdir(parents=True)  # no metrics.jsonl (yet)
+    run = tmp_path / "runs/on/seed_2"
     run.mkdir(parents=True)
     logged = [[0.2, None, 0.4], [None, None, None], [0.5, None, None], [-0.1, -0.3, 0.1]]
     (run / "metrics.jsonl").write_text("".join(json.dumps({"update": u + 1, "utility": v}) + "\n"
@@ -268,7 +286,9 @@ def test_member_mean_skips_members_and_updates_without_values(tmp_path):
     c = curves["on"]["utility"]
     assert c["updates"].tolist() == [1, 3, 4]
     np.testing.assert_allclose(c["mean"], [0.3, 0.5, -0.1])
-    assert notes == ["condition on, seed 0: merged from /elsewhere/results.json (its run directory is not here); no curve"]
+    assert c["seeds"].tolist() == [1, 1, 1]
+    assert notes == ["condition on, seed 0: merged from /elsewhere/results.json (its run directory is not here); no curve",
+                     "condition on, seed 1: runs/on/seed_1/metrics.jsonl is missing; skipped"]
 
 
 def test_band_figure_draws_one_line_per_curve_and_skips_malformed_ones():
@@ -349,6 +369,7 @@ def test_html_report_tolerates_missing_and_partial_metrics(tmp_path):
     assert "condition solo, seed 0: runs/solo/seed_0/metrics.jsonl is missing; skipped" in text
     assert "condition off, seed 0: metrics.jsonl has no updates logged; skipped" in text
     assert "condition on, seed 1: 3 of 5 logged updates (partial run)" in text
+    assert "5 of 5 logged updates" not in text  # only the shorter seeds are noted
     assert "unparsable" not in text  # a half-written last line is expected
     assert len(_imgs(text)) == len(CURVE_KEYS) and "could not be drawn" not in text
     curves, _ = training_curves(path)
@@ -373,7 +394,8 @@ def test_html_overview_rows_and_a_curve_missing_before_others(tmp_path):
     assert '<th class="l">base config</th><td class="l">configs/tiny.yaml</td>' in text
     assert '<th class="l">confidence intervals</th><td class="l">Student&#x27;s t, 95 %, over seeds</td>' in text
     assert "<p>Conditions: mean over seeds [Student&#x27;s t, 95 %, over seeds]" in text
-    assert '<td class="l">solo</td><td class="l">train.updates=3</td>' in text
+    assert ('<td class="l">solo</td><td class="l">train.updates=3</td><td class="l">0</td>'
+            '<td class="l">runs/solo/seed_0</td>') in text
     assert "No utility curves" in text and len(_imgs(text)) == 2
     r.pop("base"), r.pop("ci_method")
     (path / "results.json").write_text(json.dumps(r))

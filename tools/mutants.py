@@ -58,9 +58,9 @@ MODULES: dict[str, tuple[list[str], str]] = {
     "selfplay/checkpoint.py": (["tests/test_checkpoints.py", "tests/test_reliability.py"], ""),
     "selfplay/run.py": (["tests/test_train.py", "tests/test_reliability.py", "tests/test_behaviours.py"],
                         "test_reliability or run_directory or ctrl_c or sigkill or nonfinite or lock or hidden"),
-    "economy/production.py": (["tests/test_behaviours.py", "tests/test_env.py", "tests/test_registry.py",
-                               "tests/test_treasury.py"],
-                              "skill or learning_by_doing or public_project or ledger_every_mode or observed_niche_values "
+    "economy/production.py": (["tests/test_production.py", "tests/test_behaviours.py", "tests/test_env.py",
+                               "tests/test_registry.py", "tests/test_treasury.py"],
+                              "test_production or skill or learning_by_doing or public_project or ledger_every_mode or observed_niche_values "
                               "or near_cap or niche_recipe or tooled or congestion or readme_rule or procurement"),
     "economy/interop/pettingzoo.py": (["tests/test_pettingzoo.py"], ""),
     "analysis/study_report.py": (["tests/test_study_report.py", "tests/test_results.py"], ""),
