@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 WORLD_TAG = 0x574F524C  # "WORL": high word of every world key (a run's root has 0 there)
+WORLD_STRIDE = 7919  # a prime: seed s's episode e plays world (s * WORLD_STRIDE + e) mod the range
 
 
 def stream_id(name: str) -> int:
@@ -43,4 +44,12 @@ def world_key(seed: int | jax.Array) -> jax.Array:
     return jax.random.wrap_key_data(data)
 
 
-__all__ = ["WORLD_TAG", "derive", "stream_id", "world_key"]
+def episode_world(seed: int | jax.Array, episode: int | jax.Array, start: int) -> jax.Array:
+    """uint32 index of the world that episode ``episode`` of a run seeded ``seed`` plays:
+    ``(seed * WORLD_STRIDE + episode) mod start`` in uint32 arithmetic (may be traced), the
+    one sequence of training worlds of the trainer and the PettingZoo wrapper."""
+    seed = jnp.asarray(seed).astype(jnp.uint32)
+    return (seed * jnp.uint32(WORLD_STRIDE) + jnp.asarray(episode).astype(jnp.uint32)) % jnp.uint32(start)
+
+
+__all__ = ["WORLD_STRIDE", "WORLD_TAG", "derive", "episode_world", "stream_id", "world_key"]

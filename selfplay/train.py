@@ -51,7 +51,7 @@ from analysis.niches import specialisation_index
 from analysis.population import RolloutSummary, population_analysis
 from economy import ConfigError, Economy, EconomyState
 from economy.sharding import agent_mesh, state_sharding
-from economy.streams import derive, world_key
+from economy.streams import derive, episode_world, world_key
 from selfplay import population as pop
 from selfplay import rewards as rw
 from selfplay import variants
@@ -207,13 +207,12 @@ class Trainer:
 
     # ---- state ------------------------------------------------------------------------
     def world_key(self, episode: jax.Array, seed: jax.Array | int | None = None) -> jax.Array:
-        """Training worlds only: seeds ``(seed * 7919 + episode) mod eval_seed_start``, in the
-        world namespace (:func:`economy.streams.world_key`); ``seed``: ``train.seed``
-        (``TrainState.world_seed`` inside the update, so one compiled update serves every seed)."""
-        start = self.cfg.economy.world.eval_seed_start
+        """Training worlds only: world :func:`economy.streams.episode_world` of ``seed`` and
+        ``episode`` below ``eval_seed_start``, in the world namespace
+        (:func:`economy.streams.world_key`); ``seed``: ``train.seed`` (``TrainState.world_seed``
+        inside the update, so one compiled update serves every seed)."""
         seed = self.cfg.train.seed if seed is None else seed
-        seed = (jnp.asarray(seed).astype(jnp.uint32) * jnp.uint32(7919) + episode.astype(jnp.uint32)) % jnp.uint32(start)
-        return world_key(seed)
+        return world_key(episode_world(seed, episode, self.cfg.economy.world.eval_seed_start))
 
     def _set_opt_hyper(self, opt_state, hyper: dict):
         """``opt_state`` (of all members) with the optimiser-target variants of ``hyper``."""

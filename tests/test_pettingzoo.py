@@ -104,22 +104,26 @@ def test_bad_actions_raise_naming_agent_and_head_before_the_world_changes(env, c
     _, actions = _random_actions(env, rng)
     G = env.cfg.num_goods
     agent, head = "agent_9", "price"
+    later = "agent_20"  # a second bad agent: the message names the first one
     if case == "missing_agent":
-        del actions[agent]
+        del actions[agent], actions[later]
         head = None
     elif case == "unknown_agent":
         actions["agent_99999"] = actions.pop(agent)
+        actions["agent_99998"] = actions.pop(later)
         agent, head = "agent_99999", None
     elif case == "unknown_head":
+        actions[agent]["zzz"] = 1
         actions[agent]["tax"] = 1
-        head = "tax"
+        head = "tax"  # the first in name order
     elif case == "missing_head":
         del actions[agent][head]
     elif case == "out_of_range":
         actions[agent][head] = np.full(G, env.cfg.market.price_ticks)
+        actions[later][head] = np.full(G, env.cfg.market.price_ticks + 1)
     elif case == "negative":
         head = "niche"
-        actions[agent][head] = -1
+        actions[agent][head] = actions[later][head] = -1
     elif case == "wrong_shape":
         actions[agent][head] = np.zeros(G + 1, np.int64)
     elif case == "not_integer":
@@ -132,6 +136,11 @@ def test_bad_actions_raise_naming_agent_and_head_before_the_world_changes(env, c
         env.step(actions)
     msg = str(err.value)
     assert repr(agent) in msg and (head is None or repr(head) in msg), msg
+    assert repr(later) not in msg and "zzz" not in msg, msg
+    if case == "missing_agent":
+        assert "(2 live agents missing)" in msg
+    if case == "unknown_agent":
+        assert f"'agent_{env.max_num_agents - 1}'" in msg
     for x, y in zip(jax.tree.leaves(env.economy_state), leaves):
         np.testing.assert_array_equal(np.asarray(x), y)
     assert env._t == 0 and env.agents == env.possible_agents
@@ -165,3 +174,56 @@ def test_reset_to_a_world_after_other_seeds_and_two_episodes_of_one_seed(env):
     np.testing.assert_array_equal(a0, b0)
     np.testing.assert_array_equal(a1, b1)
     assert not np.array_equal(a0, a1)
+
+
+def test_worlds_of_a_seed_config_paths_and_config_objects(tmp_path, monkeypatch):
+    """Seed ``s``'s episode ``e`` plays world ``(s * 7919 + e) mod eval_seed_start`` of the
+    training range (the trainer's sequence; not held out unless asked), a fresh env without a
+    seed starts at world 0 of seed 0; a relative config path is found from any working
+    directory, a file there first; an ``EconomyConfig`` takes fields and refuses overrides;
+    ``render`` shows the mean price per good and the niche shares."""
+    from economy import load_config
+    from economy.interop.pettingzoo import AgoraParallelEnv
+
+    def first(env, out):
+        return np.stack([out[0][a] for a in env.possible_agents])
+
+    env = parallel_env(TINY, *SHORT, seed=3)
+    eco, start = env.economy, env.cfg.world.eval_seed_start
+    reset = jax.jit(eco.reset)  # the program the wrapper runs
+    assert env.held_out is False
+    first(env, env.reset(seed=3))
+    assert [env.world_seed(e) for e in (0, 1, 5)] == [(3 * 7919 + e) % start for e in (0, 1, 5)]
+    want, _ = reset(eco.world_key((3 * 7919 + 1) % start, evaluation=False))
+    np.testing.assert_array_equal(first(env, env.reset()), np.asarray(want))
+    fresh = AgoraParallelEnv(env.cfg)
+    for w in (0, 1):
+        want, _ = reset(eco.world_key(w, evaluation=False))
+        np.testing.assert_array_equal(first(fresh, fresh.reset()), np.asarray(want))
+    # paths: relative to the checkout from elsewhere; a file in the working directory first
+    monkeypatch.chdir(tmp_path)
+    assert parallel_env("configs/tiny.yaml").max_num_agents == env.max_num_agents
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "tiny.yaml").write_text(
+        f"economy:\n  base: {CONFIGS / 'economy' / 'classic.yaml'}\n  num_agents: 128\n  num_markets: 2\n")
+    assert parallel_env("configs/tiny.yaml").max_num_agents == 128
+    # an EconomyConfig object: fields apply, overrides are refused
+    cfg = load_config(TINY)
+    assert parallel_env(cfg).cfg == cfg and parallel_env(cfg, num_agents=128).max_num_agents == 128
+    with pytest.raises(ValueError, match="overrides"):
+        parallel_env(cfg, "num_agents=128")
+    # render: the mean price over markets per good, the niche shares of all agents
+    shown = parallel_env(TINY, *SHORT, seed=1, render_mode="ansi", held_out=True)
+    shown.reset(seed=1)
+    rng = np.random.default_rng(0)
+    shown.step(_random_actions(shown, rng)[1])
+    text = shown.render().splitlines()
+    assert text[0].startswith("step 1 of 12, world ") and text[0].endswith("(held out)")
+    price = np.asarray(shown.economy_state.price).mean(0)
+    assert text[1] == "mean price: " + ", ".join(f"{g}={p:.1f}" for g, p in zip(shown.cfg.good_names, price))
+    occ = shown.last_info["niche_occupancy"].sum(0) / shown.max_num_agents
+    assert text[2] == "niches: " + ", ".join(f"{n}={x:.2f}" for n, x in zip([*shown.cfg.niche_names, "rest"], occ))
+    assert abs(occ.sum() - 1) < 1e-9
+    plain = parallel_env(TINY, *SHORT, seed=1, render_mode="ansi")
+    plain.reset(seed=1)
+    assert plain.render().splitlines()[0] == f"step 0 of 12, world {plain.world_seed()}"

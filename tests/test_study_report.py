@@ -298,6 +298,7 @@ def test_band_figure_draws_one_line_per_curve_and_skips_malformed_ones():
     fig = band_figure({"a": c, "bad": bad, "empty": empty, "b": c}, "t", "y")
     ax = fig.axes[0]
     assert [line.get_label() for line in ax.get_lines()] == ["a", "b"]
+    assert ax.get_lines()[0].get_color() != ax.get_lines()[1].get_color()  # one colour per condition
     np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), c["mean"])
     assert ax.get_legend() is not None and not ax.texts
     assert band_figure({"bad": bad}, "t", "y").axes[0].texts[0].get_text() == "no data"

@@ -22,9 +22,10 @@ code change; one object for every agent and every call):
   (``J``: rest), ``side``/``quantity``/``price`` ``MultiDiscrete`` over the goods.
 
 Randomness. ``seed`` (at construction or ``reset(seed=...)``) fixes the worlds and the
-economy's own randomness: world ``w`` of a seeded sequence is world ``(seed * 7919 + w)
-mod eval_seed_start`` of the economy's training range (``held_out=True``: of its held-out
-evaluation range), and the key of step ``t`` is ``derive(key(seed), "pettingzoo",
+economy's own randomness: world ``w`` of a seeded sequence is world
+:func:`economy.streams.episode_world` ``(seed, w)`` of the economy's training range, the
+worlds the trainer's run of that seed plays (``held_out=True``: of its held-out evaluation
+range), and the key of step ``t`` is ``derive(key(seed), "pettingzoo",
 episode, t)``; the same seed and actions give the same trajectory. ``reset()`` without a
 seed draws the next world of the sequence; ``options={"world": k}`` plays world ``k``.
 
@@ -56,10 +57,9 @@ except ImportError as e:  # pragma: no cover - the optional extra is missing
 
 from economy.config import EconomyConfig, load_config
 from economy.env import Economy
-from economy.streams import derive
+from economy.streams import derive, episode_world
 
 ROOT = Path(__file__).resolve().parents[2]
-WORLD_STRIDE = 7919  # world w of seed s: (s * WORLD_STRIDE + w) mod eval_seed_start, as the trainer's
 
 
 def _config_path(config: str | Path) -> Path:
@@ -139,8 +139,7 @@ class AgoraParallelEnv(ParallelEnv):
     def world_seed(self, episode: int | None = None) -> int:
         """Index (in the economy's training or held-out range) of ``episode``'s world."""
         e = self._episode if episode is None else episode
-        start = self.cfg.world.eval_seed_start
-        return (self._seed * WORLD_STRIDE + e) % start
+        return int(episode_world(self._seed, e, self.cfg.world.eval_seed_start))
 
     def world_key(self, episode: int | None = None) -> jax.Array:
         return self.economy.world_key(self.world_seed(episode), evaluation=self.held_out)
