@@ -42,6 +42,8 @@ def test_spaces_follow_the_action_spec(env):
         np.testing.assert_array_equal(a[head].nvec, np.full(G, choices))
     box = env.observation_space("agent_0")
     assert box.shape == (env.economy.obs_dim,) and box.dtype == np.float32
+    obs, _ = env.reset(seed=4)
+    assert all(box.contains(o) for o in obs.values())
     # A new good and niche change the spaces with no code change.
     bigger = parallel_env(CONFIGS / "examples" / "weaver.yaml")  # two goods and two niches added
     b = bigger.action_space("agent_0")
@@ -227,3 +229,14 @@ def test_worlds_of_a_seed_config_paths_and_config_objects(tmp_path, monkeypatch)
     plain = parallel_env(TINY, *SHORT, seed=1, render_mode="ansi")
     plain.reset(seed=1)
     assert plain.render().splitlines()[0] == f"step 0 of 12, world {plain.world_seed()}"
+
+
+def test_without_the_extra_the_import_names_it(monkeypatch):
+    """Without pettingzoo installed, importing the wrapper says which extra to install."""
+    import importlib
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pettingzoo", None)  # import pettingzoo -> ImportError
+    monkeypatch.delitem(sys.modules, "economy.interop.pettingzoo")
+    with pytest.raises(ImportError, match=r"\.\[pettingzoo\]"):
+        importlib.import_module("economy.interop.pettingzoo")

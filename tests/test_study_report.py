@@ -299,6 +299,8 @@ def test_band_figure_draws_one_line_per_curve_and_skips_malformed_ones():
     ax = fig.axes[0]
     assert [line.get_label() for line in ax.get_lines()] == ["a", "b"]
     assert ax.get_lines()[0].get_color() != ax.get_lines()[1].get_color()  # one colour per condition
+    ten = band_figure({f"c{i}": c for i in range(10)}, "t", "y").axes[0].get_lines()
+    assert len({line.get_color() for line in ten}) == 10  # ten conditions, ten colours
     np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), c["mean"])
     assert ax.get_legend() is not None and not ax.texts
     assert band_figure({"bad": bad}, "t", "y").axes[0].texts[0].get_text() == "no data"
