@@ -115,6 +115,7 @@ def prepare(module: str, work: Path, timeout: float, fresh: bool) -> Path:
     if db.exists():
         return d  # resume
     d.mkdir(parents=True, exist_ok=True)
+    (d / "commit").write_text(commit())  # the commit whose module (and tests) the session mutates
     if repo.exists():
         shutil.rmtree(repo)
     repo.mkdir()
@@ -277,7 +278,7 @@ def report(module: str, work: Path) -> str:
     record = {
         "module": module,
         "date": dt.date.today().isoformat(),
-        "commit": commit(),
+        "commit": (d / "commit").read_text().strip() if (d / "commit").exists() else commit(),
         "tool": "cosmic-ray " + subprocess.run([tool("cosmic-ray"), "--version"], capture_output=True,
                                                text=True).stdout.split()[-1],
         "operators": {"kept": KEEP, "other families": "all of cosmic-ray's core operators"},
@@ -290,8 +291,37 @@ def report(module: str, work: Path) -> str:
     OUT.mkdir(parents=True, exist_ok=True)
     name = module.replace("/", "__").removesuffix(".py")
     (OUT / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
+    write_index()
     return f"{module}: {caught} killed, {counts['survived']} survived, {counts['equivalent']} equivalent, " \
            f"{counts['pending']} pending; score {record['score']}"
+
+
+def write_index() -> Path:
+    """``results/mutation/README.md``: one row per module with a committed score (written
+    from the JSON files, so it cannot disagree with them)."""
+    rows = []
+    for m in MODULES:
+        path = OUT / (m.replace("/", "__").removesuffix(".py") + ".json")
+        if not path.exists():
+            rows.append(f"| `{m}` | not yet run | | | | | |")
+            continue
+        r = json.loads(path.read_text())
+        rows.append(f"| `{m}` | {r['date']} | {r['commit'][:7]}"
+                    + (f" (survivors retested at {r['retest_commit'][:7]})" if r.get("retest_commit") else "")
+                    + f" | {r['killed'] + r['timeout'] + r['incompetent']} | {r['survived']} | {r['equivalent']}"
+                    f" | {r['score']} |")
+    text = (
+        "# Mutation testing: scores per module\n\n"
+        "Written by `tools/mutants.py` (`make mutants`, cosmic-ray; see docs/cli.md) from the JSON files here:\n"
+        "each lists the module's fast tests, the operators used, and every survivor with its diff and, when it\n"
+        "cannot change behaviour, why (`equivalent.yaml`). Score: killed / (killed + survived); equivalent\n"
+        "mutants are left out; a mutant that hangs the tests counts as killed. Aim: at least 0.85 per module.\n\n"
+        "| module | date | commit | killed | survived | equivalent | score |\n|---|---|---|---:|---:|---:|---:|\n"
+        + "\n".join(rows) + "\n"
+    )
+    out = OUT / "README.md"
+    out.write_text(text)
+    return out
 
 
 def main(argv=None) -> int:
