@@ -3,6 +3,7 @@ mutual information between member and niche) against closed forms."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -165,6 +166,8 @@ def test_registered_doc_and_default_weights():
         rewards.register_component("doc_from_fn", f)
         assert rewards.REWARD_COMPONENTS["doc_given"].doc == "given"
         assert rewards.REWARD_COMPONENTS["doc_from_fn"].doc == "docstring"
+        with pytest.raises(dataclasses.FrozenInstanceError):  # a registered entry changes only by replace=True
+            rewards.REWARD_COMPONENTS["doc_given"].default = (0.0, 1.0)
     finally:
         rewards.unregister_component("doc_given")
         rewards.unregister_component("doc_from_fn")
