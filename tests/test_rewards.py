@@ -168,9 +168,14 @@ def test_registered_doc_and_default_weights():
         assert rewards.REWARD_COMPONENTS["doc_from_fn"].doc == "docstring"
         with pytest.raises(dataclasses.FrozenInstanceError):  # a registered entry changes only by replace=True
             rewards.REWARD_COMPONENTS["doc_given"].default = (0.0, 1.0)
+        with pytest.raises(TypeError):  # the options are keyword-only: a stray positional is refused
+            rewards.register_component("positional", f, "member")
+        rewards.register_component(name="by_keyword", fn=f)
+        assert "positional" not in rewards.REWARD_COMPONENTS and "by_keyword" in rewards.REWARD_COMPONENTS
     finally:
         rewards.unregister_component("doc_given")
         rewards.unregister_component("doc_from_fn")
+        rewards.unregister_component("by_keyword")
     cfg = load_run_config(CONFIGS / "tiny.yaml", ["train.variants.rewards={}"])
     got = {k: list(v) for k, v in cfg.train.variants.rewards.items()}
     assert got == {"utility": [1.0, 1.0], **{c: [0.0, 0.0] for c in got if c != "utility"}}
