@@ -55,7 +55,7 @@ MODULES: dict[str, tuple[list[str], str]] = {
     "selfplay/evaluate.py": (["tests/test_behaviours.py", "tests/test_study.py", "tests/test_cli.py",
                               "tests/test_orders.py"], "test_behaviours or test_orders or eval or crossplay"),
     "selfplay/study.py": (["tests/test_study.py", "tests/test_welfare.py"], ""),
-    "selfplay/checkpoint.py": (["tests/test_checkpoints.py", "tests/test_reliability.py"], ""),
+    "selfplay/checkpoint.py": (["tests/test_checkpoints.py"], ""),
     "selfplay/run.py": (["tests/test_train.py", "tests/test_reliability.py", "tests/test_behaviours.py"],
                         "test_reliability or run_directory or ctrl_c or sigkill or nonfinite or lock or hidden"),
     "economy/production.py": (["tests/test_production.py", "tests/test_behaviours.py", "tests/test_env.py",
