@@ -49,6 +49,12 @@ def _case(seed: int):
     )
     x["goods"][:B, 0] = 0  # market 0: nobody holds good 0 (inputs run out)
     x["goods"][B:2 * B, 1] = MAX_HOLDING  # market 1: good 1 at the holding cap
+    # market 2: three agents turn good 0 into good 1 with room for one unit more of it only
+    rows = slice(2 * B, 2 * B + 3)
+    x["niche"][rows], x["goods"][rows, 0], x["goods"][rows, 1] = 1, 20, MAX_HOLDING - 1
+    x["skills"][rows, 1], x["richness"][2, 1] = 0.9, 2.0
+    i = 2 * B + 3  # and one works the custom niche with its inputs at hand
+    x["niche"][i], x["skills"][i, CUSTOM], x["goods"][i, [0, 2, 3]] = CUSTOM, 0.9, [10, 10, 0]
     return p, x
 
 
@@ -111,6 +117,14 @@ def test_work_matches_its_definition(run_work, seed):
     # the case exercises what it is meant to: rest, binding caps, idle inputs, the custom niche
     assert (x["niche"] == J).any() and (want["units"] == 0).any() and (want["units"] > 1).any()
     assert ((x["niche"] == CUSTOM) & (want["units"] > 0)).any()
+    assert (want["units"][2 * B:2 * B + 3] == 1).all()  # held to one unit by the room left for its output
+
+
+def test_work_takes_its_settings_by_keyword_only(run_work):
+    p, x = _case(0)
+    args = [p, *(x[k] for k in ("niche", "goods", "skills", "history", "richness", "labour", "project_mult", "u"))]
+    with pytest.raises(TypeError):
+        work(*args, M, MAX_HOLDING, FLOOR, DECAY)
 
 
 def test_per_agent_and_expected_effort():
