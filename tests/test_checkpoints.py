@@ -270,3 +270,21 @@ def test_an_unsealed_step_is_written_again_when_training_reaches_it(tmp_path, ca
     save_all(tmp_path, make(update=20, seed=20))
     assert "never completed" in capsys.readouterr().err
     assert_same(restore(tmp_path, make(update=0)), make(update=20, seed=20))
+
+
+def test_restore_an_explicit_step_and_a_step_without_its_meta_item(tmp_path, capsys):
+    """``restore(step=s)`` gives exactly step ``s`` (an older one too) and names the steps on
+    disk when ``s`` is not there; a step whose meta item is gone (a newer layout, damaged) is
+    unreadable and the next older step is used, not refused as the old position layout."""
+    save_all(tmp_path, make(update=10, seed=10), make(update=20, seed=20))
+    ckpt = Checkpoints(tmp_path, keep=5)
+    try:
+        assert_same(ckpt.restore(make(update=0), step=10), make(update=10, seed=10))
+        assert_same(ckpt.restore(make(update=0), step=20), make(update=20, seed=20))
+        with pytest.raises(CheckpointError, match=r"no checkpoint at update 15 .*\[10, 20\]"):
+            ckpt.restore(make(update=0), step=15)
+    finally:
+        ckpt.close()
+    shutil.rmtree(tmp_path / "20" / "meta")
+    assert_same(restore(tmp_path, make(update=0)), make(update=10, seed=10))
+    assert "step 20" in capsys.readouterr().err

@@ -144,3 +144,23 @@ def test_per_agent_and_expected_effort():
     want = (np.asarray(state.labour) * (FLOOR + (1 - FLOOR) * np.asarray(state.skills))
             * np.repeat(np.asarray(state.richness), B, axis=0) * mult[:, None])
     np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_a_rule_sees_step_zero_by_default_and_negative_effort_does_no_work():
+    """A niche's own rule reads ``ctx.step`` (0 unless the caller passes one) and may return
+    a negative effort, which is no work at all: never negative units, inputs returned."""
+    p, x = _case(0)
+    i = 2 * B + 3  # the custom-niche worker with its inputs at hand
+
+    def units(k, **step):
+        rule = CustomNiche(CUSTOM, lambda ctx: ctx.step.astype(jnp.float32) + ctx.params["k"], {"k": jnp.float32(k)})
+        out = work(p, *(jnp.asarray(x[k_]) for k_ in ("niche", "goods", "skills", "history", "richness", "labour",
+                                                      "project_mult", "u")),
+                   num_markets=M, max_holding=MAX_HOLDING, skill_floor=FLOOR, history_decay=DECAY, custom=[rule], **step)
+        return np.asarray(out.units), np.asarray(out.goods)
+
+    u0, _ = units(0.0)
+    assert u0[i] == 0 and units(0.0, step=2)[0][i] == 2
+    u_neg, goods = units(-3.0, step=0)
+    assert u_neg[i] == 0 and (u_neg >= 0).all()
+    np.testing.assert_array_equal(goods[i], x["goods"][i])
