@@ -159,8 +159,7 @@ def test_a_rule_sees_step_zero_by_default_and_negative_effort_does_no_work():
                    num_markets=M, max_holding=MAX_HOLDING, skill_floor=FLOOR, history_decay=DECAY, custom=[rule], **step)
         return np.asarray(out.units), np.asarray(out.goods)
 
-    u0, _ = units(0.0)
-    assert u0[i] == 0 and units(0.0, step=2)[0][i] == 2
+    assert units(1.0)[0][i] == 1 and units(0.0, step=2)[0][i] == 2  # effort 1 at step 0, 2 at step 2
     u_neg, goods = units(-3.0, step=0)
     assert u_neg[i] == 0 and (u_neg >= 0).all()
     np.testing.assert_array_equal(goods[i], x["goods"][i])
