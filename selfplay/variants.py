@@ -120,6 +120,24 @@ def names(target: str | None = None) -> tuple[str, ...]:
     return tuple(n for n, v in VARIANTS.items() if target is None or v.target == target)
 
 
+def table_md() -> str:
+    """``docs/variants.md``: every declared variant (this page is written from
+    :data:`VARIANTS`; a test keeps them equal, so a changed default range or bound is a
+    documented change)."""
+    lines = ["# RL variants", "",
+             "Every per-member hyperparameter, from its one declaration in `selfplay/variants.py` (this page is",
+             "written from it by `selfplay.variants.table_md()`; a test keeps them equal). Default: the range",
+             "members draw from when the config does not name it (`train.variants.<name>: [lo, hi]` sets it);",
+             "bounds: the closed interval a configured range must lie in and PBT's perturbation is clipped to;",
+             "perturb: how PBT's explore step moves a copied value by one of `train.pbt.perturb`'s two factors",
+             "`f` (`scale`: x f; `complement`: 1 - (1 - x) f; `none`: unchanged); target: where it acts.", "",
+             "| name | default | law | perturb | bounds | target | meaning |", "|:---|:---|:---|:---|:---|:---|:---|"]
+    for v in VARIANTS.values():
+        lines.append(f"| `{v.name}` | [{v.default[0]:g}, {v.default[1]:g}] | {v.law} | {v.perturb} "
+                     f"| [{v.bounds[0]:g}, {v.bounds[1]:g}] | {v.target} | {v.doc} |")
+    return "\n".join(lines) + "\n"
+
+
 # ---- built-in variants -----------------------------------------------------------------
 register_variant(Variant("learning_rate", (1e-3, 3e-3), "log_uniform", "scale", (1e-7, 1.0), "optimizer",
                          "Adam step size"))
@@ -132,4 +150,5 @@ register_variant(Variant("gamma", (0.9, 0.97), "uniform", "complement", (0.0, 1.
 register_variant(Variant("gae_lambda", (0.9, 0.97), "uniform", "complement", (0.0, 1.0), "gae", "GAE lambda"))
 
 
-__all__ = ["VARIANTS", "Variant", "draw", "names", "perturb", "register_variant", "sample", "unregister_variant"]
+__all__ = ["VARIANTS", "Variant", "draw", "names", "perturb", "register_variant", "sample", "table_md",
+           "unregister_variant"]

@@ -4,6 +4,7 @@ members, no trainer (the fast tests of ``make mutants``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -93,3 +94,32 @@ def test_declaration_rules_and_names_by_target():
     with pytest.raises(ValueError, match="default range"):
         variants.register_variant(Variant("bad_default", (0.3, 0.1)))
     assert "bad_default" not in variants.VARIANTS
+
+
+def test_perturb_at_factors_that_are_not_reciprocal():
+    """At factors (0.5, 3) (the default 0.8 and 1.25 are reciprocal, so x / f would pass for
+    x f): each perturbed value is exactly x f or 1 - (1 - x) f for one of the two, clipped to
+    the bounds (gamma 0.9 scaled by 3 in complement stays 1 - 0.3 = 0.7; learning rate 0.5
+    times 3 clips to 1)."""
+    hyper = {"learning_rate": jnp.full((64,), 0.5), "gamma": jnp.full((64,), 0.9)}
+    out = {k: np.asarray(v, np.float64)
+           for k, v in variants.perturb(jax.random.key(2), hyper, jnp.ones(64, bool), (0.5, 3.0)).items()}
+    assert set(np.round(out["learning_rate"], 6)) == {0.25, 1.0}
+    assert set(np.round(out["gamma"], 6)) == {0.95, 0.7}
+
+
+def test_a_variant_without_bounds_accepts_any_finite_range_and_is_never_clipped():
+    v = Variant("unbounded", (-2.0, 5.0))
+    assert v.bounds == (-math.inf, math.inf) and v.check_range(-1e6, 1e6) is None
+    try:
+        variants.register_variant(v)
+        out = variants.perturb(jax.random.key(0), {"unbounded": jnp.full((8,), -4.0)}, jnp.ones(8, bool), (0.5, 3.0))
+        assert set(np.asarray(out["unbounded"]).tolist()) <= {-2.0, -12.0}
+        with pytest.raises(dataclasses.FrozenInstanceError):  # a declaration is frozen: replace=True changes it
+            variants.VARIANTS["unbounded"].bounds = (0.0, 1.0)
+    finally:
+        variants.unregister_variant("unbounded")
+
+
+def test_the_variants_page_is_written_from_the_declarations(root):
+    assert (root / "docs" / "variants.md").read_text() == variants.table_md()
