@@ -120,6 +120,18 @@ def names(target: str | None = None) -> tuple[str, ...]:
     return tuple(n for n, v in VARIANTS.items() if target is None or v.target == target)
 
 
+# ---- built-in variants -----------------------------------------------------------------
+register_variant(Variant("learning_rate", (1e-3, 3e-3), "log_uniform", "scale", (1e-7, 1.0), "optimizer",
+                         "Adam step size"))
+register_variant(Variant("ent_coef", (3e-4, 3e-3), "log_uniform", "scale", (1e-8, 1.0), "loss",
+                         "entropy bonus (the entropy is summed over all heads' entries, about 40 nats at start)"))
+register_variant(Variant("clip_eps", (0.15, 0.3), "uniform", "scale", (0.02, 0.5), "loss",
+                         "PPO ratio clip (and the value clip, in normalised value units)"))
+register_variant(Variant("vf_coef", (0.5, 0.5), "uniform", "none", (0.0, 10.0), "loss", "value loss weight"))
+register_variant(Variant("gamma", (0.9, 0.97), "uniform", "complement", (0.0, 1.0), "gae", "discount"))
+register_variant(Variant("gae_lambda", (0.9, 0.97), "uniform", "complement", (0.0, 1.0), "gae", "GAE lambda"))
+
+
 def table_md() -> str:
     """``docs/variants.md``: every declared variant (this page is written from
     :data:`VARIANTS`; a test keeps them equal, so a changed default range or bound is a
@@ -137,17 +149,6 @@ def table_md() -> str:
                      f"| [{v.bounds[0]:g}, {v.bounds[1]:g}] | {v.target} | {v.doc} |")
     return "\n".join(lines) + "\n"
 
-
-# ---- built-in variants -----------------------------------------------------------------
-register_variant(Variant("learning_rate", (1e-3, 3e-3), "log_uniform", "scale", (1e-7, 1.0), "optimizer",
-                         "Adam step size"))
-register_variant(Variant("ent_coef", (3e-4, 3e-3), "log_uniform", "scale", (1e-8, 1.0), "loss",
-                         "entropy bonus (the entropy is summed over all heads' entries, about 40 nats at start)"))
-register_variant(Variant("clip_eps", (0.15, 0.3), "uniform", "scale", (0.02, 0.5), "loss",
-                         "PPO ratio clip (and the value clip, in normalised value units)"))
-register_variant(Variant("vf_coef", (0.5, 0.5), "uniform", "none", (0.0, 10.0), "loss", "value loss weight"))
-register_variant(Variant("gamma", (0.9, 0.97), "uniform", "complement", (0.0, 1.0), "gae", "discount"))
-register_variant(Variant("gae_lambda", (0.9, 0.97), "uniform", "complement", (0.0, 1.0), "gae", "GAE lambda"))
 
 
 __all__ = ["VARIANTS", "Variant", "draw", "names", "perturb", "register_variant", "sample", "table_md",
