@@ -288,3 +288,67 @@ def test_restore_an_explicit_step_and_a_step_without_its_meta_item(tmp_path, cap
     shutil.rmtree(tmp_path / "20" / "meta")
     assert_same(restore(tmp_path, make(update=0)), make(update=10, seed=10))
     assert "step 20" in capsys.readouterr().err
+
+
+def test_first_difference_names_the_leaf():
+    from selfplay.checkpoint import _first_difference
+
+    a, b, c = ({"path": p, "shape": [2], "dtype": "float32"} for p in "abc")
+    assert _first_difference([a, b], [a, b]) is None
+    assert _first_difference([a, b, c], [a, b]) == "'c' (in the checkpoint but not in this version's state)"
+    assert _first_difference([a, b], [a, b, c]) == "'c' (missing in the checkpoint)"
+    assert _first_difference([a, b], [b, a]) == "'b' (leaves in another order)"
+    wide = {**b, "shape": [3]}
+    assert _first_difference([a, b], [a, wide]) == "'b' (shape (2,) float32 in the checkpoint, (3,) float32 here)"
+
+
+def test_damaged_digest_records_are_named(tmp_path, capsys):
+    """DIGESTS.json edited into other valid JSON (a leaf digest changed) fails its own
+    digest; one that is not UTF-8 or not JSON is named damaged; either way the older step is
+    restored and the warning says why."""
+    from selfplay.checkpoint import verify_files
+
+    save_all(tmp_path, make(update=10, seed=10), make(update=20, seed=20))
+    path = tmp_path / "20" / DIGESTS
+    record = json.loads(path.read_text())
+    leaf = next(iter(record["leaves"]))
+    record["leaves"][leaf] = "0" * 64
+    path.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="its own digest does not match"):
+        verify_files(tmp_path / "20")
+    for raw in (b"\xff\xfe not utf-8", b'{"schema": 2, "files": '):
+        path.write_bytes(raw)
+        with pytest.raises(ValueError, match=f"{DIGESTS} is damaged \\("):
+            verify_files(tmp_path / "20")
+        assert_same(restore(tmp_path, make(update=0)), make(update=10, seed=10))
+        err = capsys.readouterr().err
+        assert "step 20" in err and f"{DIGESTS} is damaged" in err, err
+
+
+def test_leaf_digests_of_host_and_device_arrays_agree():
+    from selfplay.checkpoint import leaf_digest
+
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    assert leaf_digest(x) == leaf_digest(jnp.asarray(x)) != leaf_digest(x.reshape(3, 2))
+    assert leaf_digest(x) != leaf_digest(x.astype(np.float64))
+
+
+def test_only_the_event_loop_noise_of_a_failed_read_is_dropped(monkeypatch):
+    """Inside ``_quiet_failed_read`` an unraisable "Event loop is closed" RuntimeError is
+    dropped and any other unraisable still reaches the previous hook; a failed read settles
+    for a moment and its own error propagates unchanged."""
+    import sys
+    import types
+
+    from selfplay.checkpoint import _quiet_failed_read
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(str(u.exc_value)))
+    with _quiet_failed_read(settle_s=0.0):
+        sys.unraisablehook(types.SimpleNamespace(exc_value=RuntimeError("Event loop is closed")))
+        sys.unraisablehook(types.SimpleNamespace(exc_value=RuntimeError("something else")))
+        sys.unraisablehook(types.SimpleNamespace(exc_value=ValueError("Event loop is closed")))
+    assert seen == ["something else", "Event loop is closed"]
+    with pytest.raises(KeyError, match="the read's own error"):
+        with _quiet_failed_read():
+            raise KeyError("the read's own error")
