@@ -150,6 +150,5 @@ def table_md() -> str:
     return "\n".join(lines) + "\n"
 
 
-
 __all__ = ["VARIANTS", "Variant", "draw", "names", "perturb", "register_variant", "sample", "table_md",
            "unregister_variant"]

@@ -103,8 +103,14 @@ def tool(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
 
+def flat_name(module: str) -> str:
+    """``selfplay/population.py`` -> ``selfplay__population``: the module's session folder and
+    its results file."""
+    return module.replace("/", "__").removesuffix(".py")
+
+
 def session_dir(work: Path, module: str) -> Path:
-    return work / module.replace("/", "__").removesuffix(".py")
+    return work / flat_name(module)
 
 
 def prepare(module: str, work: Path, timeout: float, fresh: bool) -> Path:
@@ -289,7 +295,7 @@ def report(module: str, work: Path) -> str:
         "survivors": survivors,
     }
     OUT.mkdir(parents=True, exist_ok=True)
-    name = module.replace("/", "__").removesuffix(".py")
+    name = flat_name(module)
     (OUT / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
     write_index()
     return f"{module}: {caught} killed, {counts['survived']} survived, {counts['equivalent']} equivalent, " \
@@ -301,7 +307,7 @@ def write_index() -> Path:
     from the JSON files, so it cannot disagree with them)."""
     rows = []
     for m in MODULES:
-        path = OUT / (m.replace("/", "__").removesuffix(".py") + ".json")
+        path = OUT / f"{flat_name(m)}.json"
         if not path.exists():
             rows.append(f"| `{m}` | not yet run | | | | | |")
             continue
