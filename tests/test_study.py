@@ -1,6 +1,6 @@
 """``agora eval`` and ``agora study`` end to end on the smoke study (configs/studies/smoke.yaml:
-2 conditions x 2 seeds of the tiny economy), and the evaluation metrics against closed
-forms.
+2 conditions x 2 seeds of the tiny economy); the evaluation's metrics against closed forms
+and its plumbing on untrained runs are in tests/test_evaluate.py.
 
 One smoke study (four short runs) serves the module: its run directories are the
 populations that ``agora eval`` and cross-play evaluate. Compiled programs are shared
@@ -10,13 +10,11 @@ recompile nothing.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import shutil
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 import yaml
@@ -264,42 +262,6 @@ def test_eval_is_deterministic_and_writes_eval_json(smoke, capsys):
 def r_frontier(d: Path) -> dict:
     f = _results(d)["frontier"]
     return {"market": f["market frontier"]["utility"], "first_best": f["first-best"]["utility"]}
-
-
-def test_population_utility_is_what_eval_measures(smoke):
-    """benchmarks/time_to_quality.py's measure (one compile for every state) gives agora
-    eval's utility for the same run, worlds, keys, steps and burn-in."""
-    from selfplay.evaluate import EvalSettings, evaluate_population, load_run, population_utility
-
-    cfg, trainer, ts = load_run(smoke / "runs" / "spec_on" / "seed_0")
-    s = EvalSettings(worlds=2, steps=30, burn_in=5).resolved(cfg)
-    want = evaluate_population(cfg, trainer, ts, s)["utility"]
-    measure = population_utility(trainer, s)
-    assert measure(ts) == pytest.approx(want, rel=1e-5)
-    # the parameters are an argument, not baked into the compiled program
-    other = ts.replace(params=jax.tree.map(lambda x: x * 0, ts.params))  # uniform play
-    assert measure(other) != measure(ts) and measure(ts) == pytest.approx(want, rel=1e-5)
-
-
-def test_scripted_baseline_equals_simulate_on_the_same_world_and_key(smoke):
-    """The evaluation's scripted numbers are those of ``selfplay.simulate.rollout`` (what
-    ``agora simulate`` runs) on the same world and action key."""
-    from agents.scripted import scripted_actions
-    from economy import Economy
-    from selfplay.config import load_run_config
-    from selfplay.evaluate import EvalSettings, eval_keys, evaluate_baseline
-    from selfplay.simulate import rollout
-
-    cfg = load_run_config(CONFIGS / "tiny.yaml")
-    env = Economy(cfg.economy)
-    s = EvalSettings(worlds=1, steps=30, burn_in=5).resolved(cfg)
-    got = evaluate_baseline(env, "scripted", s)
-    world, key = eval_keys(env, 1)[0]
-    _, state = env.reset(world)
-    _, m = jax.jit(functools.partial(rollout, env, functools.partial(scripted_actions, env), steps=30))(key, state)
-    assert got["utility"] == pytest.approx(float(np.mean(np.asarray(m["utility"], np.float64)[5:])), rel=1e-5)
-    shares = np.asarray(m["niche_shares"], np.float64)[5:].mean(0)
-    np.testing.assert_allclose(got["niche_shares"], shares, rtol=1e-5)
 
 
 def test_crossplay_against_itself_and_mismatched_economies(smoke, tmp_path, capsys):
