@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="run config YAML (e.g. configs/demo.yaml)")
     train.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.members=8")
     train.add_argument("--run-dir", help="run directory (default: train.run_dir, {name} = the config's stem)")
-    train.add_argument("--no-resume", action="store_true", help="start afresh even if the run directory has a checkpoint")
+    train.add_argument("--no-resume", action="store_true", help="start afresh even if the run directory has a checkpoint (the earlier run's files move to RUN_DIR/earlier/K/)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     dist = train.add_argument_group(
         "several hosts",

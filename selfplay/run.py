@@ -116,9 +116,42 @@ def snapshot(cfg: RunConfig) -> dict:
     return cfg.model_dump(mode="json")
 
 
+EARLIER = "earlier"  # a run directory's folder of the runs it held before a fresh start
+
+
+def set_aside(run_dir: Path) -> Path | None:
+    """Move what an earlier run wrote in ``run_dir`` (checkpoints, logs, TensorBoard,
+    evaluation, report, config snapshot) into ``run_dir/earlier/K/`` (``K`` = 1, 2, ...: the
+    first free), so that a fresh start (``--no-resume``) neither mixes two runs' checkpoints
+    and logs nor loses the earlier one. Returns the folder, or None when there was nothing."""
+    if not run_dir.is_dir():
+        return None
+    kept = {LOCK_FILE, EARLIER}
+    entries = [p for p in sorted(run_dir.iterdir()) if p.name not in kept]
+    if not any(p.name != "config.yaml" for p in entries):
+        return None
+    k = 1
+    while (run_dir / EARLIER / str(k)).exists():
+        k += 1
+    dest = run_dir / EARLIER / str(k)
+    dest.mkdir(parents=True)
+    for p in entries:
+        p.rename(dest / p.name)
+    return dest
+
+
 def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, write: bool = True) -> None:
     """Create ``run_dir`` and write the config snapshot (if ``write``: process 0); refuse
-    to resume a run whose snapshot differs from ``cfg`` (naming the differing keys)."""
+    to resume a run whose snapshot differs from ``cfg`` (naming the differing keys). A fresh
+    start (not ``resume``) first sets an earlier run's files aside (:func:`set_aside`)."""
+    if not resume and write:
+        moved = set_aside(run_dir)
+        if moved is not None:
+            print(f"starting afresh: the earlier run's files are now in {moved}")
+    if not resume and jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("agora: run directory prepared")  # before any process opens checkpoints/
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "config.yaml"
     new = snapshot(cfg)

@@ -56,14 +56,20 @@ MODULES: dict[str, tuple[list[str], str]] = {
                              "test_evaluate or league_players"),
     "selfplay/study.py": (["tests/test_study.py", "tests/test_welfare.py"], ""),
     "selfplay/checkpoint.py": (["tests/test_checkpoints.py"], ""),
-    "selfplay/run.py": (["tests/test_train.py", "tests/test_reliability.py", "tests/test_behaviours.py"],
-                        "test_reliability or run_directory or ctrl_c or sigkill or nonfinite or lock or hidden"),
+    "selfplay/run.py": (["tests/test_run.py"], ""),
     "economy/production.py": (["tests/test_production.py", "tests/test_behaviours.py", "tests/test_env.py",
                                "tests/test_registry.py", "tests/test_treasury.py"],
                               "test_production or skill or learning_by_doing or public_project or ledger_every_mode or observed_niche_values "
                               "or near_cap or niche_recipe or tooled or congestion or readme_rule or procurement"),
     "economy/interop/pettingzoo.py": (["tests/test_pettingzoo.py"], ""),
     "analysis/study_report.py": (["tests/test_study_report.py", "tests/test_results.py"], ""),
+}
+
+# Modules mutated only in part: the top-level functions and classes named (the issue asks
+# for the guard and the lock of selfplay/run.py, not its logging and dashboards).
+SCOPE: dict[str, tuple[str, ...]] = {
+    "selfplay/run.py": ("RunDirLocked", "NonFiniteError", "run_dir_lock", "inject_nan", "nonfinite_report",
+                        "set_aside", "prepare_run_dir", "train_run", "_train_locked"),
 }
 
 # Realistic one-token bugs: a sign, an operator swapped for its sibling, an off-by-one
@@ -143,7 +149,41 @@ def prepare(module: str, work: Path, timeout: float, fresh: bool) -> Path:
     run(tool("cr-filter-operators"), str(db), str(cfg))
     run(tool("cr-filter-pragma"), str(db))
     skip_annotations(db, repo / module)
+    if module in SCOPE:
+        skip_outside(db, repo / module, SCOPE[module])
     return d
+
+
+def scope_spans(path: Path, names: tuple[str, ...]) -> list[tuple[int, int]]:
+    """``(first line, last line)`` of each top-level function or class of ``path`` named in
+    ``names`` (decorators included); raises if one is missing, so a renamed function is not
+    silently left out."""
+    found = {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name in names:
+            first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+            found[node.name] = (first, node.end_lineno)
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise SystemExit(f"mutants: {path} has no top-level {', '.join(missing)} (tools/mutants.py SCOPE)")
+    return list(found.values())
+
+
+def skip_outside(db: Path, module: Path, names: tuple[str, ...]) -> int:
+    """Mark the mutants outside the scoped functions and classes (:data:`SCOPE`) as skipped;
+    returns how many."""
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
+
+    spans = scope_spans(module, names)
+    n = 0
+    with use_db(str(db), WorkDB.Mode.open) as work_db:
+        for item in list(work_db.work_items):
+            line = item.mutations[0].start_pos[0]
+            if not any(a <= line <= b for a, b in spans):
+                work_db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
+                n += 1
+    return n
 
 
 def annotation_spans(path: Path) -> list[tuple[tuple[int, int], tuple[int, int]]]:
@@ -290,6 +330,7 @@ def report(module: str, work: Path) -> str:
         "operators": {"kept": KEEP, "other families": "all of cosmic-ray's core operators"},
         "retest_commit": retested.get("commit"),  # survivors run again against the tests of this commit
         "tests": {"files": MODULES[module][0], "k": MODULES[module][1]},
+        "scope": list(SCOPE.get(module, ("the whole module",))),
         **counts,
         "score": round(caught / scored, 4) if scored else None,  # killed / non-equivalent (timeouts count as killed)
         "survivors": survivors,
@@ -312,7 +353,8 @@ def write_index() -> Path:
             rows.append(f"| `{m}` | not yet run | | | | | |")
             continue
         r = json.loads(path.read_text())
-        rows.append(f"| `{m}` | {r['date']} | {r['commit'][:7]}"
+        part = f" ({', '.join(SCOPE[m])} only)" if m in SCOPE else ""
+        rows.append(f"| `{m}`{part} | {r['date']} | {r['commit'][:7]}"
                     + (f" (survivors retested at {r['retest_commit'][:7]})" if r.get("retest_commit") else "")
                     + f" | {r['killed'] + r['timeout'] + r['incompetent']} | {r['survived']} | {r['equivalent']}"
                     f" | {r['score']} |")
