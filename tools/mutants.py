@@ -54,7 +54,7 @@ MODULES: dict[str, tuple[list[str], str]] = {
     "selfplay/rewards.py": (["tests/test_rewards.py", "tests/test_layout.py"], "test_rewards or social_component"),
     "selfplay/evaluate.py": (["tests/test_evaluate.py", "tests/test_behaviours.py"],
                              "test_evaluate or league_players"),
-    "selfplay/study.py": (["tests/test_study.py", "tests/test_welfare.py"], ""),
+    "selfplay/study.py": (["tests/test_study_files.py"], ""),
     "selfplay/checkpoint.py": (["tests/test_checkpoints.py"], ""),
     "selfplay/run.py": (["tests/test_run.py"], ""),
     "economy/production.py": (["tests/test_production.py", "tests/test_behaviours.py", "tests/test_env.py",

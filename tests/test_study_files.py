@@ -1,0 +1,318 @@
+"""``selfplay.study``'s bookkeeping without training: the study file, shards, which runs are
+complete, what a (resumed, sharded) study trains and evaluates, the mean and interval over
+seeds, merging results aggregated elsewhere, and the cached baselines.
+
+Training and evaluation are replaced by stand-ins that write what they would (a checkpoint
+folder, an ``eval.json`` of made-up metrics), so these tests take seconds: they are the
+mutation tests of ``selfplay/study.py`` (tools/mutants.py). tests/test_study.py runs the
+smoke study end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import yaml
+
+from economy import ConfigError
+from selfplay import study as S
+from selfplay.evaluate import METRICS, EvalSettings
+from tests.conftest import CONFIGS
+
+J = 7  # niches of the tiny economy
+
+
+def _write_study(tmp_path, **fields):
+    data = {"config": str(CONFIGS / "tiny.yaml"), "overrides": ["train.updates=4"],
+            "conditions": [{"name": "plain"}, {"name": "decay", "overrides": ["economy.project.decay=0.1"]}],
+            "seeds": 2, "eval": {"worlds": 1, "steps": 8, "burn_in": 2}, "frontier": None}
+    data.update(fields)
+    path = tmp_path / "mini.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _metrics(seed: int, condition: str) -> dict:
+    """Made-up metrics of a run: distinct per run, the member metrics set."""
+    x = 0.1 * (seed + 1) + (0.5 if condition == "decay" else 0.0)
+    out = {k: x for k in METRICS}
+    out["niche_shares"] = [x / J] * J + [1 - x]
+    out["active_niches"] = 3.0 + seed
+    return out
+
+
+class Fakes:
+    """Stand-ins for ``train_run`` and ``evaluate_run``, recording their calls."""
+
+    def __init__(self, monkeypatch):
+        self.trained, self.evaluated = [], []
+        import selfplay.evaluate
+        import selfplay.run
+
+        monkeypatch.setattr(selfplay.run, "train_run", self.train_run)
+        monkeypatch.setattr(selfplay.evaluate, "evaluate_run", self.evaluate_run)
+        monkeypatch.setattr(selfplay.evaluate, "evaluate_baseline", self.evaluate_baseline)
+        self.baselines = []
+
+    def train_run(self, cfg, run_dir, resume, progress, on_update):
+        assert resume is True and progress is False
+        self.trained.append(run_dir)
+        ck = run_dir / "checkpoints"
+        start = max((int(p.name) for p in ck.iterdir()), default=0) if ck.is_dir() else 0
+        for u in range(start + 1, cfg.train.updates + 1):
+            on_update(u, {})
+        (run_dir / "checkpoints" / str(cfg.train.updates)).mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+
+    def evaluate_run(self, run_dir, settings, baselines, frontier, log):
+        assert baselines is False
+        self.evaluated.append(run_dir)
+        seed, condition = int(run_dir.name.removeprefix("seed_")), run_dir.parent.name
+        updates = max(int(p.name) for p in (run_dir / "checkpoints").iterdir())
+        (run_dir / "eval.json").write_text(json.dumps(
+            {"policies": {"trained": _metrics(seed, condition)}, **settings.record(), "update": updates}))
+
+    def evaluate_baseline(self, env, name, settings):
+        self.baselines.append((name, env.cfg.project.decay))
+        return {**{k: None for k in METRICS}, "utility": {"scripted": 0.3, "random": 0.1}[name] + env.cfg.project.decay,
+                "niche_shares": [1 / (J + 1)] * (J + 1)}
+
+
+# ---- the study file -------------------------------------------------------------------------------
+def test_a_study_file_gives_every_condition_and_seed_its_run(tmp_path):
+    st = S.load_study(_write_study(tmp_path, seeds=[3, 5]), study_dir=tmp_path / "d")
+    assert st.name == "mini" and st.study_dir == tmp_path / "d"
+    assert [(r.condition, r.seed) for r in st.runs] == [("plain", 3), ("plain", 5), ("decay", 3), ("decay", 5)]
+    assert [r.run_dir for r in st.runs][2] == tmp_path / "d" / "runs" / "decay" / "seed_3" == st.run_dir("decay", 3)
+    assert [r.cfg.train.seed for r in st.runs] == [3, 5, 3, 5]
+    assert all(r.cfg.train.updates == 4 for r in st.runs)  # the study's overrides, then the condition's
+    assert [r.cfg.economy.project.decay for r in st.runs][1:3] != [0.1, 0.1] and st.runs[2].cfg.economy.project.decay == 0.1
+    assert st.settings == EvalSettings(1, 8, 2, False)
+    named = S.load_study(_write_study(tmp_path, name="other", eval={"worlds": 2}))
+    assert named.name == "other" and str(named.study_dir) == "runs/studies/other"
+    assert named.settings == EvalSettings(2, 50, 12, False) and named.cfg.seed_list == [0, 1]
+    assert S.load_study(_write_study(tmp_path, study_dir="x/{name}/y")).study_dir.as_posix() == "x/mini/y"
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"seeds": 0}, "seeds=0: at least one seed"),
+    ({"seeds": []}, r"seeds=\[\]: at least one seed"),
+    ({"seeds": [1, 1]}, "distinct non-negative"),
+    ({"seeds": [2, -1]}, "distinct non-negative"),
+    ({"conditions": [{"name": "a"}, {"name": "b"}, {"name": "a"}]}, r"duplicate names \['a'\]"),
+    ({"conditions": [{"name": "a/b"}]}, "names a folder"),
+    ({"conditions": [{"name": ""}]}, "names a folder"),
+    ({"conditions": []}, "conditions"),
+    ({"eval": {"worlds": 0}}, "eval.worlds"),
+    ({"eval": {"steps": 8, "burn_in": 8}}, "--burn-in=8"),
+    ({"colour": "red"}, "colour"),
+    ({"config": "nowhere.yaml"}, "config='nowhere.yaml': run config not found"),
+    ({"conditions": [{"name": "ok"}, {"name": "bad", "overrides": ["train.members=0"]}]},
+     r"conditions\.bad \(seed 0\)"),
+])
+def test_a_bad_study_file_is_refused_naming_the_problem(tmp_path, fields, message):
+    with pytest.raises(ConfigError, match=message):
+        S.load_study(_write_study(tmp_path, **fields))
+
+
+def test_shards_from_the_command_line_and_a_slurm_array(monkeypatch):
+    for k in ("SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN"):
+        monkeypatch.delenv(k, raising=False)
+    assert S.parse_shard("2/5") == (2, 5) and S.parse_shard("1/1") == (1, 1) and S.parse_shard("5/5") == (5, 5)
+    for bad in ("0/3", "4/3", "1/0", "a/b", "3", "1/2/3"):
+        with pytest.raises(ConfigError, match="--shard"):
+            S.parse_shard(bad)
+    assert S.parse_shard(None) is None
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "4")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
+    assert S.parse_shard(None) == (3, 4)  # ids from 0 unless told
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "1")
+    assert S.parse_shard(None) == (2, 4)
+    assert S.parse_shard("1/2") == (1, 2)  # the command line wins
+
+
+# ---- completeness and resuming --------------------------------------------------------------------
+def test_a_run_is_complete_when_evaluated_at_its_last_update_with_the_studys_settings(tmp_path):
+    st = S.load_study(_write_study(tmp_path), study_dir=tmp_path / "d")
+    run, s = st.runs[0], st.settings
+    assert not S.complete(run, s)
+    run.run_dir.mkdir(parents=True)
+    path = run.run_dir / "eval.json"
+    path.write_text("{ torn")
+    assert not S.complete(run, s)
+    good = {**s.record(), "update": 4}
+    path.write_text(json.dumps(good))
+    assert S.complete(run, s)
+    for k, v in [("update", 3), ("worlds", 2), ("steps", 9), ("burn_in", 1), ("greedy", True)]:
+        path.write_text(json.dumps({**good, k: v}))
+        assert not S.complete(run, s), k
+
+
+def test_done_updates_is_the_newest_checkpoint_folder(tmp_path):
+    st = S.load_study(_write_study(tmp_path), study_dir=tmp_path / "d")
+    run = st.runs[0]
+    assert S._done_updates(run) == 0
+    for name in ("3", "12", "7", "12.orbax-checkpoint-tmp", "tmp"):
+        (run.run_dir / "checkpoints" / name).mkdir(parents=True)
+    assert S._done_updates(run) == 12
+
+
+def test_a_study_trains_what_is_missing_and_evaluates_what_is_stale(tmp_path, monkeypatch):
+    fakes = Fakes(monkeypatch)
+    st = S.load_study(_write_study(tmp_path), study_dir=tmp_path / "d")
+    logs = []
+    done = S.run_study(st, shard=(2, 2), progress=False, log=logs.append)
+    assert [(r.condition, r.seed) for r in done] == [("plain", 1), ("decay", 1)]  # every 2nd run from the 2nd
+    assert fakes.trained == fakes.evaluated == [st.runs[1].run_dir, st.runs[3].run_dir]
+    assert logs[0].endswith("4 runs (2 conditions x 2 seeds); this process: 2, 0 complete")
+    fakes.trained.clear(), fakes.evaluated.clear()
+    # a run trained to its end whose eval.json is stale is evaluated again, not retrained
+    stale = st.runs[1].run_dir / "eval.json"
+    stale.write_text(json.dumps({**json.loads(stale.read_text()), "steps": 99}))
+    # a run killed mid-training resumes
+    (st.runs[0].run_dir / "checkpoints" / "2").mkdir(parents=True)
+    done = S.run_study(st, progress=False, log=logs.append)
+    assert [(r.condition, r.seed) for r in done] == [("plain", 0), ("plain", 1), ("decay", 0)]
+    assert fakes.trained == [st.runs[0].run_dir, st.runs[2].run_dir]
+    assert fakes.evaluated == [st.runs[0].run_dir, st.runs[1].run_dir, st.runs[2].run_dir]
+    assert logs[-1].endswith("this process: 4, 1 complete")
+    assert all(S.complete(r, st.settings) for r in st.runs)
+    assert S.run_study(st, progress=False, log=logs.append) == [] and logs[-1].endswith("this process: 4, 4 complete")
+
+
+# ---- mean and interval over seeds -----------------------------------------------------------------------
+def test_the_interval_over_seeds_is_students_t_clipped_to_the_metrics_range():
+    mean, ci = S.mean_ci([1.0, 2.0, 3.0])
+    half = 4.302652729911275 / math.sqrt(3)  # t(0.975, 2) * sd 1 / sqrt(3)
+    assert mean == 2.0 and ci == pytest.approx([2 - half, 2 + half])
+    mean, ci = S.mean_ci([0.1, 0.12], lo=0.0, hi=1.0)
+    half = 12.706204736 * 0.02 / math.sqrt(2) / math.sqrt(2)  # t(0.975, 1) * sd / sqrt(2)
+    assert mean == pytest.approx(0.11) and ci[0] == 0.0 and ci[1] == pytest.approx(0.11 + half)
+    assert S.mean_ci([0.9, 0.95, 1.0], hi=1.0)[1][1] == 1.0
+    assert S.mean_ci([5.0]) == (5.0, None)
+    assert S.mean_ci([1.0, None]) == (None, None)
+    mean, ci = S.mean_ci([[0.0, 1.0], [2.0, 1.0]])
+    assert mean == [1.0, 1.0] and ci[1] == [1.0, 1.0] and ci[0][0] < 0 < 2 < ci[0][1]
+
+
+def test_a_condition_summary_over_its_seeds(tmp_path):
+    seeds = {"0": _metrics(0, "plain"), "1": _metrics(1, "plain"), "2": _metrics(2, "plain")}
+    mean, ci = S.summarise(seeds, J)
+    assert list(mean) == list(METRICS) == list(ci)
+    assert mean["utility"] == pytest.approx(0.2) and ci["utility"][0] < 0.2 < ci["utility"][1]
+    assert mean["active_niches"] == 4.0 and ci["active_niches"][1] <= J  # within 0 .. J niches
+    assert ci["largest_output_share"][0] >= 0.0
+    assert S.summarise({}, J) == ({k: None for k in METRICS}, {k: None for k in METRICS})
+
+
+# ---- aggregating, merging, baselines --------------------------------------------------------------------
+def _trained_study(tmp_path, monkeypatch):
+    fakes = Fakes(monkeypatch)
+    st = S.load_study(_write_study(tmp_path), study_dir=tmp_path / "d")
+    S.run_study(st, progress=False, log=lambda *_: None)
+    return st, fakes
+
+
+def test_aggregate_means_every_complete_run_and_lists_the_missing(tmp_path, monkeypatch):
+    st, fakes = _trained_study(tmp_path, monkeypatch)
+    (st.runs[3].run_dir / "eval.json").unlink()
+    r = S.aggregate(st)
+    assert r == json.loads((st.study_dir / "results.json").read_text())
+    assert (st.study_dir / "results.md").is_file() and (st.study_dir / "report.html").is_file()
+    assert r["study"] == "mini" and r["eval"] == st.settings.record() and r["metrics"] == list(METRICS)
+    assert r["missing"] == ["runs/decay/seed_1"] and r["niche_names"][-1] == "rest" and len(r["niche_names"]) == J + 1
+    plain, decay = r["conditions"]["plain"], r["conditions"]["decay"]
+    assert plain["overrides"] == ["train.updates=4"] and decay["overrides"] == ["train.updates=4", "economy.project.decay=0.1"]
+    assert sorted(plain["seeds"]) == ["0", "1"] and list(decay["seeds"]) == ["0"]
+    assert plain["run_dirs"] == {"0": "runs/plain/seed_0", "1": "runs/plain/seed_1"}
+    assert plain["mean"]["utility"] == pytest.approx(0.15) and decay["mean"]["utility"] == pytest.approx(0.6)
+    assert decay["ci95"]["utility"] is None  # one seed: no interval
+    assert plain["seeds"]["1"]["efficiency"] is None  # no frontier in this study
+    # the baselines: scripted and random in the first run's economy, scripted in each other economy
+    assert set(r["baselines"]) == {"scripted", "random", "scripted (decay)"}
+    assert r["baselines"]["scripted (decay)"]["utility"] == pytest.approx(0.4)
+    assert sorted(fakes.baselines) == sorted([("scripted", st.runs[0].cfg.economy.project.decay),
+                                              ("random", st.runs[0].cfg.economy.project.decay), ("scripted", 0.1)])
+    S.aggregate(st)
+    assert len(fakes.baselines) == 3  # cached in baselines.json with their settings and economies
+    cached = json.loads((st.study_dir / "baselines.json").read_text())
+    cached["settings"]["steps"] = 99
+    (st.study_dir / "baselines.json").write_text(json.dumps(cached))
+    S.aggregate(st)
+    assert len(fakes.baselines) == 6  # measured again: the cache was of other settings
+
+
+def test_merged_results_fill_the_missing_runs_only_and_must_be_this_studys(tmp_path, monkeypatch):
+    st, fakes = _trained_study(tmp_path, monkeypatch)
+    other = json.loads(json.dumps(S.aggregate(st)))
+    other["conditions"]["decay"]["seeds"]["1"]["utility"] = 0.99
+    other["conditions"]["plain"]["seeds"]["0"]["utility"] = -5.0
+    other["baselines"]["scripted (decay)"]["utility"] = 0.77
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps(other))
+    (st.runs[3].run_dir / "eval.json").unlink()
+    (st.study_dir / "baselines.json").unlink()
+    r = S.aggregate(st, merge=[path])
+    decay = r["conditions"]["decay"]
+    assert decay["seeds"]["1"]["utility"] == 0.99 and decay["merged_from"] == {"1": str(path)}
+    assert r["conditions"]["plain"]["seeds"]["0"]["utility"] == pytest.approx(0.1)  # complete here: never replaced
+    assert "merged_from" not in r["conditions"]["plain"] and r["missing"] == []
+    assert r["baselines"]["scripted (decay)"]["utility"] == 0.77  # not measured here: taken from the merge
+    assert decay["run_dirs"] == {"0": "runs/decay/seed_0"}
+
+    def refused(edit, message):
+        bad = json.loads(json.dumps(other))
+        edit(bad)
+        p = tmp_path / "bad.json"
+        p.write_text(json.dumps(bad))
+        with pytest.raises(ConfigError, match=message):
+            S.load_merge(st, [p])
+
+    refused(lambda b: b.update(study="else"), "results of study 'else', not 'mini'")
+    refused(lambda b: b["eval"].update(worlds=3), "evaluated with")
+    refused(lambda b: b["conditions"]["decay"].update(overrides=["x=1"]), "condition 'decay' ran with overrides")
+    refused(lambda b: b.pop("conditions"), "no conditions")
+    with pytest.raises(ConfigError, match="not found"):
+        S.load_merge(st, [tmp_path / "none.json"])
+    (tmp_path / "torn.json").write_text("{")
+    with pytest.raises(ConfigError, match="not a results.json"):
+        S.load_merge(st, [tmp_path / "torn.json"])
+    (tmp_path / "list.json").write_text("[]")
+    with pytest.raises(ConfigError, match="no conditions"):
+        S.load_merge(st, [tmp_path / "list.json"])
+    assert S.load_merge(st, [path]) == [(str(path), other)]
+
+
+def test_attach_frontier_measures_every_row_against_it(tmp_path, monkeypatch):
+    st, _ = _trained_study(tmp_path, monkeypatch)
+    r = S.aggregate(st)
+    fr = {"market": {"utility": 0.5, "stderr": 0.01, "shares": [1 / J] * J, "project_stock": 3.0, "evaluations": 9},
+          "first_best": {"utility": 1.0, "shares": [1 / J] * J, "project_multiplier": 1.2}}
+    out = S.attach_frontier(r, fr)
+    plain = out["conditions"]["plain"]
+    assert plain["seeds"]["1"]["efficiency"] == pytest.approx(0.2 / 0.5)
+    assert plain["mean"]["efficiency"] == pytest.approx(np.mean([0.1 / 0.5, 0.2 / 0.5]))
+    assert plain["ci95"]["efficiency"][0] < plain["mean"]["efficiency"] < plain["ci95"]["efficiency"][1]
+    random = 0.1 + st.runs[0].cfg.economy.project.decay  # the stand-in's utility
+    assert out["baselines"]["random"]["efficiency_first_best"] == pytest.approx(random / 1.0)
+    assert out["frontier"]["market frontier"]["utility"] == 0.5 and out["ci_method"] == S.CI_METHOD
+    assert r["conditions"]["plain"]["seeds"]["1"]["efficiency"] is None  # the input is not changed
+
+
+def test_the_compile_cache_is_the_studys_unless_one_is_set(tmp_path, monkeypatch):
+    import jax
+
+    before = jax.config.jax_compilation_cache_dir
+    S.enable_compile_cache(tmp_path)
+    assert jax.config.jax_compilation_cache_dir == before  # the tests' cache is set: kept
+    try:
+        jax.config.update("jax_compilation_cache_dir", None)
+        S.enable_compile_cache(tmp_path)
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / ".jax_cache")
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.5
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
