@@ -57,6 +57,22 @@ def test_lineage_cap_with_several_copies_in_one_round():
     # because it left may slot 4 then copy slot 1; slot 3 copies slot 2.
     founder = jnp.asarray([0, 1, 4, 2, 3, 1])
     assert np.asarray(pop.pbt_sources(fit, 0.5, founder, 0.34)).tolist() == [0, 1, 2, 2, 1, 0]
+    # lineage 1 holds three slots (1, 3, 5: over the cap of 2): slot 5 leaves it to copy slot
+    # 0, leaving it two, still at the cap, so slot 4 may not copy slot 1; slot 3 copies slot 2.
+    founder = [0, 1, 2, 1, 4, 1]
+    want = [0, 1, 2, 2, 4, 0]
+    assert _reference_sources(np.asarray(fit), 0.5, founder, 0.34) == want
+    assert np.asarray(pop.pbt_sources(fit, 0.5, jnp.asarray(founder), 0.34)).tolist() == want
+    # cap floor(0.5 * 8) = 4, lineage 0 holds slots 0 and 1: both pairs (7 <- 0), (6 <- 1) copy
+    # from it, the second one filling it exactly to the cap.
+    fit8 = jnp.arange(8.0, 0.0, -1.0)
+    founder = [0, 0, 2, 3, 4, 5, 6, 7]
+    want = [0, 1, 2, 3, 4, 5, 1, 0]
+    assert _reference_sources(np.asarray(fit8), 0.25, founder, 0.5) == want
+    assert np.asarray(pop.pbt_sources(fit8, 0.25, jnp.asarray(founder), 0.5)).tolist() == want
+    # without a share, founders do not cap anything
+    distinct = jnp.arange(6, dtype=jnp.int32)
+    assert np.asarray(pop.pbt_sources(fit, 0.5, distinct)).tolist() == [0, 1, 2, 2, 1, 0]
     rng = np.random.default_rng(0)
     for _ in range(60):
         p = int(rng.choice([4, 6]))
