@@ -58,6 +58,7 @@ def soak_economy(log2n: int, steps: int, window: int, markets: int | None = None
     import jax
     import numpy as np
 
+    import economy
     from agents.scripted import scripted_actions
     from economy import Economy, load_config
     from economy.streams import derive
@@ -76,21 +77,21 @@ def soak_economy(log2n: int, steps: int, window: int, markets: int | None = None
         return state, {"produced": info["produced"], "consumed": info["consumed"]}
 
     _, state = env.reset(env.world_key(0))
-    money0 = int(np.asarray(state.money, np.int64).sum())
-    goods = np.asarray(state.goods, np.int64).sum(0)
+    money0 = economy.ledger(state, per_market=True)["money"]
+    goods = economy.ledger(state, per_market=True)["goods"]  # int64 [M, G]
     t0 = time.perf_counter()
     state, info = step(state, np.uint32(0))
     jax.block_until_ready(state)
     compile_s = time.perf_counter() - t0
     windows, violations = [], 0
-    goods = goods + np.asarray(info["produced"], np.int64) - np.asarray(info["consumed"], np.int64)
+    goods = goods + np.asarray(info["produced"], np.int64) - np.asarray(info["consumed"], np.int64)  # per market
     start = time.perf_counter()
     for t in range(1, steps):
         state, info = step(state, np.uint32(t))
-        money = int(np.asarray(state.money, np.int64).sum())
+        now_ledger = economy.ledger(state, per_market=True)
         goods = goods + np.asarray(info["produced"], np.int64) - np.asarray(info["consumed"], np.int64)
-        held = np.asarray(state.goods, np.int64).sum(0)
-        if money != money0 or not np.array_equal(held, goods):
+        held = now_ledger["goods"]
+        if not np.array_equal(now_ledger["money"], money0) or not np.array_equal(held, goods):
             violations += 1
             goods = held
         if t % window == 0 or t == steps - 1:

@@ -24,7 +24,7 @@ from economy.config import (
     load_config,
     load_yaml,
 )
-from economy.env import AutoReset, Economy, eval_keys, ledger, rollout
+from economy.env import AutoReset, Economy, eval_keys, ledger, rollout, world_total
 from economy.market import BUY, HOLD, SELL, Clearing, clear, clearing_tick, lottery_start, order_book, price_grid, ration
 from economy.registry import PRODUCTION_RULES, ProductionContext, default_rule, make_rule, register_rule
 from economy.sharding import agent_mesh, shard_state, state_sharding
@@ -36,6 +36,7 @@ __all__ = [
     "EconomyParams", "EconomyState", "GoodConfig", "HOLD", "MarketConfig", "NicheConfig",
     "PRODUCTION_RULES", "ProductionContext", "ProjectConfig", "SELL", "TreasuryConfig",
     "WorldConfig", "agent_mesh", "apply_overrides", "clear", "clearing_tick", "default_rule", "eval_keys", "ledger",
+    "world_total",
     "load_config", "load_yaml", "make_rule", "order_book", "price_grid", "ration", "register_rule", "rollout",
     "shard_state", "state_sharding", "derive", "stream_id", "world_key",
 ]

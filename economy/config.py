@@ -302,14 +302,24 @@ class EconomyConfig(Frozen):
                     f"niches.{j}.rule: unknown production rule {n.rule!r} in niche {n.name!r} "
                     f"(registered: {sorted(PRODUCTION_RULES)})"
                 )
-        # Fixed-point bounds: every economy-wide int32 sum must be exact.
-        n = self.num_agents
-        if n * self.max_holding > INT32_MAX:
-            errors.append(f"max_holding={self.max_holding}: num_agents*max_holding must stay below 2^31 (int32 ledger)")
+        # Fixed-point bounds: every int32 sum that must be exact is taken within one market
+        # (money never leaves its market; world totals are summed on the host in int64), so
+        # the bounds are per market: agents_per_market x the largest value one agent's term
+        # can take. A step's consumption of one good by one agent (inputs used, then eaten
+        # or spoiled) is at most twice max_holding.
+        b = self.agents_per_market
+        if b * 2 * self.max_holding > INT32_MAX:
+            errors.append(
+                f"max_holding={self.max_holding}: agents_per_market*2*max_holding = {b * 2 * self.max_holding} must "
+                f"stay below 2^31 (int32 ledger of a market: goods held, produced and consumed); use more markets"
+            )
         if self.max_holding >= FLOAT32_EXACT:
             errors.append(f"max_holding={self.max_holding} must stay below 2^24 (exact float32 quotients)")
-        if n * self.world.cash[1] > INT32_MAX:
-            errors.append(f"world.cash={list(self.world.cash)}: num_agents*max cash must stay below 2^31 (int32 money)")
+        if b * self.world.cash[1] > INT32_MAX:
+            errors.append(
+                f"world.cash={list(self.world.cash)}: agents_per_market*max cash = {b * self.world.cash[1]} must stay "
+                f"below 2^31 (int32 money of a market: its agents' money and its treasury); use more markets"
+            )
         if (self.market.quantity_levels[-1] + 1) * self.market.max_price * len(self.goods) > INT32_MAX:
             errors.append(f"market.max_price={self.market.max_price}: (largest quantity level+1)*max_price*goods must stay below 2^31")
         if self.market.max_price * self.max_holding > INT32_MAX:

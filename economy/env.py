@@ -347,9 +347,11 @@ class Economy:
             "specialisation": specialisation,
             "collaboration": collaboration,
             "value_added": value_added,  # float32 [N]
-            "produced": jnp.sum(w.produced, 0),
-            "consumed": jnp.sum(w.used + cons.eaten + cons.spoiled, 0),
-            "eaten": jnp.sum(cons.eaten, 0),
+            # Ledger terms per market, int32 [M, G], exact (the config bounds each market's
+            # sums); world totals are summed on the host in int64 (:func:`world_total`).
+            "produced": jnp.sum(w.produced.reshape(m, b, G), 1),
+            "consumed": jnp.sum((w.used + cons.eaten + cons.spoiled).reshape(m, b, G), 1),
+            "eaten": jnp.sum(cons.eaten.reshape(m, b, G), 1),
             "market_price": clear_price,
             "market_volume": c.volume,
             "niche_occupancy": w.occupancy,
@@ -430,15 +432,32 @@ def mul_div_floor(x: jax.Array, y: jax.Array, d: jax.Array) -> jax.Array:
     return q.astype(jnp.int32)
 
 
-def ledger(state: EconomyState) -> dict[str, Any]:
-    """Economy-wide totals, exact (summed on the host in int64): ``{"money": int, "goods":
-    int[G], "treasury": int}``. ``money`` counts the agents' money and the markets'
-    treasuries (``treasury``, also given alone): together they are conserved exactly."""
+def world_total(x, axis: int = -2) -> np.ndarray:
+    """Exact economy-wide total of per-market int32 values (``info["produced"]``,
+    ``["consumed"]``, ``["eaten"]``: ``[..., M, G]``), summed on the host in int64 over the
+    markets' axis ``axis``: no int32 sum over the whole world is ever formed, so the
+    economy is exact at any size whose markets the config admits."""
+    return np.asarray(x, np.int64).sum(axis)
+
+
+def ledger(state: EconomyState, per_market: bool = False) -> dict[str, Any]:
+    """Exact totals, summed on the host in int64: ``{"money", "goods", "treasury"}``.
+    ``money`` counts the agents' money and the markets' treasuries (``treasury``, also given
+    alone): together they are conserved exactly, within every market too. Economy-wide:
+    ``money`` and ``treasury`` ints, ``goods`` int ``[G]``; ``per_market``: int64 ``[M]``,
+    ``[M]`` and ``[M, G]`` (markets are contiguous blocks of agents), the terms of the
+    per-market ledger ``goods' = goods + info["produced"] - info["consumed"]``."""
     goods = np.asarray(state.goods, dtype=np.int64)
     money = np.asarray(state.money, dtype=np.int64)
     treasury = np.asarray(state.treasury, dtype=np.int64)
+    m = treasury.shape[-1]
+    lead = money.shape[:-1]  # batch axes (worlds, steps) before the agents'
+    market_money = money.reshape(*lead, m, -1).sum(-1) + treasury
+    market_goods = goods.reshape(*lead, m, -1, goods.shape[-1]).sum(-2)
+    if per_market:
+        return {"money": market_money, "goods": market_goods, "treasury": treasury}
     return {
-        "money": int(money.sum() + treasury.sum()),
-        "goods": goods.reshape(-1, goods.shape[-1]).sum(0),
+        "money": int(market_money.sum()),
+        "goods": market_goods.reshape(-1, goods.shape[-1]).sum(0),
         "treasury": int(treasury.sum()),
     }

@@ -37,7 +37,7 @@ def make_policy(env: Economy, agents: str, scripted: ScriptedConfig = ScriptedCo
 
 def step_metrics(env: Economy, state: EconomyState, info: dict) -> dict[str, jax.Array]:
     """Per-step statistics of one step (``state`` after it). Shapes per entry below."""
-    n = state.goods.shape[0]
+    n, m = state.goods.shape[0], state.price.shape[0]
     goods = state.goods
     return {
         "price": jnp.mean(info["market_price"].astype(jnp.float32), 0),  # float32 [G] mean clearing price over markets
@@ -45,11 +45,12 @@ def step_metrics(env: Economy, state: EconomyState, info: dict) -> dict[str, jax
         "market_volume": info["market_volume"],  # int32 [M, G]
         "niche_shares": jnp.sum(info["niche_occupancy"], 0).astype(jnp.float32) / n,  # float32 [J+1], last: rest
         "utility": jnp.mean(info["utility"]),  # float32 [] mean per-agent utility this step
-        # Ledger terms (int32 sums are exact: the config bounds N * max_holding and N * cash).
-        "goods_total": jnp.sum(goods, 0),  # int32 [G] after the step
-        "money_total": jnp.sum(state.money),  # int32 []
-        "produced": info["produced"],  # int32 [G]
-        "consumed": info["consumed"],  # int32 [G]
+        # Ledger terms per market (int32, exact: the config bounds each market's sums; the
+        # world's totals are economy.world_total of these, in int64 on the host).
+        "goods_total": jnp.sum(goods.reshape(m, -1, goods.shape[-1]), 1),  # int32 [M, G] after the step
+        "money_total": jnp.sum(state.money.reshape(m, -1), 1) + state.treasury,  # int32 [M] agents' + treasury
+        "produced": info["produced"],  # int32 [M, G]
+        "consumed": info["consumed"],  # int32 [M, G]
         "min_holding": jnp.minimum(jnp.min(goods), jnp.min(state.money)),  # int32 [] never negative
     }
 

@@ -255,15 +255,30 @@ def test_min_price_above_max_price():
 # --------------------------------------------------------------------------------------
 # Fixed-point (overflow) bounds
 # --------------------------------------------------------------------------------------
-def test_max_holding_overflows_int32_ledger():
-    with pytest.raises(ConfigError, match=r"max_holding=1000000: num_agents\*max_holding must stay below 2\^31"):
-        load_default("max_holding=1000000", "market.max_price=100", num_agents=4096)
+def test_the_int32_bounds_are_per_market():
+    """Exactness is per market: 2^24 agents in 16,384 markets (configs/huge.yaml) pass with the
+    default cash and holdings; a market's agents times twice max_holding, and times the
+    largest cash, must stay below 2^31, named when they do not; more markets fix it."""
+    from economy import load_config
+
+    huge = load_config(CONFIGS / "huge.yaml")
+    assert (huge.num_agents, huge.num_markets, huge.max_holding, huge.world.cash[1]) == (2**24, 2**14, 1000, 1000)
+    load_default("max_holding=4000", num_agents=2**19, num_markets=2)  # 2^18 x 2 x 4000 < 2^31
+    with pytest.raises(ConfigError, match=r"max_holding=4000: agents_per_market\*2\*max_holding = 4194304000 must "
+                                          r"stay below 2\^31 \(int32 ledger of a market") as e:
+        load_default("max_holding=4000", num_agents=2**19, num_markets=1)
+    assert "cash" not in str(e.value)
+    load_default("world.cash=[200, 5000]", num_agents=2**19, num_markets=2)
+    with pytest.raises(ConfigError, match=r"world.cash=\[200, 5000\]: agents_per_market\*max cash = 2621440000 must "
+                                          r"stay below 2\^31 \(int32 money of a market") as e:
+        load_default("world.cash=[200, 5000]", num_agents=2**19, num_markets=1)
+    assert "max_holding" not in str(e.value)
 
 
 def test_max_holding_overflows_float32_quotients():
     with pytest.raises(ConfigError, match=r"max_holding=16777216 must stay below 2\^24") as e:
         load_default("max_holding=16777216", "market.max_price=100", num_agents=4, num_markets=4)
-    assert "num_agents*max_holding" not in str(e.value)  # 4 * 2^24 < 2^31: only the float32 bound is broken
+    assert "agents_per_market*2*max_holding" not in str(e.value)  # 1 * 2 * 2^24 < 2^31: only the float32 bound
 
 
 def test_max_price_overflows():
@@ -271,11 +286,6 @@ def test_max_price_overflows():
         load_default("market.max_price=100000000")
     with pytest.raises(ConfigError, match=r"market\.max_price=10000000: max_price\*max_holding must stay below 2\^31"):
         load_default("market.max_price=10000000")
-
-
-def test_cash_overflows_int32_money():
-    with pytest.raises(ConfigError, match=r"world\.cash=\[200, 5000\]: num_agents\*max cash must stay below 2\^31"):
-        load_default("world.cash=[200, 5000]", num_agents=2**20, num_markets=1024)
 
 
 def test_order_book_sums_overflow_float32():

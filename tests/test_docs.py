@@ -84,4 +84,5 @@ def test_the_design_pages_economy_contract_runs(monkeypatch):
     after = ns["economy"].ledger(state)
     assert after["money"] == before["money"]
     np.testing.assert_array_equal(np.asarray(after["goods"]),
-                                  np.asarray(before["goods"]) + np.asarray(info["produced"]) - np.asarray(info["consumed"]))
+                                  np.asarray(before["goods"]) + ns["economy"].world_total(info["produced"])
+                                  - ns["economy"].world_total(info["consumed"]))

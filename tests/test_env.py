@@ -97,27 +97,33 @@ def make_rollout(env):
 
 
 def check_ledger(cfg, state0, traj):
-    """The ledger identity and holding bounds at every step of a rollout (host, int64)."""
+    """The ledger identity per market and for the world, and the holding bounds, at every
+    step of a rollout (host, int64)."""
     state0, traj = jax.device_get((state0, traj))
-    prev = economy.ledger(state0)
+    prev, prev_m = economy.ledger(state0), economy.ledger(state0, per_market=True)
     assert isinstance(prev["money"], int) and prev["goods"].shape == (cfg.num_goods,)
+    assert prev_m["goods"].shape == (cfg.num_markets, cfg.num_goods) and prev_m["money"].sum() == prev["money"]
     for t in range(traj["obs"].shape[0]):
         st_t = tree_slice(traj["state"], t)
-        new = economy.ledger(st_t)
+        new, new_m = economy.ledger(st_t), economy.ledger(st_t, per_market=True)
         produced = traj["info"]["produced"][t]
         consumed = traj["info"]["consumed"][t]
         assert produced.dtype.kind == "i" and consumed.dtype.kind == "i"
-        assert produced.shape == consumed.shape == (cfg.num_goods,)
+        assert produced.shape == consumed.shape == (cfg.num_markets, cfg.num_goods)
         assert (produced >= 0).all() and (consumed >= 0).all(), f"step {t}"
+        np.testing.assert_array_equal(new_m["money"], prev_m["money"], err_msg=f"step {t}: a market's money changed")
         assert new["money"] == prev["money"], f"step {t}: money {prev['money']} -> {new['money']}"
-        expected = prev["goods"] + produced.astype(np.int64) - consumed.astype(np.int64)
-        np.testing.assert_array_equal(new["goods"], expected, err_msg=f"step {t}: goods' != goods + produced - consumed")
-        # In-graph int32 totals agree with the host's int64 ledger (no overflow anywhere).
-        np.testing.assert_array_equal(st_t.goods.sum(0, dtype=np.int32), new["goods"])
+        expected = prev_m["goods"] + produced.astype(np.int64) - consumed.astype(np.int64)
+        np.testing.assert_array_equal(new_m["goods"], expected, err_msg=f"step {t}: a market's goods' != goods + produced - consumed")
+        np.testing.assert_array_equal(new["goods"], prev["goods"] + economy.world_total(produced)
+                                      - economy.world_total(consumed), err_msg=f"step {t}: the world's goods")
+        # In-graph int32 totals of each market agree with the host's int64 ledger.
+        B = cfg.agents_per_market
+        np.testing.assert_array_equal(st_t.goods.reshape(cfg.num_markets, B, -1).sum(1, dtype=np.int32), new_m["goods"])
         assert st_t.goods.min() >= 0, f"step {t}: negative goods"
         assert st_t.money.min() >= 0, f"step {t}: negative money"
         assert st_t.goods.max() <= cfg.max_holding, f"step {t}: goods {st_t.goods.max()} > max_holding"
-        prev = new
+        prev, prev_m = new, new_m
 
 
 # --------------------------------------------------------------------------------------
@@ -327,7 +333,7 @@ def test_learning_by_doing(worlds, tiny_cfg, tiny_env, tiny_fns):
         effort = labour * (floor + (1 - floor) * prev_skills[:, j]) * richness
         frac = effort - np.floor(effort)
         sigma = per_unit * np.sqrt(np.sum(frac * (1 - frac)))
-        out = int(traj["info"]["produced"][t][g])
+        out = int(economy.world_total(traj["info"]["produced"][t])[g])
         want = per_unit * float(effort.sum())
         assert abs(out - want) <= 6 * sigma + per_unit, f"step {t}: produced {out}, expected {want:.1f} +- {sigma:.1f}"
         assert out % per_unit == 0
@@ -515,8 +521,8 @@ def test_info_contents(tiny_cfg, tiny_env, tiny_fns):
     for name in ("utility", "specialisation", "collaboration"):
         assert info[name].shape == (N,) and info[name].dtype == np.float32, name
         assert np.isfinite(info[name]).all(), name
-    for name in ("produced", "consumed"):
-        assert info[name].shape == (G,) and info[name].dtype.kind == "i", name
+    for name in ("produced", "consumed", "eaten"):
+        assert info[name].shape == (M, G) and info[name].dtype.kind == "i", name
     for name in ("market_price", "market_volume"):
         assert info[name].shape == (M, G) and info[name].dtype.kind == "i", name
     assert (info["market_volume"] >= 0).all()
@@ -544,7 +550,7 @@ def test_info_contents(tiny_cfg, tiny_env, tiny_fns):
     niche_flat = np.asarray(acts["niche"])
     assert (units[niche_flat == J] == 0).all()
     outputs = np.asarray(tiny_env.params.outputs)
-    np.testing.assert_array_equal(info["produced"], (units[:, None] * outputs[niche_flat]).sum(0))
+    np.testing.assert_array_equal(info["produced"], (units[:, None] * outputs[niche_flat]).reshape(M, B, -1).sum(1))
     # The environment's own reward is the utility component (self-play weights the rest).
     np.testing.assert_array_equal(reward, info["utility"])
 
@@ -626,8 +632,9 @@ def test_public_project_raises_productivity(tiny_cfg, tiny_env, tiny_fns):
     per_unit = cfg.niches[farmer].outputs["grain"]
     farm = actions(farmer)
     key = jax.random.key(23)
-    with_project = tiny_fns["step"](key, state, farm)[5]["produced"][grain]
-    without = tiny_fns["step"](key, state.replace(project=jnp.zeros_like(state.project)), farm)[5]["produced"][grain]
+    with_project = economy.world_total(tiny_fns["step"](key, state, farm)[5]["produced"])[grain]
+    without = economy.world_total(
+        tiny_fns["step"](key, state.replace(project=jnp.zeros_like(state.project)), farm)[5]["produced"])[grain]
     with_project, without = int(with_project), int(without)
     assert with_project > without > 0
     # Expected: labour x skill multiplier x richness x (1 + gain s / (s + half)).

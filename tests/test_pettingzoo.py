@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("pettingzoo")
 from pettingzoo.test import parallel_api_test, parallel_seed_test  # noqa: E402
 
-from economy import Economy, ledger  # noqa: E402
+from economy import Economy, ledger, world_total  # noqa: E402
 from economy.interop.pettingzoo import parallel_env  # noqa: E402
 from tests.conftest import CONFIGS  # noqa: E402
 
@@ -84,7 +84,7 @@ def test_same_world_keys_and_actions_as_the_jax_environment(env):
         after = ledger(env.economy_state)
         assert after["money"] == before["money"]
         np.testing.assert_array_equal(
-            after["goods"], before["goods"] + env.last_info["produced"].astype(np.int64) - env.last_info["consumed"]
+            after["goods"], before["goods"] + world_total(env.last_info["produced"]) - world_total(env.last_info["consumed"])
         )
         before = after
     assert env.agents == [] and all(trunc.values())  # the whole world ends at episode_length

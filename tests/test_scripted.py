@@ -79,17 +79,22 @@ def test_markets_clear_and_ledger_holds(runs, tiny_cfg):
     traded = m["volume"] > 0  # [S, T, G]
     assert (traded.mean((1, 2)) >= 0.8).all(), traded.mean(1)
     assert (traded.mean((0, 1)) > 0.5).all(), traded.mean(1)
-    # Ledger: money constant, goods' = goods + produced - consumed, nothing negative.
+    # Ledger, per market: money (agents' and treasury's) constant, goods' = goods + produced
+    # - consumed, nothing negative; the world's totals follow (economy.world_total).
     init = runs["initial"]
-    money0 = np.asarray(init.money, np.int64).sum(-1)
-    np.testing.assert_array_equal(m["money_total"].astype(np.int64), np.broadcast_to(money0[:, None], (SEEDS, STEPS)))
-    goods_prev = np.asarray(init.goods, np.int64).sum(1)  # [S, G]
+    M = tiny_cfg.num_markets
+    money0 = np.asarray(init.money, np.int64).reshape(SEEDS, M, -1).sum(-1) + np.asarray(init.treasury, np.int64)
+    np.testing.assert_array_equal(m["money_total"].astype(np.int64), np.broadcast_to(money0[:, None], (SEEDS, STEPS, M)))
+    goods_prev = np.asarray(init.goods, np.int64).reshape(SEEDS, M, -1, G).sum(2)  # [S, M, G]
+    world_prev = np.asarray(init.goods, np.int64).sum(1)  # [S, G]
     for t in range(STEPS):
         expect = goods_prev + m["produced"][:, t].astype(np.int64) - m["consumed"][:, t].astype(np.int64)
         np.testing.assert_array_equal(m["goods_total"][:, t], expect)
-        goods_prev = expect
+        world = world_prev + economy.world_total(m["produced"][:, t]) - economy.world_total(m["consumed"][:, t])
+        np.testing.assert_array_equal(economy.world_total(m["goods_total"][:, t]), world)
+        goods_prev, world_prev = expect, world
     assert m["min_holding"].min() >= 0
-    assert m["goods_total"].shape == (SEEDS, STEPS, G)
+    assert m["goods_total"].shape == (SEEDS, STEPS, M, G)
 
 
 def test_scripted_beats_random(runs):

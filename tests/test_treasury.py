@@ -113,7 +113,7 @@ def test_ledger_with_taxes_and_procurement(taxed, tiny_env, tiny_fns):
         assert new["money"] == int(s.money.astype(np.int64).sum()) + new["treasury"]
         assert new["money"] == prev["money"], f"step {t}: money + treasuries {prev['money']} -> {new['money']}"
         np.testing.assert_array_equal(per_market(s.money, M) + s.treasury, market_money0, err_msg=f"step {t}")
-        expected = prev["goods"] + info["produced"][t].astype(np.int64) - info["consumed"][t].astype(np.int64)
+        expected = prev["goods"] + economy.world_total(info["produced"][t]) - economy.world_total(info["consumed"][t])
         np.testing.assert_array_equal(new["goods"], expected, err_msg=f"step {t}: goods' != goods + produced - consumed")
         assert (tax >= 0).all() and (paid >= 0).all(), f"step {t}"
         assert s.money.min() >= 0 and s.treasury.min() >= 0 and s.goods.min() >= 0, f"step {t}"

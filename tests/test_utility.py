@@ -261,8 +261,9 @@ def test_step_utility_is_of_the_eaten_basket(tiny_cfg, tiny_env, tiny_fns):
     eaten = cand[np.arange(N), match.argmax(1)]  # [N, G]
     spoiled = g - eaten - after
 
-    np.testing.assert_array_equal(eaten.sum(0), info["eaten"])
-    np.testing.assert_array_equal((eaten + spoiled).sum(0), info["consumed"])
+    M = tiny_cfg.num_markets
+    np.testing.assert_array_equal(eaten.reshape(M, -1, eaten.shape[-1]).sum(1), info["eaten"])  # per market
+    np.testing.assert_array_equal((eaten + spoiled).reshape(M, -1, eaten.shape[-1]).sum(1), info["consumed"])
     assert (eaten[:, ~edible] == 0).all() and (after >= 0).all()
     np.testing.assert_array_equal(info["utility"][:16], 0.0)
     np.testing.assert_array_equal(after[:8, ore], 30 - spoiled[:8, ore])
