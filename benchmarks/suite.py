@@ -84,11 +84,15 @@ def measure_limits(array_mb: int = 256, matmul_n: int = 4096, repeats: int = 5) 
         bandwidth["scale_add"] = max(bandwidth["scale_add"], 2 * 4 * n / (t1 - t0))  # read + write
         bandwidth["sum"] = max(bandwidth["sum"], 4 * n / (t2 - t1))  # read
     del x
+    device = jax.devices()[0]
     return {
+        "device": f"{device.platform}: {getattr(device, 'device_kind', str(device))}",
         "memory_bandwidth_bytes_per_s": max(bandwidth.values()),
         "bandwidth_by_kernel_bytes_per_s": bandwidth,
         "bandwidth_array_mb": array_mb,
         "matmul_flops_per_s": matmul_flops(matmul_n),
+        # on an accelerator, its bf16 rate too (the tensor cores' peak is in bf16)
+        "matmul_bf16_flops_per_s": matmul_flops(matmul_n, dtype="bfloat16") if device.platform != "cpu" else None,
         "matmul_n": matmul_n,
     }
 
@@ -243,9 +247,12 @@ def markdown(result: dict) -> str:
                f"jax {m['jax']}, jaxlib {m['jaxlib']}.")
     if lim:
         bw = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in lim["bandwidth_by_kernel_bytes_per_s"].items())
-        out.append(f"Limits (one device): memory bandwidth **{lim['memory_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s** "
+        bf16 = lim.get("matmul_bf16_flops_per_s")
+        out.append(f"Limits (one device, {lim.get('device', 'not recorded')}): memory bandwidth "
+                   f"**{lim['memory_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s** "
                    f"(best over a {lim['bandwidth_array_mb']} MB float32 array; GB/s by kernel: {bw}); "
-                   f"float32 matmul {lim['matmul_n']}^3 **{lim['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s**.")
+                   f"float32 matmul {lim['matmul_n']}^3 **{lim['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s**"
+                   + (f"; bf16 matmul **{bf16 / 1e9:.1f} GFLOP/s**" if bf16 else "") + ".")
     else:
         out.append("Limits: not measured (see errors); fractions are left out.")
     out.append(f"Settings: sizes 2^{', 2^'.join(map(str, cfg['sizes']))}; devices {', '.join(map(str, cfg['devices']))} "
@@ -391,8 +398,11 @@ def main(argv=None, prog: str | None = None) -> int:
         fail({"kind": "limits", "log2n": None, "devices": 1}, why)
     else:
         result["limits"] = limits
-        print(f"limits: memory bandwidth {limits['memory_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, "
-              f"matmul {limits['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s", flush=True)
+        bf16 = limits.get("matmul_bf16_flops_per_s")
+        print(f"limits on {limits.get('device', '?')}: memory bandwidth "
+              f"{limits['memory_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, float32 matmul "
+              f"{limits['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s"
+              + (f", bf16 matmul {bf16 / 1e9:.1f} GFLOP/s" if bf16 else ""), flush=True)
     write()
 
     for kind in args.kinds:

@@ -42,11 +42,13 @@ from benchmarks.child import run_child
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def matmul_flops(n: int = 4096, repeats: int = 3) -> float:
+def matmul_flops(n: int = 4096, repeats: int = 3, dtype: str = "float32") -> float:
+    """FLOP/s of an ``n x n`` matmul in ``dtype`` (``float32`` or ``bfloat16``) on the
+    default device, the best of ``repeats`` after a warm-up."""
     import jax
     import jax.numpy as jnp
 
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
     f = jax.jit(lambda x: x @ x)
     f(a).block_until_ready()
     best = math.inf

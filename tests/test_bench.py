@@ -38,6 +38,9 @@ def test_bench_quick_env_writes_json_and_markdown(tmp_path):
     assert data["config"]["devices"] == [1, 2] and data["config"]["sizes"] == [10]
     lim = data["limits"]
     assert lim["memory_bandwidth_bytes_per_s"] > 0 and lim["matmul_flops_per_s"] > 0
+    # the device it ran on, named in the JSON, the printout and the report; bf16 only on an accelerator
+    assert lim["device"].startswith("cpu") and lim["matmul_bf16_flops_per_s"] is None
+    assert f"limits on {lim['device']}" in p.stdout and f"one device, {lim['device']}" in md.read_text()
     rows = data["rows"]
     assert sorted((r["kind"], r["log2n"], r["devices"]) for r in rows) == [("env", 10, 1), ("env", 10, 2)]
     for r in rows:

@@ -233,37 +233,90 @@ def execute(module: str, work: Path, timeout: float, fresh: bool) -> str:
     return report(module, work)
 
 
-def retest(module: str, work: Path, timeout: float) -> str:
-    """Run the session's survivors again against the work tree's tests as they are now (a
-    fresh copy; each mutant applied with ``cosmic-ray apply``, the file restored after):
-    how a new test is checked to kill what it was written for. Kept in ``retest.json``."""
-    d = session_dir(work, module)
-    dump = subprocess.run([tool("cosmic-ray"), "dump", str(d / "session.sqlite")], capture_output=True, text=True,
-                          check=True).stdout
-    repo = d / "retest"
+def retest(module: str, work: Path, timeout: float, only: list[str] | None = None) -> str:
+    """Run the module's recorded survivors (``results/mutation/<module>.json``, equivalent
+    ones left out) again against the work tree's tests as they are now: how a new test is
+    checked to kill what it was written for. Needs only the committed record, not the
+    session: each mutant is applied to a fresh copy with ``cosmic-ray apply`` (its diff
+    checked against the recorded line and text, so a mutant that moved since the record is
+    refused rather than applied elsewhere) and the file restored after. The record is updated in place
+    (killed ones counted as ``killed_on_retest``, ``retest_commit``); a session, if kept,
+    gets the outcomes in ``retest.json`` so ``--report`` agrees. ``only``: these survivors'
+    keys (``function:line:operator:occurrence``), not all of them."""
+    path = OUT / f"{flat_name(module)}.json"
+    if not path.exists():
+        return f"{module}: no record in {path.relative_to(ROOT)}; run the mutants first"
+    record = json.loads(path.read_text())
+    if subprocess.run(["git", "diff", "--quiet", record["commit"], "--", module], cwd=ROOT).returncode:
+        print(f"{module}: changed since the record's commit {record['commit'][:7]}: each survivor is checked to "
+              "apply where it was recorded, and code added since is not in the record (--fresh mutates it)",
+              flush=True)
+    equivalent = _equivalent().get(module, {})
+    repo = session_dir(work, module) / "retest"
     if repo.exists():
         shutil.rmtree(repo)
-    repo.mkdir()
+    repo.mkdir(parents=True)
     copy_repo(repo)
     command = _command(module, repo)
     original = (repo / module).read_bytes()
-    path, done = d / "retest.json", {}
-    for line in dump.splitlines():
-        item, result = json.loads(line)
-        if not result or result.get("worker_outcome") != "normal" or result.get("test_outcome") != "survived":
+    done = {}
+    for s in record["survivors"]:
+        if equivalent.get(s["mutant"]) or (only and s["mutant"] not in only):
             continue
-        m = item["mutations"][0]
-        subprocess.run([tool("cosmic-ray"), "apply", module, m["operator_name"], str(m["occurrence"])], cwd=repo,
-                       check=True, capture_output=True)
+        occurrence = s["mutant"].rsplit(":", 1)[1]
+        subprocess.run([tool("cosmic-ray"), "apply", module, s["operator"], occurrence], cwd=repo, check=True,
+                       capture_output=True)
         try:
+            lines, applied = _changed_lines((repo / module).read_bytes(), original)
+            recorded = _recorded_lines(s["diff"])
+            if s["line"] not in lines or (recorded and applied != recorded):
+                raise SystemExit(f"{module}: mutant {s['mutant']} applies at lines {lines} as {applied}, recorded at "
+                                 f"line {s['line']} as {recorded}; run the module's mutants afresh (--fresh)")
             r = subprocess.run(command, shell=True, cwd=repo, capture_output=True, timeout=timeout)
-            done[_key(m)] = "survived" if r.returncode == 0 else "killed"
+            done[s["mutant"]] = "survived" if r.returncode == 0 else "killed"
         except subprocess.TimeoutExpired:
-            done[_key(m)] = "killed"
+            done[s["mutant"]] = "killed"
         finally:
             (repo / module).write_bytes(original)
-    path.write_text(json.dumps({"commit": commit(), "outcomes": done}, indent=1) + "\n")
-    return report(module, work)
+        print(f"  {s['mutant']}: {done[s['mutant']]}", flush=True)
+    session = session_dir(work, module) / "session.sqlite"
+    if session.exists():
+        kept = session.parent / "retest.json"
+        old = json.loads(kept.read_text())["outcomes"] if kept.exists() else {}
+        kept.write_text(json.dumps({"commit": commit(), "outcomes": {**old, **done}}, indent=1) + "\n")
+    killed = {k for k, v in done.items() if v == "killed"}
+    record["survivors"] = [s for s in record["survivors"] if s["mutant"] not in killed]
+    record["killed"] += len(killed)
+    record["killed_on_retest"] = record.get("killed_on_retest", 0) + len(killed)
+    record["retest_commit"] = commit()
+    path.write_text(json.dumps(rescore(record), indent=1) + "\n")
+    write_index()
+    return f"{module}: {len(killed)} of {len(done)} survivors killed on retest; score {record['score']}"
+
+
+def _changed_lines(mutated: bytes, original: bytes) -> tuple[list[int], list[str]]:
+    """The (1-based) numbers and the text, blanks removed, of the lines a mutant changed."""
+    a, b = original.decode().splitlines(), mutated.decode().splitlines()
+    changed = [(i + 1, "".join(y.split())) for i, (x, y) in enumerate(zip(a, b)) if x != y]
+    return [i for i, _ in changed], [t for _, t in changed]
+
+
+def _recorded_lines(diff: str) -> list[str]:
+    return ["".join(line[1:].split()) for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")]
+
+
+def rescore(record: dict) -> dict:
+    """The record's survivors judged again against ``equivalent.yaml`` (a reason added or
+    removed since), the counts and the score recomputed."""
+    equivalent = _equivalent().get(record["module"], {})
+    for s in record["survivors"]:
+        s["equivalent"] = equivalent.get(s["mutant"])
+    record["equivalent"] = sum(1 for s in record["survivors"] if s["equivalent"])
+    record["survived"] = len(record["survivors"]) - record["equivalent"]
+    caught = record["killed"] + record["timeout"] + record["incompetent"]
+    scored = caught + record["survived"]
+    record["score"] = round(caught / scored, 4) if scored else None
+    return record
 
 
 def _command(module: str, repo: Path) -> str:
@@ -379,8 +432,10 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds one mutant's tests may take")
     ap.add_argument("--work", default=os.environ.get("AGORA_MUTANTS", str(Path.home() / ".cache/agora/mutants")))
     ap.add_argument("--fresh", action="store_true", help="start the sessions anew instead of resuming")
-    ap.add_argument("--report", action="store_true", help="only rewrite results/mutation from the sessions")
-    ap.add_argument("--retest", action="store_true", help="run the survivors again against the tests as they are now")
+    ap.add_argument("--report", action="store_true", help="only rewrite results/mutation (from kept sessions, else from the records and equivalent.yaml)")
+    ap.add_argument("--retest", action="store_true", help="run the recorded survivors again against the tests as they are now")
+    ap.add_argument("--only", action="append", default=[], metavar="KEY",
+                    help="with --retest: only this survivor (function:line:operator:occurrence, as in the record); repeatable")
     args = ap.parse_args(argv)
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
@@ -389,13 +444,19 @@ def main(argv=None) -> int:
     modules, work = args.modules or list(MODULES), Path(args.work)
     if args.retest:
         for m in modules:
-            if (session_dir(work, m) / "session.sqlite").exists():
-                print(retest(m, work, args.timeout), flush=True)
+            if (OUT / f"{flat_name(m)}.json").exists():
+                print(retest(m, work, args.timeout, args.only), flush=True)
         return 0
-    if args.report:
+    if args.report:  # from a kept session, else the committed record judged against equivalent.yaml again
         for m in modules:
+            path = OUT / f"{flat_name(m)}.json"
             if (session_dir(work, m) / "session.sqlite").exists():
                 print(report(m, work))
+            elif path.exists():
+                r = rescore(json.loads(path.read_text()))
+                path.write_text(json.dumps(r, indent=1) + "\n")
+                print(f"{m}: {r['survived']} survived, {r['equivalent']} equivalent; score {r['score']}")
+        write_index()
         return 0
     with cf.ThreadPoolExecutor(args.jobs) as pool:
         for line in pool.map(lambda m: execute(m, work, args.timeout, args.fresh), modules):
