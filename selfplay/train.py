@@ -226,6 +226,31 @@ class Trainer:
         update may donate it)."""
         return self._init(np.asarray(jax.random.key_data(key)), np.uint32(self.cfg.train.seed))
 
+    # ---- several seeds as one program (agora study --vmap-seeds) ---------------------------
+    def _check_one_device(self, what: str) -> None:
+        if self.mesh.size != 1:
+            raise ConfigError(f"{what}: seeds are vmapped on one device; mesh.agents={self.mesh.size} splits the agents "
+                              "over several (use mesh.agents=1, or train the seeds one after another)")
+
+    def init_seeds(self, seeds) -> TrainState:
+        """The states of ``seeds`` stacked on a leading axis: seed ``s``'s is the state a
+        trainer of this config with ``train.seed = s`` starts from (``init(key(s))``), so
+        :meth:`update_seeds` trains them as one program. One device only."""
+        self._check_one_device("init_seeds")
+        if not hasattr(self, "_init_seeds"):
+            self._init_seeds = jax.jit(jax.vmap(lambda kd, s: self.init_state(jax.random.wrap_key_data(kd), s)))
+        keys = np.stack([np.asarray(jax.random.key_data(jax.random.key(int(s)))) for s in seeds])
+        return self._init_seeds(keys, np.asarray(seeds, np.uint32))
+
+    def update_seeds(self, ts: TrainState):
+        """:meth:`update` of every seed of a stacked state (:meth:`init_seeds`) in one
+        vmapped program: ``(states, metrics)`` with the seeds on the leading axis. The
+        state is donated."""
+        self._check_one_device("update_seeds")
+        if not hasattr(self, "_update_seeds"):
+            self._update_seeds = jax.jit(jax.vmap(self._update), donate_argnums=0)
+        return self._update_seeds(ts)
+
     def init_state(self, key: jax.Array, world_seed: jax.Array | int | None = None) -> TrainState:
         """:meth:`init` as a pure, traceable function (for ``jit``/``vmap`` over keys);
         ``world_seed``: ``train.seed`` unless given (traced, so one compiled init serves

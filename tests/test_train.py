@@ -836,3 +836,58 @@ def test_analysis_at_an_episode_boundary_reads_the_world_before_the_reset(traine
     np.testing.assert_array_equal(a_end["prices"], np.asarray(s.price, np.float32))
     fresh = ts_end.env_state  # the new world: base prices, its own wealth
     assert float(gini(wealth(fresh.goods, fresh.money, fresh.price))) != pytest.approx(want, rel=1e-3)
+
+
+def test_update_seeds_matches_sequential_trainers(cfg, trainer, tmp_path):
+    """``agora study --vmap-seeds``: two seeds trained as one vmapped program agree with the
+    same seeds trained one at a time (each as a trainer with ``train.seed = s`` starts: its
+    key and its worlds): the economy's integer state, niche counts and PBT bookkeeping
+    exactly, the float parameters to float32 tolerance (the batched matmuls sum in another
+    order). Then the run-directory loop (selfplay/vmapped.py) writes every run's checkpoints,
+    logs and its mode, and a vmapped run's checkpoint matches the stacked state."""
+    from analysis.files import read_jsonl
+    from economy import ConfigError
+    from selfplay.checkpoint import Checkpoints
+    from selfplay.vmapped import MARK, train_seeds
+
+    seeds, n = [3, 8], 2
+    ts_v = trainer.init_seeds(seeds)
+    for _ in range(n):
+        ts_v, m_v = trainer.update_seeds(ts_v)
+    ts_v, m_v = jax.device_get((ts_v, m_v))
+    for i, s in enumerate(seeds):
+        # what Trainer(cfg with train.seed = s).init(key(s)) computes, without a second trainer
+        ts = trainer._init(np.asarray(jax.random.key_data(jax.random.key(s))), np.uint32(s))
+        ts, metrics = run_updates(trainer, ts, n)
+        ts = jax.device_get(ts)
+        for a, b in zip(jax.tree.leaves(ts_v.env_state), jax.tree.leaves(ts.env_state)):
+            if np.issubdtype(np.asarray(b).dtype, np.integer):
+                np.testing.assert_array_equal(np.asarray(a[i]), np.asarray(b))
+        for a, b in zip(jax.tree.leaves(ts_v.params), jax.tree.leaves(ts.params)):
+            np.testing.assert_allclose(np.asarray(a[i]), np.asarray(b), rtol=1e-4, atol=1e-5)
+        # the niche counts (their ratios to the same integer totals) and the PBT bookkeeping exactly
+        for key in ("member_niche_shares", "occupancy", "pbt_source", "founder"):
+            np.testing.assert_array_equal(m_v[key][i], metrics[-1][key])
+        np.testing.assert_allclose(m_v["utility"][i], metrics[-1]["utility"], rtol=1e-4, atol=1e-6)
+    # the seeds differ (a vmapped axis that repeated one seed would pass the loop above only by chance)
+    assert not np.array_equal(ts_v.env_state.goods[0], ts_v.env_state.goods[1])
+
+    run_cfgs = [cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": s, "updates": n})})
+                for s in seeds]
+    dirs = [tmp_path / f"seed_{s}" for s in seeds]
+    seen = []
+    assert train_seeds(run_cfgs, dirs, on_update=lambda u, ms: seen.append((u, len(ms))), log=lambda *_: None) == "vmapped"
+    assert seen == [(1, 2), (2, 2)]
+    for i, d in enumerate(dirs):
+        assert json.loads((d / MARK).read_text())["seeds"] == seeds
+        logged = [r["update"] for r in read_jsonl(d / "metrics.jsonl")[0]]
+        assert logged == [u for u in range(1, n + 1) if u % cfg.train.log_every == 0 or u == n]
+        ck = Checkpoints(d / "checkpoints", 3)
+        assert ck.latest() == n
+        got = ck.restore(jax.tree.map(lambda x: x[i], trainer.init_seeds(seeds)))
+        ck.close()
+        for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(ts_v.params)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b[i]))
+    # a group differing in more than the seed is refused
+    with pytest.raises(ConfigError, match="differ only in train.seed"):
+        train_seeds([run_cfgs[0], cfg], [tmp_path / "a", tmp_path / "b"])
