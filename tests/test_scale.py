@@ -147,3 +147,39 @@ def test_distributed_arguments_are_checked(capsys):
                "--process-id", "2"])
     err = capsys.readouterr().err
     assert rc == EXIT_USAGE and "--process-id=2" in err, err
+
+
+def test_128_members_train_and_evaluate(tmp_path):
+    """configs/members128.yaml (the seed's ~100 ensembles) scaled down in agents to 8 per
+    member: two updates with PBT at each, then the held-out evaluation. Member-indexed
+    bookkeeping must hold all 128 (a member id in a narrow integer, or a table sized by a
+    smaller constant, breaks here first): every logged per-member metric has 128 entries,
+    PBT copies 32 slots per round (a quarter) between valid, distinct members, and the
+    evaluation's population metrics lie within their bounds for 128 members."""
+    from analysis.files import read_jsonl
+    from selfplay.evaluate import EvalSettings, evaluate_run
+    from selfplay.run import train_run
+
+    P = 128
+    cfg = load_run_config(CONFIGS / "members128.yaml", [
+        "economy.num_agents=1024", "economy.num_markets=1", "train.updates=2", "train.rollout_steps=4",
+        "train.minibatches=2", "train.epochs=1", "train.pbt.interval=1", "train.analysis.every=1",
+        "train.checkpoint_every=1"])
+    assert cfg.train.members == P
+    train_run(cfg, tmp_path, resume=False, progress=False)
+    metrics = read_jsonl(tmp_path / "metrics.jsonl")[0]
+    assert [m["update"] for m in metrics] == [1, 2]
+    for m in metrics:
+        for key in ("fitness", "reward", "approx_kl", "founder", "pbt_source"):
+            assert len(m[key]) == P and np.all(np.isfinite(m[key])), key
+        assert sorted(set(m["founder"])) == sorted(set(m["founder"]) & set(range(P)))
+    events = read_jsonl(tmp_path / "lineage.jsonl")[0]
+    k = int(P * cfg.train.pbt.fraction)
+    assert len(events) <= 2 * k and len({e["child"] for e in events if e["update"] == 1}) == sum(
+        e["update"] == 1 for e in events)
+    assert all(0 <= e["child"] < P and 0 <= e["parent"] < P and e["child"] != e["parent"] for e in events)
+    r = evaluate_run(tmp_path, EvalSettings(worlds=1, steps=6, burn_in=1), baselines=False, frontier=None)
+    t = r["policies"]["trained"]
+    assert np.isfinite(t["utility"]) and t["utility"] > 0
+    assert 1 / P <= t["largest_lineage_share"] <= 1 and 1 <= t["effective_policies"] <= P
+    assert np.isclose(sum(t["niche_shares"]), 1) and 0 <= t["member_niche_mi_bits"] <= np.log2(len(t["niche_shares"]))
