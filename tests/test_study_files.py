@@ -110,12 +110,52 @@ def test_a_study_file_gives_every_condition_and_seed_its_run(tmp_path):
     ({"eval": {"steps": 8, "burn_in": 8}}, "--burn-in=8"),
     ({"colour": "red"}, "colour"),
     ({"config": "nowhere.yaml"}, "config='nowhere.yaml': run config not found"),
+    ({"eval": {"steps": 0}}, "eval.steps = 0"),  # not taken for "the economy's episode length"
+    ({"eval": {"burn_in": -1}}, "eval.burn_in = -1"),
+    ({"study_dir": "runs/{nom}"}, r"study_dir='runs/\{nom\}': only \{name\} may be substituted"),
     ({"conditions": [{"name": "ok"}, {"name": "bad", "overrides": ["train.members=0"]}]},
      r"conditions\.bad \(seed 0\)"),
 ])
 def test_a_bad_study_file_is_refused_naming_the_problem(tmp_path, fields, message):
     with pytest.raises(ConfigError, match=message):
         S.load_study(_write_study(tmp_path, **fields))
+
+
+def test_the_smallest_valid_values_are_accepted(tmp_path):
+    one = S.load_study(_write_study(tmp_path, seeds=1, conditions=[{"name": "only"}], eval={"steps": 1, "burn_in": 0}))
+    assert [(r.condition, r.seed) for r in one.runs] == [("only", 0)] and one.cfg.seed_list == [0]
+    assert one.settings == EvalSettings(EvalSettings().worlds, 1, 0, False)  # agora eval's default worlds
+    assert S.load_study(_write_study(tmp_path, seeds=[0, 2])).cfg.seed_list == [0, 2]  # seed 0 is a seed
+
+
+def test_a_bad_condition_is_reported_once_not_once_per_seed(tmp_path):
+    path = _write_study(tmp_path, seeds=3, conditions=[{"name": "bad", "overrides": ["train.members=0"]},
+                                                      {"name": "worse", "overrides": ["train.members=-1"]}])
+    with pytest.raises(ConfigError) as e:
+        S.load_study(path)
+    problems = str(e.value).splitlines()[1:]
+    assert [p.split(":")[0].strip() for p in problems if p.startswith("  conditions.")] == \
+        ["conditions.bad (seed 0)", "conditions.worse (seed 0)"]
+
+
+def test_the_run_config_is_found_relative_to_the_study_file(tmp_path, monkeypatch):
+    import os
+
+    (tmp_path / "studies").mkdir()
+    rel = os.path.relpath(CONFIGS / "tiny.yaml", tmp_path / "studies")
+    path = _write_study(tmp_path, config=rel).rename(tmp_path / "studies" / "mini.yaml")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # not relative to the working directory
+    st = S.load_study(path, study_dir=tmp_path / "d")
+    assert st.base == (CONFIGS / "tiny.yaml").resolve() and st.runs[0].cfg.economy.episode_length == 50
+
+
+def test_a_run_is_immutable(tmp_path):
+    import dataclasses
+
+    run = S.load_study(_write_study(tmp_path), study_dir=tmp_path / "d").runs[0]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        run.seed = 7  # its run directory is named after its seed
 
 
 def test_shards_from_the_command_line_and_a_slurm_array(monkeypatch):
@@ -181,6 +221,44 @@ def test_a_study_trains_what_is_missing_and_evaluates_what_is_stale(tmp_path, mo
     assert logs[-1].endswith("this process: 4, 1 complete")
     assert all(S.complete(r, st.settings) for r in st.runs)
     assert S.run_study(st, progress=False, log=logs.append) == [] and logs[-1].endswith("this process: 4, 4 complete")
+
+
+class Bar:
+    """A stand-in for tqdm: what the study's progress bar was told."""
+    bars = []
+
+    def __init__(self, **kw):
+        self.kw, self.n, self.descriptions, self.closed = kw, kw["initial"], [], False
+        Bar.bars.append(self)
+
+    def update(self, k):
+        self.n += k
+
+    def set_description(self, d):
+        self.descriptions.append(d)
+
+    def close(self):
+        self.closed = True
+
+
+def test_the_progress_bar_counts_updates_done_and_to_do(tmp_path, monkeypatch):
+    fakes = Fakes(monkeypatch)
+    monkeypatch.setattr("tqdm.tqdm", Bar)
+    Bar.bars = []
+    st = S.load_study(_write_study(tmp_path), study_dir=tmp_path / "d")  # 4 runs of 4 updates
+    done = S.run_study(st, shard=(1, 4), progress=False, log=lambda *_: None)
+    assert done == [st.runs[0]] and fakes.trained == [st.runs[0].run_dir]  # the 1st of every 4 runs
+    bar = Bar.bars[-1]
+    assert bar.kw["total"] == 4 and bar.kw["initial"] == 0 and bar.kw["disable"] is True and bar.n == 4
+    (st.runs[1].run_dir / "checkpoints" / "3").mkdir(parents=True)  # killed after 3 of its 4 updates
+    S.run_study(st, log=lambda *_: None)  # progress shown unless told
+    bar = Bar.bars[-1]
+    assert bar.kw["total"] == 16 and bar.kw["initial"] == 4 + 3  # the complete run and the resumed one's part
+    assert bar.kw["disable"] is False and bar.kw["dynamic_ncols"] is True  # follows the terminal's width
+    assert bar.n == 16 and bar.closed  # one step per update trained: full at the end
+    assert bar.descriptions == ["plain/seed 1", "decay/seed 0", "decay/seed 1"]
+    assert S.run_study(st, shard=(1, 2), progress=False, log=lambda *_: None) == []
+    assert Bar.bars[-1].kw["total"] == Bar.bars[-1].kw["initial"] == 8  # plain/seed 0 and decay/seed 0, done
 
 
 # ---- mean and interval over seeds -----------------------------------------------------------------------
@@ -284,6 +362,95 @@ def test_merged_results_fill_the_missing_runs_only_and_must_be_this_studys(tmp_p
     with pytest.raises(ConfigError, match="no conditions"):
         S.load_merge(st, [tmp_path / "list.json"])
     assert S.load_merge(st, [path]) == [(str(path), other)]
+
+
+def test_a_missing_or_merged_seed_does_not_hide_the_seeds_after_it(tmp_path, monkeypatch):
+    st, _ = _trained_study(tmp_path, monkeypatch)
+    other = json.loads(json.dumps(S.aggregate(st)))
+    other["conditions"]["decay"]["seeds"]["0"]["utility"] = 0.99
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps(other))
+    for run in (st.runs[0], st.runs[2]):  # the first seed of each condition
+        (run.run_dir / "eval.json").unlink()
+    r = S.aggregate(st)
+    assert r["missing"] == ["runs/plain/seed_0", "runs/decay/seed_0"]
+    assert list(r["conditions"]["plain"]["seeds"]) == ["1"] and list(r["conditions"]["decay"]["seeds"]) == ["1"]
+    assert r["conditions"]["plain"]["mean"]["utility"] == pytest.approx(0.2)  # seed 1's: 0.1 * 2
+    r = S.aggregate(st, merge=[path])
+    decay = r["conditions"]["decay"]
+    assert decay["seeds"]["0"]["utility"] == 0.99 and decay["seeds"]["1"]["utility"] == pytest.approx(0.7)
+    assert decay["merged_from"] == {"0": str(path)} and decay["run_dirs"] == {"1": "runs/decay/seed_1"}
+    assert decay["mean"]["utility"] == pytest.approx((0.99 + 0.7) / 2) and r["missing"] == []
+
+
+def test_a_fresh_study_directory_aggregates_merged_results_alone(tmp_path, monkeypatch):
+    st, fakes = _trained_study(tmp_path, monkeypatch)
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps(S.aggregate(st)))
+    measured = len(fakes.baselines)
+    fresh = S.load_study(_write_study(tmp_path), study_dir=tmp_path / "new" / "study")  # no folder yet
+    r = S.aggregate(fresh, merge=[path])
+    assert r["missing"] == [] and r["conditions"]["plain"]["merged_from"] == {"0": str(path), "1": str(path)}
+    assert r["conditions"]["decay"]["mean"]["utility"] == pytest.approx(0.65)  # 0.6 and 0.7
+    assert len(fakes.baselines) == measured  # the baselines too come from the merge
+    assert json.loads((fresh.study_dir / "baselines.json").read_text())["policies"] == r["baselines"]
+    assert json.loads((fresh.study_dir / "results.json").read_text()) == r
+
+
+_FR = {"market": {"utility": 0.5, "stderr": 0.01, "shares": [1 / J] * J, "project_stock": 3.0, "evaluations": 9},
+       "first_best": {"utility": 1.0, "shares": [1 / J] * J, "project_multiplier": 1.2}}
+
+
+def test_the_first_conditions_economy_sets_the_studys_shared_settings_and_rows(tmp_path, monkeypatch):
+    """Settings resolved from, niche names, baselines and frontier row of the first run's economy
+    (each other economy's frontier measures its own condition)."""
+    fakes = Fakes(monkeypatch)
+    plain_decay = S.load_study(_write_study(tmp_path), study_dir=tmp_path / "p").runs[0].cfg.economy.project.decay
+    monkeypatch.setattr(S, "economy_frontier", lambda cfg, settings, fs: {  # a frontier per economy
+        "market": {**_FR["market"], "utility": 0.5 if cfg.economy.project.decay == plain_decay else 0.8},
+        "first_best": _FR["first_best"]})
+    st = S.load_study(_write_study(tmp_path, seeds=1, eval={"worlds": 1}, conditions=[
+        {"name": "plain"},
+        {"name": "other", "overrides": ["economy.project.decay=0.1", "economy.episode_length=80",
+                                        "economy.niches.builder.name=mason"]}]), study_dir=tmp_path / "d")
+    tiny = st.runs[0].cfg.economy
+    assert tiny.episode_length == 50 and st.runs[1].cfg.economy.episode_length == 80
+    assert st.settings == EvalSettings(1, 50, 50 // 4, False)  # steps: the first economy's episode
+    S.run_study(st, progress=False, log=lambda *_: None)
+    r = S.aggregate(st)
+    assert r["niche_names"] == [*tiny.niche_names, "rest"] and "builder" in r["niche_names"]
+    assert sorted(fakes.baselines) == sorted([("random", plain_decay), ("scripted", plain_decay), ("scripted", 0.1)])
+    assert r["baselines"]["random"]["efficiency"] == pytest.approx((0.1 + plain_decay) / 0.5)
+    assert r["baselines"]["scripted (other)"]["efficiency"] == pytest.approx((0.3 + 0.1) / 0.8)
+    assert r["frontier"]["market frontier"]["utility"] == 0.5
+    assert r["conditions"]["plain"]["seeds"]["0"]["efficiency"] == pytest.approx(0.1 / 0.5)
+    assert r["conditions"]["other"]["seeds"]["0"]["efficiency"] == pytest.approx(0.1 / 0.8)  # its own economy's
+
+
+def test_the_first_conditions_interval_is_clipped_to_its_own_niche_count(tmp_path, monkeypatch):
+    Fakes(monkeypatch)
+    st = S.load_study(_write_study(tmp_path, conditions=[
+        {"name": "plain"}, {"name": "one", "overrides": ["economy.niches=[{name: farmer, outputs: {grain: 3}, labour: 3.0}]"]}]),
+        study_dir=tmp_path / "d")
+    assert [r.cfg.economy.num_niches for r in st.runs] == [J, J, 1, 1]
+    S.run_study(st, progress=False, log=lambda *_: None)
+    ci = S.aggregate(st)["conditions"]["plain"]["ci95"]["active_niches"]  # seeds: 3 and 4 active niches
+    assert ci[0] == 0.0 and ci[1] == J  # 3.5 -+ t(0.975, 1) * 0.707 / sqrt(2) = 3.5 -+ 6.35, within 0 .. J
+
+
+def test_attach_frontier_bounds_the_intervals_by_the_results_niche_count():
+    from scipy import stats
+
+    def seeds(active):
+        return {str(i): {**_metrics(i, "plain"), "active_niches": a} for i, a in enumerate(active)}
+
+    results = {"niche_names": [f"n{j}" for j in range(J)] + ["rest"], "baselines": {},
+               "conditions": {"wide": {"seeds": seeds([3.0, 4.0])}, "narrow": {"seeds": seeds([6.1, 6.12])}}}
+    out = S.attach_frontier(results, _FR)
+    assert out["conditions"]["wide"]["ci95"]["active_niches"] == [0.0, J]  # 3.5 -+ 6.35, clipped to 0 .. J
+    half = stats.t.ppf(0.975, 1) * np.std([6.1, 6.12], ddof=1) / math.sqrt(2)
+    assert J - 1 < 6.11 + half < J  # not clipped: within J niches
+    assert out["conditions"]["narrow"]["ci95"]["active_niches"] == pytest.approx([6.11 - half, 6.11 + half])
 
 
 def test_attach_frontier_measures_every_row_against_it(tmp_path, monkeypatch):
