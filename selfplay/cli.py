@@ -81,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--merge", nargs="+", default=[], metavar="RESULTS_JSON",
                     help="with --aggregate: take the runs missing here from these results.json files of the same "
                     "study (shards aggregated on other machines); runs complete here are kept")
+    st.add_argument("--vmap-seeds", action="store_true",
+                    help="train the seeds of each condition as one vmapped program (one device; for accelerators, "
+                    "where one small population leaves the device idle; off by default: on the CPU it saves little)")
     st.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     fr = sub.add_parser("frontier", help="the economy's welfare frontier: the planner's first-best and the best fixed "
@@ -302,7 +305,7 @@ def _study(args) -> int:
     enable_compile_cache(study.study_dir)
     try:
         if not args.aggregate:
-            run_study(study, shard, progress=not args.no_progress)
+            run_study(study, shard, progress=not args.no_progress, vmap_seeds=args.vmap_seeds)
         if shard is not None:
             print(f"shard {shard[0]}/{shard[1]} done; when every shard is: agora study {args.study} --aggregate")
             return EXIT_OK

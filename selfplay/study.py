@@ -206,9 +206,12 @@ def _done_updates(run: Run) -> int:
     return max(steps, default=0)
 
 
-def run_study(study: Study, shard: tuple[int, int] | None = None, progress: bool = True, log=print) -> list[Run]:
+def run_study(study: Study, shard: tuple[int, int] | None = None, progress: bool = True, log=print,
+              vmap_seeds: bool = False) -> list[Run]:
     """Train and evaluate this process's share of the runs (all without ``shard``), skipping
-    complete ones; returns the runs it trained or evaluated."""
+    complete ones; returns the runs it trained or evaluated. ``vmap_seeds``: the seeds of a
+    condition that still need training train as one vmapped program
+    (:func:`selfplay.vmapped.train_seeds`; one device), then each is evaluated."""
     from tqdm import tqdm
 
     from selfplay.evaluate import evaluate_run
@@ -222,6 +225,15 @@ def run_study(study: Study, shard: tuple[int, int] | None = None, progress: bool
         f"{len(study.cfg.seed_list)} seeds); this process: {len(mine)}, {len(mine) - len(todo)} complete")
     bar = tqdm(total=total, initial=done, disable=not progress, unit="upd", dynamic_ncols=True)
     try:
+        if vmap_seeds:
+            from selfplay.vmapped import train_seeds
+
+            for c in study.cfg.conditions:
+                group = [r for r in todo if r.condition == c.name and _done_updates(r) < r.cfg.train.updates]
+                if len(group) > 1:
+                    bar.set_description(f"{c.name}/seeds {', '.join(str(r.seed) for r in group)} (vmapped)")
+                    train_seeds([r.cfg for r in group], [r.run_dir for r in group], log=log,
+                                on_update=lambda u, ms: bar.update(len(ms)))
         for r in todo:
             bar.set_description(f"{r.condition}/seed {r.seed}")
             if _done_updates(r) < r.cfg.train.updates:
@@ -313,7 +325,8 @@ def attach_frontier(results: dict, fr: dict) -> dict:
     out["conditions"] = {}
     for name, c in results["conditions"].items():
         seeds = {k: with_distance(v, fr) for k, v in c["seeds"].items()}
-        mean, ci = summarise(seeds, len(results["niche_names"]) - 1 if results.get("niche_names") else None)
+        names = c.get("niche_names") or results.get("niche_names")
+        mean, ci = summarise(seeds, len(names) - 1 if names else None)
         out["conditions"][name] = dict(c, seeds=seeds, mean=mean, ci95=ci)
     out["baselines"] = {k: with_distance(v, fr) for k, v in results["baselines"].items()}
     return out
@@ -358,13 +371,17 @@ def aggregate(study: Study, merge=()) -> dict:
     same economy's); runs complete here are never replaced. A baseline not yet measured
     here (no ``baselines.json``) is taken from the merged results where they have it, so a
     merge needs no frontier it did not already have."""
+    from selfplay.vmapped import MARK as VMAPPED
+
     merged = load_merge(study, merge)
     conditions, missing = {}, []
     for c in study.cfg.conditions:
-        seeds, dirs, origin = {}, {}, {}
+        seeds, dirs, origin, vmapped = {}, {}, {}, []
         for r in (r for r in study.runs if r.condition == c.name):
             seed = str(r.seed)
             if complete(r, study.settings):
+                if (r.run_dir / VMAPPED).is_file():  # trained in one program with other seeds (--vmap-seeds)
+                    vmapped.append(r.seed)
                 trained = json.loads((r.run_dir / "eval.json").read_text())["policies"]["trained"]
                 dirs[seed] = str(r.run_dir.relative_to(study.study_dir))
             else:
@@ -377,9 +394,11 @@ def aggregate(study: Study, merge=()) -> dict:
                 origin[seed] = src[0]
                 continue
             seeds[seed] = with_distance(trained, frontier_of(study, r))
-        mean, ci = summarise(seeds, study.runs[0].cfg.economy.num_niches)
+        cfg_c = next(r.cfg for r in study.runs if r.condition == c.name)  # this condition's economy
+        mean, ci = summarise(seeds, cfg_c.economy.num_niches)
         conditions[c.name] = {"overrides": [*study.cfg.overrides, *c.overrides], "seeds": seeds, "run_dirs": dirs,
-                              "mean": mean, "ci95": ci}
+                              "mean": mean, "ci95": ci, "niche_names": [*cfg_c.economy.niche_names, "rest"],
+                              "vmapped_seeds": vmapped}
         if origin:
             conditions[c.name]["merged_from"] = origin
     s = study.settings

@@ -438,6 +438,58 @@ def test_the_first_conditions_interval_is_clipped_to_its_own_niche_count(tmp_pat
     assert ci[0] == 0.0 and ci[1] == J  # 3.5 -+ t(0.975, 1) * 0.707 / sqrt(2) = 3.5 -+ 6.35, within 0 .. J
 
 
+def test_every_condition_is_bounded_and_named_by_its_own_economy(tmp_path, monkeypatch):
+    """A condition with another niche list: its intervals lie within its own niche count and
+    its niche shares carry its own names (not the first condition's)."""
+    Fakes(monkeypatch)
+    st = S.load_study(_write_study(tmp_path, conditions=[
+        {"name": "plain"}, {"name": "one", "overrides": ["economy.niches=[{name: farmer, outputs: {grain: 3}, labour: 3.0}]"]}]),
+        study_dir=tmp_path / "d")
+    S.run_study(st, progress=False, log=lambda *_: None)
+    r = S.aggregate(st)
+    one = r["conditions"]["one"]
+    assert one["ci95"]["active_niches"] == [0.0, 1.0]  # 3.5 -+ 6.35 clipped to 0 .. 1 niche
+    assert one["niche_names"] == ["farmer", "rest"]
+    assert r["conditions"]["plain"]["niche_names"] == r["niche_names"] == [*st.runs[0].cfg.economy.niche_names, "rest"]
+    # attach_frontier (results written before the frontier) bounds each condition by its own names too
+    again = S.attach_frontier(r, _FR)
+    assert again["conditions"]["one"]["ci95"]["active_niches"] == [0.0, 1.0]
+
+
+def test_vmapped_seeds_train_each_conditions_unfinished_seeds_together(tmp_path, monkeypatch):
+    """``--vmap-seeds``: the seeds of a condition still to train go to one vmapped program
+    (selfplay.vmapped.train_seeds), a lone one to train_run; every run is evaluated; the
+    results say which seeds were trained vmapped."""
+    import selfplay.vmapped as V
+
+    fakes = Fakes(monkeypatch)
+    groups = []
+
+    def train_seeds(cfgs, run_dirs, log, on_update):
+        groups.append([d.name for d in run_dirs])
+        for cfg, d in zip(cfgs, run_dirs):
+            (d / "checkpoints" / str(cfg.train.updates)).mkdir(parents=True, exist_ok=True)
+            (d / V.MARK).write_text(json.dumps({"seeds": [c.train.seed for c in cfgs]}))
+        for u in range(1, cfgs[0].train.updates + 1):
+            on_update(u, [{}] * len(cfgs))
+        return "vmapped"
+
+    monkeypatch.setattr(V, "train_seeds", train_seeds)
+    st = S.load_study(_write_study(tmp_path, seeds=3), study_dir=tmp_path / "d")
+    (st.runs[0].run_dir / "checkpoints" / "4").mkdir(parents=True)  # plain seed 0: trained, not evaluated
+    (st.runs[3].run_dir / "checkpoints" / "4").mkdir(parents=True)  # decay seeds 0 and 1: trained
+    (st.runs[4].run_dir / "checkpoints" / "4").mkdir(parents=True)
+    monkeypatch.setattr("tqdm.tqdm", Bar)
+    Bar.bars = []
+    S.run_study(st, progress=False, log=lambda *_: None, vmap_seeds=True)
+    assert groups == [["seed_1", "seed_2"]]  # plain's two unfinished seeds; decay's lone seed 2 alone
+    assert fakes.trained == [st.runs[5].run_dir]
+    assert fakes.evaluated == [r.run_dir for r in st.runs]
+    assert Bar.bars[0].n == Bar.bars[0].kw["total"] == 6 * 4  # every update counted once
+    r = S.aggregate(st)
+    assert r["conditions"]["plain"]["vmapped_seeds"] == [1, 2] and r["conditions"]["decay"]["vmapped_seeds"] == []
+
+
 def test_attach_frontier_bounds_the_intervals_by_the_results_niche_count():
     from scipy import stats
 
