@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from economy import rng
 from economy.config import EconomyConfig
 from economy.state import EconomyParams, EconomyState
 
@@ -21,7 +22,7 @@ def generate(key: jax.Array, cfg: EconomyConfig, p: EconomyParams) -> EconomySta
     labour = p.labour * jnp.exp(w.recipe_jitter * jax.random.normal(key_jitter, (J,)))
     # Tastes: Dirichlet around the base weights over goods with utility.
     alpha = jnp.where(p.utility > 0, w.preference_concentration * p.utility, 1.0)
-    gam = jax.random.gamma(key_pref, jnp.broadcast_to(alpha, (N, G)))
+    gam = rng.gamma(key_pref, jnp.broadcast_to(alpha, (N, G)))  # = jax.random.gamma, in chunks
     gam = jnp.where(p.utility > 0, gam, 0.0)
     preferences = gam / jnp.maximum(gam.sum(-1, keepdims=True), 1e-12)
     lo = jnp.asarray([g.endowment[0] for g in cfg.goods], jnp.int32)
