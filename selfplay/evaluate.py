@@ -358,6 +358,8 @@ def crossplay(run_a: str | Path, against: str, settings: EvalSettings = EvalSett
     s = settings.resolved(cfg_a)
     act_a = trainer_a.act_on(ts_a, greedy=s.greedy, run=crossplay_run(trainer_a, run_a))
     n = env.cfg.num_agents
+    if n % 2:
+        raise ConfigError(f"cross-play: {n} agents do not split into two equal sides (use an even economy.num_agents)")
     if against == "scripted":
         scripted = functools.partial(scripted_actions, env)
         act_b = None

@@ -11,10 +11,13 @@ tests/test_study.py evaluates trained runs of the smoke study end to end.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
+import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +26,7 @@ import pytest
 import yaml
 
 from economy import ConfigError
+from selfplay import evaluate
 from selfplay.evaluate import (
     METRICS,
     EvalSettings,
@@ -38,6 +42,7 @@ from selfplay.evaluate import (
     format_eval_table,
     load_run,
     mean_metrics,
+    play,
     population_utility,
     with_distance,
     world_metrics,
@@ -101,10 +106,22 @@ def test_settings_default_to_the_episode_and_refuse_what_cannot_be_measured():
     assert EvalSettings(steps=10, burn_in=0).resolved(cfg).burn_in == 0  # no burn-in is a choice, not a default
     assert EvalSettings(steps=10, burn_in=9, greedy=True).resolved(cfg) == EvalSettings(8, 10, 9, True)
     assert EvalSettings(2, 7, 1, True).record() == {"worlds": 2, "steps": 7, "burn_in": 1, "greedy": True}
+    assert EvalSettings(steps=1, burn_in=0).resolved(cfg) == EvalSettings(8, 1, 0, False)  # one measured step
     for bad, key in [(dict(worlds=0), "--worlds=0"), (dict(steps=10, burn_in=10), "--burn-in=10"),
                      (dict(steps=10, burn_in=-1), "--burn-in=-1")]:
         with pytest.raises(ConfigError, match=key):
             EvalSettings(**bad).resolved(cfg)
+    with pytest.raises(ConfigError, match="--burn-in=0"):
+        EvalSettings(steps=-1, burn_in=0).resolved(cfg)  # no steps to measure
+
+
+def test_settings_are_immutable_values():
+    """``EvalSettings()`` is the default argument of ``evaluate_run`` and ``crossplay``: one
+    shared instance, so it must not be mutable; and equal settings hash alike (usable as keys)."""
+    s = EvalSettings(worlds=2)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.worlds = 3
+    assert hash(s) == hash(EvalSettings(worlds=2)) and len({s, EvalSettings(worlds=2)}) == 1
 
 
 # ---- metrics against closed forms ---------------------------------------------------------------
@@ -112,7 +129,11 @@ def test_mutual_information_of_member_and_niche_closed_forms():
     P = 4
     assert _mi_bits(np.eye(P) * 5) == pytest.approx(math.log2(P))  # each member its own niche
     assert _mi_bits(np.outer([1, 2, 3], [4, 1, 2]).astype(float)) == pytest.approx(0.0, abs=1e-12)  # independent
-    assert _mi_bits(np.zeros((3, 2))) == 0.0  # nobody worked
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an empty table is no 0 / 0 (a world where nobody worked)
+        assert _mi_bits(np.zeros((3, 2))) == 0.0  # nobody worked
+    # I is a function of the normalised table: a joint distribution (total 1, or below) gives the same bits
+    assert _mi_bits(np.eye(2) / 2) == pytest.approx(1.0) and _mi_bits(np.eye(P) / 8) == pytest.approx(math.log2(P))
     t = np.asarray([[3.0, 1.0], [1.0, 3.0]])  # a binary symmetric channel: 1 - H(1/4)
     h = -(0.25 * math.log2(0.25) + 0.75 * math.log2(0.75))
     assert _mi_bits(t) == pytest.approx(1 - h)
@@ -124,6 +145,9 @@ def test_largest_share_is_of_the_whole_economy_and_null_when_empty():
     assert _largest_share(np.asarray([3.0, 1.0, 6.0]), members=2) == pytest.approx(0.3)  # player 2 is league
     assert _largest_share(np.asarray([3.0, 5.0, 2.0]), members=2) == pytest.approx(0.5)
     assert _largest_share(np.zeros(3), members=2) is None
+    # a total of 1 (or less) is still a total: only 0 has no shares
+    assert _largest_share(np.asarray([0.2, 0.3, 0.5]), members=2) == pytest.approx(0.3)
+    assert _largest_share(np.asarray([0.1, 0.05, 0.05]), members=2) == pytest.approx(0.5)
 
 
 def test_step_sums_per_group_against_a_loop():
@@ -195,8 +219,10 @@ def test_mean_metrics_skip_null_entries_and_null_a_scalar_null_anywhere():
 
 # ---- agora eval ---------------------------------------------------------------------------------
 def test_eval_writes_what_it_returns_and_repeats_it_bit_for_bit(runs, evaluated):
-    e = json.loads((runs["a"] / "eval.json").read_text())
+    text = (runs["a"] / "eval.json").read_text()
+    e = json.loads(text)
     assert e == json.loads(json.dumps(evaluated))
+    assert text == json.dumps(evaluated, indent=1)  # one-space indents, like results.json and frontier.json
     assert e["update"] == 0 and (e["worlds"], e["steps"], e["burn_in"], e["greedy"]) == (2, 12, 3, False)
     assert set(e["policies"]) == {"trained", "scripted", "random"} and e["frontier"] is None
     assert e["niche_names"] == ["farmer", "fisher", "woodcutter", "miner", "baker", "smith", "builder"]
@@ -239,7 +265,66 @@ def test_population_utility_is_what_eval_measures(runs, evaluated):
     measure = population_utility(trainer, s)
     assert measure(ts) == pytest.approx(evaluated["policies"]["trained"]["utility"], rel=1e-5)
     _, _, uniform = load_run(runs["a"])
-    assert measure(uniform) != measure(ts)
+    traces = []
+    trace = "/jax/core/compile/jaxpr_trace_duration"
+    listener = lambda name, *_, **__: traces.append(name) if name == trace else None  # noqa: E731
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        other = measure(uniform)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert other != measure(ts)
+    assert traces == []  # another state of the same trainer: no new trace, the compiled program is reused
+
+
+def _sums(rng, T: int, G: int, J: int) -> dict:
+    """Per-step sums ``[T, ...]`` as :func:`selfplay.evaluate._step_sums` gives them (random)."""
+    return {"utility": rng.random((T, G)), "work": rng.integers(0, 4, (T, G, J + 1)).astype(float),
+            "niche_utility": rng.random((T, G, J + 1)), "output": rng.random((T, G)), "public": rng.random(T),
+            "project": rng.random(T)}
+
+
+def test_play_measures_each_world_and_spreads_the_probe_over_every_world(monkeypatch):
+    """``play`` on worlds whose final states and sums are given (no rollout): each world's
+    metrics from its own sums (after the burn-in) and final wealth; the diversity probe is
+    1024 final observations taken with one stride over the worlds in order: every agent
+    while they fit, the first 1024 of them when they just overflow, every other agent of
+    each of eight worlds of 256 agents; no probe unless asked for."""
+    N, D, M, T, J, B = 256, 3, 4, 5, 2, 1
+    rng = np.random.default_rng(1)
+    played = {}
+
+    def fake_play_worlds(env, policy, groups, num_groups, settings, params=None):
+        assert settings is played["settings"]
+        yield from played["worlds"]
+
+    monkeypatch.setattr(evaluate, "play_worlds", fake_play_worlds)
+    env = SimpleNamespace(observe=lambda state: state.obs)
+    groups = np.zeros(N, np.int64)
+
+    def run(W, **kw):
+        played["settings"] = EvalSettings(W, T, B)
+        played["worlds"] = [
+            (SimpleNamespace(goods=np.zeros((N, 2), np.int32), money=rng.integers(0, 9, N).astype(np.int32),
+                             price=np.ones((M, 2), np.int32),
+                             obs=np.stack([np.full(N, w), np.arange(N), np.full(N, 7)], 1).astype(np.float32)),
+             _sums(rng, T, 1, J))
+            for w in range(W)]
+        per_world, probe = play(env, None, groups, 1, played["settings"], 0, **kw)
+        assert len(per_world) == W
+        for m, (final, sums) in zip(per_world, played["worlds"]):
+            assert m["utility"] == pytest.approx(sums["utility"][B:].sum() / (N * (T - B)))
+            assert m["gini"] == pytest.approx(_gini(final.money.astype(float)), rel=1e-5)
+        return probe, [final.obs for final, _ in played["worlds"]]
+
+    probe, obs = run(2, probe=True)
+    np.testing.assert_array_equal(probe, np.concatenate(obs))  # 512 states: all of them
+    probe, obs = run(5, probe=True)
+    np.testing.assert_array_equal(probe, np.concatenate(obs)[:1024])  # 1280: the first 1024
+    probe, obs = run(8, probe=True)
+    assert probe.shape == (1024, D)
+    np.testing.assert_array_equal(probe, np.concatenate([o[::2] for o in obs]))  # 2048: every other agent
+    assert run(2)[0] is None  # the baselines' play: no probe
 
 
 def test_scripted_baseline_equals_simulate_on_the_same_world_and_key(evaluated):
@@ -326,12 +411,150 @@ def test_crossplay_refuses_two_economies_naming_the_key(runs, tmp_path):
         crossplay(runs["a"], str(twin), EvalSettings(worlds=1, steps=4, burn_in=0))
 
 
+class _Side:
+    """A stand-in population for cross-play (no network, no checkpoint): each agent row's
+    action is the agent index it observed plus ``tag``; with ``niche_only`` it draws its
+    niches only (``train.orders=scripted``) and its :meth:`complete` gives orders of
+    ``agent + 10 * tag`` for every agent."""
+
+    def __init__(self, env, players: int, run_length: int, tag: int, niche_only: bool = False):
+        self.env, self.num_players, self.run_length = env, players, run_length
+        self.tag, self.niche_only = tag, niche_only
+        self.seen, self.completed = [], []
+
+    def act_on(self, ts, greedy=False, run=None):
+        def act(key, obs):
+            self.seen.append(np.asarray(obs))
+            a = {"niche": jnp.asarray(obs[:, 1], jnp.int32) + self.tag}
+            return a if self.niche_only else {**a, "price": a["niche"]}
+        return act
+
+    def complete(self, key, state, actions):
+        self.completed.append(np.asarray(actions["niche"]))
+        n = self.env.cfg.num_agents
+        return {"niche": actions["niche"], "price": jnp.arange(n, dtype=jnp.int32) + 10 * self.tag}
+
+
+def _fake_crossplay(monkeypatch, n: int, sides: dict, worlds: list[dict]) -> dict:
+    """Cross-play with the runs ``sides`` (name -> :class:`_Side` factory of the economy) and
+    the per-step sums of ``worlds`` as the played worlds; returns what the fakes saw."""
+    cfg = _config()
+    env = SimpleNamespace(cfg=SimpleNamespace(num_agents=n, niche_names=["x", "y"]),
+                          action_spec={"niche": None, "price": None}, observe=lambda state: state.obs)
+    made = {name: make(env) for name, make in sides.items()}
+    seen = {"env": env, "sides": made}
+
+    def fake_play_worlds(env_, policy, groups, num_groups, settings, params=None):
+        seen["policy"] = policy
+        for sums in worlds:
+            yield None, sums
+
+    monkeypatch.setattr(evaluate, "load_run", lambda run_dir, update=None: (cfg, made[str(run_dir)], None))
+    monkeypatch.setattr(evaluate, "play_worlds", fake_play_worlds)
+    monkeypatch.setattr(evaluate, "scripted_actions",
+                        lambda env_, key, state: {"niche": jnp.arange(n) + 3000, "price": jnp.arange(n) + 3000})
+    return seen
+
+
+def test_crossplay_gives_each_side_its_own_rows(monkeypatch):
+    """A plays the even agent rows on their own observations, B (or the scripted rule) the
+    odd ones; a side that draws its niches only has its orders completed for the niches
+    both sides drew, and keeps its own rows of them."""
+    n, T = 8, 3
+    rng = np.random.default_rng(2)
+    worlds = [_sums(rng, T, 2, 2)]
+    state = SimpleNamespace(obs=np.stack([np.full(n, 5), np.arange(n)], 1).astype(np.float32))
+    key = jax.random.key(0)
+    i = np.arange(n)
+    settings = EvalSettings(worlds=1, steps=T, burn_in=1)
+
+    seen = _fake_crossplay(monkeypatch, n, {"A": lambda e: _Side(e, 2, 1, 1000), "B": lambda e: _Side(e, 4, 1, 2000)},
+                           worlds)
+    crossplay("A", "B", settings)
+    acts = seen["policy"](key, state)
+    a, b = seen["sides"]["A"], seen["sides"]["B"]
+    np.testing.assert_array_equal(a.seen[-1], state.obs[0::2])
+    np.testing.assert_array_equal(b.seen[-1], state.obs[1::2])
+    np.testing.assert_array_equal(acts["niche"], i + np.where(i % 2, 2000, 1000))
+    np.testing.assert_array_equal(acts["price"], acts["niche"])
+
+    seen = _fake_crossplay(monkeypatch, n, {"A": lambda e: _Side(e, 2, 1, 1000)}, worlds)
+    crossplay("A", "scripted", settings)
+    acts = seen["policy"](key, state)
+    np.testing.assert_array_equal(acts["niche"], i + np.where(i % 2, 3000, 1000))  # the scripted rule's odd rows
+
+    seen = _fake_crossplay(monkeypatch, n, {"A": lambda e: _Side(e, 2, 1, 1000, niche_only=True),
+                                           "B": lambda e: _Side(e, 2, 1, 2000, niche_only=True)}, worlds)
+    crossplay("A", "B", settings)
+    acts = seen["policy"](key, state)
+    niche = i + np.where(i % 2, 2000, 1000)
+    np.testing.assert_array_equal(acts["niche"], niche)
+    np.testing.assert_array_equal(acts["price"], i + np.where(i % 2, 20000, 10000))  # each side's own orders
+    for side in seen["sides"].values():
+        np.testing.assert_array_equal(side.completed[-1], niche)  # completed for the niches both drew
+
+
+def test_crossplay_books_against_a_hand_computation(monkeypatch):
+    """Each side's utility per agent-step, niche shares, utility by niche worked and share
+    of output from given per-step sums, after the burn-in step (8 agents, 4 a side)."""
+    burn = [[9, 9, 9], [9, 9, 9]]  # step 0 is burn-in: never counted
+    work = np.asarray([burn, [[3, 1, 0], [0, 2, 2]], [[4, 0, 0], [1, 1, 2]]], float)  # [T, side, J+1]
+    nu = np.asarray([[[50, 50, 50], [50, 50, 50]], [[1.5, 0.25, 0], [0, 1.0, 0.4]], [[2.0, 0, 0], [0.5, 0.75, 0.2]]])
+    sums = {"utility": nu.sum(-1), "work": work, "niche_utility": nu,
+            "output": np.asarray([[5.0, 7.0], [1.0, 0], [0, 0]]), "public": np.zeros(3), "project": np.zeros(3)}
+    sides = {"A": lambda e: _Side(e, 2, 1, 0), "B": lambda e: _Side(e, 2, 1, 0)}
+    _fake_crossplay(monkeypatch, 8, sides, [sums])
+    out = crossplay("A", "B", EvalSettings(worlds=1, steps=3, burn_in=1))
+    a, b = out["sides"]["A"], out["sides"]["B"]
+    assert out["niche_names"] == ["x", "y", "rest"]
+    assert a["utility_steps"] == pytest.approx([1.75 / 4, 2.0 / 4]) and a["utility"] == pytest.approx(3.75 / 8)
+    assert b["utility_steps"] == pytest.approx([1.4 / 4, 1.45 / 4]) and b["utility"] == pytest.approx(2.85 / 8)
+    assert a["niche_shares"] == pytest.approx([7 / 8, 1 / 8, 0])
+    assert b["niche_shares"] == pytest.approx([1 / 8, 3 / 8, 4 / 8])
+    # one agent-step in a niche is enough to have a utility there; none: null
+    assert a["utility_by_niche"][:2] == pytest.approx([3.5 / 7, 0.25]) and a["utility_by_niche"][2] is None
+    assert b["utility_by_niche"] == pytest.approx([0.5, 1.75 / 3, 0.6 / 4])
+    assert (a["output_share"], b["output_share"]) == (1.0, 0.0)  # the one unit made after the burn-in
+    sums["output"][1:] = 0.0  # no output measured: no shares (not 0 / 0)
+    _fake_crossplay(monkeypatch, 8, sides, [sums])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = crossplay("A", "B", EvalSettings(worlds=1, steps=3, burn_in=1))
+    assert [x["output_share"] for x in out["sides"].values()] == [None, None]
+
+
+def test_crossplay_refuses_players_that_do_not_divide_a_side(monkeypatch):
+    """Each side's players, in their runs, must divide the n / 2 agents of a side (256
+    agents: 128): 3 players in runs of 3 (9) do not, nor 8 in runs of 32 (256, which
+    divides n but not n / 2); 4 in runs of 16 (64) do."""
+    sums = _sums(np.random.default_rng(4), 3, 2, 2)
+    s = EvalSettings(worlds=1, steps=3, burn_in=1)
+    ok = lambda e: _Side(e, 4, 32, 0)  # noqa: E731
+    for players, run_length in [(3, 6), (8, 64)]:  # runs of 3 and of 32
+        bad = lambda e: _Side(e, players, run_length, 0)  # noqa: E731
+        _fake_crossplay(monkeypatch, 256, {"A": ok, "B": bad}, [sums])
+        with pytest.raises(ConfigError, match=f"cross-play: B's {players} players must divide 128 agents$"):
+            crossplay("A", "B", s)
+        _fake_crossplay(monkeypatch, 256, {"A": bad}, [sums])
+        with pytest.raises(ConfigError, match=f"cross-play: A's {players} players must divide 128 agents$"):
+            crossplay("A", "scripted", s)
+    _fake_crossplay(monkeypatch, 256, {"A": ok, "B": ok}, [sums])
+    assert set(crossplay("A", "B", s)["sides"]) == {"A", "B"}
+    # an odd number of agents has no two equal sides, even for one player in runs of one
+    one = lambda e: _Side(e, 1, 1, 0)  # noqa: E731
+    for against in ("B", "scripted"):
+        _fake_crossplay(monkeypatch, 255, {"A": one, "B": one}, [sums])
+        with pytest.raises(ConfigError, match="cross-play: 255 agents do not split into two equal sides"):
+            crossplay("A", against, s)
+
+
 def test_crossplay_runs_follow_the_training_layout():
     from selfplay.train import Trainer
 
     assert crossplay_run(Trainer(_config()), "a") == 1  # mixed: each row its own run
     villages = Trainer(_config("train.layout=villages", "train.village_players=2"))
     assert villages.run_length == 32 and crossplay_run(villages, "v") == 16
+    assert type(crossplay_run(villages, "v")) is int  # an agent count: to_members reshapes by it
     odd = Trainer(_config("economy.num_agents=48", "train.layout=villages", "train.village_players=4"))
     assert odd.run_length == 3
     with pytest.raises(ConfigError, match="runs of 3 agents"):
