@@ -4,10 +4,14 @@ For each N (default 2^12 ... 2^20 agents, M = N/1024 markets, the default catalo
 G = 6 goods, J = 7 niches, L = 64 ticks) a fresh subprocess measures:
 agent-steps/s, compile seconds, state bytes per agent and peak RSS. ``--devices D``
 shards the agent axis by whole markets over D host devices (on a CPU, virtual devices
-let XLA run markets on several cores). Writes JSON (default
+let XLA run markets on several cores). Every output of the step is read (the whole
+observation, the reward and the infos: what a policy and a learner read; ``--reads reward``
+gives the older, partial reading in which XLA drops most of the observation). ``--peer
+mpe`` measures JaxMARL's MPE ``simple_spread`` the same way in the same run (``pip install
+jaxmarl``) and reports Agora's rate over it. Writes JSON (default
 ``benchmarks/results/env_step.json``) and prints a Markdown table.
 
-    python -m benchmarks.env_step [--sizes 12 14 16 18 20] [--steps 20] [--devices 1]
+    python -m benchmarks.env_step [--sizes 12 14 16 18 20] [--steps 20] [--devices 1] [--peer mpe]
 """
 
 from __future__ import annotations
@@ -42,10 +46,24 @@ def xla_cost(compiled, calls: float = 1.0, devices: int = 1) -> dict:
     }
 
 
-def measure(log2n: int, steps: int, repeats: int, devices: int, markets: int | None = None, xla: bool = False) -> dict:
+def read_all(tree):
+    """One float32 scalar that depends on every element of every array in ``tree``: what
+    a scanned step returns so that XLA computes all of its outputs (a policy reads the
+    whole observation; a learner the rewards and infos)."""
+    import jax
+    import jax.numpy as jnp
+
+    return sum(jnp.sum(x.astype(jnp.float32)) for x in jax.tree.leaves(tree))
+
+
+def measure(log2n: int, steps: int, repeats: int, devices: int, markets: int | None = None, xla: bool = False,
+            reads: str = "full") -> dict:
     """One size: ``markets`` defaults to N/1024 (at least 1). ``xla``: also XLA's cost
     estimate of the timed program (``xla_flops``, ``xla_bytes_accessed``), from a one-step
-    variant scaled by ``steps``."""
+    variant scaled by ``steps``. ``reads``: ``full`` (every output read: the whole
+    observation, the reward and every info entry, as a policy and a learner would) or
+    ``reward`` (the reward, one observation column and the volume: XLA then drops most of
+    the observation, the rate before 2026-12-07)."""
     import jax
     import jax.numpy as jnp
 
@@ -74,7 +92,8 @@ def measure(log2n: int, steps: int, repeats: int, devices: int, markets: int | N
                 key, key_step = jax.random.split(key)
                 a = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, t % k_act, keepdims=False), actions)
                 obs, state, reward, _, _, info = env.step(key_step, state, a)
-                # Consume the observation so that it is computed (a policy would read it).
+                if reads == "full":
+                    return (state, key), (read_all((obs, reward, info)), info["market_volume"].sum())
                 return (state, key), (reward.mean() + obs[:, 0].mean(), info["market_volume"].sum())
 
             (state, key), out = jax.lax.scan(body, (state, key), jnp.arange(steps))
@@ -104,6 +123,7 @@ def measure(log2n: int, steps: int, repeats: int, devices: int, markets: int | N
         "ticks": cfg.market.price_ticks,
         "devices": devices,
         "steps": steps,
+        "reads": reads,
         "agent_steps_per_s": n * steps / best,
         "agent_steps_per_s_median": n * steps / sorted(times)[len(times) // 2],
         "step_ms": best / steps * 1e3,
@@ -120,6 +140,52 @@ def measure(log2n: int, steps: int, repeats: int, devices: int, markets: int | N
     return row
 
 
+def measure_mpe(log2n: int, steps: int, repeats: int) -> dict:
+    """The peer, measured the same way: JaxMARL's MPE ``simple_spread_v3`` (3 agents per
+    world) ``step_env`` vmapped over N/3 worlds inside ``lax.scan``, actions on the device
+    (4 action sets cycled), every output read (all agents' observations, rewards, dones).
+    Needs ``pip install jaxmarl`` (not a dependency of Agora)."""
+    import jax
+    import jax.numpy as jnp
+    import jaxmarl
+
+    env = jaxmarl.make("MPE_simple_spread_v3")
+    worlds = max(2**log2n // env.num_agents, 1)
+    keys = jax.random.split(jax.random.key(0), worlds)
+    _, state = jax.jit(jax.vmap(env.reset))(keys)
+    k_act = 4
+    actions = {a: jax.random.randint(jax.random.key(i), (k_act, worlds), 0, 5) for i, a in enumerate(env.agents)}
+    step = jax.vmap(env.step_env)
+
+    def run(state, actions, key):
+        def body(carry, t):
+            state, key = carry
+            key, k = jax.random.split(key)
+            a = {name: jax.lax.dynamic_index_in_dim(x, t % k_act, keepdims=False) for name, x in actions.items()}
+            obs, state, reward, done, info = step(jax.random.split(k, worlds), state, a)
+            return (state, key), read_all((obs, reward, done))
+
+        (state, key), out = jax.lax.scan(body, (state, key), jnp.arange(steps))
+        return state, out
+
+    run_jit = jax.jit(run, donate_argnums=0)
+    t0 = time.perf_counter()
+    compiled = run_jit.lower(state, actions, jax.random.key(1)).compile()
+    compile_s = time.perf_counter() - t0
+    state, out = compiled(state, actions, jax.random.key(1))
+    jax.block_until_ready(out)
+    times = []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        state, out = compiled(state, actions, jax.random.key(r + 2))
+        jax.block_until_ready(out)
+        times.append(time.perf_counter() - t0)
+    n = worlds * env.num_agents
+    return {"peer": "jaxmarl MPE_simple_spread_v3", "agents": n, "worlds": worlds, "steps": steps, "reads": "full",
+            "agent_steps_per_s": n * steps / min(times), "compile_s": compile_s,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[12, 14, 16, 18, 20], help="log2 of agent counts")
@@ -127,28 +193,48 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--devices", type=int, nargs="+", default=[1], help="host devices to shard over")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/env_step.json"))
+    ap.add_argument("--reads", choices=["full", "reward"], default="full",
+                    help="full: every output is read (the whole observation, reward, infos; default); reward: the "
+                    "reward and one observation column (the rate before 2026-12-07: XLA drops most of the observation)")
+    ap.add_argument("--peer", choices=["mpe"], help="also measure JaxMARL's MPE simple_spread the same way, in the "
+                    "same run, at each size (needs pip install jaxmarl)")
     ap.add_argument("--single", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--single-peer", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.single is not None:
-        print(json.dumps(measure(args.single, args.steps, args.repeats, args.devices[0])))
+        print(json.dumps(measure(args.single, args.steps, args.repeats, args.devices[0], reads=args.reads)))
+        return 0
+    if args.single_peer is not None:
+        print(json.dumps(measure_mpe(args.single_peer, args.steps, args.repeats)))
         return 0
 
     rows = []
     for d in args.devices:
         for s in args.sizes:
             row, why = run_child("benchmarks.env_step", ["--single", str(s), "--steps", str(args.steps),
-                                             "--repeats", str(args.repeats), "--devices", str(d)], d)
+                                             "--repeats", str(args.repeats), "--devices", str(d),
+                                             "--reads", args.reads], d)
             if row is None:
                 print(why, file=sys.stderr)
                 return 1
             rows.append(row)
             print(
-                f"N=2^{s:<2} devices={d} {row['agent_steps_per_s'] / 1e6:7.2f} M agent-steps/s  "
+                f"N=2^{s:<2} devices={d} reads={args.reads} {row['agent_steps_per_s'] / 1e6:7.2f} M agent-steps/s  "
                 f"{row['ns_per_agent_step']:6.1f} ns/agent-step  compile {row['compile_s']:5.1f} s  "
                 f"state {row['state_bytes_per_agent']:.0f} B/agent  peak RSS {row['peak_rss_mb']:.0f} MB",
                 flush=True,
             )
+            if args.peer and d == 1:
+                peer, why = run_child("benchmarks.env_step", ["--single-peer", str(s), "--steps", str(args.steps),
+                                                              "--repeats", str(args.repeats)], 1)
+                if peer is None:
+                    print(f"peer: {why}", file=sys.stderr)
+                    return 1
+                row["peer"] = peer
+                row["ratio_to_peer"] = row["agent_steps_per_s"] / peer["agent_steps_per_s"]
+                print(f"        MPE simple_spread ({peer['agents']:,} agents) {peer['agent_steps_per_s'] / 1e6:7.2f} "
+                      f"M agent-steps/s: Agora / MPE = {row['ratio_to_peer']:.2f}", flush=True)
     result = {
         "benchmark": "env_step",
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
@@ -156,12 +242,15 @@ def main(argv=None) -> int:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
-    print("\n| agents | devices | M agent-steps/s | ns/agent-step | compile s | state B/agent | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| agents | devices | reads | M agent-steps/s | ns/agent-step | compile s | state B/agent | peak RSS MB "
+          "| MPE M agent-steps/s | Agora / MPE |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        peer = r.get("peer")
         print(
-            f"| 2^{r['agents'].bit_length() - 1} | {r['devices']} | {r['agent_steps_per_s'] / 1e6:.2f} | "
-            f"{r['ns_per_agent_step']:.1f} | {r['compile_s']:.1f} | {r['state_bytes_per_agent']:.0f} | {r['peak_rss_mb']:.0f} |"
+            f"| 2^{r['agents'].bit_length() - 1} | {r['devices']} | {r['reads']} | {r['agent_steps_per_s'] / 1e6:.2f} | "
+            f"{r['ns_per_agent_step']:.1f} | {r['compile_s']:.1f} | {r['state_bytes_per_agent']:.0f} | {r['peak_rss_mb']:.0f} | "
+            + (f"{peer['agent_steps_per_s'] / 1e6:.2f} | {r['ratio_to_peer']:.2f} |" if peer else "— | — |")
         )
     print(f"\nwrote {args.out}")
     return 0
