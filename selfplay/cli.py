@@ -7,6 +7,7 @@
     agora study STUDY.yaml                  conditions x seeds: train, evaluate, aggregate with 95 % intervals
     agora report RUN_DIR                    write RUN_DIR/report.html, a self-contained HTML report
     agora frontier CONFIG [--only a,b]      the economy's welfare frontier (first-best and market), frontier.json
+    agora catalogue --seed 7 [--spec FILE]  a procedurally generated catalogue, printed as economy YAML
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad config (the message names
 the offending key and value), 3 a command that is not available yet.
@@ -97,6 +98,15 @@ def _parser() -> argparse.ArgumentParser:
     _budget_args(fr)
     fr.add_argument("--out", help="where to write frontier.json (default: runs/frontier/CONFIG_STEM/frontier.json)")
     fr.add_argument("--recompute", action="store_true", help="ignore the cache")
+
+    cat = sub.add_parser("catalogue", help="a procedurally generated catalogue (goods, recipes, niches, a public "
+                         "project) from a seed and a spec, printed as economy YAML (analysis/catalogue.py)")
+    cat.add_argument("--seed", type=int, required=True, help="the catalogue's seed")
+    cat.add_argument("--spec", help="spec YAML (analysis.catalogue.CatalogueSpec: ranges of goods, niches, depth, ...)")
+    cat.add_argument("--no-first-best", action="store_true",
+                     help="skip the check that the planner's first-best uses at least half of the niches (it compiles "
+                     "and solves the economy: seconds)")
+    cat.add_argument("--out", help="also write the YAML to this file")
 
     report = sub.add_parser("report", help="write RUN_DIR/report.html, a self-contained HTML report of a run")
     report.add_argument("run_dir", help="run directory written by agora train (config.yaml, metrics.jsonl, ...)")
@@ -340,6 +350,26 @@ def _report(args) -> int:
     return EXIT_OK
 
 
+def _catalogue(args) -> int:
+    """``agora catalogue``: print the generated catalogue as YAML (exit 2 on a bad spec or
+    one no draw meets)."""
+    from economy import ConfigError
+    from analysis import catalogue
+
+    try:
+        spec = catalogue.load_spec(args.spec)
+        cfg = catalogue.generate(args.seed, spec, first_best=not args.no_first_best)
+    except ConfigError as err:
+        print(f"agora catalogue: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    text = f"# agora catalogue --seed {args.seed}" + (f" --spec {args.spec}" if args.spec else "") + "\n" + catalogue.to_yaml(cfg)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    print(text, end="")
+    return EXIT_OK
+
+
 def _frontier(args) -> int:
     """``agora frontier``: print both frontiers and write frontier.json (exit 2 on bad input)."""
     from economy import ConfigError
@@ -422,6 +452,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _study(args)
     if args.command == "frontier":
         return _frontier(args)
+    if args.command == "catalogue":
+        return _catalogue(args)
     return _unavailable(args.command)
 
 
