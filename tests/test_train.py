@@ -891,3 +891,33 @@ def test_update_seeds_matches_sequential_trainers(cfg, trainer, tmp_path):
     # a group differing in more than the seed is refused
     with pytest.raises(ConfigError, match="differ only in train.seed"):
         train_seeds([run_cfgs[0], cfg], [tmp_path / "a", tmp_path / "b"])
+
+
+def test_the_update_runs_without_the_native_kernels(cfg, trainer, monkeypatch):
+    """Where the native CPU kernels cannot run (an accelerator, no compiler), the trainer
+    says so once and its whole update (acting and the fused loss's XLA twin) is plain XLA:
+    no custom call of the native library in its program, and it trains (finite losses,
+    parameters moved). On this CPU the same trainer with the kernels has them."""
+    from agents import native
+
+    abstract = jax.eval_shape(trainer.init_state, jax.random.key(0))
+    with_native = str(jax.make_jaxpr(trainer._update)(abstract))
+    if native.available():
+        assert "agora_" in with_native  # the check below would otherwise pass vacuously
+    monkeypatch.setattr(native, "_load", lambda: "switched off for this test")
+    native._warn_once.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="switched off for this test"):
+            plain = Trainer(cfg)
+            program = str(jax.make_jaxpr(plain._update)(abstract))
+        assert "agora_" not in program and "custom_call" not in program
+        ts0 = plain.init(jax.random.key(4))
+        before = jax.device_get(ts0.params)
+        ts, m = plain.update(ts0)
+        m = jax.device_get(m)
+        assert np.all(np.isfinite(m["loss"])) and np.all(np.isfinite(m["approx_kl"]))
+        moved = [np.max(np.abs(np.asarray(a) - np.asarray(b))) for a, b in
+                 zip(jax.tree.leaves(jax.device_get(ts.params)), jax.tree.leaves(before))]
+        assert max(moved) > 0
+    finally:
+        native._warn_once.cache_clear()
