@@ -73,9 +73,12 @@ class CatalogueSpec(Frozen):
         if self.niches[1] < self.goods[0] + 1:
             raise ValueError(f"niches: at most {self.niches[1]} cannot give each of at least {self.goods[0]} goods a "
                              "niche that makes it, plus the builder")
-        if self.goods[1] < self.raw[0] + self.depth:
-            raise ValueError(f"goods: at most {self.goods[1]} cannot hold {self.raw[0]} raw goods and one good at each "
-                             f"of {self.depth} levels of depth")
+        if self.goods[0] < self.raw[0] + self.depth:
+            raise ValueError(f"goods: at least {self.goods[0]} cannot always hold {self.raw[0]} raw goods and one good at "
+                             f"each of {self.depth} levels of depth (raise goods' low end to {self.raw[0] + self.depth})")
+        if self.resources[0] > self.raw[0]:
+            raise ValueError(f"resources: at least {self.resources[0]} cannot each be tied to one of at least "
+                             f"{self.raw[0]} raw goods (lower resources' low end to {self.raw[0]})")
         return self
 
 
@@ -99,16 +102,17 @@ def _draw(seed: int, attempt: int, spec: CatalogueSpec) -> dict[str, Any]:
     uniform = lambda lo_hi: float(rng.uniform(*lo_hi))  # noqa: E731
     integer = lambda lo_hi: int(rng.integers(lo_hi[0], lo_hi[1] + 1))  # noqa: E731
 
+    # the spec's validator makes every range below non-empty: goods >= raw + depth, resources <= raw
     G = min(integer(spec.goods), spec.niches[1] - 1)
     depth = int(spec.depth)
-    R = max(1, min(integer(spec.raw), G - depth))
+    R = integer((spec.raw[0], min(spec.raw[1], G - depth)))
     levels = [0] * R + list(range(1, depth + 1)) + [int(x) for x in rng.integers(1, depth + 1, G - R - depth)]
     levels = levels[:R] + sorted(levels[R:])
     # neutral names that say the level: raw_a, raw_b, ...; made1_a (level 1), made2_a, ...
     letter = lambda i: chr(ord("a") + i % 26) + (str(i // 26) if i >= 26 else "")  # noqa: E731
     names = [f"raw_{letter(i)}" for i in range(R)]
     names += [f"made{levels[g]}_{letter(g - levels.index(levels[g]))}" for g in range(R, G)]
-    K = min(integer(spec.resources), R)
+    K = integer((spec.resources[0], min(spec.resources[1], R)))
     resources = list(RESOURCE_NAMES[:K])
 
     price = np.zeros(G)
@@ -174,10 +178,16 @@ def generate(seed: int, spec: CatalogueSpec = CatalogueSpec(), first_best: bool 
     meets every guarantee (:func:`check`; ``first_best=False`` leaves out the planner's
     check, which compiles and solves the economy). ``fields``: other top-level economy
     values (``num_agents=...``). Raises ConfigError naming the guarantee no draw met."""
+    if seed < 0:
+        raise ConfigError(f"catalogue seed {seed}: must be 0 or more")
     failures: dict[str, int] = {}
     for attempt in range(spec.attempts):
-        cfg = economy_from_dict({**_draw(seed, attempt, spec), **fields})
-        why = check(cfg, spec, first_best=first_best)
+        try:  # a draw the economy refuses (e.g. a base price above market.max_price) is a failed draw
+            cfg = economy_from_dict({**_draw(seed, attempt, spec), **fields})
+        except ConfigError as err:
+            cfg, why = None, f"invalid economy: {str(err).splitlines()[-1].strip()}"
+        else:
+            why = check(cfg, spec, first_best=first_best)
         if not why:
             return cfg
         failures[why.split(":")[0]] = failures.get(why.split(":")[0], 0) + 1

@@ -82,6 +82,8 @@ def gamma(key: jax.Array, alpha: jax.Array, chunk: int = 2**14) -> jax.Array:
     from functools import partial
 
     alpha = jnp.asarray(alpha, jnp.float32)
+    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):  # a raw uint32 key: the same numbers from its typed form
+        key = jax.random.wrap_key_data(key)
     shape, size = alpha.shape, alpha.size
     if size <= chunk:
         return jax.random.gamma(key, alpha)

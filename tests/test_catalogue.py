@@ -41,7 +41,7 @@ def test_the_same_seed_gives_the_same_catalogue():
 
 
 @pytest.mark.parametrize("spec", [C.CatalogueSpec(), C.CatalogueSpec(depth=3, goods=(6, 9), niches=(8, 12)),
-                                  C.CatalogueSpec(depth=1, goods=(2, 3), niches=(3, 5), raw=(1, 2), inputs=(1, 1))],
+                                  C.CatalogueSpec(depth=1, goods=(2, 3), niches=(3, 5), raw=(1, 2), resources=(1, 2), inputs=(1, 1))],
                          ids=["default", "deep", "small"])
 def test_every_draw_meets_the_guarantees_and_the_spec(spec, tmp_path):
     for seed in SEEDS:
@@ -91,7 +91,8 @@ def test_the_checks_catch_what_they_guard():
 @pytest.mark.parametrize("spec, field", [
     ({"goods": [9, 3]}, "spec.goods"), ({"markup": [1.0, 1.5]}, "spec.markup"), ({"colour": 3}, "spec.colour"),
     ({"niches": [3, 4], "goods": [5, 6]}, "spec.niches"), ({"depth": 4}, "spec.depth"),
-    ({"goods": [2, 2], "raw": [2, 2], "depth": 2}, "spec.goods")])
+    ({"goods": [2, 2], "raw": [2, 2], "depth": 2}, "spec.goods"), ({"goods": [2, 6]}, "spec.goods"),
+    ({"resources": [4, 4], "raw": [2, 4]}, "spec.resources")])
 def test_a_bad_spec_exits_2_naming_the_field(tmp_path, capsys, spec, field):
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -105,6 +106,27 @@ def test_agora_catalogue_prints_a_loadable_economy(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed == out.read_text() and printed.startswith("# agora catalogue --seed 5")
     assert economy.load_config(out).niches == C.generate(5, first_best=False).niches
+
+
+def test_the_spec_ranges_hold_at_their_edges():
+    """Raw goods and resources at the low ends the spec asks for, the fewest goods a depth
+    allows, and a markup so large that prices leave the market's range: each draw keeps
+    the ranges, and draws the economy refuses are redrawn or named, never a traceback."""
+    spec = C.CatalogueSpec(goods=(4, 6), raw=(2, 4), resources=(2, 2), depth=2)
+    for seed in range(30):
+        cfg = C.generate(seed, spec, first_best=False)
+        raw = [n for n in cfg.niches if not n.inputs and not n.public]
+        assert 2 <= len(raw) <= 4 and len(cfg.resources) == 2
+    steep = C.CatalogueSpec(depth=3, goods=(6, 8), inputs=(3, 3), markup=(5.0, 10.0), attempts=3)
+    for seed in range(5):
+        try:
+            cfg = C.generate(seed, steep, first_best=False)
+        except ConfigError as err:
+            assert "invalid economy" in str(err)
+        else:
+            assert max(g.base_price for g in cfg.goods) <= cfg.market.max_price
+    with pytest.raises(ConfigError, match="seed -1"):
+        C.generate(-1, first_best=False)
 
 
 def test_a_spec_no_draw_can_meet_is_refused_naming_the_guarantee(monkeypatch):

@@ -23,3 +23,10 @@ def test_chunked_gamma_is_jax_random_gamma(chunk):
     # not a constant or a shuffled draw: another key gives other numbers
     other = rng.gamma(jax.random.key(12), alpha, chunk=chunk)
     assert not np.array_equal(np.asarray(other), np.asarray(got))
+
+
+def test_a_raw_uint32_key_gives_the_same_numbers():
+    alpha = jnp.full((300, 6), 2.0)
+    raw = jax.random.PRNGKey(5)
+    np.testing.assert_array_equal(np.asarray(rng.gamma(raw, alpha, chunk=256)),
+                                  np.asarray(jax.random.gamma(raw, alpha)))
