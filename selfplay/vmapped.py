@@ -13,9 +13,16 @@ with, so the study's results can say which mode produced them. A vmapped seed ag
 its sequential run to float tolerance, not bit for bit: the batched matmuls sum in another
 order (tests/test_train.py states the tolerance); the economy's integer state is the same.
 
-Two costs of the batch: ``lax.cond`` branches under ``vmap`` run both sides, so the
-periodic analysis and PBT are computed every update (and selected), and the runs advance
-together: a group whose checkpoints are at different updates is trained one run at a time.
+Costs of the batch. Under ``vmap`` a ``lax.cond`` whose condition is batched runs both
+branches and selects: the rollout's episode reset (a fresh world drawn at every step, then
+discarded unless the episode ended), the periodic analysis, PBT and league refresh are
+computed every update, and with ``train.imitation.updates`` both the imitation and the PPO
+phase run every update. Those conditions are the same for every seed (the seeds advance
+together), so carrying them unbatched would remove the cost; that is not built yet, which
+is why the mode is off by default and meant for an accelerator where one population leaves
+the device idle. The runs advance together: a group whose checkpoints (or restored states)
+are at different updates is trained one run at a time. ``agent_steps_per_s`` in each run's
+metrics is that run's agent-steps over the whole group's update time.
 """
 
 from __future__ import annotations
@@ -76,10 +83,20 @@ def train_seeds(
     if len(cfgs) != len(run_dirs) or not cfgs:
         raise ValueError("train_seeds: one run directory per config")
     _same_but_seed(cfgs)
+    if cfgs[0].train.fault.nan_update:
+        raise ConfigError("--vmap-seeds: train.fault (the injected NaN of the guard's tests) is for agora train only")
     run_dirs = [Path(d) for d in run_dirs]
     seeds = [c.train.seed for c in cfgs]
     trainer = Trainer(cfgs[0])
     trainer._check_one_device("--vmap-seeds")
+
+    def one_at_a_time(why: str) -> str:
+        log(f"--vmap-seeds: {why}; training them one at a time")
+        for c, d in zip(cfgs, run_dirs):
+            train_run(c, d, resume=True, progress=progress,
+                      on_update=None if on_update is None else (lambda u, m: on_update(u, [m])))
+        return "sequential"
+
     with contextlib.ExitStack() as stack:
         for d in run_dirs:
             stack.enter_context(run_dir_lock(d))
@@ -89,18 +106,25 @@ def train_seeds(
                  for c, d in zip(cfgs, run_dirs)]
         latest = [ck.latest() or 0 for ck in ckpts]
         if len(set(latest)) != 1:
-            log(f"--vmap-seeds: the runs' checkpoints are at updates {latest}; training them one at a time")
             stack.close()
-            for c, d in zip(cfgs, run_dirs):
-                train_run(c, d, resume=True, progress=progress,
-                          on_update=None if on_update is None else (lambda u, m: on_update(u, [m])))
-            return "sequential"
+            return one_at_a_time(f"the runs' checkpoints are at updates {latest}")
         ts = trainer.init_seeds(seeds)
         if latest[0]:
             parts = [ck.restore(_take(ts, i)) for i, ck in enumerate(ckpts)]
+            restored = [int(p.update) for p in parts]  # a damaged newest step falls back to an older one
+            if len(set(restored)) != 1:
+                stack.close()
+                return one_at_a_time(f"the runs restored at updates {restored}")
             ts = jax.tree.map(lambda *xs: jnp.stack(xs), *parts)
-        for d in run_dirs:
-            (d / MARK).write_text(json.dumps({"seeds": seeds, "device": str(jax.devices()[0].platform)}) + "\n")
+            log(f"resumed {len(seeds)} seeds at update {restored[0]}")
+
+        def save(u: int) -> None:
+            for i, (ck, d) in enumerate(zip(ckpts, run_dirs)):
+                ck.save(_take(ts, i))
+                # the mode the study records: this run's updates up to u were trained vmapped with these seeds
+                (d / MARK).write_text(json.dumps({"seeds": seeds, "device": str(jax.devices()[0].platform),
+                                                  "through_update": u}) + "\n")
+
         recorders = [stack.enter_context(contextlib.closing(Recorder(d, c, _take(ts, i), enabled=True)))
                      for i, (c, d) in enumerate(zip(cfgs, run_dirs))]
         end = cfgs[0].train.updates
@@ -126,17 +150,22 @@ def train_seeds(
                     for (i, b), rec, mi in zip(bad, recorders, ms):
                         rec.record(u, mi, dt, last=True, mark={"nonfinite": b, "stopped": "non-finite"} if b else
                                    {"stopped": "non-finite in another seed"})
-                    what = "; ".join(f"seed {seeds[i]}: " + ", ".join(f"{q} of members {p}" for q, p in b.items())
+                    for (i, b), ck in zip(bad, ckpts):  # the finite seeds keep this update
+                        if not b:
+                            ck.save(_take(ts, i))
+                    what = "; ".join(f"seed {seeds[i]} ({run_dirs[i]}, newest checkpoint "
+                                     f"{ckpts[i].latest()}): " + ", ".join(f"{q} of members {p}" for q, p in b.items())
                                      for i, b in bad if b)
-                    raise NonFiniteError(f"update {u}: non-finite {what}; stopped without checkpointing it")
+                    raise NonFiniteError(f"update {u}: non-finite {what}; stopped without checkpointing it (the "
+                                         "other seeds were checkpointed at this update)")
                 if on_update is not None:
                     on_update(u, ms)
                 for rec, mi in zip(recorders, ms):
                     rec.record(u, mi, dt, last=u == end)
                 if u % every == 0 or u == end or interrupted:
-                    for i, ck in enumerate(ckpts):
-                        ck.save(_take(ts, i))
+                    save(u)
             if interrupted:
+                save(u)  # (saves nothing already there: a signal after the cadence check still gets its checkpoint)
                 log(f"\ninterrupted: checkpoints written at update {u}")
                 raise KeyboardInterrupt
         finally:

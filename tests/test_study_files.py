@@ -490,6 +490,29 @@ def test_vmapped_seeds_train_each_conditions_unfinished_seeds_together(tmp_path,
     assert r["conditions"]["plain"]["vmapped_seeds"] == [1, 2] and r["conditions"]["decay"]["vmapped_seeds"] == []
 
 
+def test_vmapped_groups_are_the_seeds_at_the_same_update(tmp_path, monkeypatch):
+    """Seeds of a condition killed at different updates train as groups of equal progress
+    (each group one vmapped program), not all one at a time."""
+    import selfplay.vmapped as V
+
+    Fakes(monkeypatch)
+    groups = []
+
+    def train_seeds(cfgs, run_dirs, log, on_update):
+        groups.append(sorted(d.name for d in run_dirs))
+        for cfg, d in zip(cfgs, run_dirs):
+            (d / "checkpoints" / str(cfg.train.updates)).mkdir(parents=True, exist_ok=True)
+        return "vmapped"
+
+    monkeypatch.setattr(V, "train_seeds", train_seeds)
+    st = S.load_study(_write_study(tmp_path, seeds=4, conditions=[{"name": "plain"}]), study_dir=tmp_path / "d")
+    for r, done in zip(st.runs, [2, 0, 2, 0]):
+        if done:
+            (r.run_dir / "checkpoints" / str(done)).mkdir(parents=True)
+    S.run_study(st, progress=False, log=lambda *_: None, vmap_seeds=True)
+    assert sorted(groups) == [["seed_0", "seed_2"], ["seed_1", "seed_3"]]
+
+
 def test_attach_frontier_bounds_the_intervals_by_the_results_niche_count():
     from scipy import stats
 
