@@ -258,6 +258,11 @@ def retest(module: str, work: Path, timeout: float, only: list[str] | None = Non
     repo.mkdir(parents=True)
     copy_repo(repo)
     command = _command(module, repo)
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    base = subprocess.run(command, shell=True, cwd=repo, capture_output=True, env=env)
+    if base.returncode:  # otherwise every survivor would count as killed
+        return (f"{module}: the fast tests fail unmutated in the copy (exit {base.returncode}); fix them first\n"
+                + base.stdout.decode(errors="replace")[-2000:])
     original = (repo / module).read_bytes()
     done = {}
     for s in record["survivors"]:
@@ -272,7 +277,7 @@ def retest(module: str, work: Path, timeout: float, only: list[str] | None = Non
             if s["line"] not in lines or (recorded and applied != recorded):
                 raise SystemExit(f"{module}: mutant {s['mutant']} applies at lines {lines} as {applied}, recorded at "
                                  f"line {s['line']} as {recorded}; run the module's mutants afresh (--fresh)")
-            r = subprocess.run(command, shell=True, cwd=repo, capture_output=True, timeout=timeout)
+            r = subprocess.run(command, shell=True, cwd=repo, capture_output=True, timeout=timeout, env=env)
             done[s["mutant"]] = "survived" if r.returncode == 0 else "killed"
         except subprocess.TimeoutExpired:
             done[s["mutant"]] = "killed"
@@ -284,6 +289,8 @@ def retest(module: str, work: Path, timeout: float, only: list[str] | None = Non
         kept = session.parent / "retest.json"
         old = json.loads(kept.read_text())["outcomes"] if kept.exists() else {}
         kept.write_text(json.dumps({"commit": commit(), "outcomes": {**old, **done}}, indent=1) + "\n")
+    if not done:
+        return f"{module}: no survivor retested (none left, or none named by --only)"
     killed = {k for k, v in done.items() if v == "killed"}
     record["survivors"] = [s for s in record["survivors"] if s["mutant"] not in killed]
     record["killed"] += len(killed)
@@ -443,6 +450,13 @@ def main(argv=None) -> int:
         return 2
     modules, work = args.modules or list(MODULES), Path(args.work)
     if args.retest:
+        if args.only:
+            known = {sv["mutant"] for m in modules if (OUT / f"{flat_name(m)}.json").exists()
+                     for sv in json.loads((OUT / f"{flat_name(m)}.json").read_text())["survivors"]}
+            unknown = sorted(set(args.only) - known)
+            if unknown:
+                print(f"mutants: --only {unknown}: not a survivor in the records of {modules}", file=sys.stderr)
+                return 2
         for m in modules:
             if (OUT / f"{flat_name(m)}.json").exists():
                 print(retest(m, work, args.timeout, args.only), flush=True)
