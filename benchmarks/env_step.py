@@ -201,6 +201,15 @@ def main(argv=None) -> int:
     ap.add_argument("--single", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--single-peer", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.peer:  # before any measurement, so a missing peer loses nothing
+        try:
+            import jaxmarl  # noqa: F401
+        except ImportError:
+            print("--peer mpe needs JaxMARL: pip install jaxmarl", file=sys.stderr)
+            return 2
+        if 1 not in args.devices:
+            print("--peer mpe is measured on one device: include 1 in --devices", file=sys.stderr)
+            return 2
 
     if args.single is not None:
         print(json.dumps(measure(args.single, args.steps, args.repeats, args.devices[0], reads=args.reads)))

@@ -106,7 +106,7 @@ def measure_one(kind: str, log2n: int, devices: int, markets: int, members: int,
         r = env_step.measure(log2n, steps, repeats, devices, markets=markets, xla=True)
         row = {k: r[k] for k in ("agent_steps_per_s", "agent_steps_per_s_median", "compile_s", "peak_rss_mb",
                                  "seconds", "xla_flops", "xla_bytes_accessed", "ns_per_agent_step",
-                                 "state_bytes_per_agent")}
+                                 "state_bytes_per_agent", "reads")}  # reads: every output of the step (full)
         return {"members": None, **row}
 
     import jax
