@@ -232,23 +232,48 @@ class Trainer:
             raise ConfigError(f"{what}: seeds are vmapped on one device; mesh.agents={self.mesh.size} splits the agents "
                               "over several (use mesh.agents=1, or train the seeds one after another)")
 
+    def _seed_axes(self, ts: TrainState):
+        """The seed axis of each leaf of a stacked state: 0, except the update counter and the
+        economy's step, which every seed shares (the seeds advance together). Kept unbatched,
+        they keep the update's ``lax.cond``s (episode reset, PBT, league, analysis, imitation)
+        single-branch under ``vmap``; batched, both branches would run every time."""
+        axes = jax.tree.map(lambda _: 0, ts)
+        return axes.replace(update=None, env_state=axes.env_state.replace(step=None))
+
+    def seed_state(self, ts: TrainState, i: int) -> TrainState:
+        """Seed ``i``'s state of a stacked state (what its own run checkpoints)."""
+        return jax.tree.map(lambda ax, x: x if ax is None else x[i], self._seed_axes(ts), ts,
+                            is_leaf=lambda v: v is None)
+
+    def stack_seeds(self, states: list[TrainState]) -> TrainState:
+        """The stacked state of per-seed states at one update (the inverse of :meth:`seed_state`)."""
+        if len({int(s.update) for s in states}) != 1 or len({int(s.env_state.step) for s in states}) != 1:
+            raise ValueError("stack_seeds: the seeds' states must be at the same update and step")
+        return jax.tree.map(lambda ax, *xs: xs[0] if ax is None else jnp.stack(xs), self._seed_axes(states[0]),
+                            *states, is_leaf=lambda v: v is None)
+
     def init_seeds(self, seeds) -> TrainState:
-        """The states of ``seeds`` stacked on a leading axis: seed ``s``'s is the state a
-        trainer of this config with ``train.seed = s`` starts from (``init(key(s))``), so
-        :meth:`update_seeds` trains them as one program. One device only."""
+        """The states of ``seeds`` stacked on a leading axis (the shared counters unstacked,
+        :meth:`_seed_axes`): seed ``s``'s is the state a trainer of this config with
+        ``train.seed = s`` starts from (``init(key(s))``), so :meth:`update_seeds` trains
+        them as one program. One device only."""
         self._check_one_device("init_seeds")
         if not hasattr(self, "_init_seeds"):
-            self._init_seeds = jax.jit(jax.vmap(lambda kd, s: self.init_state(jax.random.wrap_key_data(kd), s)))
+            axes = self._seed_axes(jax.eval_shape(self.init_state, jax.random.key(0)))
+            self._init_seeds = jax.jit(jax.vmap(lambda kd, s: self.init_state(jax.random.wrap_key_data(kd), s),
+                                                out_axes=axes))
         keys = np.stack([np.asarray(jax.random.key_data(jax.random.key(int(s)))) for s in seeds])
         return self._init_seeds(keys, np.asarray(seeds, np.uint32))
 
     def update_seeds(self, ts: TrainState):
         """:meth:`update` of every seed of a stacked state (:meth:`init_seeds`) in one
-        vmapped program: ``(states, metrics)`` with the seeds on the leading axis. The
-        state is donated."""
+        vmapped program: ``(states, metrics)``, the metrics with the seeds on the leading
+        axis. The state is donated."""
         self._check_one_device("update_seeds")
         if not hasattr(self, "_update_seeds"):
-            self._update_seeds = jax.jit(jax.vmap(self._update), donate_argnums=0)
+            axes = self._seed_axes(ts)
+            self._update_seeds = jax.jit(jax.vmap(self._update, in_axes=(axes,), out_axes=(axes, 0)),
+                                         donate_argnums=0)
         return self._update_seeds(ts)
 
     def init_state(self, key: jax.Array, world_seed: jax.Array | int | None = None) -> TrainState:

@@ -13,15 +13,13 @@ with, so the study's results can say which mode produced them. A vmapped seed ag
 its sequential run to float tolerance, not bit for bit: the batched matmuls sum in another
 order (tests/test_train.py states the tolerance); the economy's integer state is the same.
 
-Costs of the batch. Under ``vmap`` a ``lax.cond`` whose condition is batched runs both
-branches and selects: the rollout's episode reset (a fresh world drawn at every step, then
-discarded unless the episode ended), the periodic analysis, PBT and league refresh are
-computed every update, and with ``train.imitation.updates`` both the imitation and the PPO
-phase run every update. Those conditions are the same for every seed (the seeds advance
-together), so carrying them unbatched would remove the cost; that is not built yet, which
-is why the mode is off by default and meant for an accelerator where one population leaves
-the device idle. The runs advance together: a group whose checkpoints (or restored states)
-are at different updates is trained one run at a time. ``agent_steps_per_s`` in each run's
+Under ``vmap`` a ``lax.cond`` whose condition is batched runs both branches and selects.
+The update's conditions (the episode reset in the rollout, PBT, the league refresh, the
+analysis, imitation) depend only on the update counter and the economy's step, which the
+seeds share (they advance together), so those two are kept unbatched
+(:meth:`~selfplay.train.Trainer._seed_axes`) and every ``cond`` stays single-branch. The
+runs advance together: a group whose checkpoints (or restored states) are at different
+updates is trained one run at a time. ``agent_steps_per_s`` in each run's
 metrics is that run's agent-steps over the whole group's update time.
 """
 
@@ -110,22 +108,22 @@ def train_seeds(
             return one_at_a_time(f"the runs' checkpoints are at updates {latest}")
         ts = trainer.init_seeds(seeds)
         if latest[0]:
-            parts = [ck.restore(_take(ts, i)) for i, ck in enumerate(ckpts)]
+            parts = [ck.restore(trainer.seed_state(ts, i)) for i, ck in enumerate(ckpts)]
             restored = [int(p.update) for p in parts]  # a damaged newest step falls back to an older one
             if len(set(restored)) != 1:
                 stack.close()
                 return one_at_a_time(f"the runs restored at updates {restored}")
-            ts = jax.tree.map(lambda *xs: jnp.stack(xs), *parts)
+            ts = trainer.stack_seeds(parts)
             log(f"resumed {len(seeds)} seeds at update {restored[0]}")
 
         def save(u: int) -> None:
             for i, (ck, d) in enumerate(zip(ckpts, run_dirs)):
-                ck.save(_take(ts, i))
+                ck.save(trainer.seed_state(ts, i))
                 # the mode the study records: this run's updates up to u were trained vmapped with these seeds
                 (d / MARK).write_text(json.dumps({"seeds": seeds, "device": str(jax.devices()[0].platform),
                                                   "through_update": u}) + "\n")
 
-        recorders = [stack.enter_context(contextlib.closing(Recorder(d, c, _take(ts, i), enabled=True)))
+        recorders = [stack.enter_context(contextlib.closing(Recorder(d, c, trainer.seed_state(ts, i), enabled=True)))
                      for i, (c, d) in enumerate(zip(cfgs, run_dirs))]
         end = cfgs[0].train.updates
         every = cfgs[0].train.checkpoint_every
@@ -152,7 +150,7 @@ def train_seeds(
                                    {"stopped": "non-finite in another seed"})
                     for (i, b), ck in zip(bad, ckpts):  # the finite seeds keep this update
                         if not b:
-                            ck.save(_take(ts, i))
+                            ck.save(trainer.seed_state(ts, i))
                     what = "; ".join(f"seed {seeds[i]} ({run_dirs[i]}, newest checkpoint "
                                      f"{ckpts[i].latest()}): " + ", ".join(f"{q} of members {p}" for q, p in b.items())
                                      for i, b in bad if b)

@@ -859,18 +859,27 @@ def test_update_seeds_matches_sequential_trainers(cfg, trainer, tmp_path):
         # what Trainer(cfg with train.seed = s).init(key(s)) computes, without a second trainer
         ts = trainer._init(np.asarray(jax.random.key_data(jax.random.key(s))), np.uint32(s))
         ts, metrics = run_updates(trainer, ts, n)
-        ts = jax.device_get(ts)
-        for a, b in zip(jax.tree.leaves(ts_v.env_state), jax.tree.leaves(ts.env_state)):
+        ts, mine = jax.device_get(ts), trainer.seed_state(ts_v, i)
+        assert int(mine.update) == int(ts.update) == n
+        for a, b in zip(jax.tree.leaves(mine.env_state), jax.tree.leaves(ts.env_state)):
             if np.issubdtype(np.asarray(b).dtype, np.integer):
-                np.testing.assert_array_equal(np.asarray(a[i]), np.asarray(b))
-        for a, b in zip(jax.tree.leaves(ts_v.params), jax.tree.leaves(ts.params)):
-            np.testing.assert_allclose(np.asarray(a[i]), np.asarray(b), rtol=1e-4, atol=1e-5)
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(jax.tree.leaves(mine.params), jax.tree.leaves(ts.params)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
         # the niche counts (their ratios to the same integer totals) and the PBT bookkeeping exactly
         for key in ("member_niche_shares", "occupancy", "pbt_source", "founder"):
             np.testing.assert_array_equal(m_v[key][i], metrics[-1][key])
         np.testing.assert_allclose(m_v["utility"][i], metrics[-1]["utility"], rtol=1e-4, atol=1e-6)
     # the seeds differ (a vmapped axis that repeated one seed would pass the loop above only by chance)
     assert not np.array_equal(ts_v.env_state.goods[0], ts_v.env_state.goods[1])
+    # every lax.cond of the update (episode reset, PBT, league, analysis) stays a cond under vmap: its
+    # condition is unbatched, so one branch runs, not both selected
+    abstract = jax.eval_shape(trainer.init_state, jax.random.key(0))
+    one = str(jax.make_jaxpr(trainer._update)(abstract)).count(" cond[")
+    axes = trainer._seed_axes(abstract)
+    both = str(jax.make_jaxpr(jax.vmap(trainer._update, in_axes=(axes,), out_axes=(axes, 0)))(
+        jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), ts_v))).count(" cond[")
+    assert one >= 3 and both == one
 
     run_cfgs = [cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": s, "updates": n})})
                 for s in seeds]
@@ -884,10 +893,10 @@ def test_update_seeds_matches_sequential_trainers(cfg, trainer, tmp_path):
         assert logged == [u for u in range(1, n + 1) if u % cfg.train.log_every == 0 or u == n]
         ck = Checkpoints(d / "checkpoints", 3)
         assert ck.latest() == n
-        got = ck.restore(jax.tree.map(lambda x: x[i], trainer.init_seeds(seeds)))
+        got = ck.restore(trainer.seed_state(trainer.init_seeds(seeds), i))
         ck.close()
-        for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(ts_v.params)):
-            np.testing.assert_array_equal(np.asarray(a), np.asarray(b[i]))
+        for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(trainer.seed_state(ts_v, i).params)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # a group differing in more than the seed is refused
     with pytest.raises(ConfigError, match="differ only in train.seed"):
         train_seeds([run_cfgs[0], cfg], [tmp_path / "a", tmp_path / "b"])
