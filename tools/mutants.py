@@ -295,7 +295,10 @@ def retest(module: str, work: Path, timeout: float, only: list[str] | None = Non
     record["survivors"] = [s for s in record["survivors"] if s["mutant"] not in killed]
     record["killed"] += len(killed)
     record["killed_on_retest"] = record.get("killed_on_retest", 0) + len(killed)
-    record["retest_commit"] = commit()
+    # the commit whose tests killed them; a work tree with uncommitted changes is said so
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "tests"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.strip()
+    record["retest_commit"] = commit() + (" with uncommitted test changes (commit them and say which)" if dirty else "")
     path.write_text(json.dumps(rescore(record), indent=1) + "\n")
     write_index()
     return f"{module}: {len(killed)} of {len(done)} survivors killed on retest; score {record['score']}"
