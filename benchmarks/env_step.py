@@ -56,6 +56,26 @@ def read_all(tree):
     return sum(jnp.sum(x.astype(jnp.float32)) for x in jax.tree.leaves(tree))
 
 
+def compile_and_time(run, state, actions, key, repeats: int, first: int):
+    """Compile ``run(state, actions, key) -> (state, out)`` (state donated), run it once with
+    ``key`` to warm up, then ``repeats`` times with ``key(first)``, ``key(first + 1)``, ...:
+    ``(compile seconds, seconds of each timed run, final state, last out)``."""
+    import jax
+
+    t0 = time.perf_counter()
+    compiled = jax.jit(run, donate_argnums=0).lower(state, actions, key).compile()
+    compile_s = time.perf_counter() - t0
+    state, out = compiled(state, actions, key)  # warm-up
+    jax.block_until_ready(out)
+    times = []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        state, out = compiled(state, actions, jax.random.key(first + r))
+        jax.block_until_ready(out)
+        times.append(time.perf_counter() - t0)
+    return compile_s, times, state, out
+
+
 def measure(log2n: int, steps: int, repeats: int, devices: int, markets: int | None = None, xla: bool = False,
             reads: str = "full") -> dict:
     """One size: ``markets`` defaults to N/1024 (at least 1). ``xla``: also XLA's cost
@@ -101,18 +121,7 @@ def measure(log2n: int, steps: int, repeats: int, devices: int, markets: int | N
 
         return run
 
-    run_jit = jax.jit(program(steps), donate_argnums=0)
-    t0 = time.perf_counter()
-    compiled = run_jit.lower(state, actions, key).compile()
-    compile_s = time.perf_counter() - t0
-    state, out = compiled(state, actions, key)  # warm-up
-    jax.block_until_ready(out)
-    times = []
-    for r in range(repeats):
-        t0 = time.perf_counter()
-        state, out = compiled(state, actions, jax.random.key(r + 1))
-        jax.block_until_ready(out)
-        times.append(time.perf_counter() - t0)
+    compile_s, times, state, out = compile_and_time(program(steps), state, actions, key, repeats, first=1)
     best = min(times)
     state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
     row = {
@@ -168,18 +177,7 @@ def measure_mpe(log2n: int, steps: int, repeats: int) -> dict:
         (state, key), out = jax.lax.scan(body, (state, key), jnp.arange(steps))
         return state, out
 
-    run_jit = jax.jit(run, donate_argnums=0)
-    t0 = time.perf_counter()
-    compiled = run_jit.lower(state, actions, jax.random.key(1)).compile()
-    compile_s = time.perf_counter() - t0
-    state, out = compiled(state, actions, jax.random.key(1))
-    jax.block_until_ready(out)
-    times = []
-    for r in range(repeats):
-        t0 = time.perf_counter()
-        state, out = compiled(state, actions, jax.random.key(r + 2))
-        jax.block_until_ready(out)
-        times.append(time.perf_counter() - t0)
+    compile_s, times, state, _ = compile_and_time(run, state, actions, jax.random.key(1), repeats, first=2)
     n = worlds * env.num_agents
     return {"peer": "jaxmarl MPE_simple_spread_v3", "agents": n, "worlds": worlds, "steps": steps, "reads": "full",
             "agent_steps_per_s": n * steps / min(times), "compile_s": compile_s,

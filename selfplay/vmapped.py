@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 
 from economy import ConfigError
 from selfplay.checkpoint import Checkpoints

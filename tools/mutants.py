@@ -32,7 +32,6 @@ import concurrent.futures as cf
 import datetime as dt
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
