@@ -190,7 +190,8 @@ def generate(seed: int, spec: CatalogueSpec = CatalogueSpec(), first_best: bool 
             why = check(cfg, spec, first_best=first_best)
         if not why:
             return cfg
-        failures[why.split(":")[0]] = failures.get(why.split(":")[0], 0) + 1
+        kind = why.split(":")[0]
+        failures[kind] = failures.get(kind, 0) + 1
     raise ConfigError(f"catalogue seed {seed}: no draw of {spec.attempts} met the guarantees ("
                       + "; ".join(f"{k}: {v} draws" for k, v in failures.items())
                       + "); widen spec.niches or spec.utility_concentration, or raise spec.attempts")

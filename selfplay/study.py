@@ -230,9 +230,10 @@ def run_study(study: Study, shard: tuple[int, int] | None = None, progress: bool
 
             for c in study.cfg.conditions:  # a condition's unfinished seeds, grouped by the update they are at
                 groups: dict[int, list[Run]] = {}
-                for r in todo:
-                    if r.condition == c.name and _done_updates(r) < r.cfg.train.updates:
-                        groups.setdefault(_done_updates(r), []).append(r)
+                for r in (r for r in todo if r.condition == c.name):
+                    done_r = _done_updates(r)
+                    if done_r < r.cfg.train.updates:
+                        groups.setdefault(done_r, []).append(r)
                 for group in (g for g in groups.values() if len(g) > 1):
                     bar.set_description(f"{c.name}/seeds {', '.join(str(r.seed) for r in group)} (vmapped)")
                     train_seeds([r.cfg for r in group], [r.run_dir for r in group], log=log,
