@@ -50,7 +50,8 @@ from agents.scripted import ScriptedConfig, scripted_actions
 from economy import ConfigError, Economy, EconomyConfig, eval_keys, rollout
 from economy.registry import ProductionContext, default_rule, make_rule
 
-FRONTIER_VERSION = 1  # bump when the method changes: older cache entries are then recomputed
+FRONTIER_VERSION = 2  # bump when the method or the economy's draws change: older cache entries are then recomputed
+# (2: the call auction's rationing lottery draws from economy.rng, indexed per real good, 2026-12-07)
 NOT_IN_FRONTIER = ("observe_values", "collaboration_scale")  # economy fields only learners see: not hashed
 FIXED_POINT_STEPS = 60  # iterations of the steady state (project stock and holdings)
 

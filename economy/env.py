@@ -7,13 +7,14 @@ See :mod:`economy.market` for the auction and docs/economy.md for the contracts.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
+from economy import catalogues as cat_lib
 from economy import market, rng, streams
 from economy.config import INT32_MAX, EconomyConfig
 from economy.generator import generate
@@ -38,18 +39,41 @@ class Economy:
       ``market.tick_size`` relative.
 
     Out-of-range actions are clipped into range; with ``checked=True`` they raise.
+
+    With ``catalogues`` (configs that share every setting of ``cfg`` but goods, niches and
+    resources) the economy is *padded* (:mod:`economy.catalogues`): its goods and niches
+    axes have ``sizes`` (default: the largest of the catalogues), each world carries its
+    catalogue in ``state.catalogue``, and :meth:`reset` draws one of ``catalogues``
+    uniformly (:meth:`reset_catalogue` plays a given one). ``cfg``'s own catalogue is
+    then only the template of the shared settings.
     """
 
-    def __init__(self, cfg: EconomyConfig, checked: bool = False):
+    def __init__(self, cfg: EconomyConfig, checked: bool = False,
+                 catalogues: Sequence[EconomyConfig] | None = None, sizes: cat_lib.Sizes | None = None):
         self.cfg = cfg
-        self.params = compile_params(cfg)
         self.checked = checked
-        self.custom = tuple(
-            CustomNiche(j, make_rule(n.rule), {k: jnp.float32(v) for k, v in n.params.items()})
-            for j, n in enumerate(cfg.niches)
-            if n.rule is not None
-        )
-        G, J = cfg.num_goods, cfg.num_niches
+        self.catalogues = None
+        if catalogues is not None:
+            if not catalogues:
+                raise ValueError("catalogues: at least one")
+            cat_lib.check_shared([cfg, *catalogues])
+            self.sizes = cat_lib.Sizes(*(sizes or cat_lib.sizes_of(catalogues)))
+            self.catalogue_configs = tuple(catalogues)
+            self.rule_keys = cat_lib.rule_keys(catalogues)
+            self.catalogues = cat_lib.stack([cat_lib.pad(c, self.sizes, self.rule_keys) for c in catalogues])
+            self.params = cat_lib.take(self.catalogues, 0).params
+            self.custom = tuple(
+                CustomNiche(j, make_rule(rule), {k: jnp.float32(v) for k, v in params}) for j, rule, params in self.rule_keys
+            )
+        else:
+            self.sizes = cat_lib.Sizes(cfg.num_goods, cfg.num_niches, len(cfg.resources))
+            self.params = compile_params(cfg)
+            self.custom = tuple(
+                CustomNiche(j, make_rule(n.rule), {k: jnp.float32(v) for k, v in n.params.items()})
+                for j, n in enumerate(cfg.niches)
+                if n.rule is not None
+            )
+        G, J = self.sizes.goods, self.sizes.niches
         self.action_spec: tuple[ActionHead, ...] = (
             ActionHead("niche", (), J + 1),
             ActionHead("side", (G,), 3),
@@ -64,6 +88,20 @@ class Economy:
     @property
     def num_agents(self) -> int:
         return self.cfg.num_agents
+
+    @property
+    def num_goods(self) -> int:
+        """G: the goods axis (the padded size in a padded economy)."""
+        return self.sizes.goods
+
+    @property
+    def num_niches(self) -> int:
+        """J: the niches axis (rest is action ``J``; the padded size in a padded economy)."""
+        return self.sizes.niches
+
+    @property
+    def padded(self) -> bool:
+        return self.catalogues is not None
 
     def world_key(self, seed: int, evaluation: bool = False) -> jax.Array:
         """Key of world ``seed`` (in the world namespace, :func:`economy.streams.world_key`).
@@ -82,9 +120,34 @@ class Economy:
         return streams.world_key(seed)
 
     def reset(self, key: jax.Array) -> tuple[jax.Array, EconomyState]:
-        """Draw a world. Returns ``(obs [N, obs_dim], state)``."""
-        state = generate(key, self.cfg, self.params)
+        """Draw a world. Returns ``(obs [N, obs_dim], state)``. A padded economy first
+        draws which of its catalogues the world plays (uniformly)."""
+        if self.catalogues is None:
+            state = generate(key, self.cfg, self.params)
+            return self.observe(state), state
+        key_catalogue, key_world = jax.random.split(key)
+        c = jax.random.randint(key_catalogue, (), 0, len(self.catalogue_configs))
+        return self.reset_catalogue(key_world, cat_lib.take(self.catalogues, c))
+
+    def reset_catalogue(self, key: jax.Array, catalogue: cat_lib.Catalogue) -> tuple[jax.Array, EconomyState]:
+        """A world of ``catalogue`` (padded to this economy's sizes, e.g. ``pad(cfg,
+        env.sizes)`` of a catalogue it was not built with). Padded economies only."""
+        if self.catalogues is None:
+            raise ValueError("reset_catalogue: this economy compiles its one catalogue; build it with catalogues=[...]")
+        state = generate(key, self.cfg, catalogue.params, catalogue, resources=self.sizes.resources)
         return self.observe(state), state
+
+    def _p(self, state: EconomyState):
+        """The catalogue's arrays: the world's own in a padded economy, else the compiled ones."""
+        return self.params if state.catalogue is None else state.catalogue.params
+
+    def _per_unit(self, state: EconomyState):
+        """float32 ``1 / price unit`` (the mean base price of the catalogue's goods)."""
+        return np.float32(1.0 / self._price_unit) if state.catalogue is None else state.catalogue.per_price_unit
+
+    def _goods_axis(self, state: EconomyState):
+        """``logical`` of per-good random draws (:func:`economy.rng.bits`): the real goods count."""
+        return None if state.catalogue is None else (1, state.catalogue.num_goods)
 
     def step(self, key: jax.Array, state: EconomyState, actions: Actions):
         """Returns ``(obs [N, obs_dim], state, reward [N], terminated [N], truncated [N],
@@ -102,16 +165,21 @@ class Economy:
         """Uniformly random valid actions, agent axis first."""
         keys = jax.random.split(key, len(self.action_spec))
         n = state.goods.shape[0]
-        return {
+        out = {
             h.name: jax.random.randint(k, (n,) + h.shape, 0, h.choices, jnp.int32)
             for k, h in zip(keys, self.action_spec)
         }
+        if state.catalogue is not None:  # uniform over the real niches and rest (real niches come first)
+            real = jnp.sum(state.catalogue.niches, dtype=jnp.int32)
+            k = jax.random.randint(keys[0], (n,), 0, real + 1, jnp.int32)
+            out["niche"] = jnp.where(k < real, k, self.num_niches)
+        return out
 
     def observe(self, state: EconomyState) -> jax.Array:
         """float32 ``[N, obs_dim]``: own holdings and cash (square-root scaled), skills, tastes, niche history, and
         the market's log prices relative to base, ``log(1 + volume per agent)``, log richness of
         each niche's resource and project bonus; with ``observe_values`` then :meth:`niche_values`."""
-        cfg, p = self.cfg, self.params
+        cfg, p = self.cfg, self._p(state)
         n = state.goods.shape[0]
         m = state.price.shape[0]
         b = n // m
@@ -145,14 +213,14 @@ class Economy:
         public unit while the treasury pays), in units of the catalogue's mean base price,
         signed-log scaled (``sign(v) log(1 + |v|)``); the observation's last ``J`` columns
         with ``observe_values``."""
-        p, n = self.params, state.goods.shape[0]
-        J = self.cfg.num_niches
+        p, n = self._p(state), state.goods.shape[0]
+        J = self.num_niches
         net = (p.outputs[:J] - p.inputs[:J]).astype(jnp.float32)  # [J, G]
         margin = state.price.astype(jnp.float32) @ net.T  # [M, J] money per unit of work
         if self.cfg.treasury.pay:
             paying = (state.treasury > 0).astype(jnp.float32)[:, None]  # [M, 1]
             margin = margin + paying * self.cfg.treasury.pay * p.public[:J].astype(jnp.float32)[None, :]
-        v = expected_effort(self.cfg, state) * per_agent(margin, n) * (1.0 / self._price_unit)
+        v = expected_effort(self.cfg, state) * per_agent(margin, n) * self._per_unit(state)
         return jnp.sign(v) * jnp.log1p(jnp.abs(v))
 
     # ---- internals ----------------------------------------------------------------------
@@ -242,12 +310,17 @@ class Economy:
         return self._step(key, state, actions)
 
     def _step(self, key: jax.Array, state: EconomyState, actions: Actions):
-        cfg, p = self.cfg, self.params
+        cfg, p = self.cfg, self._p(state)
         n, G = state.goods.shape
+        J = self.num_niches
         m = state.price.shape[0]
         b = n // m
         L = cfg.market.price_ticks
         a = {h.name: jnp.clip(actions[h.name], 0, h.choices - 1) for h in self.action_spec}
+        if state.catalogue is not None:  # a padded niche rests; a padded good is held, never traded
+            niches = state.catalogue.niches
+            a["niche"] = jnp.where(jnp.take(niches, jnp.minimum(a["niche"], J - 1)) & (a["niche"] < J), a["niche"], J)
+            a["side"] = jnp.where(state.catalogue.goods, a["side"], market.HOLD)
         key_work, key_market, key_consume, key_project = jax.random.split(key, 4)
 
         # 1. Work.
@@ -267,6 +340,7 @@ class Economy:
             skill_floor=cfg.skill_floor,
             history_decay=cfg.history_decay,
             custom=self.custom,
+            custom_on=None if state.catalogue is None else state.catalogue.rules,
             step=state.step,
         )
         goods = w.goods
@@ -294,7 +368,7 @@ class Economy:
         qty = jnp.where(buying, buy_q, jnp.where(side == market.SELL, sell_q, 0))
 
         # 3. Clearing.
-        lottery = jax.random.uniform(key_market, (m, G, 2))
+        lottery = rng.uniform(key_market, (m, G, 2), self._goods_axis(state))
         c = market.clear(side, qty, tick, L, lottery, max_qty=cfg.market.quantity_levels[-1])
         clear_price = jnp.take_along_axis(grid, c.tick[..., None], -1)[..., 0]  # [M, G]
         goods = (held + c.buy_fill - c.sell_fill).reshape(n, G)
@@ -307,7 +381,7 @@ class Economy:
         money = money - tax + procurement
 
         # 4. Consumption and utility.
-        u_eat, u_spoil = rng.uniform_pair(key_consume, (n, G))
+        u_eat, u_spoil = rng.uniform_pair(key_consume, (n, G), self._goods_axis(state))
         cons = consume(p, goods, state.preferences, u_eat, u_spoil)
 
         # 5. Public projects.
@@ -326,9 +400,9 @@ class Economy:
             treasury=treasury,
             step=state.step + 1,
         )
-        working = a["niche"] < cfg.num_niches
+        working = a["niche"] < J
         specialisation = jnp.where(
-            working, jnp.take_along_axis(w.history, jnp.minimum(a["niche"], cfg.num_niches - 1)[:, None], -1)[:, 0], 0.0
+            working, jnp.take_along_axis(w.history, jnp.minimum(a["niche"], J - 1)[:, None], -1)[:, 0], 0.0
         )
         collaboration = w.public.astype(jnp.float32) * (1.0 / cfg.collaboration_scale)
         # Value added by this step's work at the market's prices before it (outputs minus
@@ -337,7 +411,7 @@ class Economy:
         net = (p.outputs - p.inputs).astype(jnp.float32)  # [J+1, G] (row J: rest)
         margin = state.price.astype(jnp.float32) @ net.T  # [M, J+1]
         margin_agent = jnp.take_along_axis(margin, a["niche"].reshape(m, b), axis=1).reshape(n)
-        value_added = w.units.astype(jnp.float32) * margin_agent / self._price_unit
+        value_added = w.units.astype(jnp.float32) * margin_agent * self._per_unit(state)
         # The environment's reward is the utility of this step's basket. Everything a learner
         # may be rewarded for is a per-agent entry of ``info``; how those are weighted per
         # population member is self-play's business (selfplay.rewards, train.variants.rewards).

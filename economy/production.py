@@ -48,10 +48,13 @@ def work(
     skill_floor: float,
     history_decay: float,
     custom: Sequence[CustomNiche] = (),
+    custom_on: jax.Array | None = None,
     step: jax.Array | int = 0,
 ) -> Work:
     """``niche`` int32 [N] in [0, J] (J = rest); ``richness`` [M, J]; ``labour`` [J];
-    ``project_mult`` [M]; ``u`` float32 [N] uniforms for stochastic rounding."""
+    ``project_mult`` [M]; ``u`` float32 [N] uniforms for stochastic rounding;
+    ``custom_on`` bool ``[len(custom)]``: which custom rules apply (a padded economy's
+    catalogue; default all)."""
     n_agents, num_niches = skills.shape
     m = num_markets
     b = n_agents // m
@@ -74,7 +77,7 @@ def work(
         params={},
     )
     effort = default_rule(ctx)
-    for c in custom:  # trace-time loop over the few niches with their own Python rule
+    for k, c in enumerate(custom):  # trace-time loop over the few niches with their own Python rule
         workers = jnp.broadcast_to(occupancy[:, None, c.index], (m, b)).reshape(n_agents)
         cctx = ctx._replace(
             skill=skills[:, c.index],
@@ -83,7 +86,8 @@ def work(
             labour=labour[c.index],
             params=c.params,
         )
-        effort = jnp.where(niche == c.index, c.rule(cctx).astype(jnp.float32), effort)
+        use = niche == c.index if custom_on is None else (niche == c.index) & custom_on[k]
+        effort = jnp.where(use, c.rule(cctx).astype(jnp.float32), effort)
     units = stochastic_round(jnp.maximum(effort, 0.0), u)
     inp = jnp.take(p.inputs, niche, axis=0)  # [N, G]
     out = jnp.take(p.outputs, niche, axis=0)

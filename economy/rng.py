@@ -25,23 +25,43 @@ def _mix(x: jax.Array) -> jax.Array:
     return x ^ (x >> 16)
 
 
-def bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """uint32 random bits of ``shape`` from ``key`` (counter-based, sharding-invariant)."""
+def _counter(shape: tuple[int, ...], logical: tuple[int, jax.Array] | None) -> jax.Array:
+    """uint32 row-major index of every entry of ``shape``; with ``logical = (axis, n)``
+    the index an entry would have if axis ``axis`` were ``n`` long (``n`` may be traced):
+    entries ``< n`` along it get the numbers an array of that length gets, so a padded
+    array draws for its real entries exactly what the unpadded one draws."""
+    if logical is None:
+        return jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+    axis, n = logical
+    axis %= len(shape)
+    sizes = [jnp.uint32(d) for d in shape]
+    sizes[axis] = jnp.asarray(n).astype(jnp.uint32)
+    idx, stride = jnp.zeros(shape, jnp.uint32), jnp.uint32(1)
+    for d in reversed(range(len(shape))):  # trace-time loop over the few axes
+        idx = idx + jax.lax.broadcasted_iota(jnp.uint32, shape, d) * stride
+        stride = stride * sizes[d]
+    return idx
+
+
+def bits(key: jax.Array, shape: tuple[int, ...], logical: tuple[int, jax.Array] | None = None) -> jax.Array:
+    """uint32 random bits of ``shape`` from ``key`` (counter-based, sharding-invariant);
+    ``logical``: see :func:`_counter` (padded catalogues)."""
     seed = jax.random.bits(key, (2,), jnp.uint32)
-    counter = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)  # row-major global index
+    counter = _counter(shape, logical)  # row-major global index
     return _mix(_mix(counter * jnp.uint32(_GOLDEN) ^ seed[0]) + seed[1])
 
 
-def uniform(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+def uniform(key: jax.Array, shape: tuple[int, ...], logical: tuple[int, jax.Array] | None = None) -> jax.Array:
     """float32 uniforms in ``[0, 1)`` on a 2^-24 grid."""
-    return (bits(key, shape) >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
+    return (bits(key, shape, logical) >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
 
 
-def uniform_pair(key: jax.Array, shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+def uniform_pair(key: jax.Array, shape: tuple[int, ...],
+                 logical: tuple[int, jax.Array] | None = None) -> tuple[jax.Array, jax.Array]:
     """Two independent float32 uniform arrays from one hash per entry: the high and low 16
     bits, each centred in its 2^-16 cell (so stochastic rounding with them is unbiased to
     within 2^-17 of a unit)."""
-    x = bits(key, shape)
+    x = bits(key, shape, logical)
     scale = jnp.float32(2.0**-16)
     half = jnp.float32(2.0**-17)
     return (x >> 16).astype(jnp.float32) * scale + half, (x & 0xFFFF).astype(jnp.float32) * scale + half

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +28,9 @@ class EconomyState:
     project: jax.Array  # int32 [M] public-project stock
     treasury: jax.Array  # int32 [M] public money of each market (taxes in, procurement out)
     step: jax.Array  # int32 [] steps since reset
+    # the world's catalogue as data (economy.catalogues.Catalogue) in a padded economy; None
+    # where the catalogue is compiled into the step (every economy of one YAML file)
+    catalogue: Any = None
 
 
 class ActionHead(NamedTuple):

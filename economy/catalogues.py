@@ -1,0 +1,183 @@
+"""Catalogues as data: one economy that plays many catalogues (goods, recipes, niches).
+
+A catalogue (an :class:`~economy.config.EconomyConfig`'s goods, niches and resources) is
+normally compiled into constants of ``step``. Here it is padded to fixed maxima
+(:class:`Sizes`: goods, niches, resources) and carried as arrays (:class:`Catalogue`) in
+the world's state, so one compiled ``step`` plays any catalogue that fits, and a batch of
+worlds (vmapped, or the markets of a sharded world) can each play its own.
+
+Padding, and what keeps it from changing anything:
+
+* a padded good has no utility, no endowment, no recipe that makes or uses it, base price
+  1; the economy holds its orders at *hold* (``Economy.step``), so it is never held,
+  traded or eaten;
+* a padded niche has no inputs, outputs, public units or labour and is masked: an action
+  that picks it rests (the policy gives it probability 0: :attr:`Catalogue.niches`);
+* every random number the step draws per good is indexed as if the goods axis were the
+  catalogue's own length (:func:`economy.rng.bits`' ``logical``), so the real goods of a
+  padded world draw exactly what the unpadded world draws: the step of a padded world is
+  the unpadded step bit for bit (tests/test_catalogues.py). A *reset* of a padded world
+  draws at the padded shapes: its worlds follow the same distribution as the unpadded
+  economy's, not the same draws.
+
+The settings the catalogues share (agents, markets, the market, project, treasury, world
+distributions, episode length, holdings cap) must be equal: :func:`check_shared` names the
+first that is not. Production rules (``niches[*].rule``, code) are the economy's: it
+compiles each distinct ``(niche slot, rule, params)`` of its catalogues once
+(:func:`rule_keys`), and a catalogue says which of them it uses (:attr:`Catalogue.rules`),
+so a catalogue with a rule the economy was not built with is refused.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from economy.config import ConfigError, EconomyConfig
+from economy.state import EconomyParams, compile_params
+
+CATALOGUE_FIELDS = ("goods", "niches", "resources")  # what differs between the catalogues of one economy
+NOT_SHARED = CATALOGUE_FIELDS + ("observe_values",)  # observe_values: the padded economy's own (from the first)
+
+
+class Sizes(NamedTuple):
+    """Padded sizes: goods ``G``, niches ``J`` (rest is index ``J``), resources ``R``."""
+
+    goods: int
+    niches: int
+    resources: int
+
+
+@struct.dataclass
+class Catalogue:
+    """One catalogue's arrays, padded to :class:`Sizes` (a leading axis when stacked)."""
+
+    params: EconomyParams  # padded (see the module docstring); rest is row J of inputs/outputs/public
+    endowment: jax.Array  # int32 [G, 2] initial holding range (padded goods: [0, 0])
+    goods: jax.Array  # bool [G] real goods
+    niches: jax.Array  # bool [J] real niches
+    num_goods: jax.Array  # int32 [] real goods (the logical length of per-good random draws)
+    per_price_unit: jax.Array  # float32 [] 1 / mean base price of the real goods (value_added's money unit)
+    rules: jax.Array  # bool [K] which of the economy's production rules (rule_keys) this catalogue uses
+
+
+RuleKey = tuple  # (niche slot, rule name, sorted params)
+
+
+def _rules_of(cfg: EconomyConfig) -> list[RuleKey]:
+    return [(j, n.rule, tuple(sorted(n.params.items()))) for j, n in enumerate(cfg.niches) if n.rule is not None]
+
+
+def rule_keys(cfgs: Sequence[EconomyConfig]) -> tuple[RuleKey, ...]:
+    """Every distinct ``(niche slot, rule, params)`` of ``cfgs``, in first-seen order."""
+    out: list[RuleKey] = []
+    for c in cfgs:
+        out += [k for k in _rules_of(c) if k not in out]
+    return tuple(out)
+
+
+def sizes_of(cfgs: Sequence[EconomyConfig]) -> Sizes:
+    """The smallest sizes every catalogue of ``cfgs`` fits."""
+    return Sizes(max(c.num_goods for c in cfgs), max(c.num_niches for c in cfgs), max(len(c.resources) for c in cfgs))
+
+
+def check_shared(cfgs: Sequence[EconomyConfig]) -> None:
+    """Raise :class:`ConfigError` naming the first setting (other than the catalogue) in
+    which a config differs from the first."""
+    base = cfgs[0].model_dump(mode="json", exclude=set(NOT_SHARED))
+    for i, c in enumerate(cfgs):
+        other = c.model_dump(mode="json", exclude=set(NOT_SHARED))
+        for key in base:
+            if other[key] != base[key]:
+                raise ConfigError(f"catalogue {i}: economy.{key} differs from catalogue 0's ({other[key]!r} vs "
+                                  f"{base[key]!r}); catalogues of one economy share every setting but goods, "
+                                  "niches and resources")
+
+
+def pad(cfg: EconomyConfig, sizes: Sizes, rules: Sequence[RuleKey] | None = None) -> Catalogue:
+    """``cfg``'s catalogue padded to ``sizes`` for an economy whose production rules are
+    ``rules`` (default: ``cfg``'s own); ConfigError naming a size it exceeds or a rule the
+    economy lacks."""
+    G, J, R = cfg.num_goods, cfg.num_niches, len(cfg.resources)
+    for name, have, cap in (("goods", G, sizes.goods), ("niches", J, sizes.niches), ("resources", R, sizes.resources)):
+        if have > cap:
+            raise ConfigError(f"catalogue with {have} {name} does not fit the padded economy's {cap} {name}")
+    rules = rule_keys([cfg]) if rules is None else tuple(rules)
+    for k in _rules_of(cfg):
+        if k not in rules:
+            raise ConfigError(f"niche {cfg.niches[k[0]].name!r} (slot {k[0]}) has production rule {k[1]!r} with params "
+                              f"{dict(k[2])}, which this economy was not built with (its rules: {list(rules)})")
+    p = jax.tree.map(np.asarray, compile_params(cfg))
+    Gm, Jm, Rm = sizes
+
+    def niche_goods(x):  # [J+1, G] -> [Jm+1, Gm], rest row last
+        out = np.zeros((Jm + 1, Gm), x.dtype)
+        out[:J, :G] = x[:J]
+        return out
+
+    def per_good(x, fill):
+        return np.concatenate([x, np.full(Gm - G, fill, x.dtype)])
+
+    def per_niche(x, fill):
+        return np.concatenate([x, np.full(Jm - J, fill, x.dtype)])
+
+    public = np.zeros(Jm + 1, np.int32)
+    public[:J] = p.public[:J]
+    affinity = np.where(p.affinity >= R, Rm, p.affinity).astype(np.int32)  # "no resource" is the last column
+    params = EconomyParams(
+        inputs=niche_goods(p.inputs), outputs=niche_goods(p.outputs), public=public,
+        learn=per_niche(p.learn, 0.0), forget=per_niche(p.forget, 0.0), affinity=per_niche(affinity, Rm),
+        labour=per_niche(p.labour, 0.0), utility=per_good(p.utility, 0.0), consume=per_good(p.consume, 0.0),
+        perish=per_good(p.perish, 0.0), base_price=per_good(p.base_price, 1), levels=p.levels,
+        tick_factors=p.tick_factors,
+    )
+    endowment = np.zeros((Gm, 2), np.int32)
+    endowment[:G] = [g.endowment for g in cfg.goods]
+    return Catalogue(
+        params=jax.tree.map(jnp.asarray, params),
+        endowment=jnp.asarray(endowment),
+        goods=jnp.arange(Gm) < G,
+        niches=jnp.arange(Jm) < J,
+        num_goods=jnp.int32(G),
+        per_price_unit=jnp.float32(1.0 / float(np.mean([g.base_price for g in cfg.goods]))),
+        rules=jnp.asarray([k in _rules_of(cfg) for k in rules], bool).reshape(len(rules)),
+    )
+
+
+def stack(cats: Sequence[Catalogue]) -> Catalogue:
+    """Catalogues of one size stacked on a new leading axis."""
+    return jax.tree.map(lambda *x: jnp.stack(x), *cats)
+
+
+def take(cats: Catalogue, i) -> Catalogue:
+    """Catalogue ``i`` (may be traced) of a stack."""
+    return jax.tree.map(lambda x: x[i], cats)
+
+
+__all__ = ["CATALOGUE_FIELDS", "Catalogue", "Sizes", "check_shared", "pad", "rule_keys", "sizes_of", "stack", "take"]
+
+
+def pad_state(state, catalogue: Catalogue, sizes: Sizes):
+    """A world of the unpadded economy (``state.catalogue`` None) as the padded economy's
+    world of ``catalogue`` (``pad`` of the same config): the same agents and markets,
+    padded goods empty at price 1, padded niches unskilled and untried. Stepping both with
+    the same keys and actions gives the same real goods, money and rewards bit for bit."""
+    G, J = state.goods.shape[1], state.skills.shape[1]
+    dg, dj = sizes.goods - G, sizes.niches - J
+
+    def cols(x, d, fill):
+        return jnp.concatenate([x, jnp.full(x.shape[:-1] + (d,), fill, x.dtype)], -1)
+
+    return state.replace(
+        goods=cols(state.goods, dg, 0), skills=cols(state.skills, dj, 0.0), history=cols(state.history, dj, 0.0),
+        preferences=cols(state.preferences, dg, 0.0), richness=cols(state.richness, dj, 1.0),
+        labour=cols(state.labour, dj, 0.0), price=cols(state.price, dg, 1), volume=cols(state.volume, dg, 0),
+        catalogue=catalogue,
+    )
+
+
+__all__ += ["pad_state"]

@@ -1,0 +1,183 @@
+"""Catalogues as data (economy.catalogues): a padded economy plays any catalogue that fits.
+
+Realistic bugs these catch: a padded good that can be bought (no seller, but a bid that
+moves money or a price), a masked niche that works or learns, per-good random numbers
+indexed by the padded length (every real good then draws other numbers), the rest action
+left at the catalogue's own J instead of the padded J, value_added in the wrong catalogue's
+money unit, a catalogue leaking into another world of the same batch."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from analysis.catalogue import CatalogueSpec, generate
+from economy import ConfigError, Economy, ledger, load_config
+from economy.catalogues import Sizes, pad, pad_state, stack, take
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+T = 12  # steps per rollout
+
+
+@pytest.fixture(scope="module")
+def default_cfg():
+    # the default catalogue at a non-default setting where a bug would show: a funded
+    # project (tax and procurement move money every step) and observed niche values
+    return load_config(ROOT / "configs" / "economy" / "default.yaml", "treasury.tax=0.05", "treasury.pay=4",
+                       "observe_values=true", num_agents=256, num_markets=4)
+
+
+def _blocks(obs: np.ndarray, G: int, J: int, values: bool) -> dict[str, np.ndarray]:
+    """The observation's blocks (Economy.observe's layout) for goods G and niches J."""
+    widths = [("goods", G), ("money", 1), ("skills", J), ("preferences", G), ("history", J), ("price", G),
+              ("volume", G), ("richness", J), ("project", 1)] + ([("values", J)] if values else [])
+    out, i = {}, 0
+    for name, w in widths:
+        out[name] = obs[..., i:i + w]
+        i += w
+    assert i == obs.shape[-1]
+    return out
+
+
+def _pad_actions(a: dict, key, G: int, J: int, sizes: Sizes) -> dict:
+    """Unpadded actions as the padded economy's: rest J -> sizes.niches, and (to show the
+    masks work) some resting agents pick a padded niche, and padded goods get random orders."""
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    n = a["niche"].shape[0]
+    niche = jnp.where(a["niche"] == J, sizes.niches, a["niche"])
+    padded_niche = jax.random.randint(k1, (n,), J, sizes.niches)
+    niche = jnp.where((a["niche"] == J) & jax.random.bernoulli(k2, 0.5, (n,)), padded_niche, niche)
+    dg = sizes.goods - G
+    extra = lambda k, hi: jax.random.randint(k, (n, dg), 0, hi)  # noqa: E731
+    return {
+        "niche": niche,
+        "side": jnp.concatenate([a["side"], extra(k3, 3)], -1),
+        "quantity": jnp.concatenate([a["quantity"], extra(k4, 6)], -1),
+        "price": jnp.concatenate([a["price"], extra(k3, 64)], -1),
+    }
+
+
+def test_the_padded_step_is_the_unpadded_step_bit_for_bit(default_cfg):
+    cfg = default_cfg
+    G, J, R = cfg.num_goods, cfg.num_niches, len(cfg.resources)
+    sizes = Sizes(G + 3, J + 2, R + 1)
+    plain, padded = Economy(cfg), Economy(cfg, catalogues=[cfg], sizes=sizes)
+    assert padded.action_spec[0].choices == sizes.niches + 1 and padded.obs_dim > plain.obs_dim
+    _, s0 = plain.reset(plain.world_key(3))
+    p0 = pad_state(s0, take(padded.catalogues, 0), sizes)
+    step_plain, step_padded = jax.jit(plain.step), jax.jit(padded.step)
+    key = jax.random.key(11)
+    worked_padded_choice = 0
+    for t in range(T):
+        key, k_act, k_pad, k_step = jax.random.split(key, 4)
+        a = plain.sample_actions(k_act, s0)
+        ap = _pad_actions(a, k_pad, G, J, sizes)
+        worked_padded_choice += int(jnp.sum((ap["niche"] >= J) & (ap["niche"] < sizes.niches)))
+        o0, s0, r0, _, tr0, i0 = step_plain(k_step, s0, a)
+        o1, p0, r1, _, tr1, i1 = step_padded(k_step, p0, ap)
+        np.testing.assert_array_equal(np.asarray(r0), np.asarray(r1), err_msg=f"reward at step {t}")
+        np.testing.assert_array_equal(np.asarray(s0.money), np.asarray(p0.money))
+        np.testing.assert_array_equal(np.asarray(s0.goods), np.asarray(p0.goods[:, :G]))
+        np.testing.assert_array_equal(np.asarray(s0.treasury), np.asarray(p0.treasury))
+        np.testing.assert_array_equal(np.asarray(s0.project), np.asarray(p0.project))
+        np.testing.assert_array_equal(np.asarray(s0.skills), np.asarray(p0.skills[:, :J]))
+        assert not np.asarray(p0.goods[:, G:]).any(), "a padded good was produced, bought or kept"
+        assert not np.asarray(p0.skills[:, J:]).any() and not np.asarray(p0.history[:, J:]).any()
+        assert not np.asarray(i1["market_volume"][:, G:]).any(), "a padded good traded"
+        for k in ("utility", "value_added", "units", "tax", "procurement", "collaboration", "specialisation"):
+            np.testing.assert_array_equal(np.asarray(i0[k]), np.asarray(i1[k]), err_msg=k)
+        np.testing.assert_array_equal(np.asarray(i0["niche_occupancy"][:, :J]), np.asarray(i1["niche_occupancy"][:, :J]))
+        # resting agents (the plain economy's column J) are the padded economy's last column
+        np.testing.assert_array_equal(np.asarray(i0["niche_occupancy"][:, J]), np.asarray(i1["niche_occupancy"][:, -1]))
+        b0, b1 = _blocks(np.asarray(o0), G, J, True), _blocks(np.asarray(o1), *sizes[:2], True)
+        for name in b0:
+            w = b0[name].shape[-1]
+            np.testing.assert_array_equal(b0[name], b1[name][..., :w], err_msg=f"observation block {name}")
+        np.testing.assert_array_equal(np.asarray(tr0), np.asarray(tr1))
+    assert worked_padded_choice > 0  # the mask was exercised
+    l0, l1 = ledger(s0), ledger(p0)
+    assert l0["money"] == l1["money"] and (l0["goods"] == l1["goods"][:G]).all()
+
+
+@pytest.fixture(scope="module")
+def two_catalogues():
+    spec = CatalogueSpec(goods=(4, 6), niches=(5, 8), raw=(2, 3), resources=(1, 2))
+    cfgs = [generate(s, spec, first_best=False, num_agents=128, num_markets=2, episode_length=20) for s in (1, 2)]
+    assert (cfgs[0].num_goods, cfgs[0].num_niches) != (cfgs[1].num_goods, cfgs[1].num_niches) or \
+        cfgs[0].goods != cfgs[1].goods
+    return cfgs
+
+
+def test_worlds_of_different_catalogues_in_one_batch_keep_their_ledgers_and_masks(two_catalogues):
+    cfgs = two_catalogues
+    env = Economy(cfgs[0], catalogues=cfgs)
+    sizes = env.sizes
+    cats = env.catalogues
+    keys = jax.random.split(jax.random.key(5), 2)
+    obs, state = jax.vmap(env.reset_catalogue)(keys, cats)
+    assert obs.shape == (2, 128, env.obs_dim)
+
+    def body(state, key):
+        ka, ks = jax.random.split(key)
+        actions = jax.vmap(env.sample_actions)(jax.random.split(ka, 2), state)
+        _, state, reward, _, _, info = jax.vmap(env.step)(jax.random.split(ks, 2), state, actions)
+        return state, (actions["niche"], info["produced"], info["consumed"], state.money, state.treasury,
+                       state.goods, reward)
+
+    before = ledger(state, per_market=True)
+    final, (niche, produced, consumed, money, treasury, goods, reward) = jax.jit(
+        lambda s: jax.lax.scan(body, s, jax.random.split(jax.random.key(6), 30)))(state)
+    after = ledger(final, per_market=True)
+    # exact per-market ledger of every world: goods' = goods + produced - consumed; money + treasury constant
+    np.testing.assert_array_equal(after["money"], before["money"])
+    np.testing.assert_array_equal(after["goods"], before["goods"] + np.asarray(produced, np.int64).sum(0)
+                                  - np.asarray(consumed, np.int64).sum(0))
+    for w, cfg in enumerate(cfgs):
+        G, J = cfg.num_goods, cfg.num_niches
+        n = np.asarray(niche[:, w])
+        assert ((n < J) | (n == sizes.niches)).all(), "a padded niche was drawn"
+        assert (n == sizes.niches).any() and (n < J).any()
+        assert not np.asarray(goods[:, w, :, G:]).any()
+        assert np.isfinite(np.asarray(reward[:, w])).all()
+        # each world plays its own catalogue: what it produces is what its recipes make
+        made = np.asarray(produced[:, w]).sum((0, 1))
+        outputs = {i for i, g in enumerate(cfg.goods) if any(g.name in n_.outputs for n_ in cfg.niches)}
+        assert set(np.flatnonzero(made)) <= outputs
+
+
+def test_reset_draws_every_catalogue_and_real_goods_only(two_catalogues):
+    cfgs = two_catalogues
+    env = Economy(cfgs[0], catalogues=cfgs)
+    drawn = set()
+    for s in range(12):
+        _, st = jax.jit(env.reset)(env.world_key(s))
+        G = int(st.catalogue.num_goods)
+        J = int(np.sum(np.asarray(st.catalogue.niches)))
+        drawn.add((G, J, tuple(np.asarray(st.catalogue.params.base_price[:G]))))
+        assert not np.asarray(st.goods[:, G:]).any() and not np.asarray(st.preferences[:, G:]).any()
+        assert not np.asarray(st.skills[:, J:]).any()
+        np.testing.assert_allclose(np.asarray(st.preferences).sum(-1), 1.0, rtol=1e-5)
+    assert len(drawn) == 2  # both catalogues, 12 draws (a miss has probability 2^-11)
+
+
+def test_catalogues_that_cannot_share_an_economy_are_refused(default_cfg, two_catalogues):
+    small = two_catalogues[0]
+    with pytest.raises(ConfigError, match="num_agents"):
+        Economy(small, catalogues=[small, default_cfg])
+    with pytest.raises(ConfigError, match="does not fit.*goods"):
+        pad(default_cfg, Sizes(2, 20, 5))
+    # the default catalogue's farmers work with tools (rule `tooled`): an economy built
+    # without that rule cannot play it
+    with pytest.raises(ConfigError, match="farmer.*tooled.*not built with"):
+        pad(default_cfg, Sizes(10, 10, 5), rules=())
+
+
+def test_stack_and_take_round_trip(two_catalogues):
+    sizes = Sizes(8, 10, 3)
+    cats = [pad(c, sizes) for c in two_catalogues]
+    s = stack(cats)
+    for i, c in enumerate(cats):
+        for a, b in zip(jax.tree.leaves(take(s, i)), jax.tree.leaves(c)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
