@@ -129,6 +129,105 @@ class ActorCritic(nn.Module):
         return logits, value
 
 
+def padded_obs_blocks(obs: jax.Array, goods: int, niches: int, values: bool) -> dict[str, jax.Array]:
+    """A padded economy's observation (:meth:`economy.Economy.observe`) split into its
+    blocks: per good ``[..., G]`` (goods, preferences, price, volume) and ``[..., G, 5]``
+    (catalogue features), per niche ``[..., J]`` (skills, history, richness, values) and
+    ``[..., J, 3]``, ``[..., J, G]`` (features, inputs, outputs), and money, project ``[..., 1]``."""
+    G, J = goods, niches
+    widths = [("goods", G), ("money", 1), ("skills", J), ("preferences", G), ("history", J), ("price", G),
+              ("volume", G), ("richness", J), ("project", 1)] + ([("values", J)] if values else []) + [
+              ("good_features", 5 * G), ("niche_features", J * (3 + 2 * G))]
+    if obs.shape[-1] != sum(w for _, w in widths):
+        raise ValueError(f"observation width {obs.shape[-1]} is not a padded economy's with {G} goods, {J} niches "
+                         f"(values={values}): expected {sum(w for _, w in widths)}")
+    out, i = {}, 0
+    for name, w in widths:
+        out[name] = obs[..., i:i + w]
+        i += w
+    batch = obs.shape[:-1]
+    out["good_features"] = out["good_features"].reshape(batch + (G, 5))
+    nf = out.pop("niche_features").reshape(batch + (J, 3 + 2 * G))
+    out["niche_features"], out["inputs"], out["outputs"] = nf[..., :3], nf[..., 3:3 + G], nf[..., 3 + G:]
+    return out
+
+
+MASKED = -1e9  # the logit of a masked choice: exp(MASKED - max) is exactly 0 in float32
+
+
+class EntityActorCritic(nn.Module):
+    """An actor-critic for padded economies (many catalogues) that sees what each good and
+    niche *is* instead of its index, and does not care about their order.
+
+    Every good is a token (the agent's holding, taste, its market's price and volume, the
+    good's utility weight, base price, perish and consume rates), every niche a token (the
+    agent's skill, history, the local richness, what it would earn now, its public units
+    and labour) plus messages from the goods its recipe uses and makes (``inputs @ goods``,
+    ``outputs @ goods``). Shared per-token layers (DeepSets, one set of weights for all
+    goods and one for all niches), a context from the agent's money and project and masked
+    means over the real goods and niches; each good's order heads and each niche's logit
+    come from its own token and the context, resting and the value from the context.
+    Permuting the goods (or niches) of a catalogue permutes the per-good (per-niche)
+    outputs and changes nothing else (tests/test_catalogues.py).
+
+    Masks, from the observation's ``real`` features: a padded niche's logit and a padded
+    good's buy and sell logits are :data:`MASKED`, so they have probability exactly 0.
+    ``__call__(obs) -> (logits, value)`` with :class:`ActorCritic`'s contract (the heads of
+    ``action_spec`` only: under ``train.orders=scripted`` the niche head alone).
+    """
+
+    action_spec: tuple
+    goods: int
+    niches: int
+    values: bool = False  # the observation holds observe_values' block
+    hidden: int = 64
+    activation: str = "tanh"
+
+    @nn.compact
+    def __call__(self, obs: jax.Array):
+        act = _ACTIVATIONS[self.activation]
+        zeros = nn.initializers.zeros_init()
+        dense = lambda w, name, scale=math.sqrt(2.0), bias=True: nn.Dense(  # noqa: E731
+            w, kernel_init=_ORTHO(scale), bias_init=zeros, use_bias=bias, name=name)
+        b = padded_obs_blocks(jnp.asarray(obs, jnp.float32), self.goods, self.niches, self.values)
+        real_g = b["good_features"][..., 0] > 0.5  # [..., G]
+        real_n = b["niche_features"][..., 0] > 0.5  # [..., J]
+        good_in = jnp.concatenate([jnp.stack([b["goods"], b["preferences"], b["price"], b["volume"]], -1),
+                                   b["good_features"][..., 1:]], -1)
+        eg = act(dense(self.hidden, "good")(good_in))  # [..., G, H]
+        niche_cols = [b["skills"], b["history"], b["richness"]] + ([b["values"]] if self.values else [])
+        niche_in = jnp.concatenate([jnp.stack(niche_cols, -1), b["niche_features"][..., 1:]], -1)
+        made = jnp.einsum("...jg,...gh->...jh", b["outputs"], eg)
+        used = jnp.einsum("...jg,...gh->...jh", b["inputs"], eg)
+        en = act(dense(self.hidden, "niche")(niche_in) + dense(self.hidden, "makes", bias=False)(made)
+                 + dense(self.hidden, "uses", bias=False)(used))  # [..., J, H]
+
+        def masked_mean(x, m):
+            m = m.astype(jnp.float32)[..., None]
+            return jnp.sum(x * m, -2) / jnp.maximum(jnp.sum(m, -2), 1.0)
+
+        ctx_in = jnp.concatenate([b["money"], b["project"], masked_mean(eg, real_g), masked_mean(en, real_n)], -1)
+        ctx = act(dense(self.hidden, "context_0")(ctx_in))
+        ctx = act(dense(self.hidden, "context_1")(ctx))
+        logits = {}
+        for head in self.action_spec:
+            if head.name == "niche":
+                hn = act(dense(self.hidden, "niche_out")(en) + dense(self.hidden, "niche_ctx", bias=False)(ctx)[..., None, :])
+                work = dense(1, "policy_niche", 0.01)(hn)[..., 0]  # [..., J]
+                rest = dense(1, "policy_rest", 0.01)(ctx)  # [..., 1]
+                logits["niche"] = jnp.concatenate([jnp.where(real_n, work, MASKED), rest], -1)
+            else:
+                hg = act(dense(self.hidden, f"good_out_{head.name}")(eg)
+                         + dense(self.hidden, f"good_ctx_{head.name}", bias=False)(ctx)[..., None, :])
+                out = dense(int(head.choices), f"policy_{head.name}", 0.01)(hg)  # [..., G, choices]
+                if head.name == "side":  # a padded good can only be held (economy.market: BUY 0, HOLD 1, SELL 2)
+                    hold_only = jnp.asarray([MASKED, 0.0, MASKED], jnp.float32)
+                    out = jnp.where(real_g[..., None], out, hold_only)
+                logits[head.name] = out
+        value = dense(1, "value", 1.0)(ctx)[..., 0]
+        return logits, value
+
+
 # ---- population -------------------------------------------------------------------------
 
 
@@ -530,7 +629,7 @@ class FusedPolicy:
 
 
 __all__ = [
-    "ActorCritic", "FusedPolicy", "act_parts", "agent_players", "entropy", "flat_actions", "from_members", "head_sizes",
+    "MASKED", "ActorCritic", "EntityActorCritic", "FusedPolicy", "act_parts", "padded_obs_blocks", "agent_players", "entropy", "flat_actions", "from_members", "head_sizes",
     "init_population", "joint_apply", "joint_width", "log_prob", "policy_terms", "population_apply",
     "sample_actions", "split_joint", "to_members",
 ]

@@ -148,6 +148,33 @@ def pad(cfg: EconomyConfig, sizes: Sizes, rules: Sequence[RuleKey] | None = None
     )
 
 
+GOOD_FEATURES = ("real", "utility", "log_price", "perish", "consume")  # per good, in this order
+NICHE_FEATURES = ("real", "public", "log_labour")  # per niche, then its inputs [G] and outputs [G]
+
+
+def features(cat: Catalogue, labour: jax.Array) -> jax.Array:
+    """float32 ``[G * 5 + J * (3 + 2 G)]``: what each good and niche of a world's catalogue is,
+    the padded observation's last block (:meth:`economy.Economy.observe`). Per good
+    (:data:`GOOD_FEATURES`): real, utility weight, log base price over the catalogue's mean,
+    perish and consume rates; then per niche (:data:`NICHE_FEATURES`): real, public units
+    per unit of work / 10, log of this world's labour, then its inputs and outputs per unit
+    of work over the goods. ``labour`` is the world's ``state.labour``."""
+    p = cat.params
+    J = p.learn.shape[0]
+    real_g = cat.goods.astype(jnp.float32)
+    log_price = jnp.where(cat.goods, jnp.log(p.base_price.astype(jnp.float32) * cat.per_price_unit), 0.0)
+    goods = jnp.stack([real_g, p.utility, log_price, p.perish, p.consume], -1)
+    log_labour = jnp.where(cat.niches, jnp.log(jnp.maximum(labour, 1e-6)), 0.0)
+    niches = jnp.concatenate([
+        jnp.stack([cat.niches.astype(jnp.float32), p.public[:J].astype(jnp.float32) * 0.1, log_labour], -1),
+        p.inputs[:J].astype(jnp.float32), p.outputs[:J].astype(jnp.float32)], -1)
+    return jnp.concatenate([goods.reshape(-1), niches.reshape(-1)])
+
+
+def feature_dim(sizes: Sizes) -> int:
+    return sizes.goods * len(GOOD_FEATURES) + sizes.niches * (len(NICHE_FEATURES) + 2 * sizes.goods)
+
+
 def stack(cats: Sequence[Catalogue]) -> Catalogue:
     """Catalogues of one size stacked on a new leading axis."""
     return jax.tree.map(lambda *x: jnp.stack(x), *cats)
@@ -158,7 +185,7 @@ def take(cats: Catalogue, i) -> Catalogue:
     return jax.tree.map(lambda x: x[i], cats)
 
 
-__all__ = ["CATALOGUE_FIELDS", "Catalogue", "Sizes", "check_shared", "pad", "rule_keys", "sizes_of", "stack", "take"]
+__all__ = ["CATALOGUE_FIELDS", "Catalogue", "GOOD_FEATURES", "NICHE_FEATURES", "feature_dim", "features", "Sizes", "check_shared", "pad", "rule_keys", "sizes_of", "stack", "take"]
 
 
 def pad_state(state, catalogue: Catalogue, sizes: Sizes):

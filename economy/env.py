@@ -81,6 +81,8 @@ class Economy:
             ActionHead("price", (G,), cfg.market.price_ticks),
         )
         self.obs_dim = 4 * G + 3 * J + 2 + (J if cfg.observe_values else 0)
+        if self.catalogues is not None:  # what each good and niche of the world's catalogue is
+            self.obs_dim += cat_lib.feature_dim(self.sizes)
         self._price_unit = float(np.mean([g.base_price for g in cfg.goods]))  # info["value_added"]'s money unit
         self._checked_step = jax.jit(checkify.checkify(self._step_checked))
 
@@ -178,7 +180,9 @@ class Economy:
     def observe(self, state: EconomyState) -> jax.Array:
         """float32 ``[N, obs_dim]``: own holdings and cash (square-root scaled), skills, tastes, niche history, and
         the market's log prices relative to base, ``log(1 + volume per agent)``, log richness of
-        each niche's resource and project bonus; with ``observe_values`` then :meth:`niche_values`."""
+        each niche's resource and project bonus; with ``observe_values`` then :meth:`niche_values`;
+        in a padded economy then what each good and niche of the world's catalogue is
+        (:func:`economy.catalogues.features`, the same for every agent of the world)."""
         cfg, p = self.cfg, self._p(state)
         n = state.goods.shape[0]
         m = state.price.shape[0]
@@ -203,9 +207,11 @@ class Economy:
             -1,
         )
         local = jnp.broadcast_to(local[:, None, :], (m, b, local.shape[-1])).reshape(n, -1)
-        if not cfg.observe_values:
-            return jnp.concatenate([own, local], -1)
-        return jnp.concatenate([own, local, self.niche_values(state)], -1)
+        blocks = [own, local] + ([self.niche_values(state)] if cfg.observe_values else [])
+        if state.catalogue is not None:
+            f = cat_lib.features(state.catalogue, state.labour)
+            blocks.append(jnp.broadcast_to(f, (n, f.shape[0])))
+        return jnp.concatenate(blocks, -1)
 
     def niche_values(self, state: EconomyState) -> jax.Array:
         """float32 ``[N, J]``: what one step of work in each niche would earn the agent now,

@@ -15,7 +15,7 @@ import pytest
 
 from analysis.catalogue import CatalogueSpec, generate
 from economy import ConfigError, Economy, ledger, load_config
-from economy.catalogues import Sizes, pad, pad_state, stack, take
+from economy.catalogues import Sizes, feature_dim, features, pad, pad_state, stack, take
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 T = 12  # steps per rollout
@@ -37,7 +37,7 @@ def _blocks(obs: np.ndarray, G: int, J: int, values: bool) -> dict[str, np.ndarr
     for name, w in widths:
         out[name] = obs[..., i:i + w]
         i += w
-    assert i == obs.shape[-1]
+    out["catalogue"] = obs[..., i:]
     return out
 
 
@@ -92,6 +92,7 @@ def test_the_padded_step_is_the_unpadded_step_bit_for_bit(default_cfg):
         # resting agents (the plain economy's column J) are the padded economy's last column
         np.testing.assert_array_equal(np.asarray(i0["niche_occupancy"][:, J]), np.asarray(i1["niche_occupancy"][:, -1]))
         b0, b1 = _blocks(np.asarray(o0), G, J, True), _blocks(np.asarray(o1), *sizes[:2], True)
+        assert b1["catalogue"].shape[-1] == feature_dim(sizes) and b0["catalogue"].shape[-1] == 0
         for name in b0:
             w = b0[name].shape[-1]
             np.testing.assert_array_equal(b0[name], b1[name][..., :w], err_msg=f"observation block {name}")
@@ -181,3 +182,104 @@ def test_stack_and_take_round_trip(two_catalogues):
     for i, c in enumerate(cats):
         for a, b in zip(jax.tree.leaves(take(s, i)), jax.tree.leaves(c)):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# ---- the policy that plays any catalogue (agents.networks.EntityActorCritic) -------------------
+@pytest.fixture(scope="module")
+def entity_setup(two_catalogues, default_cfg):
+    from agents.networks import EntityActorCritic
+
+    cfgs = list(two_catalogues)
+    env = Economy(cfgs[0], catalogues=cfgs, sizes=Sizes(8, 10, 3))
+    net = EntityActorCritic(env.action_spec, goods=env.num_goods, niches=env.num_niches, hidden=16)
+    keys = jax.random.split(jax.random.key(8), 2)
+    obs, state = jax.vmap(env.reset_catalogue)(keys, env.catalogues)
+    params = net.init(jax.random.key(9), obs[0, :1])
+    # larger output weights than the 0.01 initialisation, so masked and unmasked logits differ visibly
+    params = jax.tree.map(lambda x: x * 30.0 if x.ndim == 2 and x.shape[-1] in (1, 3, 6, 64) else x, params)
+    return env, net, params, obs, state
+
+
+def test_features_say_what_each_good_and_niche_is(entity_setup):
+    env, _, _, obs, state = entity_setup
+    from agents.networks import padded_obs_blocks
+
+    for w, cfg in enumerate(env.catalogue_configs):
+        b = padded_obs_blocks(obs[w, 0], env.num_goods, env.num_niches, cfg.observe_values)
+        G, J = cfg.num_goods, cfg.num_niches
+        names = [g.name for g in cfg.goods]
+        np.testing.assert_array_equal(np.asarray(b["good_features"][:, 0]), np.arange(env.num_goods) < G)
+        mean = np.mean([g.base_price for g in cfg.goods])
+        np.testing.assert_allclose(np.asarray(b["good_features"][:G, 2]), np.log([g.base_price / mean for g in cfg.goods]),
+                                   rtol=1e-5, atol=1e-6)
+        for j, n in enumerate(cfg.niches):
+            want_in = np.zeros(env.num_goods)
+            want_out = np.zeros(env.num_goods)
+            for k, q in n.inputs.items():
+                want_in[names.index(k)] = q
+            for k, q in n.outputs.items():
+                want_out[names.index(k)] = q
+            np.testing.assert_array_equal(np.asarray(b["inputs"][j]), want_in)
+            np.testing.assert_array_equal(np.asarray(b["outputs"][j]), want_out)
+            assert float(b["niche_features"][j, 1]) == pytest.approx(n.public / 10)
+        assert not np.asarray(b["inputs"][J:]).any() and not np.asarray(b["niche_features"][J:, 0]).any()
+        # every agent of a world sees its world's catalogue
+        np.testing.assert_array_equal(np.asarray(obs[w, :, -b["good_features"].size:]),
+                                      np.broadcast_to(np.asarray(obs[w, 0, -b["good_features"].size:]),
+                                                      (obs.shape[1], b["good_features"].size)))
+
+
+def test_masked_niches_and_goods_have_probability_zero_and_are_never_chosen(entity_setup):
+    from agents.networks import sample_actions
+
+    env, net, params, obs, state = entity_setup
+    apply = jax.jit(lambda o: net.apply(params, o))
+
+    def body(state, key):
+        ka, ks = jax.random.split(key)
+        o = jax.vmap(env.observe)(state)
+        logits, _ = apply(o)
+        actions, _ = sample_actions(ka, logits, batch_ndim=2)
+        _, state, _, _, _, _ = jax.vmap(env.step)(jax.random.split(ks, 2), state, actions)
+        return state, (actions, jax.nn.softmax(logits["niche"]), jax.nn.softmax(logits["side"]))
+
+    _, (actions, p_niche, p_side) = jax.jit(lambda s: jax.lax.scan(body, s, jax.random.split(jax.random.key(3), 20)))(state)
+    for w, cfg in enumerate(env.catalogue_configs):
+        G, J = cfg.num_goods, cfg.num_niches
+        assert not np.asarray(p_niche[:, w, :, J:env.num_niches]).any(), "a padded niche has probability > 0"
+        n = np.asarray(actions["niche"][:, w])
+        assert ((n < J) | (n == env.num_niches)).all() and len(np.unique(n)) > 2
+        side = np.asarray(actions["side"][:, w])
+        assert (side[..., G:] == 1).all(), "a padded good was bought or sold"
+        assert (side[..., :G] != 1).any()
+        np.testing.assert_array_equal(np.asarray(p_side[:, w, :, G:, 1]), 1.0)
+
+
+def test_the_entity_network_does_not_care_about_the_order_of_goods_and_niches(entity_setup):
+    from agents.networks import padded_obs_blocks
+
+    env, net, params, obs, _ = entity_setup
+    cfg = env.catalogue_configs[0]
+    Gm, Jm = env.num_goods, env.num_niches
+    pg = np.random.default_rng(0).permutation(Gm)  # real and padded goods mixed: the masks travel with them
+    pn = np.random.default_rng(1).permutation(Jm)
+    o = obs[0, :32]
+    b = padded_obs_blocks(o, Gm, Jm, cfg.observe_values)
+    perm = dict(b)
+    for k in ("goods", "preferences", "price", "volume", "good_features"):
+        perm[k] = b[k][:, pg]
+    for k in ("skills", "history", "richness", "niche_features") + (("values",) if cfg.observe_values else ()):
+        perm[k] = b[k][:, pn]
+    perm["inputs"], perm["outputs"] = b["inputs"][:, pn][:, :, pg], b["outputs"][:, pn][:, :, pg]
+    flat = [perm[k] for k in ("goods", "money", "skills", "preferences", "history", "price", "volume", "richness",
+                              "project")] + ([perm["values"]] if cfg.observe_values else [])
+    nf = jnp.concatenate([perm["niche_features"], perm["inputs"], perm["outputs"]], -1)
+    o2 = jnp.concatenate(flat + [perm["good_features"].reshape(32, -1), nf.reshape(32, -1)], -1)
+    (l1, v1), (l2, v2) = net.apply(params, o), net.apply(params, o2)
+    np.testing.assert_allclose(np.asarray(v2), np.asarray(v1), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(l2["niche"][:, :Jm]), np.asarray(l1["niche"][:, pn]), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(np.asarray(l2["niche"][:, Jm]), np.asarray(l1["niche"][:, Jm]), rtol=1e-4, atol=1e-3)
+    for h in ("side", "quantity", "price"):
+        np.testing.assert_allclose(np.asarray(l2[h]), np.asarray(l1[h][:, pg]), rtol=1e-4, atol=1e-3)
+    # and a catalogue's goods are not interchangeable: the outputs differ between goods
+    assert np.ptp(np.asarray(l1["price"][:, :cfg.num_goods]), axis=1).max() > 1e-3
