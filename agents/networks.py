@@ -210,6 +210,8 @@ class EntityActorCritic(nn.Module):
         ctx = act(dense(self.hidden, "context_0")(ctx_in))
         ctx = act(dense(self.hidden, "context_1")(ctx))
         logits = {}
+        if any(h.name != "niche" for h in self.action_spec):  # one per-good layer shared by the order heads
+            hg = act(dense(self.hidden, "good_out")(eg) + dense(self.hidden, "good_ctx", bias=False)(ctx)[..., None, :])
         for head in self.action_spec:
             if head.name == "niche":
                 hn = act(dense(self.hidden, "niche_out")(en) + dense(self.hidden, "niche_ctx", bias=False)(ctx)[..., None, :])
@@ -217,8 +219,6 @@ class EntityActorCritic(nn.Module):
                 rest = dense(1, "policy_rest", 0.01)(ctx)  # [..., 1]
                 logits["niche"] = jnp.concatenate([jnp.where(real_n, work, MASKED), rest], -1)
             else:
-                hg = act(dense(self.hidden, f"good_out_{head.name}")(eg)
-                         + dense(self.hidden, f"good_ctx_{head.name}", bias=False)(ctx)[..., None, :])
                 out = dense(int(head.choices), f"policy_{head.name}", 0.01)(hg)  # [..., G, choices]
                 if head.name == "side":  # a padded good can only be held (economy.market: BUY 0, HOLD 1, SELL 2)
                     hold_only = jnp.asarray([MASKED, 0.0, MASKED], jnp.float32)
