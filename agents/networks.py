@@ -184,7 +184,9 @@ class EntityActorCritic(nn.Module):
     activation: str = "tanh"
 
     @nn.compact
-    def __call__(self, obs: jax.Array):
+    def __call__(self, obs: jax.Array, parts: bool = False):
+        if parts:
+            raise ValueError("EntityActorCritic has no joint output layer (parts=True): act from its logits")
         act = _ACTIVATIONS[self.activation]
         zeros = nn.initializers.zeros_init()
         dense = lambda w, name, scale=math.sqrt(2.0), bias=True: nn.Dense(  # noqa: E731

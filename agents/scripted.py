@@ -80,9 +80,9 @@ def niche_values(env: "Economy", state: EconomyState, config: ScriptedConfig) ->
     public unit is worth ``public_value * (half / (stock + half))^2`` plus, with a paying
     treasury, ``min(pay, treasury / agents_per_market)`` money.
     """
-    cfg, p = env.cfg, env.params
+    cfg, p = env.cfg, env._p(state)  # a padded economy: the world's own catalogue
     n, _ = state.goods.shape
-    J = cfg.num_niches
+    J = env.num_niches
     pc = cfg.project
     price = _per_agent(state.price.astype(jnp.float32), n)  # [N, G]
     stock = state.project.astype(jnp.float32)  # [M]
@@ -128,9 +128,9 @@ def scripted_actions(
     of step 1 (no exploration); the needs and orders then follow it exactly as for a
     niche the agent chose (the market frontier, :mod:`analysis.frontier`, plays so).
     """
-    cfg, p = env.cfg, env.params
+    cfg, p = env.cfg, env._p(state)
     n, G = state.goods.shape
-    J = cfg.num_niches
+    J = env.num_niches
     L = cfg.market.price_ticks
     key_explore, key_random, key_noise, key_tick = jax.random.split(key, 4)
 
@@ -138,11 +138,19 @@ def scripted_actions(
     value, units, effort = niche_values(env, state, config)
     noise = jnp.exp(config.value_noise * jax.random.normal(key_noise, (n, J)))
     value = jnp.where(value > 0, value * noise, value)
+    if state.catalogue is not None:  # a padded economy's padded niches are never chosen
+        value = jnp.where(state.catalogue.niches, value, -jnp.inf)
     value = jnp.concatenate([value, jnp.zeros((n, 1), value.dtype)], -1)  # column J: rest
     best = jnp.argmax(value, -1).astype(jnp.int32)
     if niche is None:
         explore = jax.random.uniform(key_explore, (n,)) < config.epsilon
-        niche = jnp.where(explore, jax.random.randint(key_random, (n,), 0, J + 1, jnp.int32), best)
+        if state.catalogue is None:
+            wild = jax.random.randint(key_random, (n,), 0, J + 1, jnp.int32)
+        else:  # uniform over the real niches (they come first) and rest
+            real = jnp.sum(state.catalogue.niches, dtype=jnp.int32)
+            wild = jax.random.randint(key_random, (n,), 0, real + 1, jnp.int32)
+            wild = jnp.where(wild < real, wild, J)
+        niche = jnp.where(explore, wild, best)
     else:
         niche = jnp.broadcast_to(jnp.asarray(niche, jnp.int32), (n,))
 

@@ -28,6 +28,7 @@ at least half of the niches (share >= 1 %, the active-niche threshold).
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -195,6 +196,59 @@ def generate(seed: int, spec: CatalogueSpec = CatalogueSpec(), first_best: bool 
     raise ConfigError(f"catalogue seed {seed}: no draw of {spec.attempts} met the guarantees ("
                       + "; ".join(f"{k}: {v} draws" for k, v in failures.items())
                       + "); widen spec.niches or spec.utility_concentration, or raise spec.attempts")
+
+
+_DRAWN: dict[str, tuple[EconomyConfig, ...]] = {}  # catalogue_configs' cache (drawing checks the first-best)
+
+
+def catalogue_configs(cfg: EconomyConfig, which: str = "train") -> tuple[EconomyConfig, ...]:
+    """The catalogues of ``cfg.catalogues`` (``which``: ``"train"`` or ``"held_out"``), each
+    drawn by :func:`generate` with every other setting of ``cfg`` (agents, markets, market,
+    project, treasury, world, ...). Cached per process."""
+    c = cfg.catalogues
+    if c is None:
+        raise ConfigError("economy.catalogues is not set")
+    if which not in ("train", "held_out"):
+        raise ConfigError(f"catalogues {which!r}: expected 'train' or 'held_out'")
+    seeds = c.train_seeds if which == "train" else c.held_out_seeds
+    spec = CatalogueSpec.model_validate(dict(c.spec))
+    fields = cfg.model_dump(mode="json", exclude={"goods", "niches", "resources", "catalogues"})
+    key = json.dumps([list(seeds), spec.model_dump(mode="json"), fields, c.first_best], sort_keys=True)
+    if key not in _DRAWN:
+        _DRAWN[key] = tuple(generate(s, spec, first_best=c.first_best, **fields) for s in seeds)
+    return _DRAWN[key]
+
+
+def padded_sizes(cfg: EconomyConfig):
+    """The sizes every catalogue of ``cfg.catalogues``' spec fits (its largest goods, niches
+    and resources counts), so training and held-out catalogues play one network."""
+    from economy.catalogues import Sizes
+
+    spec = CatalogueSpec.model_validate(dict(cfg.catalogues.spec))
+    return Sizes(spec.goods[1], spec.niches[1], spec.resources[1])
+
+
+def economy_for(cfg: EconomyConfig, which: str = "train", checked: bool = False):
+    """The economy a run plays: ``Economy(cfg)``, or with ``cfg.catalogues`` the padded
+    economy of its ``which`` catalogues at :func:`padded_sizes`."""
+    from economy import Economy
+
+    if cfg.catalogues is None:
+        return Economy(cfg, checked=checked)
+    return Economy(cfg, checked=checked, catalogues=catalogue_configs(cfg, which), sizes=padded_sizes(cfg))
+
+
+def economy_names(cfg: EconomyConfig):
+    """``(niches, goods)`` names of the economy a run plays: the catalogue's, or a padded
+    economy's slots (``slot_j``, ``good_g``: their meaning is each world's catalogue's)."""
+    from collections import namedtuple
+
+    if cfg.catalogues is None:
+        niches, goods = cfg.niche_names, cfg.good_names
+    else:
+        s = padded_sizes(cfg)
+        niches, goods = tuple(f"slot_{j}" for j in range(s.niches)), tuple(f"good_{g}" for g in range(s.goods))
+    return namedtuple("EconomyNames", "niches goods")(niches, goods)
 
 
 def check(cfg: EconomyConfig, spec: CatalogueSpec | None = None, first_best: bool = True) -> str:

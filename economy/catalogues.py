@@ -41,7 +41,7 @@ from economy.config import ConfigError, EconomyConfig
 from economy.state import EconomyParams, compile_params
 
 CATALOGUE_FIELDS = ("goods", "niches", "resources")  # what differs between the catalogues of one economy
-NOT_SHARED = CATALOGUE_FIELDS + ("observe_values",)  # observe_values: the padded economy's own (from the first)
+NOT_SHARED = CATALOGUE_FIELDS + ("observe_values", "catalogues")
 
 
 class Sizes(NamedTuple):

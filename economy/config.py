@@ -225,6 +225,52 @@ class WorldConfig(Frozen):
         return self
 
 
+HELD_OUT_CATALOGUE_START = 1_000_000  # held_out: N means catalogue seeds 1_000_000 .. 1_000_000 + N - 1
+
+
+class CataloguesConfig(Frozen):
+    """A distribution of generated catalogues (``analysis.catalogue``) that one padded
+    economy plays (``economy.catalogues``): training worlds draw from ``train``, ``agora eval
+    --catalogues held_out`` plays ``held_out``. Each catalogue shares every other setting of
+    this economy (its goods, niches and resources are only a template)."""
+
+    spec: Annotated[dict[str, Any], AfterValidator(FrozenMap)] = FrozenMap()  # analysis.catalogue.CatalogueSpec fields (ranges of goods, niches, depth, ...)
+    train: int | tuple[int, ...] = 8  # a count (seeds 0..n-1) or a list of catalogue seeds
+    held_out: int | tuple[int, ...] = 4  # a count (seeds 1_000_000..) or a list, disjoint from train
+    first_best: bool = True  # check each catalogue's first-best guarantee when drawing it (compiles an economy each)
+
+    @model_validator(mode="after")
+    def _seeds(self):
+        t, h = self.train_seeds, self.held_out_seeds
+        for name, v in (("train", t), ("held_out", h)):
+            if not v:
+                raise ValueError(f"{name}: at least one catalogue seed")
+            if len(set(v)) != len(v) or min(v) < 0:
+                raise ValueError(f"{name}={list(v)}: seeds must be distinct non-negative integers")
+        both = sorted(set(t) & set(h))
+        if both:
+            raise ValueError(f"train and held_out share catalogue seeds {both}: held-out catalogues must be unseen")
+        from analysis.catalogue import CatalogueSpec  # local import: analysis imports this module
+
+        try:
+            CatalogueSpec.model_validate(dict(self.spec))
+        except ValidationError as e:  # re-raised under this field's name
+            err = e.errors()[0]
+            loc = ".".join(str(x) for x in err["loc"])
+            raise ValueError(f"spec{'.' + loc if loc else ''}: {err['msg']}") from None
+        return self
+
+    @property
+    def train_seeds(self) -> tuple[int, ...]:
+        return tuple(range(self.train)) if isinstance(self.train, int) else tuple(self.train)
+
+    @property
+    def held_out_seeds(self) -> tuple[int, ...]:
+        if isinstance(self.held_out, int):
+            return tuple(range(HELD_OUT_CATALOGUE_START, HELD_OUT_CATALOGUE_START + self.held_out))
+        return tuple(self.held_out)
+
+
 class EconomyConfig(Frozen):
     """The whole economy. Derived sizes are properties, computed from the fields."""
 
@@ -243,6 +289,7 @@ class EconomyConfig(Frozen):
     project: ProjectConfig = ProjectConfig()
     treasury: TreasuryConfig = TreasuryConfig()
     world: WorldConfig = WorldConfig()
+    catalogues: CataloguesConfig | None = None  # play a distribution of generated catalogues (padded)
 
     # ---- derived -------------------------------------------------------------------
     @property

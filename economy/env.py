@@ -105,6 +105,16 @@ class Economy:
     def padded(self) -> bool:
         return self.catalogues is not None
 
+    @property
+    def niche_names(self) -> tuple[str, ...]:
+        """The niches' names; a padded economy's niches are slots (``slot_0``, ...), whose
+        meaning is each world's catalogue's."""
+        return self.cfg.niche_names if self.catalogues is None else tuple(f"slot_{j}" for j in range(self.num_niches))
+
+    @property
+    def good_names(self) -> tuple[str, ...]:
+        return self.cfg.good_names if self.catalogues is None else tuple(f"good_{g}" for g in range(self.num_goods))
+
     def world_key(self, seed: int, evaluation: bool = False) -> jax.Array:
         """Key of world ``seed`` (in the world namespace, :func:`economy.streams.world_key`).
         Training seeds lie below ``world.eval_seed_start``; ``evaluation=True`` maps ``seed``

@@ -69,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--burn-in", type=int, help="steps not measured at the start of each world (default: steps // 4)")
     ev.add_argument("--greedy", action="store_true", help="the population plays its most likely actions")
     ev.add_argument("--against", help="cross-play: another run directory (or 'scripted') in the odd agent slots")
+    ev.add_argument("--catalogues", choices=("held_out", "train", "both"),
+                    help="a run over many catalogues (economy.catalogues): play each catalogue of this set, "
+                    "with efficiency against its own frontier (both: also the generalisation gap); writes "
+                    "RUN_DIR/eval_catalogues_SET.json")
     ev.add_argument("--no-frontier", action="store_true",
                     help="skip the distance to the welfare frontier (agora frontier; computed once per economy, then cached)")
     _budget_args(ev)
@@ -266,7 +270,17 @@ def _eval(args) -> int:
 
     settings = EvalSettings(worlds=args.worlds, steps=args.steps, burn_in=args.burn_in, greedy=args.greedy)
     try:
-        if args.against:
+        if args.catalogues and args.against:
+            raise ConfigError("--catalogues and --against: one at a time")
+        if args.catalogues:
+            from selfplay.evaluate import evaluate_catalogues, format_catalogues_table
+
+            result = evaluate_catalogues(args.run_dir, settings, args.catalogues, update=args.update,
+                                         frontier=None if args.no_frontier else _budget(args),
+                                         log=lambda m: print(m, flush=True))
+            out = Path(args.run_dir) / f"eval_catalogues_{args.catalogues}.json"
+            print(format_catalogues_table(result))
+        elif args.against:
             if args.update is not None:
                 raise ConfigError("--update applies to agora eval without --against")
             result = crossplay(args.run_dir, args.against, settings)

@@ -243,7 +243,12 @@ class FaultConfig(Frozen):
 
 
 class NetworkConfig(Frozen):
+    # "mlp": agents.networks.ActorCritic (a torso of `hidden` layers); "entity":
+    # agents.networks.EntityActorCritic (per-good and per-niche tokens of width `width`, masks
+    # for padding), the policy for economy.catalogues (many catalogues in one economy)
+    kind: Literal["mlp", "entity"] = "mlp"
     hidden: tuple[int, ...] = (128, 128)  # widths of the torso's layers (each at least 1; () for none)
+    width: int = Field(64, ge=1, le=4096)  # the entity network's token width
     activation: Literal["tanh", "relu"] = "tanh"
 
     @field_validator("hidden")
@@ -435,7 +440,16 @@ class RunConfig(Frozen):
                 f"train.imitation.updates={t.imitation.updates} must be below train.updates={t.updates} "
                 "(imitation is a warm start, not the run)"
             )
+        many = self.economy.catalogues is not None
+        if many and t.network.kind != "entity":
+            raise ValueError("economy.catalogues needs train.network.kind=entity (a policy that sees what each good "
+                             "and niche of a world's catalogue is and masks the padding)")
+        if t.network.kind == "entity" and not many:
+            raise ValueError("train.network.kind=entity plays padded economies: set economy.catalogues (or use kind=mlp)")
         c = t.curriculum
+        if many and c.updates:
+            raise ValueError("train.curriculum.updates > 0 with economy.catalogues: the curriculum's niche shares "
+                             "belong to one catalogue")
         if c.updates and len(c.shares) != self.economy.num_niches:
             raise ValueError(
                 f"train.curriculum.shares has {len(c.shares)} entries; the economy has {self.economy.num_niches} "

@@ -179,7 +179,7 @@ def play_worlds(env: Economy, policy: Callable, groups: np.ndarray, num_groups: 
     parameters are then an argument of the compiled rollout, not constants in it, so every
     population of one economy and shape plays the same program (one compile, shared by a
     study's runs through the persistent cache). One ``jax.jit`` of the whole rollout."""
-    metrics = _step_sums(groups, num_groups, env.cfg.num_niches, env.cfg.collaboration_scale)
+    metrics = _step_sums(groups, num_groups, env.num_niches, env.cfg.collaboration_scale)
     run = jax.jit(lambda p, key, state: rollout(env, policy if params is None else policy(p), key, state,
                                                 settings.steps, metrics))
     reset = jax.jit(env.reset)
@@ -260,7 +260,7 @@ def population_utility(trainer, settings: EvalSettings) -> Callable:
     env = trainer.env
     PL = trainer.num_players
     groups = trainer.player_of  # [N] the training layout's player of each agent (train.layout)
-    metrics = _step_sums(groups, PL, env.cfg.num_niches, env.cfg.collaboration_scale)
+    metrics = _step_sums(groups, PL, env.num_niches, env.cfg.collaboration_scale)
 
     @jax.jit
     def world(params_all, world_key, key):
@@ -279,19 +279,113 @@ def population_utility(trainer, settings: EvalSettings) -> Callable:
     return utility
 
 
-def evaluate_baseline(env: Economy, name: str, settings: EvalSettings) -> dict:
-    """``scripted`` or ``random`` play on the evaluation worlds (member metrics null)."""
+def evaluate_baseline(env: Economy, name: str, settings: EvalSettings, per_world: bool = False) -> dict:
+    """``scripted`` or ``random`` play on the evaluation worlds (member metrics null);
+    ``per_world``: also ``utility_worlds``, each world's utility."""
     policy = {"scripted": functools.partial(scripted_actions, env), "random": functools.partial(random_actions, env)}[name]
-    per_world, _ = play(env, policy, np.zeros(env.cfg.num_agents, np.int64), 1, settings, 0)
-    out = mean_metrics(per_world)
-    return {k: out.get(k) for k in METRICS}
+    worlds, _ = play(env, policy, np.zeros(env.cfg.num_agents, np.int64), 1, settings, 0)
+    out = mean_metrics(worlds)
+    return {k: out.get(k) for k in METRICS} | ({"utility_worlds": [w["utility"] for w in worlds]} if per_world else {})
+
+
+CATALOGUE_METRICS = ("utility", "efficiency", "active_niches", "niche_js_to_frontier", "effective_niches",
+                     "project_stock", "niche_shares")  # what agora eval --catalogues reports per catalogue
+
+
+def _real_niches(metrics: dict, J: int) -> dict:
+    """A padded economy's metrics with the per-niche lists cut to the catalogue's ``J``
+    niches and rest (the padded slots are never worked)."""
+    out = dict(metrics)
+    for k in ("niche_shares", "utility_by_niche"):
+        if out.get(k) is not None:
+            out[k] = list(out[k][:J]) + [out[k][-1]]
+    return out
+
+
+def evaluate_catalogues(run_dir: str | Path, settings: EvalSettings = EvalSettings(), which: str = "held_out",
+                        update: int | None = None, frontier: FrontierSettings | None = FrontierSettings(),
+                        write: bool = True, log=None) -> dict:
+    """``agora eval --catalogues {held_out,train,both}``: a run over a distribution of
+    catalogues (``economy.catalogues``) played on each catalogue of ``which`` in turn (the
+    same held-out worlds and keys for the population, the scripted and the random
+    baselines), with efficiency against that catalogue's own market frontier (computed on
+    the catalogue's unpadded economy with the same worlds' seeds, cached), active niches and
+    the niche divergence from the frontier; averaged over the catalogues. ``both``: also
+    the generalisation gap (efficiency on the training catalogues minus on the held-out
+    ones). Writes ``RUN_DIR/eval_catalogues_{which}.json`` when ``write``."""
+    from analysis.catalogue import catalogue_configs
+
+    cfg, trainer, ts = load_run(run_dir, update)
+    if cfg.economy.catalogues is None:
+        raise ConfigError("--catalogues: this run plays one catalogue (its economy.catalogues is not set)")
+    if which not in ("held_out", "train", "both"):
+        raise ConfigError(f"--catalogues {which!r}: expected held_out, train or both")
+    s = settings.resolved(cfg)
+    params_all = trainer.players_params(ts)
+    out: dict = {"catalogues": which, **s.record(), "update": int(ts.update), "sets": {}}
+    for part in (("train", "held_out") if which == "both" else (which,)):
+        c = cfg.economy.catalogues
+        seeds = c.train_seeds if part == "train" else c.held_out_seeds
+        per = {}
+        for seed, ck in zip(seeds, catalogue_configs(cfg.economy, part)):
+            env = Economy(cfg.economy, catalogues=[ck], sizes=trainer.env.sizes)
+            J = ck.num_niches
+            per_world, _ = play(env, lambda p: trainer.policy_with(p, s.greedy), trainer.player_of, trainer.num_players,
+                                s, trainer.num_members, params=params_all)
+            policies = {"trained": {**mean_metrics(per_world), "utility_worlds": [w["utility"] for w in per_world]}}
+            for name in ("scripted", "random"):
+                policies[name] = evaluate_baseline(env, name, s, per_world=True)
+            fr = None if frontier is None else welfare.frontier(ck, s.worlds, s.steps, s.burn_in, settings=frontier, log=log)
+            policies = {k: with_distance(_real_niches(v, J), fr) for k, v in policies.items()}
+            per[str(seed)] = {
+                "niches": list(ck.niche_names) + ["rest"],
+                "frontier": welfare.summary(fr),
+                "frontier_active_niches": None if fr is None else int(np.sum(np.asarray(fr["market"]["shares"]) >= 0.01)),
+                "policies": {k: {m: v.get(m) for m in CATALOGUE_METRICS + ("utility_worlds",)} for k, v in policies.items()},
+            }
+        mean = {}
+        for name in ("trained", "scripted", "random"):
+            mean[name] = {}
+            for m in CATALOGUE_METRICS[:-1]:
+                vals = [p["policies"][name][m] for p in per.values()]
+                mean[name][m] = None if any(v is None for v in vals) else float(np.mean(vals))
+        if frontier is not None:
+            mean["trained"]["catalogues_with_frontier_niches"] = float(np.mean(
+                [p["policies"]["trained"]["active_niches"] >= p["frontier_active_niches"] for p in per.values()]))
+        out["sets"][part] = {"seeds": list(seeds), "per_catalogue": per, "mean": mean}
+    if which == "both":
+        e = [out["sets"][p]["mean"]["trained"]["efficiency"] for p in ("train", "held_out")]
+        out["generalisation_gap"] = None if None in e else e[0] - e[1]
+    if write:
+        write_atomic(Path(run_dir) / f"eval_catalogues_{which}.json", json.dumps(out, indent=1))
+    return out
+
+
+def format_catalogues_table(result: dict) -> str:
+    """Per catalogue and averaged: the population's utility, efficiency, active niches (the
+    frontier's beside) and niche divergence, with the baselines' efficiency."""
+    f = lambda x, d=3: "—" if x is None else f"{x:.{d}f}"  # noqa: E731
+    lines = []
+    for part, r in result["sets"].items():
+        lines.append(f"{part} catalogues ({len(r['seeds'])}):")
+        lines.append("  catalogue   utility  efficiency  active (frontier)  JS to frontier  scripted eff  random eff")
+        rows = list(r["per_catalogue"].items()) + [("mean", {"policies": r["mean"], "frontier_active_niches": None})]
+        for seed, p in rows:
+            t = p["policies"]["trained"]
+            fa = p.get("frontier_active_niches")
+            lines.append(f"  {seed:>9}  {f(t['utility'])}    {f(t['efficiency'])}      {f(t['active_niches'], 1):>4} "
+                         f"({'—' if fa is None else fa})        {f(t['niche_js_to_frontier'])}          "
+                         f"{f(p['policies']['scripted']['efficiency'])}        {f(p['policies']['random']['efficiency'])}")
+    if "generalisation_gap" in result:
+        lines.append(f"generalisation gap (efficiency, train - held out): {f(result['generalisation_gap'])}")
+    return "\n".join(lines)
 
 
 def economy_frontier(cfg: RunConfig, settings: EvalSettings, frontier_settings: FrontierSettings | None,
                      log=None) -> dict | None:
     """The welfare frontier of the run's economy on the evaluation's worlds (cached, see
     :func:`analysis.frontier.frontier`); None when ``frontier_settings`` is None."""
-    if frontier_settings is None:
+    if frontier_settings is None or cfg.economy.catalogues is not None:  # many catalogues: one frontier each
         return None
     s = settings.resolved(cfg)
     return welfare.frontier(cfg.economy, s.worlds, s.steps, s.burn_in, settings=frontier_settings, log=log)
@@ -318,7 +412,7 @@ def evaluate_run(run_dir: str | Path, settings: EvalSettings = EvalSettings(), u
             policies[name] = evaluate_baseline(trainer.env, name, s)
     policies = {k: with_distance(v, fr) for k, v in policies.items()}
     result = {"policies": policies, **s.record(), "update": int(ts.update), "frontier": welfare.summary(fr),
-              "niche_names": list(cfg.economy.niche_names)}
+              "niche_names": list(trainer.env.niche_names)}
     if write:
         write_atomic(Path(run_dir) / "eval.json", json.dumps(result, indent=1))
     return result
@@ -411,7 +505,7 @@ def crossplay(run_a: str | Path, against: str, settings: EvalSettings = EvalSett
             })
     names = {0: str(run_a), 1: str(against)}
     return {"sides": {names[g]: mean_metrics(per_side[g]) for g in (0, 1)}, "worlds": s.worlds, "steps": s.steps,
-            "burn_in": s.burn_in, "niche_names": list(env.cfg.niche_names) + ["rest"]}
+            "burn_in": s.burn_in, "niche_names": list(env.niche_names) + ["rest"]}
 
 
 # ---- printing -----------------------------------------------------------------------------

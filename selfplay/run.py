@@ -302,8 +302,11 @@ class Recorder:
 
     def __init__(self, run_dir: Path, cfg: RunConfig, ts: TrainState, enabled: bool):
         self.cfg, self.enabled = cfg, enabled
+        from analysis.catalogue import economy_names
+
+        names = economy_names(cfg.economy)
         self.names = {
-            "niches": list(cfg.economy.niche_names) + ["rest"], "goods": list(cfg.economy.good_names),
+            "niches": list(names.niches) + ["rest"], "goods": list(names.goods),
             "components": list(cfg.train.variants.rewards), "variants": list(cfg.train.variants.ranges),
         }
         self.steps_per_update = cfg.economy.num_agents * cfg.train.rollout_steps

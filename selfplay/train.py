@@ -43,7 +43,7 @@ from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec
 
 from agents.networks import (
-    ActorCritic, FusedPolicy, act_parts, agent_players, from_members, init_population, joint_apply, population_apply,
+    ActorCritic, EntityActorCritic, FusedPolicy, act_parts, agent_players, from_members, init_population, joint_apply, population_apply,
     sample_actions, to_members,
 )
 from agents.scripted import scripted_actions
@@ -148,7 +148,9 @@ class Trainer:
     def __init__(self, cfg: RunConfig, env: Economy | None = None):
         self.cfg = cfg
         t = cfg.train
-        self.env = Economy(cfg.economy) if env is None else env
+        from analysis.catalogue import economy_for
+
+        self.env = economy_for(cfg.economy) if env is None else env
         self.num_members = t.members
         self.num_players = t.players
         # Names, fixed for this trainer: every declared variant and registered component
@@ -162,14 +164,26 @@ class Trainer:
         # the niche alone (the scripted rule completes the orders, :meth:`complete`).
         self.policy_spec = self.env.action_spec if t.orders == "policy" else tuple(
             h for h in self.env.action_spec if h.name == "niche")
-        self.net = ActorCritic(self.policy_spec, hidden=tuple(t.network.hidden), activation=t.network.activation)
+        # train.network.kind: the MLP (acting and the loss through its fused output layer), or
+        # the entity network of padded economies (economy.catalogues: its logits and their
+        # masks; acting by sample_actions, the loss by autodiff of the logits)
+        self.entity = t.network.kind == "entity"
+        if self.entity:
+            self.net = EntityActorCritic(self.policy_spec, goods=self.env.num_goods, niches=self.env.num_niches,
+                                         values=cfg.economy.observe_values, hidden=t.network.width,
+                                         activation=t.network.activation)
+        else:
+            self.net = ActorCritic(self.policy_spec, hidden=tuple(t.network.hidden), activation=t.network.activation)
         # The PPO loss's view of the network (train.loss_path): the fused output layer
         # (agents.networks.policy_terms: natively on a one-device mesh where the kernels run,
         # its XLA twin on several devices) or autodiff of the logits; the loss itself is
         # selfplay.ppo's either way.
         self.mesh = agent_mesh(jax.devices()[: mesh_size(cfg)])
-        self.loss_net = joint_apply(self.net) if t.loss_path == "traced" else FusedPolicy(
-            self.net, native=None if self.mesh.size == 1 else False)
+        if self.entity:
+            self.loss_net = self.net.apply
+        else:
+            self.loss_net = joint_apply(self.net) if t.loss_path == "traced" else FusedPolicy(
+                self.net, native=None if self.mesh.size == 1 else False)
         self.tx = optax.chain(
             optax.clip_by_global_norm(t.max_grad_norm),
             optax.inject_hyperparams(optax.adam)(learning_rate=1e-3, eps=1e-5),
@@ -351,7 +365,7 @@ class Trainer:
 
     def _rollout(self, ts: TrainState, key: jax.Array, imitate: bool = False):
         env, P, PL, C = self.env, self.num_members, self.num_players, self.run_length
-        J, M = env.cfg.num_niches, env.cfg.num_markets
+        J, M = env.num_niches, env.cfg.num_markets
         params_all = self.players_params(ts)
         mu, sd = self._value_scale(ts)
 
@@ -368,8 +382,12 @@ class Trainer:
                 _, value = population_apply(self.net, params_all, obs_m)
                 log_prob = jnp.zeros_like(value)  # no behaviour ratio in the imitation loss
             else:
-                parts = population_apply(self.net, params_all, obs_m, parts=True)
-                act_m, log_prob, value = act_parts(k_act, *parts, self.policy_spec, mesh=self.mesh)
+                if self.entity:
+                    logits, value = population_apply(self.net, params_all, obs_m)
+                    act_m, log_prob = sample_actions(k_act, logits, batch_ndim=2)
+                else:
+                    parts = population_apply(self.net, params_all, obs_m, parts=True)
+                    act_m, log_prob, value = act_parts(k_act, *parts, self.policy_spec, mesh=self.mesh)
                 actions = from_members(act_m, C)
             if held is not None:  # the niche curriculum: held slots work their role
                 actions = dict(actions, niche=jnp.where(held, roles, actions["niche"]))
@@ -445,7 +463,7 @@ class Trainer:
         """``(reward [T, P, n], components {name: [T, P, n]})`` of a rollout: agent-level
         components as recorded, member-level ones computed now, weighted per member."""
         data = rw.RolloutData(
-            niche=traj.actions["niche"], units=traj.units, agent=traj.components, num_niches=self.env.cfg.num_niches
+            niche=traj.actions["niche"], units=traj.units, agent=traj.components, num_niches=self.env.num_niches
         )
         comps = {**traj.components, **rw.member_components(self.components, data)}
         comps = {c: comps[c] for c in self.components}
@@ -546,7 +564,7 @@ class Trainer:
 
     def _summarise(self, traj, stats, comps) -> dict:
         """The rollout's summaries that fitness, the analysis and the metrics read."""
-        J = self.env.cfg.num_niches
+        J = self.env.num_niches
         niche = jnp.swapaxes(traj.actions["niche"], 0, 1)  # [P, T, n]
         return {
             "comp_means": {c: jnp.mean(x, (0, 2)) for c, x in comps.items()},  # [P] per agent-step
