@@ -189,6 +189,30 @@ def play_worlds(env: Economy, policy: Callable, groups: np.ndarray, num_groups: 
         yield final, jax.device_get(sums)
 
 
+def play_catalogues(env: Economy, policy: Callable, groups: np.ndarray, num_groups: int, settings: EvalSettings,
+                    members: int, params=None) -> list[list[dict]]:
+    """Per-world metrics ``[catalogue][world]`` of ``policy`` (as in :func:`play_worlds`) on
+    each catalogue of a padded economy in turn, every catalogue on the same world seeds and
+    action keys (:func:`economy.eval_keys`); one compiled rollout and one compiled reset
+    serve every catalogue (the catalogue is data)."""
+    from economy.catalogues import take
+
+    metrics = _step_sums(groups, num_groups, env.num_niches, env.cfg.collaboration_scale)
+    run = jax.jit(lambda p, key, state: rollout(env, policy if params is None else policy(p), key, state,
+                                                settings.steps, metrics))
+    reset = jax.jit(lambda key, c: env.reset_catalogue(key, take(env.catalogues, c)))
+    out = []
+    for c in range(len(env.catalogue_configs)):
+        per_world = []
+        for world, key in eval_keys(env, settings.worlds):
+            _, state = reset(world, c)
+            final, sums = run(params, key, state)
+            w = np.asarray(wealth(final.goods, final.money, final.price), np.float64)
+            per_world.append(world_metrics(jax.device_get(sums), w, groups, members, settings.burn_in))
+        out.append(per_world)
+    return out
+
+
 def play(env: Economy, policy: Callable, groups: np.ndarray, num_groups: int, settings: EvalSettings, members: int,
          probe: bool = False, params=None):
     """Play every evaluation world with ``policy`` (and ``params``, see :func:`play_worlds`);
@@ -279,13 +303,12 @@ def population_utility(trainer, settings: EvalSettings) -> Callable:
     return utility
 
 
-def evaluate_baseline(env: Economy, name: str, settings: EvalSettings, per_world: bool = False) -> dict:
-    """``scripted`` or ``random`` play on the evaluation worlds (member metrics null);
-    ``per_world``: also ``utility_worlds``, each world's utility."""
+def evaluate_baseline(env: Economy, name: str, settings: EvalSettings) -> dict:
+    """``scripted`` or ``random`` play on the evaluation worlds (member metrics null)."""
     policy = {"scripted": functools.partial(scripted_actions, env), "random": functools.partial(random_actions, env)}[name]
-    worlds, _ = play(env, policy, np.zeros(env.cfg.num_agents, np.int64), 1, settings, 0)
-    out = mean_metrics(worlds)
-    return {k: out.get(k) for k in METRICS} | ({"utility_worlds": [w["utility"] for w in worlds]} if per_world else {})
+    per_world, _ = play(env, policy, np.zeros(env.cfg.num_agents, np.int64), 1, settings, 0)
+    out = mean_metrics(per_world)
+    return {k: out.get(k) for k in METRICS}
 
 
 CATALOGUE_METRICS = ("utility", "efficiency", "active_niches", "niche_js_to_frontier", "effective_niches",
@@ -327,14 +350,22 @@ def evaluate_catalogues(run_dir: str | Path, settings: EvalSettings = EvalSettin
         c = cfg.economy.catalogues
         seeds = c.train_seeds if part == "train" else c.held_out_seeds
         per = {}
-        for seed, ck in zip(seeds, catalogue_configs(cfg.economy, part)):
-            env = Economy(cfg.economy, catalogues=[ck], sizes=trainer.env.sizes)
+        cfgs = catalogue_configs(cfg.economy, part)
+        env = Economy(cfg.economy, catalogues=cfgs, sizes=trainer.env.sizes)
+        one = np.zeros(cfg.economy.num_agents, np.int64)
+        played = {
+            "trained": play_catalogues(env, lambda p: trainer.policy_with(p, s.greedy), trainer.player_of,
+                                       trainer.num_players, s, trainer.num_members, params=params_all),
+            "scripted": play_catalogues(env, functools.partial(scripted_actions, env), one, 1, s, 0),
+            "random": play_catalogues(env, functools.partial(random_actions, env), one, 1, s, 0),
+        }
+        for i, (seed, ck) in enumerate(zip(seeds, cfgs)):
             J = ck.num_niches
-            per_world, _ = play(env, lambda p: trainer.policy_with(p, s.greedy), trainer.player_of, trainer.num_players,
-                                s, trainer.num_members, params=params_all)
-            policies = {"trained": {**mean_metrics(per_world), "utility_worlds": [w["utility"] for w in per_world]}}
-            for name in ("scripted", "random"):
-                policies[name] = evaluate_baseline(env, name, s, per_world=True)
+            policies = {}
+            for name, worlds in played.items():
+                m = mean_metrics(worlds[i])
+                policies[name] = {**({k: m.get(k) for k in METRICS} if name != "trained" else m),
+                                  "utility_worlds": [w["utility"] for w in worlds[i]]}
             fr = None if frontier is None else welfare.frontier(ck, s.worlds, s.steps, s.burn_in, settings=frontier, log=log)
             policies = {k: with_distance(_real_niches(v, J), fr) for k, v in policies.items()}
             per[str(seed)] = {

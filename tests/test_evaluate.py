@@ -439,7 +439,7 @@ def _fake_crossplay(monkeypatch, n: int, sides: dict, worlds: list[dict]) -> dic
     """Cross-play with the runs ``sides`` (name -> :class:`_Side` factory of the economy) and
     the per-step sums of ``worlds`` as the played worlds; returns what the fakes saw."""
     cfg = _config()
-    env = SimpleNamespace(cfg=SimpleNamespace(num_agents=n, niche_names=["x", "y"]),
+    env = SimpleNamespace(cfg=SimpleNamespace(num_agents=n, niche_names=["x", "y"]), niche_names=("x", "y"),
                           action_spec={"niche": None, "price": None}, observe=lambda state: state.obs)
     made = {name: make(env) for name, make in sides.items()}
     seen = {"env": env, "sides": made}
