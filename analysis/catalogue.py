@@ -33,54 +33,11 @@ import math
 from typing import Any
 
 import numpy as np
-from pydantic import Field, model_validator
 
-from economy.config import ConfigError, EconomyConfig, Frozen, economy_from_dict
+from economy.catalogues import RESOURCE_NAMES, CatalogueSpec  # noqa: F401 (re-exported: the spec lives with the padded economy)
+from economy.config import ConfigError, EconomyConfig, economy_from_dict
 
-RESOURCE_NAMES = ("land", "coast", "forest", "hills", "river", "plains")
 ACTIVE = 0.01  # a niche is used by the first-best when its labour share is at least this
-
-
-class CatalogueSpec(Frozen):
-    """What :func:`generate` draws from (every range inclusive)."""
-
-    goods: tuple[int, int] = (5, 8)  # number of goods
-    niches: tuple[int, int] = (6, 10)  # number of niches (at least one per good, plus the builder)
-    raw: tuple[int, int] = (2, 4)  # goods made from nothing by a niche tied to a resource
-    resources: tuple[int, int] = (2, 4)
-    depth: int = Field(2, ge=1, le=3)  # the longest chain of recipes above a raw good
-    inputs: tuple[int, int] = (1, 3)  # goods per recipe
-    utility_concentration: float = Field(1.0, gt=0.0)  # Dirichlet concentration of the utility weights
-    perish: tuple[float, float] = (0.0, 0.2)
-    consume: tuple[float, float] = (0.1, 0.3)
-    labour: tuple[float, float] = (2.0, 4.0)  # units of work per step at full skill
-    markup: tuple[float, float] = (1.2, 1.6)  # output value over input value at base prices (> 1)
-    public: tuple[int, int] = (3, 6)  # public units per unit of the builder's work
-    attempts: int = Field(20, ge=1, le=1000)  # draws per seed before the spec is declared unmeetable
-    first_best_worlds: int = Field(2, ge=1, le=64)  # evaluation worlds of the first-best check
-
-    @model_validator(mode="after")
-    def _ranges(self):
-        bounds = {"goods": (2, 40), "niches": (3, 60), "raw": (1, 20), "resources": (1, len(RESOURCE_NAMES)),
-                  "inputs": (1, 3), "perish": (0.0, 0.99), "consume": (0.01, 1.0), "labour": (0.1, 100.0),
-                  "markup": (1.0, 10.0), "public": (1, 100)}
-        for name, (lo_b, hi_b) in bounds.items():
-            lo, hi = getattr(self, name)
-            if not lo_b <= lo <= hi <= hi_b:
-                raise ValueError(f"{name}: expected {lo_b} <= low <= high <= {hi_b}, got [{lo}, {hi}]")
-        if self.markup[0] <= 1.0:
-            raise ValueError(f"markup: the low end must exceed 1 (a markup of {self.markup[0]} lets a recipe "
-                             "destroy value at base prices)")
-        if self.niches[1] < self.goods[0] + 1:
-            raise ValueError(f"niches: at most {self.niches[1]} cannot give each of at least {self.goods[0]} goods a "
-                             "niche that makes it, plus the builder")
-        if self.goods[0] < self.raw[0] + self.depth:
-            raise ValueError(f"goods: at least {self.goods[0]} cannot always hold {self.raw[0]} raw goods and one good at "
-                             f"each of {self.depth} levels of depth (raise goods' low end to {self.raw[0] + self.depth})")
-        if self.resources[0] > self.raw[0]:
-            raise ValueError(f"resources: at least {self.resources[0]} cannot each be tied to one of at least "
-                             f"{self.raw[0]} raw goods (lower resources' low end to {self.raw[0]})")
-        return self
 
 
 def load_spec(path: str | None) -> CatalogueSpec:

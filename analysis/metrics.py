@@ -109,6 +109,12 @@ _m("efficiency", "utility / the market frontier's utility", "fraction", "economy
 _m("efficiency_first_best", "utility / the first-best's utility", "fraction", "economy", [E], (0.0, None), "frontier")
 _m("niche_js_to_frontier", "Jensen-Shannon divergence between the work shares and the market frontier's", "bits",
    "economy", [E], SHARE, "frontier")
+# ---- generalisation over catalogues (a run over economy.catalogues; agora eval --catalogues both) ----
+_m("efficiency_train", "efficiency averaged over the training catalogues (each against its own market frontier); "
+   "a run over many catalogues reports efficiency averaged over its held-out ones", "fraction", "economy", [E],
+   (0.0, None), "frontier")
+_m("generalisation_gap", "efficiency on the training catalogues minus efficiency on the held-out ones",
+   "fraction", "economy", [E], (None, None), "frontier")
 # ---- the analysis of a population during training (analysis.jsonl) ----------------------------
 _m("kl", "KL(pi_i || pi_j) for every ordered pair of members", "nats", "members", [A], (0.0, None), "diversity", "matrix")
 _m("js", "Jensen-Shannon divergence for every pair of members", "nats", "members", [A], (0.0, None),

@@ -250,7 +250,7 @@ class CataloguesConfig(Frozen):
         both = sorted(set(t) & set(h))
         if both:
             raise ValueError(f"train and held_out share catalogue seeds {both}: held-out catalogues must be unseen")
-        from analysis.catalogue import CatalogueSpec  # local import: analysis imports this module
+        from economy.catalogues import CatalogueSpec  # local import: it imports this module
 
         try:
             CatalogueSpec.model_validate(dict(self.spec))

@@ -372,7 +372,7 @@ def evaluate_catalogues(run_dir: str | Path, settings: EvalSettings = EvalSettin
                 "niches": list(ck.niche_names) + ["rest"],
                 "frontier": welfare.summary(fr),
                 "frontier_active_niches": None if fr is None else int(np.sum(np.asarray(fr["market"]["shares"]) >= 0.01)),
-                "policies": {k: {m: v.get(m) for m in CATALOGUE_METRICS + ("utility_worlds",)} for k, v in policies.items()},
+                "policies": {k: {m: v.get(m) for m in METRICS + ("utility_worlds",)} for k, v in policies.items()},
             }
         mean = {}
         for name in ("trained", "scripted", "random"):
@@ -387,8 +387,34 @@ def evaluate_catalogues(run_dir: str | Path, settings: EvalSettings = EvalSettin
     if which == "both":
         e = [out["sets"][p]["mean"]["trained"]["efficiency"] for p in ("train", "held_out")]
         out["generalisation_gap"] = None if None in e else e[0] - e[1]
+    founders = np.asarray(jax.device_get(ts.pbt.founder))
+    out["largest_lineage_share"] = float(np.bincount(founders, minlength=trainer.num_members).max() / trainer.num_members)
     if write:
         write_atomic(Path(run_dir) / f"eval_catalogues_{which}.json", json.dumps(out, indent=1))
+    return out
+
+
+def catalogue_summary(result: dict) -> dict[str, dict]:
+    """``{policy: METRICS}`` of an :func:`evaluate_catalogues` result, for a study's
+    ``eval.json``: each scalar metric averaged over the held-out catalogues (over the
+    training ones when only those were played); per-niche lists null (a niche slot means
+    something else in each catalogue). The trained population also gets
+    ``largest_lineage_share`` and, with ``both``, ``efficiency_train`` and
+    ``generalisation_gap``."""
+    part = "held_out" if "held_out" in result["sets"] else "train"
+    per = result["sets"][part]["per_catalogue"].values()
+    out = {}
+    for name in ("trained", "scripted", "random"):
+        m = {}
+        for k in METRICS:
+            vals = [p["policies"][name].get(k) for p in per]
+            scalar = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals)
+            m[k] = float(np.mean(vals)) if vals and scalar else None
+        out[name] = m
+    out["trained"]["largest_lineage_share"] = result.get("largest_lineage_share")
+    if "generalisation_gap" in result:
+        out["trained"]["generalisation_gap"] = result["generalisation_gap"]
+        out["trained"]["efficiency_train"] = result["sets"]["train"]["mean"]["trained"]["efficiency"]
     return out
 
 

@@ -48,6 +48,7 @@ from economy.config import format_validation_error
 from analysis.files import write_atomic
 from selfplay.config import RunConfig, check_name_template, load_run_config
 from analysis import frontier as welfare
+from analysis.catalogue import economy_names
 from analysis.frontier import FrontierSettings
 from analysis.metrics import bounds
 from selfplay.evaluate import METRICS, EvalSettings, economy_frontier, with_distance
@@ -242,10 +243,27 @@ def run_study(study: Study, shard: tuple[int, int] | None = None, progress: bool
             bar.set_description(f"{r.condition}/seed {r.seed}")
             if _done_updates(r) < r.cfg.train.updates:
                 train_run(r.cfg, r.run_dir, resume=True, progress=False, on_update=lambda u, m: bar.update(1))
-            evaluate_run(r.run_dir, study.settings, baselines=False, frontier=study.cfg.frontier, log=log)
+            if r.cfg.economy.catalogues is not None:  # many catalogues: each held-out and training one in turn
+                evaluate_catalogue_run(r.run_dir, study.settings, study.cfg.frontier, log)
+            else:
+                evaluate_run(r.run_dir, study.settings, baselines=False, frontier=study.cfg.frontier, log=log)
     finally:
         bar.close()
     return todo
+
+
+def evaluate_catalogue_run(run_dir: Path, settings, frontier, log=None) -> dict:
+    """A run over many catalogues in a study: ``agora eval --catalogues both`` (every
+    catalogue against its own frontier), and an ``eval.json`` whose policies are the
+    held-out averages (:func:`selfplay.evaluate.catalogue_summary`), which the study
+    aggregates like any run's."""
+    from selfplay.evaluate import catalogue_summary, evaluate_catalogues
+
+    result = evaluate_catalogues(run_dir, settings, "both", frontier=frontier, log=log)
+    ev = {"policies": catalogue_summary(result), **settings.record(), "update": result["update"],
+          "catalogues": "held_out averages; per catalogue: eval_catalogues_both.json"}
+    write_atomic(Path(run_dir) / "eval.json", json.dumps(ev, indent=1))
+    return ev
 
 
 def baselines(study: Study, merged: list[tuple[str, dict]] = ()) -> dict:
@@ -261,6 +279,14 @@ def baselines(study: Study, merged: list[tuple[str, dict]] = ()) -> dict:
     s = study.settings
     want = {"worlds": s.worlds, "steps": s.steps, "burn_in": s.burn_in}
     first = study.runs[0]
+    if first.cfg.economy.catalogues is not None:
+        # many catalogues: the baselines' held-out averages, measured beside the first complete
+        # run on the same catalogues, worlds and keys (every run plays the same held-out set)
+        done = next((r for r in study.runs if complete(r, s)), None)
+        if done is None:
+            return {}
+        ev = json.loads((done.run_dir / "eval.json").read_text())["policies"]
+        return {name: ev[name] for name in ("scripted", "random")}
     plays = [(name, first, name) for name in ("scripted", "random")]
     from analysis.frontier import config_hash  # economies that differ only in what learners see are one
 
@@ -397,11 +423,13 @@ def aggregate(study: Study, merge=()) -> dict:
                 seeds[seed] = src[1]["conditions"][c.name]["seeds"][seed]
                 origin[seed] = src[0]
                 continue
-            seeds[seed] = with_distance(trained, frontier_of(study, r))
+            # a run over many catalogues carries each catalogue's distance to its own frontier
+            seeds[seed] = trained if r.cfg.economy.catalogues is not None else with_distance(trained, frontier_of(study, r))
         cfg_c = next(r.cfg for r in study.runs if r.condition == c.name)  # this condition's economy
-        mean, ci = summarise(seeds, cfg_c.economy.num_niches)
+        niche_names = economy_names(cfg_c.economy).niches
+        mean, ci = summarise(seeds, len(niche_names))
         conditions[c.name] = {"overrides": [*study.cfg.overrides, *c.overrides], "seeds": seeds, "run_dirs": dirs,
-                              "mean": mean, "ci95": ci, "niche_names": [*cfg_c.economy.niche_names, "rest"],
+                              "mean": mean, "ci95": ci, "niche_names": [*niche_names, "rest"],
                               "vmapped_seeds": vmapped}
         if origin:
             conditions[c.name]["merged_from"] = origin
@@ -411,7 +439,7 @@ def aggregate(study: Study, merge=()) -> dict:
         "study": study.name,
         "base": str(study.cfg.config),
         "metrics": list(METRICS),
-        "niche_names": [*cfg0.economy.niche_names, "rest"],
+        "niche_names": [*economy_names(cfg0.economy).niches, "rest"],
         "ci_method": CI_METHOD,
         "eval": s.record(),
         "conditions": conditions,
