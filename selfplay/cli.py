@@ -192,14 +192,17 @@ def _simulate(args) -> int:
 
     from selfplay.simulate import format_table, simulate_timed
 
+    from analysis.catalogue import economy_names
+
     e, s = cfg.economy, cfg.simulate
+    names = economy_names(e)  # a padded economy (economy.catalogues): goods and niche slots
     print(
-        f"agora simulate: {e.num_agents} agents in {e.num_markets} markets, {e.num_goods} goods, "
-        f"{e.num_niches} niches; {s.steps} steps of {s.agents} agents, world seed {s.seed}",
+        f"agora simulate: {e.num_agents} agents in {e.num_markets} markets, {len(names.goods)} goods, "
+        f"{len(names.niches)} niches; {s.steps} steps of {s.agents} agents, world seed {s.seed}",
         flush=True,
     )
     records, timing = simulate_timed(cfg)
-    print(format_table(records, e.good_names, e.niche_names, s.print_every))
+    print(format_table(records, names.goods, names.niches, s.print_every))
     print(
         f"\n{timing.agent_steps:,} agent-steps in {timing.run_s:.2f} s "
         f"({timing.agent_steps_per_s / 1e6:.2f} M agent-steps/s; compile {timing.compile_s:.1f} s)"
@@ -208,7 +211,7 @@ def _simulate(args) -> int:
         out = Path(args.json_out)
         out.parent.mkdir(parents=True, exist_ok=True)
         rows = [{k: np.asarray(v).tolist() for k, v in r._asdict().items()} for r in records]
-        out.write_text(json.dumps({"goods": e.good_names, "niches": e.niche_names, "records": rows}, indent=1))
+        out.write_text(json.dumps({"goods": list(names.goods), "niches": list(names.niches), "records": rows}, indent=1))
         print(f"wrote {out}")
     return EXIT_OK
 

@@ -101,7 +101,9 @@ def simulate_timed(cfg: RunConfig) -> tuple[list[StepRecord], Timing]:
     """:func:`simulate`, with the time spent compiling and running."""
     start = time.perf_counter()
     sim = cfg.simulate
-    env = Economy(cfg.economy)
+    from analysis.catalogue import economy_for  # economy.catalogues: the padded economy of the training catalogues
+
+    env = economy_for(cfg.economy)
     policy = make_policy(env, sim.agents, sim.scripted)
     key_world, key_agents = run_keys(env, sim.seed)
     reset = jax.jit(env.reset).lower(key_world).compile()
