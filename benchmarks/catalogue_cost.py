@@ -10,7 +10,10 @@ At the default catalogue's sizes (configs/demo.yaml's economy, ``--agents`` agen
 * ``network``: forward and backward (gradient of value and log-probability of fixed
   actions) of today's :class:`~agents.networks.ActorCritic` (hidden 128, 128) on the
   unpadded observation against :class:`~agents.networks.EntityActorCritic` (hidden 64) on
-  the padded one, every head.
+  the padded one, every head;
+* ``update``: one whole training update (rollout, GAE, PPO epochs) with the demo's training
+  settings: the MLP on the compiled catalogue against the entity network on the padded
+  economy of the same catalogue.
 
 Each pair runs A then B (alternating) ``--repeats`` times after a warm-up; the ratio is the
 median over pairs of B's time over A's, so a drift of the machine reaches both sides.
@@ -54,6 +57,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--agents", type=int, default=16384)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--width", type=int, default=64, help="the entity network's token width")
     ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks" / "catalogue_cost.json"))
     a = ap.parse_args(argv)
 
@@ -82,7 +86,7 @@ def main(argv=None) -> int:
             return jax.lax.scan(body, state, jax.random.split(key, steps))
         return jax.jit(run)
 
-    out = {"agents": a.agents, "markets": cfg.num_markets, "goods": cfg.num_goods, "niches": cfg.num_niches,
+    out = {"agents": a.agents, "entity_width": a.width, "markets": cfg.num_markets, "goods": cfg.num_goods, "niches": cfg.num_niches,
            "steps": steps, "repeats": a.repeats, "machine": platform.processor() or platform.machine(),
            "devices": str(jax.devices()[0]), "date": time.strftime("%Y-%m-%d")}
     key = jax.random.key(1)
@@ -103,7 +107,7 @@ def main(argv=None) -> int:
     actions = plain.sample_actions(jax.random.key(2), st_a)
     mlp = ActorCritic(plain.action_spec, hidden=(128, 128))
     ent = EntityActorCritic(same.action_spec, goods=same.num_goods, niches=same.num_niches,
-                            values=cfg.observe_values, hidden=64)
+                            values=cfg.observe_values, hidden=a.width)
     pa, pb = mlp.init(jax.random.key(3), obs_a[:1]), ent.init(jax.random.key(3), obs_b[:1])
 
     def grad_of(net):
@@ -113,6 +117,26 @@ def main(argv=None) -> int:
         return jax.jit(jax.grad(loss))
 
     out["network_entity_vs_mlp"] = pairs(grad_of(mlp), grad_of(ent), (pa, obs_a), (pb, obs_b), a.repeats)
+    # the whole update (rollout + PPO), demo's training settings at these agents: the MLP on the
+    # compiled catalogue against the entity network on the padded economy of the same catalogue
+    from selfplay.config import load_run_config as load
+    from selfplay.train import Trainer
+
+    over = [f"economy.num_agents={a.agents}", f"economy.num_markets={cfg.num_markets}"]
+    run_a = load(ROOT / "configs" / "demo.yaml", over)
+    run_b = load(ROOT / "configs" / "demo.yaml", over + ["economy.catalogues.train=1", "economy.catalogues.first_best=false",
+                                                          "train.network.kind=entity", f"train.network.width={a.width}"])
+    tr_a = Trainer(run_a)
+    tr_b = Trainer(run_b, env=Economy(run_a.economy, catalogues=[run_a.economy]))  # the demo's own catalogue, padded
+    class Updates:  # the update donates its state: each call carries the new one on
+        def __init__(self, tr):
+            self.tr, self.ts = tr, tr.init(jax.random.key(0))
+
+        def __call__(self):
+            self.ts, m = self.tr.update(self.ts)
+            return m
+
+    out["update_entity_padded_vs_mlp"] = pairs(Updates(tr_a), Updates(tr_b), (), (), a.repeats)
     out["network_params"] = {"mlp": int(sum(x.size for x in jax.tree.leaves(pa))),
                              "entity": int(sum(x.size for x in jax.tree.leaves(pb)))}
     out["obs_dim"] = {"plain": plain.obs_dim, "padded": same.obs_dim, "padded_plus3": bigger.obs_dim}
