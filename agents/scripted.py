@@ -80,7 +80,7 @@ def niche_values(env: "Economy", state: EconomyState, config: ScriptedConfig) ->
     public unit is worth ``public_value * (half / (stock + half))^2`` plus, with a paying
     treasury, ``min(pay, treasury / agents_per_market)`` money.
     """
-    cfg, p = env.cfg, env._p(state)  # a padded economy: the world's own catalogue
+    cfg, p = env.cfg, env.catalogue_params(state)  # a padded economy: the world's own catalogue
     n, _ = state.goods.shape
     J = env.num_niches
     pc = cfg.project
@@ -128,7 +128,7 @@ def scripted_actions(
     of step 1 (no exploration); the needs and orders then follow it exactly as for a
     niche the agent chose (the market frontier, :mod:`analysis.frontier`, plays so).
     """
-    cfg, p = env.cfg, env._p(state)
+    cfg, p = env.cfg, env.catalogue_params(state)
     n, G = state.goods.shape
     J = env.num_niches
     L = cfg.market.price_ticks

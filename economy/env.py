@@ -149,7 +149,7 @@ class Economy:
         state = generate(key, self.cfg, catalogue.params, catalogue, resources=self.sizes.resources)
         return self.observe(state), state
 
-    def _p(self, state: EconomyState):
+    def catalogue_params(self, state: EconomyState):
         """The catalogue's arrays: the world's own in a padded economy, else the compiled ones."""
         return self.params if state.catalogue is None else state.catalogue.params
 
@@ -193,7 +193,7 @@ class Economy:
         each niche's resource and project bonus; with ``observe_values`` then :meth:`niche_values`;
         in a padded economy then what each good and niche of the world's catalogue is
         (:func:`economy.catalogues.features`, the same for every agent of the world)."""
-        cfg, p = self.cfg, self._p(state)
+        cfg, p = self.cfg, self.catalogue_params(state)
         n = state.goods.shape[0]
         m = state.price.shape[0]
         b = n // m
@@ -229,7 +229,7 @@ class Economy:
         public unit while the treasury pays), in units of the catalogue's mean base price,
         signed-log scaled (``sign(v) log(1 + |v|)``); the observation's last ``J`` columns
         with ``observe_values``."""
-        p, n = self._p(state), state.goods.shape[0]
+        p, n = self.catalogue_params(state), state.goods.shape[0]
         J = self.num_niches
         net = (p.outputs[:J] - p.inputs[:J]).astype(jnp.float32)  # [J, G]
         margin = state.price.astype(jnp.float32) @ net.T  # [M, J] money per unit of work
@@ -326,7 +326,7 @@ class Economy:
         return self._step(key, state, actions)
 
     def _step(self, key: jax.Array, state: EconomyState, actions: Actions):
-        cfg, p = self.cfg, self._p(state)
+        cfg, p = self.cfg, self.catalogue_params(state)
         n, G = state.goods.shape
         J = self.num_niches
         m = state.price.shape[0]

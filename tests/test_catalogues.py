@@ -283,3 +283,30 @@ def test_the_entity_network_does_not_care_about_the_order_of_goods_and_niches(en
         np.testing.assert_allclose(np.asarray(l2[h]), np.asarray(l1[h][:, pg]), rtol=1e-4, atol=1e-3)
     # and a catalogue's goods are not interchangeable: the outputs differ between goods
     assert np.ptp(np.asarray(l1["price"][:, :cfg.num_goods]), axis=1).max() > 1e-3
+
+
+def test_scripted_agents_play_each_worlds_own_catalogue(two_catalogues):
+    """The scripted baseline (and train.orders=scripted) in a padded economy: it reads the
+    world's own recipes, never picks a padded niche (not even exploring) and holds padded
+    goods; its utility is that of the catalogue, not of catalogue 0."""
+    from agents.scripted import ScriptedConfig, scripted_actions
+
+    env = Economy(two_catalogues[0], catalogues=two_catalogues, sizes=Sizes(8, 10, 3))
+    keys = jax.random.split(jax.random.key(4), 2)
+    _, state = jax.vmap(env.reset_catalogue)(keys, env.catalogues)
+    explore = ScriptedConfig(epsilon=0.5)  # many exploring draws: the masks must hold for them too
+
+    def body(state, key):
+        ka, ks = jax.random.split(key)
+        a = jax.vmap(lambda k, s: scripted_actions(env, k, s, explore))(jax.random.split(ka, 2), state)
+        _, state, r, _, _, info = jax.vmap(env.step)(jax.random.split(ks, 2), state, a)
+        return state, (a["niche"], a["side"], r, info["produced"])
+
+    _, (niche, side, reward, produced) = jax.jit(lambda s: jax.lax.scan(body, s, jax.random.split(jax.random.key(7), 15)))(state)
+    for w, cfg in enumerate(two_catalogues):
+        G, J = cfg.num_goods, cfg.num_niches
+        n = np.asarray(niche[:, w])
+        assert ((n < J) | (n == env.num_niches)).all()
+        assert len(np.unique(n[n < J])) >= min(J, 3)
+        assert (np.asarray(side[:, w, :, G:]) == 1).all()
+        assert np.asarray(produced[:, w]).sum() > 0 and np.isfinite(np.asarray(reward[:, w])).all()
