@@ -310,3 +310,12 @@ def test_scripted_agents_play_each_worlds_own_catalogue(two_catalogues):
         assert len(np.unique(n[n < J])) >= min(J, 3)
         assert (np.asarray(side[:, w, :, G:]) == 1).all()
         assert np.asarray(produced[:, w]).sum() > 0 and np.isfinite(np.asarray(reward[:, w])).all()
+
+
+def test_the_pettingzoo_wrapper_refuses_many_catalogues():
+    pytest.importorskip("pettingzoo")
+    from economy.interop.pettingzoo import AgoraParallelEnv
+
+    cfg = load_config(ROOT / "configs" / "economy" / "classic.yaml", "catalogues.train=2", num_agents=64, num_markets=2)
+    with pytest.raises(ConfigError, match="economy.catalogues"):
+        AgoraParallelEnv(cfg)

@@ -55,7 +55,7 @@ except ImportError as e:  # pragma: no cover - the optional extra is missing
         f"(pettingzoo and gymnasium): {e}"
     ) from None
 
-from economy.config import EconomyConfig, load_config
+from economy.config import ConfigError, EconomyConfig, load_config
 from economy.env import Economy
 from economy.streams import derive, episode_world
 
@@ -101,6 +101,9 @@ class AgoraParallelEnv(ParallelEnv):
                  held_out: bool = False):
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode={render_mode!r}: supported modes are None and 'ansi'")
+        if cfg.catalogues is not None:
+            raise ConfigError("economy.catalogues: the PettingZoo wrapper plays one catalogue; build it from a "
+                              "config without economy.catalogues (e.g. one generated catalogue: agora catalogue)")
         self.cfg = cfg
         self.render_mode = render_mode
         self.held_out = held_out
