@@ -319,3 +319,35 @@ def test_the_pettingzoo_wrapper_refuses_many_catalogues():
     cfg = load_config(ROOT / "configs" / "economy" / "classic.yaml", "catalogues.train=2", num_agents=64, num_markets=2)
     with pytest.raises(ConfigError, match="economy.catalogues"):
         AgoraParallelEnv(cfg)
+
+
+def test_a_catalogue_without_the_rule_plays_the_same_beside_one_with_it(default_cfg):
+    """A production rule is switched on per catalogue: a generated catalogue (no rule) plays
+    bit for bit the same in an economy that also holds the default catalogue (whose farmers,
+    fishers, woodcutters and miners in slots 0-3 work with tools, rule `tooled`, tool = good
+    5) as in an economy of its own; a rule applied to every catalogue would double the work
+    of its slot-0-3 workers who hold good 5."""
+    fields = default_cfg.model_dump(mode="json", exclude={"goods", "niches", "resources", "catalogues"})
+    spec = CatalogueSpec(goods=(6, 8), niches=(7, 9), raw=(2, 3), resources=(1, 2))
+    gen = generate(3, spec, first_best=False, **fields)
+    sizes = Sizes(max(gen.num_goods, default_cfg.num_goods), max(gen.num_niches, default_cfg.num_niches),
+                  max(len(gen.resources), len(default_cfg.resources)))
+    both = Economy(default_cfg, catalogues=[default_cfg, gen], sizes=sizes)
+    alone = Economy(default_cfg, catalogues=[gen], sizes=sizes)
+    assert both.rule_keys and not alone.rule_keys
+    cat_both, cat_alone = take(both.catalogues, 1), take(alone.catalogues, 0)
+    assert not np.asarray(cat_both.rules).any() and np.asarray(take(both.catalogues, 0).rules).all()
+    _, s_alone = alone.reset_catalogue(jax.random.key(2), cat_alone)
+    s_both = s_alone.replace(catalogue=cat_both)
+    assert np.asarray(s_alone.goods[:, 5]).any()  # agents hold the good the rule would read
+    step_a, step_b = jax.jit(alone.step), jax.jit(both.step)
+    key = jax.random.key(12)
+    for _ in range(4):
+        key, ka, ks = jax.random.split(key, 3)
+        a = alone.sample_actions(ka, s_alone)
+        a["niche"] = jnp.where(jnp.arange(a["niche"].shape[0]) % 2 == 0, jnp.arange(a["niche"].shape[0]) % 4, a["niche"])
+        _, s_alone, r0, _, _, i0 = step_a(ks, s_alone, a)
+        _, s_both, r1, _, _, i1 = step_b(ks, s_both, a)
+        np.testing.assert_array_equal(np.asarray(i0["units"]), np.asarray(i1["units"]))
+        np.testing.assert_array_equal(np.asarray(r0), np.asarray(r1))
+        np.testing.assert_array_equal(np.asarray(s_alone.goods), np.asarray(s_both.goods))

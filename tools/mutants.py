@@ -57,9 +57,9 @@ MODULES: dict[str, tuple[list[str], str]] = {
     "selfplay/checkpoint.py": (["tests/test_checkpoints.py"], ""),
     "selfplay/run.py": (["tests/test_run.py"], ""),
     "economy/production.py": (["tests/test_production.py", "tests/test_behaviours.py", "tests/test_env.py",
-                               "tests/test_registry.py", "tests/test_treasury.py"],
+                               "tests/test_registry.py", "tests/test_treasury.py", "tests/test_catalogues.py"],
                               "test_production or skill or learning_by_doing or public_project or ledger_every_mode or observed_niche_values "
-                              "or near_cap or niche_recipe or tooled or congestion or readme_rule or procurement"),
+                              "or near_cap or niche_recipe or tooled or congestion or readme_rule or procurement or without_the_rule"),
     "economy/interop/pettingzoo.py": (["tests/test_pettingzoo.py"], ""),
     "analysis/study_report.py": (["tests/test_study_report.py", "tests/test_results.py"], ""),
 }
