@@ -144,13 +144,7 @@ def scripted_actions(
     best = jnp.argmax(value, -1).astype(jnp.int32)
     if niche is None:
         explore = jax.random.uniform(key_explore, (n,)) < config.epsilon
-        if state.catalogue is None:
-            wild = jax.random.randint(key_random, (n,), 0, J + 1, jnp.int32)
-        else:  # uniform over the real niches (they come first) and rest
-            real = jnp.sum(state.catalogue.niches, dtype=jnp.int32)
-            wild = jax.random.randint(key_random, (n,), 0, real + 1, jnp.int32)
-            wild = jnp.where(wild < real, wild, J)
-        niche = jnp.where(explore, wild, best)
+        niche = jnp.where(explore, env.random_niche(key_random, state), best)
     else:
         niche = jnp.broadcast_to(jnp.asarray(niche, jnp.int32), (n,))
 

@@ -197,15 +197,13 @@ def economy_for(cfg: EconomyConfig, which: str = "train", checked: bool = False)
 
 def economy_names(cfg: EconomyConfig):
     """``(niches, goods)`` names of the economy a run plays: the catalogue's, or a padded
-    economy's slots (``slot_j``, ``good_g``: their meaning is each world's catalogue's)."""
+    economy's slots (:func:`economy.catalogues.slot_names`)."""
     from collections import namedtuple
 
-    if cfg.catalogues is None:
-        niches, goods = cfg.niche_names, cfg.good_names
-    else:
-        s = padded_sizes(cfg)
-        niches, goods = tuple(f"slot_{j}" for j in range(s.niches)), tuple(f"good_{g}" for g in range(s.goods))
-    return namedtuple("EconomyNames", "niches goods")(niches, goods)
+    from economy.catalogues import slot_names
+
+    names = (cfg.niche_names, cfg.good_names) if cfg.catalogues is None else slot_names(padded_sizes(cfg))
+    return namedtuple("EconomyNames", "niches goods")(*names)
 
 
 def check(cfg: EconomyConfig, spec: CatalogueSpec | None = None, first_best: bool = True) -> str:

@@ -36,7 +36,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
-
 from pydantic import Field, model_validator
 
 from economy.config import ConfigError, EconomyConfig, Frozen
@@ -232,9 +231,6 @@ def take(cats: Catalogue, i) -> Catalogue:
     return jax.tree.map(lambda x: x[i], cats)
 
 
-__all__ = ["CATALOGUE_FIELDS", "CatalogueSpec", "RESOURCE_NAMES", "Catalogue", "GOOD_FEATURES", "NICHE_FEATURES", "feature_dim", "features", "Sizes", "check_shared", "pad", "rule_keys", "sizes_of", "stack", "take"]
-
-
 def pad_state(state, catalogue: Catalogue, sizes: Sizes):
     """A world of the unpadded economy (``state.catalogue`` None) as the padded economy's
     world of ``catalogue`` (``pad`` of the same config): the same agents and markets,
@@ -254,4 +250,13 @@ def pad_state(state, catalogue: Catalogue, sizes: Sizes):
     )
 
 
-__all__ += ["pad_state"]
+def slot_names(sizes: Sizes) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(niches, goods)`` names of a padded economy's axes: slots (``slot_j``, ``good_g``)
+    whose meaning is each world's catalogue's."""
+    return tuple(f"slot_{j}" for j in range(sizes.niches)), tuple(f"good_{g}" for g in range(sizes.goods))
+
+
+__all__ = ["CATALOGUE_FIELDS", "CatalogueSpec", "RESOURCE_NAMES", "Catalogue", "GOOD_FEATURES", "NICHE_FEATURES",
+           "feature_dim", "features", "Sizes", "check_shared", "pad", "pad_state", "rule_keys", "sizes_of",
+           "slot_names", "stack", "take"]
+

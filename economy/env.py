@@ -109,11 +109,11 @@ class Economy:
     def niche_names(self) -> tuple[str, ...]:
         """The niches' names; a padded economy's niches are slots (``slot_0``, ...), whose
         meaning is each world's catalogue's."""
-        return self.cfg.niche_names if self.catalogues is None else tuple(f"slot_{j}" for j in range(self.num_niches))
+        return self.cfg.niche_names if self.catalogues is None else cat_lib.slot_names(self.sizes)[0]
 
     @property
     def good_names(self) -> tuple[str, ...]:
-        return self.cfg.good_names if self.catalogues is None else tuple(f"good_{g}" for g in range(self.num_goods))
+        return self.cfg.good_names if self.catalogues is None else cat_lib.slot_names(self.sizes)[1]
 
     def world_key(self, seed: int, evaluation: bool = False) -> jax.Array:
         """Key of world ``seed`` (in the world namespace, :func:`economy.streams.world_key`).
@@ -179,13 +179,19 @@ class Economy:
         n = state.goods.shape[0]
         out = {
             h.name: jax.random.randint(k, (n,) + h.shape, 0, h.choices, jnp.int32)
-            for k, h in zip(keys, self.action_spec)
+            for k, h in zip(keys[1:], self.action_spec[1:])
         }
-        if state.catalogue is not None:  # uniform over the real niches and rest (real niches come first)
-            real = jnp.sum(state.catalogue.niches, dtype=jnp.int32)
-            k = jax.random.randint(keys[0], (n,), 0, real + 1, jnp.int32)
-            out["niche"] = jnp.where(k < real, k, self.num_niches)
-        return out
+        return {"niche": self.random_niche(keys[0], state), **out}
+
+    def random_niche(self, key: jax.Array, state: EconomyState) -> jax.Array:
+        """int32 ``[N]``: a niche or rest for every agent, uniformly over the world's real
+        niches and rest (in a padded economy the real niches come first; rest is ``J``)."""
+        n, J = state.goods.shape[0], self.num_niches
+        if state.catalogue is None:
+            return jax.random.randint(key, (n,), 0, J + 1, jnp.int32)
+        real = jnp.sum(state.catalogue.niches, dtype=jnp.int32)
+        k = jax.random.randint(key, (n,), 0, real + 1, jnp.int32)
+        return jnp.where(k < real, k, J)
 
     def observe(self, state: EconomyState) -> jax.Array:
         """float32 ``[N, obs_dim]``: own holdings and cash (square-root scaled), skills, tastes, niche history, and

@@ -40,7 +40,7 @@ import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -57,6 +57,7 @@ from analysis.niches import ACTIVE_SHARE, gini, niche_spread  # noqa: F401 (ACTI
 from analysis.population import wealth
 from analysis.files import write_atomic
 from economy import ConfigError, Economy, eval_keys
+from economy.catalogues import take
 from economy.streams import derive
 from selfplay.config import RunConfig, run_config_from_dict
 from selfplay.simulate import rollout
@@ -173,44 +174,42 @@ def mean_metrics(per_world: list[dict]) -> dict:
 
 
 def play_worlds(env: Economy, policy: Callable, groups: np.ndarray, num_groups: int, settings: EvalSettings,
-                params=None):
+                params=None, catalogues: Sequence[int] | None = None):
     """``(final state, per-step sums [T, ...] on the host)`` of every evaluation world played
     by ``policy(key, state) -> actions``, or, given ``params``, by ``policy(params)``: the
     parameters are then an argument of the compiled rollout, not constants in it, so every
     population of one economy and shape plays the same program (one compile, shared by a
-    study's runs through the persistent cache). One ``jax.jit`` of the whole rollout."""
+    study's runs through the persistent cache). One ``jax.jit`` of the whole rollout.
+    ``catalogues``: indices of a padded economy's catalogues, each played in turn on the
+    same worlds and keys by the same compiled rollout and reset (the catalogue is data)."""
     metrics = _step_sums(groups, num_groups, env.num_niches, env.cfg.collaboration_scale)
     run = jax.jit(lambda p, key, state: rollout(env, policy if params is None else policy(p), key, state,
                                                 settings.steps, metrics))
-    reset = jax.jit(env.reset)
-    for world, key in eval_keys(env, settings.worlds):
-        _, state = reset(world)
-        final, sums = run(params, key, state)
-        yield final, jax.device_get(sums)
+    if catalogues is None:
+        reset, which = jax.jit(env.reset), [()]
+    else:
+        reset = jax.jit(lambda key, c: env.reset_catalogue(key, take(env.catalogues, c)))
+        which = [(c,) for c in catalogues]
+    for c in which:
+        for world, key in eval_keys(env, settings.worlds):
+            _, state = reset(world, *c)
+            final, sums = run(params, key, state)
+            yield final, jax.device_get(sums)
+
+
+def _world(final, sums, groups: np.ndarray, members: int, settings: EvalSettings) -> dict:
+    """:func:`world_metrics` of one played world (its final wealth computed here)."""
+    w = np.asarray(wealth(final.goods, final.money, final.price), np.float64)
+    return world_metrics(sums, w, groups, members, settings.burn_in)
 
 
 def play_catalogues(env: Economy, policy: Callable, groups: np.ndarray, num_groups: int, settings: EvalSettings,
                     members: int, params=None) -> list[list[dict]]:
-    """Per-world metrics ``[catalogue][world]`` of ``policy`` (as in :func:`play_worlds`) on
-    each catalogue of a padded economy in turn, every catalogue on the same world seeds and
-    action keys (:func:`economy.eval_keys`); one compiled rollout and one compiled reset
-    serve every catalogue (the catalogue is data)."""
-    from economy.catalogues import take
-
-    metrics = _step_sums(groups, num_groups, env.num_niches, env.cfg.collaboration_scale)
-    run = jax.jit(lambda p, key, state: rollout(env, policy if params is None else policy(p), key, state,
-                                                settings.steps, metrics))
-    reset = jax.jit(lambda key, c: env.reset_catalogue(key, take(env.catalogues, c)))
-    out = []
-    for c in range(len(env.catalogue_configs)):
-        per_world = []
-        for world, key in eval_keys(env, settings.worlds):
-            _, state = reset(world, c)
-            final, sums = run(params, key, state)
-            w = np.asarray(wealth(final.goods, final.money, final.price), np.float64)
-            per_world.append(world_metrics(jax.device_get(sums), w, groups, members, settings.burn_in))
-        out.append(per_world)
-    return out
+    """Per-world metrics ``[catalogue][world]`` of ``policy`` on each catalogue of a padded
+    economy in turn (:func:`play_worlds` with ``catalogues``)."""
+    flat = [_world(final, sums, groups, members, settings) for final, sums in
+            play_worlds(env, policy, groups, num_groups, settings, params, catalogues=range(len(env.catalogue_configs)))]
+    return [flat[i:i + settings.worlds] for i in range(0, len(flat), settings.worlds)]
 
 
 def play(env: Economy, policy: Callable, groups: np.ndarray, num_groups: int, settings: EvalSettings, members: int,
@@ -219,8 +218,7 @@ def play(env: Economy, policy: Callable, groups: np.ndarray, num_groups: int, se
     returns ``(per-world metrics, probe observations or None)``."""
     per_world, probes = [], []
     for final, sums in play_worlds(env, policy, groups, num_groups, settings, params):
-        w = np.asarray(wealth(final.goods, final.money, final.price), np.float64)
-        per_world.append(world_metrics(sums, w, groups, members, settings.burn_in))
+        per_world.append(_world(final, sums, groups, members, settings))
         if probe:
             obs = np.asarray(env.observe(final))
             stride = max(1, obs.shape[0] * settings.worlds // PROBE_STATES)
