@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import distrax
 import flax.linen as nn
@@ -162,18 +162,27 @@ class EntityActorCritic(nn.Module):
     Every good is a token (the agent's holding, taste, its market's price and volume, the
     good's utility weight, base price, perish and consume rates), every niche a token (the
     agent's skill, history, the local richness, what it would earn now, its public units
-    and labour) plus messages from the goods its recipe uses and makes (``inputs @ goods``,
-    ``outputs @ goods``). Shared per-token layers (DeepSets, one set of weights for all
-    goods and one for all niches), a context from the agent's money and project and masked
-    means over the real goods and niches; each good's order heads and each niche's logit
-    come from its own token and the context, resting and the value from the context.
+    and labour, and its recipe's messages: the goods' observed features summed over what
+    the niche uses and makes, ``inputs @ good_in``, ``outputs @ good_in``; observation
+    only, so no gradient flows through these per-agent products). One shared layer per
+    kind of token (DeepSets: one set of weights for all goods, one for all niches), the
+    agent's money and project added to every token; a context from money, project and
+    the masked means over the real goods and niches. Each niche's logit comes from its
+    token, resting's and the value from the context; each good's order heads are linear
+    in its token plus a projection of the context (one kernel for all goods: the output
+    layer :class:`EntityPolicy` runs natively over every (agent, good) row).
     Permuting the goods (or niches) of a catalogue permutes the per-good (per-niche)
-    outputs and changes nothing else (tests/test_catalogues.py).
+    outputs and changes nothing else (tests/test_catalogues.py). Two token layers, not
+    more: on a CPU each per-token layer costs every agent ``G`` (``J``) small matmuls and
+    tanh passes (docs/performance.md).
 
     Masks, from the observation's ``real`` features: a padded niche's logit and a padded
     good's buy and sell logits are :data:`MASKED`, so they have probability exactly 0.
     ``__call__(obs) -> (logits, value)`` with :class:`ActorCritic`'s contract (the heads of
-    ``action_spec`` only: under ``train.orders=scripted`` the niche head alone).
+    ``action_spec`` only: under ``train.orders=scripted`` the niche head alone);
+    ``parts=True`` gives :class:`EntityParts`, the same policy as one output layer applied to
+    every good (what :class:`EntityPolicy` acts and learns through, natively where the
+    kernels run).
     """
 
     action_spec: tuple
@@ -185,8 +194,6 @@ class EntityActorCritic(nn.Module):
 
     @nn.compact
     def __call__(self, obs: jax.Array, parts: bool = False):
-        if parts:
-            raise ValueError("EntityActorCritic has no joint output layer (parts=True): act from its logits")
         act = _ACTIVATIONS[self.activation]
         zeros = nn.initializers.zeros_init()
         dense = lambda w, name, scale=math.sqrt(2.0), bias=True: nn.Dense(  # noqa: E731
@@ -194,40 +201,83 @@ class EntityActorCritic(nn.Module):
         b = padded_obs_blocks(jnp.asarray(obs, jnp.float32), self.goods, self.niches, self.values)
         real_g = b["good_features"][..., 0] > 0.5  # [..., G]
         real_n = b["niche_features"][..., 0] > 0.5  # [..., J]
+        agent = jnp.concatenate([b["money"], b["project"]], -1)  # [..., 2]
         good_in = jnp.concatenate([jnp.stack([b["goods"], b["preferences"], b["price"], b["volume"]], -1),
                                    b["good_features"][..., 1:]], -1)
-        eg = act(dense(self.hidden, "good")(good_in))  # [..., G, H]
+        # recipe messages: the goods' raw inputs summed over what each niche makes and uses
+        # (observation only, so no gradient flows back through these per-agent [J, G] products)
+        made = jnp.einsum("...jg,...gf->...jf", b["outputs"], good_in)
+        used = jnp.einsum("...jg,...gf->...jf", b["inputs"], good_in)
         niche_cols = [b["skills"], b["history"], b["richness"]] + ([b["values"]] if self.values else [])
-        niche_in = jnp.concatenate([jnp.stack(niche_cols, -1), b["niche_features"][..., 1:]], -1)
-        made = jnp.einsum("...jg,...gh->...jh", b["outputs"], eg)
-        used = jnp.einsum("...jg,...gh->...jh", b["inputs"], eg)
-        en = act(dense(self.hidden, "niche")(niche_in) + dense(self.hidden, "makes", bias=False)(made)
-                 + dense(self.hidden, "uses", bias=False)(used))  # [..., J, H]
+        niche_in = jnp.concatenate([jnp.stack(niche_cols, -1), b["niche_features"][..., 1:], made, used], -1)
+        # one shared layer per entity kind; the agent's money and project reach every token
+        eg = act(dense(self.hidden, "good")(good_in) + dense(self.hidden, "good_agent", bias=False)(agent)[..., None, :])
+        en = act(dense(self.hidden, "niche")(niche_in) + dense(self.hidden, "niche_agent", bias=False)(agent)[..., None, :])
 
         def masked_mean(x, m):
             m = m.astype(jnp.float32)[..., None]
             return jnp.sum(x * m, -2) / jnp.maximum(jnp.sum(m, -2), 1.0)
 
-        ctx_in = jnp.concatenate([b["money"], b["project"], masked_mean(eg, real_g), masked_mean(en, real_n)], -1)
-        ctx = act(dense(self.hidden, "context_0")(ctx_in))
-        ctx = act(dense(self.hidden, "context_1")(ctx))
-        logits = {}
-        if any(h.name != "niche" for h in self.action_spec):  # one per-good layer shared by the order heads
-            hg = act(dense(self.hidden, "good_out")(eg) + dense(self.hidden, "good_ctx", bias=False)(ctx)[..., None, :])
+        ctx = act(dense(self.hidden, "context_0")(jnp.concatenate([agent, masked_mean(eg, real_g), masked_mean(en, real_n)], -1)))
+        ctx = act(dense(self.hidden, "context_1")(ctx))  # [..., H]
+        good_heads = sorted(h.name for h in self.action_spec if h.name != "niche")
+        niche_logits = None
+        if any(h.name == "niche" for h in self.action_spec):
+            # each niche's logit from its token; resting's from the context (which thereby
+            # sets how much the agent wants to work at all)
+            work = dense(1, "policy_niche", 0.01)(en)[..., 0]  # [..., J]
+            rest = dense(1, "policy_rest", 0.01)(ctx)  # [..., 1]
+            niche_logits = jnp.concatenate([jnp.where(real_n, work, MASKED), rest], -1)
+        value = dense(1, "value", 1.0)(ctx)[..., 0]
+        # each good's order heads: linear in its token plus a projection of the context (one kernel for all goods)
+        hg = eg + dense(self.hidden, "good_ctx", bias=False)(ctx)[..., None, :] if good_heads else None
+        if parts:
+            return self._parts(hg, real_g, good_heads, niche_logits, value)
+        logits = {} if niche_logits is None else {"niche": niche_logits}
         for head in self.action_spec:
             if head.name == "niche":
-                hn = act(dense(self.hidden, "niche_out")(en) + dense(self.hidden, "niche_ctx", bias=False)(ctx)[..., None, :])
-                work = dense(1, "policy_niche", 0.01)(hn)[..., 0]  # [..., J]
-                rest = dense(1, "policy_rest", 0.01)(ctx)  # [..., 1]
-                logits["niche"] = jnp.concatenate([jnp.where(real_n, work, MASKED), rest], -1)
-            else:
-                out = dense(int(head.choices), f"policy_{head.name}", 0.01)(hg)  # [..., G, choices]
-                if head.name == "side":  # a padded good can only be held (economy.market: BUY 0, HOLD 1, SELL 2)
-                    hold_only = jnp.asarray([MASKED, 0.0, MASKED], jnp.float32)
-                    out = jnp.where(real_g[..., None], out, hold_only)
-                logits[head.name] = out
-        value = dense(1, "value", 1.0)(ctx)[..., 0]
+                continue
+            out = dense(int(head.choices), f"policy_{head.name}", 0.01)(hg)  # [..., G, choices]
+            if head.name == "side":  # a padded good can only be held (economy.market: BUY 0, HOLD 1, SELL 2)
+                hold_only = jnp.asarray([MASKED, 0.0, MASKED], jnp.float32)
+                out = jnp.where(real_g[..., None], out, hold_only)
+            logits[head.name] = out
         return logits, value
+
+    def _parts(self, hg, real_g, good_heads, niche_logits, value) -> "EntityParts":
+        """The output as :class:`EntityPolicy` takes it: the order heads as one output layer
+        applied to each good's features (every good a row: the same kernel for all goods),
+        the niche's logits and the value as :meth:`__call__` gives them."""
+        if hg is None:
+            return EntityParts(None, None, None, real_g, niche_logits, value)
+        p = self.variables["params"]
+        kernel = jnp.concatenate([p[f"policy_{n}"]["kernel"] for n in good_heads], 1)  # [H, Cg]
+        bias = jnp.concatenate([p[f"policy_{n}"]["bias"] for n in good_heads], 0)
+        # A padded good can only be held: its feature "padded" (1.0) adds MASKED to the side
+        # head's buy and sell logits (probability 0 up to float32's exp; EntityPolicy also
+        # forces the hold). A real good's 0.0 adds nothing, so its logits are __call__'s.
+        mask_row = jnp.concatenate([jnp.asarray([MASKED, 0.0, MASKED], jnp.float32) if n == "side"
+                                    else jnp.zeros((p[f"policy_{n}"]["bias"].shape[0],), jnp.float32) for n in good_heads])
+        kernel = jnp.concatenate([jnp.concatenate([kernel, mask_row[None]], 0),
+                                  jnp.zeros((kernel.shape[0] + 1, 1), jnp.float32)], 1)  # + the value column (unused)
+        bias = jnp.concatenate([bias, jnp.zeros((1,), jnp.float32)])
+        h = jnp.concatenate([hg, (~real_g).astype(jnp.float32)[..., None]], -1)  # [..., G, H + 1]
+        return EntityParts(h, kernel, bias, real_g, niche_logits, value)
+
+
+class EntityParts(NamedTuple):
+    """:class:`EntityActorCritic`'s output with ``parts=True``: ``goods_h [..., G, H + 1]``
+    (each good's features, then 1.0 for a padded good), ``goods_kernel [H + 1, Cg + 1]``,
+    ``goods_bias [Cg + 1]`` (the order heads' columns in sorted head order, then a zero
+    value column; ``None`` without order heads), ``real_goods [..., G]``, ``niche_logits
+    [..., J + 1]`` (None without a niche head) and ``value [...]``."""
+
+    goods_h: Any
+    goods_kernel: Any
+    goods_bias: Any
+    real_goods: jax.Array
+    niche_logits: Any
+    value: jax.Array
 
 
 # ---- population -------------------------------------------------------------------------
@@ -630,8 +680,110 @@ class FusedPolicy:
         return jnp.sum(lp, -1), {name: jnp.sum(ent[..., a:b], -1) for name, a, b in self.heads}, value
 
 
+HOLD = 1  # economy.market's side codes: BUY 0, HOLD 1, SELL 2
+
+
+class EntityPolicy:
+    """:class:`EntityActorCritic` as the trainer acts and learns through it, with the MLP's
+    fast path (:class:`FusedPolicy`, :func:`act_parts`): the order heads are one output
+    layer applied to each good's features (:class:`EntityParts`: every (agent, good) a row,
+    one kernel for all goods), so acting is :func:`agents.native.act` over those rows and
+    the PPO loss's terms are :func:`policy_terms` of them (the native kernels, forward and
+    backward, where they run; else their XLA twins). The niche head (``J + 1`` choices) and
+    the value are XLA's, from :class:`EntityParts`.
+
+    ``evaluate(params, obs [n, D], actions) -> (log_prob [n], {head: entropy [n]}, value
+    [n])``, as :class:`FusedPolicy`; ``act(key, params [P, ...], obs [P, n, D], native)
+    -> (actions, log_prob [P, n], value [P, n])``, as :func:`act_parts`; calling it as
+    ``apply_fn(params, obs)`` gives the network's ``(logits, value)``. The law is
+    :class:`EntityActorCritic`'s: a padded good's side is HOLD (forced, so that a masked
+    choice is never drawn even where the native exp rounds its probability to 1e-38
+    instead of 0) and its side's log-probability and entropy are 0; a padded niche has
+    probability exactly 0 (the niche head is drawn by :func:`sample_actions`).
+    """
+
+    def __init__(self, net: "EntityActorCritic", native: bool | None = None):
+        from agents import native as _native
+
+        self.net = net
+        if native is False:
+            self.native = False
+        else:
+            ok = _native.available()
+            if native and not ok:
+                raise RuntimeError(f"native kernels unavailable: {_native._load()}")
+            self.native = ok
+        self.good_heads = sorted((h for h in net.action_spec if h.name != "niche"), key=lambda h: h.name)
+        self.sizes = tuple(int(h.choices) for h in self.good_heads)
+        self.has_niche = any(h.name == "niche" for h in net.action_spec)
+        self.side = [h.name for h in self.good_heads].index("side") if any(
+            h.name == "side" for h in self.good_heads) else None
+
+    def __call__(self, params, obs):
+        return self.net.apply(params, obs)
+
+    def _mask_side(self, x, real):
+        """``x [..., G, K]`` with the side column zeroed at padded goods."""
+        if self.side is None:
+            return x
+        return x.at[..., self.side].set(jnp.where(real, x[..., self.side], 0.0))
+
+    def evaluate(self, params, obs, actions):
+        pt = self.net.apply(params, obs, parts=True)
+        lp, ents = jnp.zeros(pt.value.shape, jnp.float32), {}
+        if self.good_heads:
+            h = pt.goods_h
+            rows = h.reshape((-1, h.shape[-1]))  # [n * G, H + 1]
+            acts = jnp.stack([jnp.asarray(actions[g.name], jnp.int32) for g in self.good_heads], -1)
+            glp, gent, _ = policy_terms(rows, pt.goods_kernel, pt.goods_bias, acts.reshape((-1, len(self.sizes))),
+                                        self.sizes, self.native)
+            glp = self._mask_side(glp.reshape(h.shape[:-1] + (len(self.sizes),)), pt.real_goods)
+            gent = self._mask_side(gent.reshape(h.shape[:-1] + (len(self.sizes),)), pt.real_goods)
+            lp = lp + jnp.sum(glp, (-2, -1))
+            ents = {g.name: jnp.sum(gent[..., i], -1) for i, g in enumerate(self.good_heads)}
+        if self.has_niche:
+            d = distrax.Categorical(logits=pt.niche_logits)
+            lp = lp + d.log_prob(jnp.asarray(actions["niche"], jnp.int32))
+            ents["niche"] = d.entropy()
+        return lp, ents, pt.value
+
+    def act(self, key: jax.Array, params, obs: jax.Array):
+        """Actions of every member's agents: ``params [P, ...]``, ``obs [P, n, D]``. Keys:
+        ``jax.random.split(key)``: the first draws the order heads' uniforms (native) or
+        their :func:`sample_actions`, the second the niche's :func:`sample_actions`."""
+        from agents import native as _native
+
+        pt = population_apply(self.net, params, obs, parts=True)
+        k_goods, k_niche = jax.random.split(key)
+        actions, lp = {}, jnp.zeros(pt.value.shape, jnp.float32)
+        if self.good_heads:
+            h = pt.goods_h  # [P, n, G, H + 1]
+            P, n, G = h.shape[:3]
+            if self.native:
+                # u >= 1e-30: the native exp rounds a masked choice's probability up to
+                # ~1e-38 (not 0), and the inverse CDF would draw it at u = 0 exactly
+                u = jnp.maximum(rng.uniform(k_goods, (P, n * G, len(self.sizes))), 1e-30)
+                flat, glp, _ = _native.act(h.reshape((P, n * G, -1)), pt.goods_kernel, pt.goods_bias, u, self.sizes)
+                flat, glp = flat.reshape((P, n, G, -1)), jnp.sum(glp.reshape((P, n, G)), -1)
+                for i, g in enumerate(self.good_heads):
+                    actions[g.name] = flat[..., i]
+            else:
+                z = jnp.einsum("pngh,phc->pngc", h, pt.goods_kernel) + pt.goods_bias[:, None, None, :]
+                logits, off = {}, 0
+                for g, c in zip(self.good_heads, self.sizes):
+                    logits[g.name], off = z[..., off:off + c], off + c
+                actions, glp = sample_actions(k_goods, logits, batch_ndim=2)
+            if self.side is not None:
+                actions["side"] = jnp.where(pt.real_goods, actions["side"], HOLD)
+            lp = lp + glp
+        if self.has_niche:
+            a, nlp = sample_actions(k_niche, {"niche": pt.niche_logits}, batch_ndim=2)
+            actions["niche"], lp = a["niche"], lp + nlp
+        return actions, lp, pt.value
+
+
 __all__ = [
-    "MASKED", "ActorCritic", "EntityActorCritic", "FusedPolicy", "act_parts", "padded_obs_blocks", "agent_players", "entropy", "flat_actions", "from_members", "head_sizes",
+    "HOLD", "MASKED", "ActorCritic", "EntityActorCritic", "EntityParts", "EntityPolicy", "FusedPolicy", "act_parts", "padded_obs_blocks", "agent_players", "entropy", "flat_actions", "from_members", "head_sizes",
     "init_population", "joint_apply", "joint_width", "log_prob", "policy_terms", "population_apply",
     "sample_actions", "split_joint", "to_members",
 ]

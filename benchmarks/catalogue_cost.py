@@ -7,10 +7,12 @@ At the default catalogue's sizes (configs/demo.yaml's economy, ``--agents`` agen
   catalogue (B, ``catalogues=[cfg]``, padded to its own sizes: the observation grows by
   the catalogue's features) and against a padded economy with 3 more goods and 3 more
   niches (C);
-* ``network``: forward and backward (gradient of value and log-probability of fixed
-  actions) of today's :class:`~agents.networks.ActorCritic` (hidden 128, 128) on the
-  unpadded observation against :class:`~agents.networks.EntityActorCritic` (hidden 64) on
-  the padded one, every head;
+* ``network``: forward and backward (gradient of the value, the log-probability of fixed
+  actions and the entropies) as the PPO loss sees each network: today's
+  :class:`~agents.networks.ActorCritic` (hidden 128, 128) through
+  :class:`~agents.networks.FusedPolicy` on the unpadded observation against
+  :class:`~agents.networks.EntityActorCritic` (``--width``) through
+  :class:`~agents.networks.EntityPolicy` on the padded one, every head;
 * ``update``: one whole training update (rollout, GAE, PPO epochs) with the demo's training
   settings: the MLP on the compiled catalogue against the entity network on the padded
   economy of the same catalogue.
@@ -64,7 +66,7 @@ def main(argv=None) -> int:
     import jax
     import jax.numpy as jnp
 
-    from agents.networks import ActorCritic, EntityActorCritic, log_prob
+    from agents.networks import ActorCritic, EntityActorCritic, EntityPolicy, FusedPolicy
     from economy import Economy
     from economy.catalogues import Sizes
     from selfplay.config import load_run_config
@@ -110,13 +112,14 @@ def main(argv=None) -> int:
                             values=cfg.observe_values, hidden=a.width)
     pa, pb = mlp.init(jax.random.key(3), obs_a[:1]), ent.init(jax.random.key(3), obs_b[:1])
 
-    def grad_of(net):
+    def grad_of(view):
         def loss(p, obs):
-            logits, value = net.apply(p, obs)
-            return jnp.mean(log_prob(logits, actions)) + jnp.mean(value**2)
+            lp, ents, value = view.evaluate(p, obs, actions)
+            return jnp.mean(lp) + sum(jnp.mean(e) for e in ents.values()) + jnp.mean(value**2)
         return jax.jit(jax.grad(loss))
 
-    out["network_entity_vs_mlp"] = pairs(grad_of(mlp), grad_of(ent), (pa, obs_a), (pb, obs_b), a.repeats)
+    out["network_entity_vs_mlp"] = pairs(grad_of(FusedPolicy(mlp)), grad_of(EntityPolicy(ent)), (pa, obs_a), (pb, obs_b),
+                                         a.repeats)
     # the whole update (rollout + PPO), demo's training settings at these agents: the MLP on the
     # compiled catalogue against the entity network on the padded economy of the same catalogue
     from selfplay.config import load_run_config as load

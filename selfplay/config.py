@@ -277,6 +277,9 @@ class TrainConfig(Frozen):
     # (agents.networks.policy_terms: one native pass, forward and backward, on a one-device
     # CPU mesh; its XLA twin elsewhere) or "traced" (autodiff through per-head distrax
     # categoricals). The same loss and gradients up to float rounding (tests/test_fast_ppo.py).
+    # With network.kind=entity: "fused" is agents.networks.EntityPolicy (the order heads as one
+    # output layer over every (agent, good) row through the same kernels, acting included);
+    # "traced" samples the entity network's logits by XLA and differentiates them.
     loss_path: Literal["fused", "traced"] = "fused"
     seed: int = Field(0, ge=0)  # seeds members, hyperparameters, worlds and actions
     # Who plays which agent (PL = members + league.size players, B = agents per market):

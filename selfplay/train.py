@@ -43,7 +43,7 @@ from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec
 
 from agents.networks import (
-    ActorCritic, EntityActorCritic, FusedPolicy, act_parts, agent_players, from_members, init_population, joint_apply, population_apply,
+    ActorCritic, EntityActorCritic, EntityPolicy, FusedPolicy, act_parts, agent_players, from_members, init_population, joint_apply, population_apply,
     sample_actions, to_members,
 )
 from agents.scripted import scripted_actions
@@ -179,8 +179,9 @@ class Trainer:
         # its XLA twin on several devices) or autodiff of the logits; the loss itself is
         # selfplay.ppo's either way.
         self.mesh = agent_mesh(jax.devices()[: mesh_size(cfg)])
-        if self.entity:
-            self.loss_net = self.net.apply
+        if self.entity:  # fused: EntityPolicy (its order heads through policy_terms); traced: autodiff
+            self.loss_net = self.net.apply if t.loss_path == "traced" else EntityPolicy(
+                self.net, native=None if self.mesh.size == 1 else False)
         else:
             self.loss_net = joint_apply(self.net) if t.loss_path == "traced" else FusedPolicy(
                 self.net, native=None if self.mesh.size == 1 else False)
@@ -382,7 +383,9 @@ class Trainer:
                 _, value = population_apply(self.net, params_all, obs_m)
                 log_prob = jnp.zeros_like(value)  # no behaviour ratio in the imitation loss
             else:
-                if self.entity:
+                if isinstance(self.loss_net, EntityPolicy):
+                    act_m, log_prob, value = self.loss_net.act(k_act, params_all, obs_m)
+                elif self.entity:
                     logits, value = population_apply(self.net, params_all, obs_m)
                     act_m, log_prob = sample_actions(k_act, logits, batch_ndim=2)
                 else:

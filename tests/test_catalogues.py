@@ -255,6 +255,72 @@ def test_masked_niches_and_goods_have_probability_zero_and_are_never_chosen(enti
         np.testing.assert_array_equal(np.asarray(p_side[:, w, :, G:, 1]), 1.0)
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["native", "xla"])
+def test_the_trainers_entity_policy_acts_and_learns_by_the_networks_law(entity_setup, native):
+    """EntityPolicy (the trainer's fused path: the order heads as one output layer over every
+    (agent, good) row, natively where the kernels run) gives the network's law: over a
+    rollout a padded good is only held and a padded niche never chosen; the log-probability
+    it acts with is the network's of the drawn actions; evaluate's log-probability, every
+    head's entropy, the value and their gradients equal autodiff of the network's logits.
+    Catches a kernel built from the heads in the wrong order, a mask row on the wrong
+    column, rows reshaped goods-major instead of agent-major, a side not masked."""
+    from agents import native as _native
+    from agents.networks import EntityPolicy, entropy, log_prob
+
+    if native and not _native.available():
+        pytest.skip("the native kernels do not run here")
+    env, net, params, obs, state = entity_setup
+    pol = EntityPolicy(net, native=native)
+    stacked = jax.tree.map(lambda x: x[None], params)
+
+    def body(state, key):
+        ka, ks = jax.random.split(key)
+        o = jax.vmap(env.observe)(state)  # [W, n, D]: one member per world
+        acts, lp, value = jax.vmap(lambda k, oo: pol.act(k, stacked, oo[None]))(jax.random.split(ka, 2), o)
+        acts = jax.tree.map(lambda x: x[:, 0], acts)
+        _, state, _, _, _, _ = jax.vmap(env.step)(jax.random.split(ks, 2), state, acts)
+        return state, (o, acts, lp[:, 0], value[:, 0])
+
+    _, (o, acts, lp, value) = jax.jit(lambda s: jax.lax.scan(body, s, jax.random.split(jax.random.key(4), 12)))(state)
+    for w, cfg in enumerate(env.catalogue_configs):
+        G, J = cfg.num_goods, cfg.num_niches
+        side, n = np.asarray(acts["side"][:, w]), np.asarray(acts["niche"][:, w])
+        assert (side[..., G:] == 1).all() and (side[..., :G] != 1).any()
+        assert ((n < J) | (n == env.num_niches)).all() and len(np.unique(n)) > 2
+    flat_o = o.reshape((-1, o.shape[-1]))
+    flat_a = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[3:]), acts)
+    logits, v_net = net.apply(params, flat_o)
+    np.testing.assert_allclose(np.asarray(lp).ravel(), np.asarray(log_prob(logits, flat_a)), rtol=1e-4, atol=2e-3)
+    np.testing.assert_allclose(np.asarray(value).ravel(), np.asarray(v_net), rtol=1e-4, atol=1e-4)
+
+    def fused(p):
+        lp, ents, v = pol.evaluate(p, flat_o, flat_a)
+        return lp, ents, v
+
+    def traced(p):
+        lg, v = net.apply(p, flat_o)
+        return log_prob(lg, flat_a), {k: entropy({k: lg[k]}, batch_ndim=1) for k in lg}, v
+
+    (lp1, e1, v1), (lp2, e2, v2) = fused(params), traced(params)
+    np.testing.assert_allclose(np.asarray(lp1), np.asarray(lp2), rtol=1e-4, atol=2e-3)
+    np.testing.assert_allclose(np.asarray(v1), np.asarray(v2), rtol=1e-5, atol=1e-5)
+    assert sorted(e1) == sorted(e2)
+    for k in e1:
+        np.testing.assert_allclose(np.asarray(e1[k]), np.asarray(e2[k]), rtol=1e-4, atol=2e-3)
+
+    def scalar(f):
+        def g(p):
+            lp, ents, v = f(p)
+            return jnp.mean(lp) + sum(0.3 * jnp.mean(e) for e in ents.values()) + jnp.mean(v ** 2)
+        return g
+
+    g1, g2 = jax.grad(scalar(fused))(params), jax.grad(scalar(traced))(params)
+    for path, a in jax.tree_util.tree_leaves_with_path(g1):
+        b = dict(jax.tree_util.tree_leaves_with_path(g2))[path]
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-3, atol=1e-4 * float(np.abs(b).max()) + 1e-7,
+                                   err_msg=jax.tree_util.keystr(path))
+
+
 def test_the_entity_network_does_not_care_about_the_order_of_goods_and_niches(entity_setup):
     from agents.networks import padded_obs_blocks
 
