@@ -281,7 +281,7 @@ def test_the_trainers_entity_policy_acts_and_learns_by_the_networks_law(entity_s
         _, state, _, _, _, _ = jax.vmap(env.step)(jax.random.split(ks, 2), state, acts)
         return state, (o, acts, lp[:, 0], value[:, 0])
 
-    _, (o, acts, lp, value) = jax.jit(lambda s: jax.lax.scan(body, s, jax.random.split(jax.random.key(4), 12)))(state)
+    _, (o, acts, lp, value) = jax.jit(lambda s: jax.lax.scan(body, s, jax.random.split(jax.random.key(4), 8)))(state)
     for w, cfg in enumerate(env.catalogue_configs):
         G, J = cfg.num_goods, cfg.num_niches
         side, n = np.asarray(acts["side"][:, w]), np.asarray(acts["niche"][:, w])
