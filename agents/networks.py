@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from economy import rng
+from economy.market import HOLD
 
 Logits = dict[str, jax.Array]
 Actions = dict[str, jax.Array]
@@ -153,6 +154,8 @@ def padded_obs_blocks(obs: jax.Array, goods: int, niches: int, values: bool) -> 
 
 
 MASKED = -1e9  # the logit of a masked choice: exp(MASKED - max) is exactly 0 in float32
+# a padded good's side logits: it can only be held (economy.market: BUY 0, HOLD 1, SELL 2)
+_HOLD_ONLY = (MASKED, 0.0, MASKED)
 
 
 class EntityActorCritic(nn.Module):
@@ -238,9 +241,8 @@ class EntityActorCritic(nn.Module):
             if head.name == "niche":
                 continue
             out = dense(int(head.choices), f"policy_{head.name}", 0.01)(hg)  # [..., G, choices]
-            if head.name == "side":  # a padded good can only be held (economy.market: BUY 0, HOLD 1, SELL 2)
-                hold_only = jnp.asarray([MASKED, 0.0, MASKED], jnp.float32)
-                out = jnp.where(real_g[..., None], out, hold_only)
+            if head.name == "side":  # a padded good can only be held
+                out = jnp.where(real_g[..., None], out, jnp.asarray(_HOLD_ONLY, jnp.float32))
             logits[head.name] = out
         return logits, value
 
@@ -256,7 +258,7 @@ class EntityActorCritic(nn.Module):
         # A padded good can only be held: its feature "padded" (1.0) adds MASKED to the side
         # head's buy and sell logits (probability 0 up to float32's exp; EntityPolicy also
         # forces the hold). A real good's 0.0 adds nothing, so its logits are __call__'s.
-        mask_row = jnp.concatenate([jnp.asarray([MASKED, 0.0, MASKED], jnp.float32) if n == "side"
+        mask_row = jnp.concatenate([jnp.asarray(_HOLD_ONLY, jnp.float32) if n == "side"
                                     else jnp.zeros((p[f"policy_{n}"]["bias"].shape[0],), jnp.float32) for n in good_heads])
         kernel = jnp.concatenate([jnp.concatenate([kernel, mask_row[None]], 0),
                                   jnp.zeros((kernel.shape[0] + 1, 1), jnp.float32)], 1)  # + the value column (unused)
@@ -680,9 +682,6 @@ class FusedPolicy:
         return jnp.sum(lp, -1), {name: jnp.sum(ent[..., a:b], -1) for name, a, b in self.heads}, value
 
 
-HOLD = 1  # economy.market's side codes: BUY 0, HOLD 1, SELL 2
-
-
 class EntityPolicy:
     """:class:`EntityActorCritic` as the trainer acts and learns through it, with the MLP's
     fast path (:class:`FusedPolicy`, :func:`act_parts`): the order heads are one output
@@ -783,7 +782,7 @@ class EntityPolicy:
 
 
 __all__ = [
-    "HOLD", "MASKED", "ActorCritic", "EntityActorCritic", "EntityParts", "EntityPolicy", "FusedPolicy", "act_parts", "padded_obs_blocks", "agent_players", "entropy", "flat_actions", "from_members", "head_sizes",
+    "MASKED", "ActorCritic", "EntityActorCritic", "EntityParts", "EntityPolicy", "FusedPolicy", "act_parts", "padded_obs_blocks", "agent_players", "entropy", "flat_actions", "from_members", "head_sizes",
     "init_population", "joint_apply", "joint_width", "log_prob", "policy_terms", "population_apply",
     "sample_actions", "split_joint", "to_members",
 ]
