@@ -16,26 +16,15 @@ of the loss: the PPO and imitation losses are written once, in JAX (:mod:`selfpl
 on the per-sample terms, and their cotangents reach :func:`stats_grad` through autodiff,
 so a term added to the loss in Python reaches the gradient with no change here.
 
-The library is compiled on first use with the system's C++ compiler against
-``jax.ffi.include_dir()`` into a cache folder (``$AGORA_CACHE``, default
-``$XDG_CACHE_HOME/agora`` or ``~/.cache/agora``), named by a hash of the source, the
-flags and the jaxlib version; the ``.so`` is written under a temporary name and renamed,
-so concurrent processes never load a half-written file. :func:`available` is False (and
+The library is compiled on first use and cached as :mod:`economy.native` describes (which
+also builds the economy's market kernel the same way). :func:`available` is False (and
 callers use the XLA sampler) where it cannot work: not x86-64, no AVX2/FMA, no compiler,
 a failed build, not the CPU backend, or ``AGORA_NATIVE=0`` in the environment.
 """
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-import warnings
 from pathlib import Path
 
 import jax
@@ -43,79 +32,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from economy import rng
+from economy.native import FLAGS, build_library, cache_dir, cpu_supported as _cpu_supported, load_library, usable
 
 SOURCE = Path(__file__).with_name("native_sample.cc")
 TARGETS = {"agora_sample": "AgoraSample", "agora_act": "AgoraAct", "agora_stats": "AgoraStats",
            "agora_stats_grad": "AgoraStatsGrad"}
-FLAGS = ("-O3", "-mavx2", "-mfma", "-std=c++17", "-fPIC", "-shared")
-
-
-def cache_dir() -> Path:
-    if os.environ.get("AGORA_CACHE"):
-        return Path(os.environ["AGORA_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "agora"
-
-
-def _cpu_supported() -> tuple[bool, str]:
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False, f"not an x86-64 CPU ({platform.machine()})"
-    try:
-        flags = next(
-            (line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-             if line.startswith("flags")), [],
-        )
-    except OSError:
-        return False, "cannot read /proc/cpuinfo"
-    missing = [f for f in ("avx2", "fma") if f not in flags]
-    return (not missing), (f"CPU lacks {', '.join(missing)}" if missing else "")
 
 
 def build(force: bool = False) -> Path:
     """Compile ``native_sample.cc`` (if its cached build is missing, or ``force``) and return the
-    library's path. Raises ``RuntimeError`` naming the compiler's complaint on failure."""
-    import jaxlib
-
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
-    if not cxx:
-        raise RuntimeError("no C++ compiler found (set CXX, or install g++)")
-    src = SOURCE.read_bytes()
-    tag = hashlib.sha256(src + repr((FLAGS, jaxlib.__version__, cxx)).encode()).hexdigest()[:16]
-    out = cache_dir() / f"agora_sample-{tag}.so"
-    if out.exists() and not force:
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so.tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        cmd = [cxx, *FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", tmp]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode != 0:
-            raise RuntimeError(f"building {SOURCE.name} failed ({' '.join(cmd)}):\n{res.stderr[-2000:]}")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
+    library's path (:func:`economy.native.build_library`). Raises ``RuntimeError`` naming the
+    compiler's complaint on failure."""
+    return build_library(SOURCE, force)
 
 
 @functools.cache
 def _load() -> str:
-    """Build, load and register the custom call; '' on success, else why not."""
-    if os.environ.get("AGORA_NATIVE", "1") == "0":
-        return "AGORA_NATIVE=0"
-    if jax.default_backend() != "cpu":
-        return f"backend is {jax.default_backend()}, the native sampler is for the CPU"
-    ok, why = _cpu_supported()
-    if not ok:
-        return why
-    try:
-        lib = ctypes.cdll.LoadLibrary(str(build()))
-        for target, symbol in TARGETS.items():
-            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
-    except Exception as e:  # noqa: BLE001 - any failure means: use the XLA sampler
-        return f"{type(e).__name__}: {e}"
-    return ""
+    """Build, load and register the custom calls; '' on success, else why not."""
+    return load_library(SOURCE, TARGETS)
 
 
 def available() -> bool:
@@ -123,15 +57,7 @@ def available() -> bool:
     :func:`stats_grad`) can run here (builds and registers the library
     on first call). When they cannot, a warning says why once (none for ``AGORA_NATIVE=0``)
     and callers use the XLA paths."""
-    why = _load()
-    if why and why != "AGORA_NATIVE=0":
-        _warn_once(why)
-    return not why
-
-
-@functools.cache
-def _warn_once(why: str) -> None:
-    warnings.warn(f"native sampler unavailable ({why}); acting uses the slower XLA sampler", RuntimeWarning, stacklevel=3)
+    return usable(_load(), "acting uses the slower XLA sampler")
 
 
 def _sizes(sizes) -> np.ndarray:
@@ -247,4 +173,4 @@ def stats_grad(h, w, b, actions, g_log_prob, g_entropy, g_value, sizes) -> tuple
     return call(h, w, b, actions, glp, gent, gv, sizes=_sizes(sizes))
 
 
-__all__ = ["act", "available", "build", "cache_dir", "draw", "sample", "stats", "stats_grad"]
+__all__ = ["FLAGS", "act", "available", "build", "cache_dir", "draw", "sample", "stats", "stats_grad"]

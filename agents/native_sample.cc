@@ -18,17 +18,15 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "native_pool.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -197,34 +195,11 @@ float sample_row(const float* x, const float* ur, int32_t* ar, const int64_t* si
   return total;
 }
 
-// Runs body(item, scratch) for item in [0, items) on the calling thread and on XLA's
-// intra-op pool. Workers take items from a shared counter; the caller waits only for
-// items already taken, so a pool task that starts late finds nothing left and returns
-// (the shared state outlives the call), and a busy pool cannot deadlock the call.
+// Runs body(item, scratch) for item in [0, items) over XLA's intra-op pool, each thread
+// with its own Scratch (economy/native_pool.h).
 template <typename Body>
 void parallel_for(ffi::ThreadPool& pool, int64_t items, int64_t need, int64_t k, Body body) {
-  struct State {
-    std::atomic<int64_t> next{0}, done{0};
-    std::mutex mu;
-    std::condition_variable cv;
-  };
-  auto st = std::make_shared<State>();
-  auto work = [st, items, need, k, body]() {
-    Scratch sc(need, k);
-    int64_t i;
-    while ((i = st->next.fetch_add(1)) < items) {
-      body(i, sc);
-      if (st->done.fetch_add(1) + 1 == items) {
-        std::lock_guard<std::mutex> g(st->mu);
-        st->cv.notify_all();
-      }
-    }
-  };
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), items - 1);
-  for (int64_t h = 0; h < helpers; ++h) pool.Schedule([work] { work(); });
-  work();
-  std::unique_lock<std::mutex> g(st->mu);
-  st->cv.wait(g, [&] { return st->done.load() == items; });
+  agora::parallel_for(pool, items, [need, k] { return Scratch(need, k); }, body);
 }
 
 // Checks the categoricals' sizes against the uniforms; returns their total (or -1).

@@ -6,12 +6,14 @@ agent-steps/s, compile seconds, state bytes per agent and peak RSS. ``--devices 
 shards the agent axis by whole markets over D host devices (on a CPU, virtual devices
 let XLA run markets on several cores). Every output of the step is read (the whole
 observation, the reward and the infos: what a policy and a learner read; ``--reads reward``
-gives the older, partial reading in which XLA drops most of the observation). ``--peer
+gives the older, partial reading in which XLA drops most of the observation). The step's
+auctions run in the native market kernel where it runs (``--auction``); ``--baseline xla``
+measures the XLA auction the same way in the same run and reports the ratio. ``--peer
 mpe`` measures JaxMARL's MPE ``simple_spread`` the same way in the same run (``pip install
 jaxmarl``) and reports Agora's rate over it. Writes JSON (default
 ``benchmarks/results/env_step.json``) and prints a Markdown table.
 
-    python -m benchmarks.env_step [--sizes 12 14 16 18 20] [--steps 20] [--devices 1] [--peer mpe]
+    python -m benchmarks.env_step [--sizes 12 14 16 18 20] [--steps 20] [--devices 1] [--peer mpe] [--baseline xla]
 """
 
 from __future__ import annotations
@@ -77,13 +79,15 @@ def compile_and_time(run, state, actions, key, repeats: int, first: int):
 
 
 def measure(log2n: int, steps: int, repeats: int, devices: int, markets: int | None = None, xla: bool = False,
-            reads: str = "full") -> dict:
+            reads: str = "full", auction: str = "auto") -> dict:
     """One size: ``markets`` defaults to N/1024 (at least 1). ``xla``: also XLA's cost
     estimate of the timed program (``xla_flops``, ``xla_bytes_accessed``), from a one-step
     variant scaled by ``steps``. ``reads``: ``full`` (every output read: the whole
     observation, the reward and every info entry, as a policy and a learner would) or
     ``reward`` (the reward, one observation column and the volume: XLA then drops most of
-    the observation, the rate before 2026-12-07)."""
+    the observation, the rate before 2026-12-07). ``auction``: ``native`` (the market
+    kernel, :mod:`economy.native`), ``xla`` (the XLA auction, the reference) or ``auto``
+    (native where it runs)."""
     import jax
     import jax.numpy as jnp
 
@@ -92,7 +96,7 @@ def measure(log2n: int, steps: int, repeats: int, devices: int, markets: int | N
     n = 2**log2n
     markets = max(n // 1024, 1) if markets is None else markets
     cfg = economy.load_config(ROOT / "configs/economy/classic.yaml", num_agents=n, num_markets=markets)
-    env = economy.Economy(cfg)
+    env = economy.Economy(cfg, native={"auto": None, "native": True, "xla": False}[auction])
     key = jax.random.key(0)
     obs, state = jax.jit(env.reset)(key)
     k_act = 4  # distinct action sets cycled through the scan
@@ -102,6 +106,7 @@ def measure(log2n: int, steps: int, repeats: int, devices: int, markets: int | N
         from economy.sharding import agent_mesh, shard_agents, shard_state
 
         mesh = agent_mesh(jax.devices()[:devices])
+        env.mesh = mesh
         state = shard_state(state, mesh)
         actions = shard_agents(actions, mesh, batch_dims=1)
 
@@ -133,6 +138,7 @@ def measure(log2n: int, steps: int, repeats: int, devices: int, markets: int | N
         "devices": devices,
         "steps": steps,
         "reads": reads,
+        "auction": "native" if env.native else "xla",
         "agent_steps_per_s": n * steps / best,
         "agent_steps_per_s_median": n * steps / sorted(times)[len(times) // 2],
         "step_ms": best / steps * 1e3,
@@ -196,6 +202,11 @@ def main(argv=None) -> int:
                     "reward and one observation column (the rate before 2026-12-07: XLA drops most of the observation)")
     ap.add_argument("--peer", choices=["mpe"], help="also measure JaxMARL's MPE simple_spread the same way, in the "
                     "same run, at each size (needs pip install jaxmarl)")
+    ap.add_argument("--auction", choices=["auto", "native", "xla"], default="auto",
+                    help="the step's orders, auctions and settlement: the native market kernel, XLA's, or native "
+                    "where it runs (default)")
+    ap.add_argument("--baseline", choices=["xla"], help="also measure the step with XLA's auction (the reference "
+                    "path, the step before the native kernel) the same way, in the same run, and report the ratio")
     ap.add_argument("--single", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--single-peer", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -210,7 +221,8 @@ def main(argv=None) -> int:
             return 2
 
     if args.single is not None:
-        print(json.dumps(measure(args.single, args.steps, args.repeats, args.devices[0], reads=args.reads)))
+        print(json.dumps(measure(args.single, args.steps, args.repeats, args.devices[0], reads=args.reads,
+                                 auction=args.auction)))
         return 0
     if args.single_peer is not None:
         print(json.dumps(measure_mpe(args.single_peer, args.steps, args.repeats)))
@@ -219,17 +231,26 @@ def main(argv=None) -> int:
     rows = []
     for d in args.devices:
         for s in args.sizes:
-            row, why = run_child("benchmarks.env_step", ["--single", str(s), "--steps", str(args.steps),
-                                             "--repeats", str(args.repeats), "--devices", str(d),
-                                             "--reads", args.reads], d)
+            common = ["--single", str(s), "--steps", str(args.steps), "--repeats", str(args.repeats),
+                      "--devices", str(d), "--reads", args.reads]
+            row, why = run_child("benchmarks.env_step", common + ["--auction", args.auction], d)
             if row is None:
                 print(why, file=sys.stderr)
                 return 1
             rows.append(row)
+            if args.baseline:
+                base, why = run_child("benchmarks.env_step", common + ["--auction", args.baseline], d)
+                if base is None:
+                    print(f"baseline: {why}", file=sys.stderr)
+                    return 1
+                row["baseline"] = base
+                row["ratio_to_baseline"] = row["agent_steps_per_s"] / base["agent_steps_per_s"]
             print(
                 f"N=2^{s:<2} devices={d} reads={args.reads} {row['agent_steps_per_s'] / 1e6:7.2f} M agent-steps/s  "
                 f"{row['ns_per_agent_step']:6.1f} ns/agent-step  compile {row['compile_s']:5.1f} s  "
-                f"state {row['state_bytes_per_agent']:.0f} B/agent  peak RSS {row['peak_rss_mb']:.0f} MB",
+                f"state {row['state_bytes_per_agent']:.0f} B/agent  peak RSS {row['peak_rss_mb']:.0f} MB  "
+                f"auction {row['auction']}" + (f"  ({row['ratio_to_baseline']:.2f}x the {args.baseline} auction's "
+                                               f"{row['baseline']['agent_steps_per_s'] / 1e6:.2f})" if args.baseline else ""),
                 flush=True,
             )
             if args.peer and d == 1:

@@ -7,6 +7,7 @@ See :mod:`economy.market` for the auction and docs/economy.md for the contracts.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import jax
@@ -16,6 +17,7 @@ from jax.experimental import checkify
 
 from economy import catalogues as cat_lib
 from economy import market, rng, streams
+from economy import native as native_lib
 from economy.config import INT32_MAX, EconomyConfig
 from economy.generator import generate
 from economy.production import CustomNiche, expected_effort, per_agent, work
@@ -46,12 +48,24 @@ class Economy:
     catalogue in ``state.catalogue``, and :meth:`reset` draws one of ``catalogues``
     uniformly (:meth:`reset_catalogue` plays a given one). ``cfg``'s own catalogue is
     then only the template of the shared settings.
+
+    ``native`` (default: :func:`economy.native.available`): orders, auctions and settlement
+    by the native market kernel (:func:`economy.native.market`, one pass per market) instead
+    of XLA's; the same integers either way. ``mesh``: where the state is split over several
+    devices (:mod:`economy.sharding`), the kernel then runs per device on its whole markets
+    (``shard_map``); without it a sharded step still gives the same numbers, through XLA's
+    gathering the kernel's inputs.
     """
 
     def __init__(self, cfg: EconomyConfig, checked: bool = False,
-                 catalogues: Sequence[EconomyConfig] | None = None, sizes: cat_lib.Sizes | None = None):
+                 catalogues: Sequence[EconomyConfig] | None = None, sizes: cat_lib.Sizes | None = None,
+                 native: bool | None = None, mesh=None):
         self.cfg = cfg
         self.checked = checked
+        self.native = native_lib.available() if native is None else bool(native)
+        if self.native and not native_lib.available():
+            raise RuntimeError(f"native=True, but the native market kernel is unavailable: {native_lib._load()}")
+        self.mesh = mesh
         self.catalogues = None
         if catalogues is not None:
             if not catalogues:
@@ -251,12 +265,53 @@ class Economy:
         s = project.astype(jnp.float32)
         return 1.0 + pc.gain * s / (s + pc.half)
 
-    def _treasury(self, treasury: jax.Array, clear_price: jax.Array, sell_fill: jax.Array, public: jax.Array):
+    def _trade(self, side, qty, tick, held, money, last_price, factors, lottery):
+        """Steps 2 and 3 of :meth:`_step` for ``[M, B, G]`` orders (``qty``: units wanted),
+        holdings after work ``held``, ``money [M, B]``, the markets' last prices ``[M, G]``,
+        the catalogue's tick factors ``[L]`` and the lottery's uniforms ``[M, G, 2]``: each order clipped to what its agent owns and can
+        pay, every (market, good) cleared (:func:`economy.market.clear`), the trades
+        settled. Returns int32 ``(goods [M, B, G], money [M, B], proceeds [M, B], clearing
+        price [M, G], volume [M, G])``; ``proceeds`` is each agent's sales at the clearing
+        prices. By the native kernel where :attr:`native` (the same integers)."""
+        cfg = self.cfg
+        grid = market.price_grid(last_price, factors, cfg.market.min_price, cfg.market.max_price)  # [M, G, L]
+        if self.native:
+            call = functools.partial(native_lib.market, max_holding=cfg.max_holding)
+            if self.mesh is not None and self.mesh.size > 1:
+                from jax.sharding import PartitionSpec as PS
+
+                split = PS(self.mesh.axis_names[0])
+                call = jax.shard_map(call, mesh=self.mesh, in_specs=(split,) * 7, out_specs=(split,) * 5)
+            return call(side, qty, tick, held, money, grid, lottery)
+        limit = market.tick_price(
+            last_price[:, None, :], jnp.take(factors, tick), cfg.market.min_price, cfg.market.max_price
+        )  # [M, B, G]: each order's limit price, equal to grid[m, g, tick]
+        buying = side == market.BUY
+        # Each buying good gets an equal share of the cash: the largest q <= qty with
+        # q * limit * n_buy <= money, so the agent can pay for all its bids together.
+        n_buy = jnp.sum(buying, -1, keepdims=True, dtype=jnp.int32)
+        cash = money[..., None]
+        cost = limit * jnp.maximum(n_buy, 1)  # <= max_price * G, no overflow
+        afford = jnp.floor(cash.astype(jnp.float32) / cost.astype(jnp.float32))
+        q = jnp.clip(afford, 0, qty).astype(jnp.int32)
+        q = q - (q * cost > cash).astype(jnp.int32)  # exact correction of float rounding
+        q = q + (((q + 1) * cost <= cash) & (q < qty)).astype(jnp.int32)
+        buy_q = jnp.minimum(q, cfg.max_holding - held)
+        sell_q = jnp.minimum(qty, held)
+        qty = jnp.where(buying, buy_q, jnp.where(side == market.SELL, sell_q, 0))
+        c = market.clear(side, qty, tick, cfg.market.price_ticks, lottery, max_qty=cfg.market.quantity_levels[-1])
+        clear_price = jnp.take_along_axis(grid, c.tick[..., None], -1)[..., 0]  # [M, G]
+        goods = held + c.buy_fill - c.sell_fill
+        money = money + jnp.sum(clear_price[:, None, :] * (c.sell_fill - c.buy_fill), -1)
+        proceeds = jnp.sum(clear_price[:, None, :] * c.sell_fill, -1)
+        return goods, money, proceeds, clear_price, c.volume
+
+    def _treasury(self, treasury: jax.Array, proceeds: jax.Array, public: jax.Array):
         """One step of the markets' treasuries, in exact integers.
 
-        ``treasury`` int32 ``[M]`` before the step; ``clear_price`` int32 ``[M, G]``;
-        ``sell_fill`` int32 ``[M, B, G]`` units each agent sold; ``public`` int32 ``[N]``
-        public units each agent produced. Returns ``(tax [N], procurement [N], treasury
+        ``treasury`` int32 ``[M]`` before the step; ``proceeds`` int32 ``[M, B]`` each
+        agent's sales at the clearing prices; ``public`` int32 ``[N]`` public units each
+        agent produced. Returns ``(tax [N], procurement [N], treasury
         [M])``, int32: ``money' = money + trade - tax + procurement`` and ``treasury' =
         treasury + sum(tax) - sum(procurement)`` per market, so money plus treasuries is
         conserved exactly (within each market, too).
@@ -276,10 +331,9 @@ class Economy:
         With ``tax == 0`` (``pay == 0``) the tax (procurement) is statically zero.
         """
         tc = self.cfg.treasury
-        m, b, _ = sell_fill.shape
+        m, b = proceeds.shape
         tax = jnp.zeros((m, b), jnp.int32)
         if tc.tax > 0:
-            proceeds = jnp.sum(clear_price[:, None, :] * sell_fill, -1)  # [M, B]
             t = jnp.floor(jnp.float32(tc.tax) * proceeds.astype(jnp.float32))
             t = jnp.minimum(t, jnp.float32(2**31 - 128)).astype(jnp.int32)  # largest float32 below 2^31
             tax = jnp.clip(t, 0, proceeds)
@@ -365,41 +419,19 @@ class Economy:
             custom_on=None if state.catalogue is None else state.catalogue.rules,
             step=state.step,
         )
-        goods = w.goods
-
-        # 2. Orders, clipped to what each agent owns and can pay.
-        grid = market.price_grid(state.price, p.tick_factors, cfg.market.min_price, cfg.market.max_price)
+        # 2-3. Orders clipped to what each agent owns and can pay, the call auctions, the
+        # trades settled (:meth:`_trade`).
         side, tick = a["side"].reshape(m, b, G), a["price"].reshape(m, b, G)
         qty = jnp.take(p.levels, a["quantity"]).reshape(m, b, G)
-        held = goods.reshape(m, b, G)
-        limit = market.tick_price(
-            state.price[:, None, :], jnp.take(p.tick_factors, tick), cfg.market.min_price, cfg.market.max_price
-        )  # [M, B, G]: each order's limit price, equal to grid[m, g, tick]
-        buying = side == market.BUY
-        # Each buying good gets an equal share of the cash: the largest q <= qty with
-        # q * limit * n_buy <= money, so the agent can pay for all its bids together.
-        n_buy = jnp.sum(buying, -1, keepdims=True, dtype=jnp.int32)
-        cash = state.money.reshape(m, b, 1)
-        cost = limit * jnp.maximum(n_buy, 1)  # <= max_price * G, no overflow
-        afford = jnp.floor(cash.astype(jnp.float32) / cost.astype(jnp.float32))
-        q = jnp.clip(afford, 0, qty).astype(jnp.int32)
-        q = q - (q * cost > cash).astype(jnp.int32)  # exact correction of float rounding
-        q = q + (((q + 1) * cost <= cash) & (q < qty)).astype(jnp.int32)
-        buy_q = jnp.minimum(q, cfg.max_holding - held)
-        sell_q = jnp.minimum(qty, held)
-        qty = jnp.where(buying, buy_q, jnp.where(side == market.SELL, sell_q, 0))
-
-        # 3. Clearing.
         lottery = rng.uniform(key_market, (m, G, 2), self._goods_axis(state))
-        c = market.clear(side, qty, tick, L, lottery, max_qty=cfg.market.quantity_levels[-1])
-        clear_price = jnp.take_along_axis(grid, c.tick[..., None], -1)[..., 0]  # [M, G]
-        goods = (held + c.buy_fill - c.sell_fill).reshape(n, G)
-        money = state.money + jnp.sum(clear_price[:, None, :] * (c.sell_fill - c.buy_fill), -1).reshape(n)
-        price = jnp.where(c.volume > 0, clear_price, state.price)
+        goods, money, proceeds, clear_price, volume = self._trade(
+            side, qty, tick, w.goods.reshape(m, b, G), state.money.reshape(m, b), state.price, p.tick_factors, lottery)
+        goods, money = goods.reshape(n, G), money.reshape(n)
+        price = jnp.where(volume > 0, clear_price, state.price)
 
         # 3b. Treasury: sales tax on each seller's proceeds, then procurement of this
         # step's public units; the same integers leave one side and enter the other.
-        tax, procurement, treasury = self._treasury(state.treasury, clear_price, c.sell_fill, w.public)
+        tax, procurement, treasury = self._treasury(state.treasury, proceeds, w.public)
         money = money - tax + procurement
 
         # 4. Consumption and utility.
@@ -417,7 +449,7 @@ class Economy:
             skills=w.skills,
             history=w.history,
             price=price,
-            volume=c.volume,
+            volume=volume,
             project=project,
             treasury=treasury,
             step=state.step + 1,
@@ -449,7 +481,7 @@ class Economy:
             "consumed": jnp.sum((w.used + cons.eaten + cons.spoiled).reshape(m, b, G), 1),
             "eaten": jnp.sum(cons.eaten.reshape(m, b, G), 1),
             "market_price": clear_price,
-            "market_volume": c.volume,
+            "market_volume": volume,
             "niche_occupancy": w.occupancy,
             "project": project,
             "units": w.units,  # int32 [N] units of work each agent did (0 when resting)

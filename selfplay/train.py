@@ -179,6 +179,8 @@ class Trainer:
         # its XLA twin on several devices) or autodiff of the logits; the loss itself is
         # selfplay.ppo's either way.
         self.mesh = agent_mesh(jax.devices()[: mesh_size(cfg)])
+        if self.mesh.size > 1 and getattr(self.env, "native", False):
+            self.env.mesh = self.mesh  # the native market kernel then runs on each device's own markets
         if self.entity:  # fused: EntityPolicy (its order heads through policy_terms); traced: autodiff
             self.loss_net = self.net.apply if t.loss_path == "traced" else EntityPolicy(
                 self.net, native=None if self.mesh.size == 1 else False)

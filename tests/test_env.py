@@ -667,6 +667,9 @@ SHARDING_SCRIPT = textwrap.dedent(
         return jax.device_put(x, split if x.ndim >= 1 and x.shape[0] in (N, M) else rep)
 
     reset, step, sample = jax.jit(env.reset), jax.jit(env.step), jax.jit(env.sample_actions)
+    # the XLA auction (the reference), and the native kernel run per device on its markets
+    step_xla = jax.jit(economy.Economy(cfg, native=False).step)
+    step_mesh = jax.jit(economy.Economy(cfg, mesh=mesh).step)
     _, plain = reset(jax.random.key(0))
     sharded = jax.tree.map(shard, plain)
     assert len(sharded.goods.sharding.device_set) == 4
@@ -674,11 +677,13 @@ SHARDING_SCRIPT = textwrap.dedent(
         acts = sample(key, plain)
         out_plain = step(key, plain, acts)
         out_sharded = step(key, sharded, jax.tree.map(shard, acts))
-        la, lb = jax.tree.leaves(out_plain), jax.tree.leaves(out_sharded)
-        assert len(la) == len(lb)
-        for x, y in zip(la, lb):
-            assert x.dtype == y.dtype and x.shape == y.shape
-            assert np.array_equal(np.asarray(x), np.asarray(y)), (t, x.shape)
+        la = jax.tree.leaves(out_plain)
+        for other in (out_sharded, step_xla(key, plain, acts), step_mesh(key, sharded, jax.tree.map(shard, acts))):
+            lb = jax.tree.leaves(other)
+            assert len(la) == len(lb)
+            for x, y in zip(la, lb):
+                assert x.dtype == y.dtype and x.shape == y.shape
+                assert np.array_equal(np.asarray(x), np.asarray(y)), (t, x.shape)
         plain, sharded = out_plain[1], out_sharded[1]
         goods = sharded.goods
         assert len(goods.sharding.device_set) == 4, goods.sharding

@@ -24,6 +24,7 @@ import pytest
 from agents import native
 from agents.networks import ActorCritic, FusedPolicy, head_sizes, init_population, joint_apply, policy_terms
 from economy import Economy
+from economy import native as economy_native
 from selfplay import ppo
 from selfplay.config import load_run_config
 from tests.conftest import ROOT
@@ -195,7 +196,7 @@ def test_fused_loss_and_gradients_equal_the_traced_path(minibatch, native_path, 
 def test_fallback_to_the_xla_path_is_announced_once(monkeypatch, env):
     """Where the native kernels cannot run, the fused loss uses its XLA twin and says why, once."""
     monkeypatch.setattr(native, "_load", lambda: "no AVX2 here (test)")
-    native._warn_once.cache_clear()
+    economy_native._warn_once.cache_clear()
     net = ActorCritic(env.action_spec)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -205,7 +206,7 @@ def test_fallback_to_the_xla_path_is_announced_once(monkeypatch, env):
     assert len(said) == 1 and said[0].category is RuntimeWarning
     with pytest.raises(RuntimeError, match="no AVX2 here"):
         FusedPolicy(net, native=True)
-    native._warn_once.cache_clear()
+    economy_native._warn_once.cache_clear()
 
 
 def test_reference_update_has_agoras_law_and_loss(minibatch):

@@ -908,13 +908,15 @@ def test_the_update_runs_without_the_native_kernels(cfg, trainer, monkeypatch):
     no custom call of the native library in its program, and it trains (finite losses,
     parameters moved). On this CPU the same trainer with the kernels has them."""
     from agents import native
+    from economy import native as economy_native
 
     abstract = jax.eval_shape(trainer.init_state, jax.random.key(0))
     with_native = str(jax.make_jaxpr(trainer._update)(abstract))
     if native.available():
         assert "agora_" in with_native  # the check below would otherwise pass vacuously
     monkeypatch.setattr(native, "_load", lambda: "switched off for this test")
-    native._warn_once.cache_clear()
+    monkeypatch.setattr(economy_native, "_load", lambda: "switched off for this test")  # the market kernel
+    economy_native._warn_once.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match="switched off for this test"):
             plain = Trainer(cfg)
@@ -929,4 +931,4 @@ def test_the_update_runs_without_the_native_kernels(cfg, trainer, monkeypatch):
                  zip(jax.tree.leaves(jax.device_get(ts.params)), jax.tree.leaves(before))]
         assert max(moved) > 0
     finally:
-        native._warn_once.cache_clear()
+        economy_native._warn_once.cache_clear()

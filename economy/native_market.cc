@@ -1,0 +1,318 @@
+// The step's orders, call auctions and settlement as one XLA FFI custom call for the CPU
+// (loaded by economy/native.py, which documents the Python side).
+//
+// agora_market: per market, the same integers as economy/env.py's XLA path (orders
+// clipped to cash and holdings, economy/market.py's clear, then goods and money
+// settled), in three passes over the market's [B, G] orders, which stay in cache:
+//   1. clip each order (the same float32 operations as the XLA path, so the same
+//      quantities) and histogram the book per good and tick;
+//   2. per good, the clearing tick, the volume and the marginal quantities to fill, then
+//      the marginal orders' totals and the lottery's start units;
+//   3. each agent's fills (full above/below the clearing tick, the circular window of the
+//      unit lottery at it), its goods and money after trade, and its sales proceeds.
+// Markets are split over XLA's intra-op thread pool; a market's result does not depend on
+// the split. XLA computes the same fills in several fusions, some of them recomputed in
+// each output that reads them; here each is computed once.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "native_pool.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int32_t kBuy = 0, kSell = 2;
+
+// Integer sums wrap like XLA's int32 (two's complement), without C++'s signed-overflow UB.
+inline int32_t wrap_add(int32_t a, int32_t b) {
+  return static_cast<int32_t>(static_cast<uint32_t>(a) + static_cast<uint32_t>(b));
+}
+inline int32_t wrap_mul(int32_t a, int32_t b) {
+  return static_cast<int32_t>(static_cast<uint32_t>(a) * static_cast<uint32_t>(b));
+}
+
+// The first n lanes (all for n >= 8) as a mask.
+inline __m256i valid_lanes(int64_t n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(std::min<int64_t>(n, 8))),
+                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+// Loads 8 lanes; where the row may end the array (``tail``) only the valid ones (others
+// 0), else whatever follows (masked out by the caller). Masked loads and stores are slow
+// on some CPUs (microcoded stores on AMD's), so only a market's last row uses them.
+inline __m256i load(const int32_t* p, __m256i valid, bool tail) {
+  return tail ? _mm256_maskload_epi32(p, valid) : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+}
+inline void store(int32_t* p, __m256i valid, __m256i v, bool tail) {
+  if (tail) _mm256_maskstore_epi32(p, valid, v);
+  else _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v);
+}
+// 8 lanes of a per-good array (padded with 8 zeros past its G goods).
+inline __m256i load_good(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+inline void store_good(int32_t* p, __m256i v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
+inline int32_t hsum(__m256i v) {
+  __m128i x = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  x = _mm_add_epi32(x, _mm_shuffle_epi32(x, 0x4e));
+  x = _mm_add_epi32(x, _mm_shuffle_epi32(x, 0xb1));
+  return _mm_cvtsi128_si32(x);
+}
+// market.py ration, per lane: the units of [lo, lo + n) inside the circular window [s, s + r)
+// of total units.
+inline __m256i window(__m256i lo, __m256i n, __m256i s, __m256i r, __m256i total) {
+  const __m256i hi = _mm256_add_epi32(lo, n), end = _mm256_add_epi32(s, r), zero = _mm256_setzero_si256();
+  const __m256i inside = _mm256_max_epi32(_mm256_sub_epi32(_mm256_min_epi32(hi, end), _mm256_max_epi32(lo, s)), zero);
+  const __m256i wrapped = _mm256_max_epi32(_mm256_sub_epi32(_mm256_min_epi32(hi, _mm256_sub_epi32(end, total)), lo), zero);
+  return _mm256_add_epi32(inside, wrapped);
+}
+// market.py lottery_start: the same float32 operations.
+inline int32_t lottery_start(float u, int32_t total) {
+  const int32_t s = static_cast<int32_t>(std::floor(u * static_cast<float>(total)));
+  return std::min(std::max(s, 0), std::max(total - 1, 0));
+}
+
+// Scratch of one worker thread: the clipped orders (8 entries of padding), the book, and
+// per-good arrays (ctick, vol, buy_to, sell_to, buy_tot, sell_tot, buy_start, sell_start,
+// price, traded, buy_before, sell_before), each G + 8 long, zero past G.
+struct MarketScratch {
+  static constexpr int kPerGood = 12;
+  std::vector<int32_t> q, bids, asks, demand, supply, goods;
+  MarketScratch(int64_t bg, int64_t g, int64_t l)
+      : q(bg + 8), bids(g * l), asks(g * l), demand(l), supply(l), goods(kPerGood * (g + 8)) {}
+};
+
+// One market's arrays: orders [M, B, G] and so on, flattened; see MarketImpl.
+struct Market {
+  int64_t B, G, L;
+  int32_t hold_max;
+  const int32_t *side, *qty, *tick, *held, *money, *grid;
+  const float* lottery;
+  int32_t *goods_out, *money_out, *proceeds_out, *price_out, *volume_out;
+};
+
+// Market m: the three passes of the header comment.
+void clear_market(const Market& k, int64_t m, MarketScratch& sc) {
+  const int64_t B = k.B, G = k.G, L = k.L;
+  const int32_t hold_max = k.hold_max, centre = static_cast<int32_t>(L / 2);
+  // Inputs, outputs and scratch never overlap (XLA's buffers; the thread's own scratch).
+  const int32_t *__restrict side = k.side, *__restrict qty = k.qty, *__restrict tick = k.tick;
+  const int32_t *__restrict held = k.held, *__restrict money = k.money, *__restrict grid = k.grid;
+  const float* __restrict lottery = k.lottery;
+  int32_t *__restrict goods_out = k.goods_out, *__restrict money_out = k.money_out;
+  int32_t *__restrict proceeds_out = k.proceeds_out, *__restrict price_out = k.price_out;
+  int32_t *__restrict volume_out = k.volume_out;
+  const int64_t o = m * B * G;
+  const int32_t* sd = side + o;
+  const int32_t* qt = qty + o;
+  const int32_t* tk = tick + o;
+  const int32_t* hd = held + o;
+  const int32_t* gr = grid + m * G * L;
+  int32_t* __restrict q = sc.q.data();
+  int32_t* __restrict bids = sc.bids.data();
+  int32_t* __restrict asks = sc.asks.data();
+  std::fill(sc.bids.begin(), sc.bids.end(), 0);
+  std::fill(sc.asks.begin(), sc.asks.end(), 0);
+
+  // 1. Orders clipped to what each agent owns and can pay (env.py step 2), and the book.
+  // An agent's goods are one row of lanes (8 at a time), so no branch depends on the data.
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i zero = _mm256_setzero_si256(), one = _mm256_set1_epi32(1);
+  const __m256i vbuy = _mm256_set1_epi32(kBuy), vsell = _mm256_set1_epi32(kSell);
+  const __m256i vhold = _mm256_set1_epi32(hold_max);
+  alignas(32) int32_t out_l[8], tick_l[8], buy_l[8], sell_l[8];
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t r = b * G;
+    const bool tail = b == B - 1;  // a row that ends the market: nothing read or written past it
+    int32_t n_buy = 0;
+    for (int64_t g0 = 0; g0 < G; g0 += 8) {
+      const __m256i valid = valid_lanes(G - g0);
+      const __m256i is_buy = _mm256_and_si256(valid, _mm256_cmpeq_epi32(load(sd + r + g0, valid, tail), vbuy));
+      n_buy += __builtin_popcount(_mm256_movemask_ps(_mm256_castsi256_ps(is_buy)));
+    }
+    const int32_t cash = money[m * B + b];
+    const __m256 fcash = _mm256_set1_ps(static_cast<float>(cash));
+    const __m256i vcash = _mm256_set1_epi32(cash), share = _mm256_set1_epi32(std::max(n_buy, 1));
+    for (int64_t g0 = 0; g0 < G; g0 += 8) {
+      const int64_t n = std::min<int64_t>(8, G - g0);
+      const __m256i valid = valid_lanes(n);
+      const __m256i s = load(sd + r + g0, valid, tail), want = load(qt + r + g0, valid, tail);
+      const __m256i t = load(tk + r + g0, valid, tail), h = load(hd + r + g0, valid, tail);
+      const __m256i is_buy = _mm256_and_si256(valid, _mm256_cmpeq_epi32(s, vbuy));
+      const __m256i is_sell = _mm256_and_si256(valid, _mm256_cmpeq_epi32(s, vsell));
+      // limit = grid[g, t]; cost = limit * n_buy; the largest v <= want with v * cost <= cash.
+      const __m256i idx = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_add_epi32(lane, _mm256_set1_epi32(g0)),
+                                                              _mm256_set1_epi32(L)), t);
+      const __m256i limit = _mm256_mask_i32gather_epi32(one, gr, idx, is_buy, 4);
+      const __m256i cost = _mm256_mullo_epi32(limit, share);
+      const __m256 afford = _mm256_floor_ps(_mm256_div_ps(fcash, _mm256_cvtepi32_ps(cost)));
+      __m256i v = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(afford, _mm256_setzero_ps()),
+                                                    _mm256_cvtepi32_ps(want)));
+      v = _mm256_add_epi32(v, _mm256_cmpgt_epi32(_mm256_mullo_epi32(v, cost), vcash));  // -1 where v * cost > cash
+      const __m256i up = _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_mullo_epi32(_mm256_add_epi32(v, one), cost), vcash),
+                                             _mm256_cmpgt_epi32(want, v));
+      v = _mm256_sub_epi32(v, up);  // +1 where (v + 1) * cost <= cash and v < want
+      const __m256i buy_q = _mm256_min_epi32(v, _mm256_sub_epi32(vhold, h)), sell_q = _mm256_min_epi32(want, h);
+      const __m256i out = _mm256_or_si256(_mm256_and_si256(is_buy, buy_q), _mm256_and_si256(is_sell, sell_q));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + r + g0), out);  // q has 8 entries of padding
+      _mm256_store_si256(reinterpret_cast<__m256i*>(out_l), out);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(tick_l), t);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(buy_l), is_buy);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(sell_l), is_sell);
+      for (int64_t j = 0; j < n; ++j) {  // the book: a scatter, one add per side
+        const int64_t at = (g0 + j) * L + tick_l[j];
+        bids[at] = wrap_add(bids[at], out_l[j] & buy_l[j]);
+        asks[at] = wrap_add(asks[at], out_l[j] & sell_l[j]);
+      }
+    }
+  }
+
+  // 2. Each good's clearing tick (economy/market.py clearing_tick) and lottery starts.
+  // Per-good arrays, zero past G (so the lanes past a row's goods fill nothing).
+  std::fill(sc.goods.begin(), sc.goods.end(), 0);
+  int32_t* per_good[MarketScratch::kPerGood];
+  for (int i = 0; i < MarketScratch::kPerGood; ++i) per_good[i] = sc.goods.data() + i * (G + 8);
+  int32_t *__restrict ctick = per_good[0], *__restrict vol = per_good[1], *__restrict buy_to = per_good[2];
+  int32_t *__restrict sell_to = per_good[3], *__restrict buy_tot = per_good[4], *__restrict sell_tot = per_good[5];
+  int32_t *__restrict buy_start = per_good[6], *__restrict sell_start = per_good[7], *__restrict price = per_good[8];
+  int32_t *__restrict traded = per_good[9], *__restrict buy_before = per_good[10], *__restrict sell_before = per_good[11];
+  const float* lot = lottery + m * G * 2;
+  for (int64_t g = 0; g < G; ++g) {
+    const int32_t* bd = bids + g * L;
+    const int32_t* as = asks + g * L;
+    // demand D(l) = sum_{t >= l} bids, supply S(l) = sum_{t <= l} asks.
+    int32_t* demand = sc.demand.data();
+    int32_t* supply = sc.supply.data();
+    int32_t acc = 0;
+    for (int64_t l = L - 1; l >= 0; --l) demand[l] = acc = wrap_add(acc, bd[l]);
+    acc = 0;
+    for (int64_t l = 0; l < L; ++l) supply[l] = acc = wrap_add(acc, as[l]);
+    int32_t vmax = std::min(demand[0], supply[0]);
+    for (int64_t l = 1; l < L; ++l) vmax = std::max(vmax, std::min(demand[l], supply[l]));
+    int32_t best = 0, best_d = 4 * static_cast<int32_t>(L);
+    for (int64_t l = 0; l < L; ++l) {
+      const int32_t above = l + 1 < L ? demand[l + 1] : 0, below = l > 0 ? supply[l - 1] : 0;
+      const bool valid = std::min(demand[l], supply[l]) == vmax && above <= vmax && below <= vmax;
+      const int32_t lt = static_cast<int32_t>(l);
+      const int32_t dist = valid ? 2 * std::abs(lt - centre) + (lt > centre) : 4 * static_cast<int32_t>(L);
+      if (dist < best_d) best_d = dist, best = lt;
+    }
+    const bool is_traded = vmax > 0;
+    const int32_t t = is_traded ? best : centre;
+    ctick[g] = t;
+    vol[g] = vmax;
+    traded[g] = is_traded ? -1 : 0;
+    buy_to[g] = is_traded ? vmax - (t + 1 < L ? demand[t + 1] : 0) : 0;
+    sell_to[g] = is_traded ? vmax - (t > 0 ? supply[t - 1] : 0) : 0;
+    // The marginal orders' totals: the book at the clearing tick (every order's quantity is
+    // >= 0, as money >= 0 and holdings lie in [0, max_holding]), none where nothing trades.
+    buy_tot[g] = is_traded ? bd[t] : 0;
+    sell_tot[g] = is_traded ? as[t] : 0;
+    buy_start[g] = lottery_start(lot[2 * g], buy_tot[g]);
+    sell_start[g] = lottery_start(lot[2 * g + 1], sell_tot[g]);
+    price[g] = gr[g * L + t];
+    price_out[m * G + g] = price[g];
+    volume_out[m * G + g] = vmax;
+  }
+
+  // 3. Fills (market.py ration: the circular window [start, start + to_fill) of the
+  // marginal units laid end to end in agent order) and settlement, a row of goods at a time.
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t r = b * G;
+    const bool tail = b == B - 1;
+    __m256i dcash = zero, dproc = zero;
+    for (int64_t g0 = 0; g0 < G; g0 += 8) {
+      const __m256i valid = valid_lanes(G - g0);
+      const __m256i s = load(sd + r + g0, valid, tail), t = load(tk + r + g0, valid, tail);
+      const __m256i ct = load_good(ctick + g0);
+      // v: the order's quantity where its book trades and it is positive, else 0 (also in
+      // the lanes past the row, whose goods' `traded` is 0).
+      const __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + r + g0));
+      const __m256i v = _mm256_and_si256(_mm256_and_si256(load_good(traded + g0), _mm256_cmpgt_epi32(qv, zero)), qv);
+      const __m256i is_buy = _mm256_and_si256(valid, _mm256_cmpeq_epi32(s, vbuy));
+      const __m256i is_sell = _mm256_and_si256(valid, _mm256_cmpeq_epi32(s, vsell));
+      const __m256i at = _mm256_cmpeq_epi32(t, ct);
+      const __m256i bm = _mm256_and_si256(_mm256_and_si256(is_buy, at), v);
+      const __m256i sm = _mm256_and_si256(_mm256_and_si256(is_sell, at), v);
+      const __m256i bb = load_good(buy_before + g0), sb = load_good(sell_before + g0);
+      const __m256i bf = _mm256_add_epi32(
+          _mm256_and_si256(_mm256_and_si256(is_buy, _mm256_cmpgt_epi32(t, ct)), v),
+          window(bb, bm, load_good(buy_start + g0), load_good(buy_to + g0), load_good(buy_tot + g0)));
+      const __m256i sf = _mm256_add_epi32(
+          _mm256_and_si256(_mm256_and_si256(is_sell, _mm256_cmpgt_epi32(ct, t)), v),
+          window(sb, sm, load_good(sell_start + g0), load_good(sell_to + g0), load_good(sell_tot + g0)));
+      store_good(buy_before + g0, _mm256_add_epi32(bb, bm));
+      store_good(sell_before + g0, _mm256_add_epi32(sb, sm));
+      const __m256i p = load_good(price + g0);
+      // Lanes past the row write the next agent's holdings unchanged, rewritten in its turn.
+      store(goods_out + o + r + g0, valid, _mm256_sub_epi32(_mm256_add_epi32(load(hd + r + g0, valid, tail), bf), sf), tail);
+      dcash = _mm256_add_epi32(dcash, _mm256_mullo_epi32(p, _mm256_sub_epi32(sf, bf)));
+      dproc = _mm256_add_epi32(dproc, _mm256_mullo_epi32(p, sf));
+    }
+    money_out[m * B + b] = wrap_add(money[m * B + b], hsum(dcash));  // integer sums wrap: any order
+    proceeds_out[m * B + b] = hsum(dproc);
+  }
+}
+
+ffi::Error MarketImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> side_b, ffi::Buffer<ffi::S32> qty_b,
+                      ffi::Buffer<ffi::S32> tick_b, ffi::Buffer<ffi::S32> held_b, ffi::Buffer<ffi::S32> money_b,
+                      ffi::Buffer<ffi::S32> grid_b, ffi::Buffer<ffi::F32> lottery_b, int64_t max_holding,
+                      ffi::ResultBuffer<ffi::S32> goods_o, ffi::ResultBuffer<ffi::S32> money_o,
+                      ffi::ResultBuffer<ffi::S32> proceeds_o, ffi::ResultBuffer<ffi::S32> price_o,
+                      ffi::ResultBuffer<ffi::S32> volume_o) {
+  // Leading axes (markets, and any batch axes before them) are flattened into M markets.
+  const auto d = side_b.dimensions();
+  const auto gd = grid_b.dimensions();
+  const size_t rank = d.size();
+  if (rank < 3 || gd.size() != rank) return ffi::Error::InvalidArgument("agora_market: orders [..., M, B, G], grid [..., M, G, L]");
+  const int64_t B = d[rank - 2], G = d[rank - 1], L = gd[rank - 1];
+  int64_t M = 1;
+  for (size_t i = 0; i + 2 < rank; ++i) {
+    if (gd[i] != d[i]) return ffi::Error::InvalidArgument("agora_market: grid and orders differ in their market axes");
+    M *= d[i];
+  }
+  if (gd[rank - 2] != G || L < 1) return ffi::Error::InvalidArgument("agora_market: grid is not [..., M, G, L]");
+  for (auto* x : {&qty_b, &tick_b, &held_b}) {
+    const auto xd = x->dimensions();
+    if (xd.size() != rank || !std::equal(xd.begin(), xd.end(), d.begin()))
+      return ffi::Error::InvalidArgument("agora_market: orders and holdings differ in shape");
+  }
+  const auto md = money_b.dimensions();
+  const auto ld = lottery_b.dimensions();
+  if (md.size() != rank - 1 || ld.size() != rank) return ffi::Error::InvalidArgument("agora_market: money [..., M, B], lottery [..., M, G, 2]");
+  for (size_t i = 0; i + 1 < rank; ++i)
+    if (md[i] != d[i]) return ffi::Error::InvalidArgument("agora_market: money is not [..., M, B]");
+  for (size_t i = 0; i + 2 < rank; ++i)
+    if (ld[i] != d[i]) return ffi::Error::InvalidArgument("agora_market: lottery is not [..., M, G, 2]");
+  if (ld[rank - 2] != G || ld[rank - 1] != 2) return ffi::Error::InvalidArgument("agora_market: lottery is not [..., M, G, 2]");
+
+  const Market k{B, G, L, static_cast<int32_t>(max_holding), side_b.typed_data(), qty_b.typed_data(),
+                 tick_b.typed_data(), held_b.typed_data(), money_b.typed_data(), grid_b.typed_data(),
+                 lottery_b.typed_data(), goods_o->typed_data(), money_o->typed_data(), proceeds_o->typed_data(),
+                 price_o->typed_data(), volume_o->typed_data()};
+  agora::parallel_for(pool, M, [=] { return MarketScratch(B * G, G, L); },
+                      [k](int64_t m, MarketScratch& sc) { clear_market(k, m, sc); });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AgoraMarket, MarketImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // side [M, B, G]
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // quantity wanted [M, B, G]
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // tick [M, B, G]
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // holdings after work [M, B, G]
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // money [M, B]
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // price grid [M, G, L]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // lottery uniforms [M, G, 2]
+                                  .Attr<int64_t>("max_holding")
+                                  .Ret<ffi::Buffer<ffi::S32>>()   // goods after trade [M, B, G]
+                                  .Ret<ffi::Buffer<ffi::S32>>()   // money after trade [M, B]
+                                  .Ret<ffi::Buffer<ffi::S32>>()   // sales proceeds [M, B]
+                                  .Ret<ffi::Buffer<ffi::S32>>()   // clearing price [M, G]
+                                  .Ret<ffi::Buffer<ffi::S32>>()); // volume [M, G]

@@ -1,0 +1,93 @@
+"""The native market kernel (economy/native_market.cc through economy/native.py) against
+the XLA path of the step, which stays the reference: goods, money, prices, volumes,
+treasuries, rewards and every info entry equal bit for bit over several steps, with
+orders crowded onto three ticks (so most books ration their marginal orders by the
+lottery), at settings where a default would hide a bug: a market whose agent count is
+not a multiple of 8 (a row's last lanes), a catalogue with taxes, procurement, the
+``tooled`` rule and a holding cap that binds, and a padded economy of 9 goods (two 8-lane chunks per row) vmapped over
+two worlds. The sharded step's agreement is tests/test_env.py's subprocess test."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import economy
+from economy import native
+from economy.catalogues import Sizes
+
+if not native.available():
+    ok, why = native.cpu_supported()
+    if os.environ.get("CI") == "true" and ok:
+        pytest.fail(f"native market kernel unavailable on a CPU that supports it: {native._load()}", pytrace=False)
+    pytest.skip(f"native market kernel unavailable: {native._load()}", allow_module_level=True)
+
+STEPS = 6
+
+
+def crowded_actions(env, key, state):
+    """Random actions whose price ticks lie on the centre tick and its two neighbours, and
+    whose sides are buy or sell half the time each: most books trade and ration."""
+    a = env.sample_actions(key, state)
+    L = env.cfg.market.price_ticks
+    k1, k2 = jax.random.split(jax.random.fold_in(key, 1))
+    a["price"] = L // 2 - 1 + jax.random.randint(k1, a["price"].shape, 0, 3, jnp.int32)
+    a["side"] = jnp.where(jax.random.bernoulli(k2, 0.5, a["side"].shape), a["side"], 2 * (a["side"] % 2))
+    return a
+
+
+def run(env, key, worlds: int | None):
+    def one(key):
+        _, state = env.reset(key)
+
+        def body(state, k):
+            ka, ks = jax.random.split(k)
+            obs, state, reward, _, _, info = env.step(ks, state, crowded_actions(env, ka, state))
+            return state, (obs, reward, info)
+
+        return jax.lax.scan(body, state, jax.random.split(key, STEPS))
+
+    if worlds is None:
+        return jax.jit(one)(key)
+    return jax.jit(jax.vmap(one))(jax.random.split(key, worlds))
+
+
+def econ(name):
+    if name == "odd_markets":  # 3 markets of 37 agents, taxes, procurement, tooled producers, holdings
+        # capped low enough that buyers hit the cap
+        cfg = economy.load_config("configs/economy/default.yaml", num_agents=111, num_markets=3, max_holding=24)
+        cfg = cfg.model_copy(update={"treasury": cfg.treasury.model_copy(update={"tax": 0.5, "pay": 7})})
+        return cfg, {}, None
+    cfg = economy.load_config("configs/economy/classic.yaml", num_agents=128, num_markets=2)
+    return cfg, {"catalogues": [cfg], "sizes": Sizes(cfg.num_goods + 3, cfg.num_niches + 2, len(cfg.resources) + 1)}, 2
+
+
+@pytest.mark.parametrize("name", ["odd_markets", "padded_9_goods_2_worlds"])
+def test_native_step_equals_the_xla_step_bit_for_bit(name):
+    cfg, kw, worlds = econ(name)
+    envs = [economy.Economy(cfg, native=flag, **kw) for flag in (False, True)]
+    assert not envs[0].native and envs[1].native
+    (s_x, out_x), (s_n, out_n) = (run(env, jax.random.key(3), worlds) for env in envs)
+    names = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path((s_x, out_x))]
+    for path, x, y in zip(names, jax.tree.leaves((s_x, out_x)), jax.tree.leaves((s_n, out_n))):
+        assert x.dtype == y.dtype and x.shape == y.shape, path
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=path)
+    info = out_x[2]
+    traded = np.asarray(info["market_volume"]) > 0
+    real = np.asarray(s_x.catalogue.goods)[..., None, None, :] if s_x.catalogue is not None else True
+    assert traded[..., : cfg.num_goods].mean() > 0.5, "the crowded books should mostly trade"
+    assert not np.any(traded & ~np.broadcast_to(real, traded.shape)), "a padded good traded"
+    if name == "odd_markets":
+        assert np.asarray(info["tax"]).sum() > 0
+        assert (np.asarray(s_x.goods) == cfg.max_holding).any(), "no holding reached the cap"
+
+
+def test_kernel_names_a_bad_shape():
+    z = jnp.zeros((2, 4, 3), jnp.int32)
+    with pytest.raises(Exception, match="agora_market: money"):
+        jax.block_until_ready(native.market(z, z, z, z, jnp.zeros((2, 5), jnp.int32), jnp.zeros((2, 3, 8), jnp.int32),
+                                            jnp.zeros((2, 3, 2), jnp.float32), max_holding=10))
