@@ -58,6 +58,44 @@ def read_all(tree):
     return sum(jnp.sum(x.astype(jnp.float32)) for x in jax.tree.leaves(tree))
 
 
+def top_ops(compiled, call, steps: int, top: int = 10) -> list[dict]:
+    """The ``top`` operations of ``call()`` (one run of ``compiled``, a scan of ``steps``
+    steps) by host time, from a ``jax.profiler`` trace: each XLA fusion or custom call
+    with its milliseconds per step, its share of the traced program's operations, and the
+    JAX primitives it was fused from (from the compiled HLO's metadata)."""
+    import collections
+    import re
+    import tempfile
+
+    import jax
+
+    with tempfile.TemporaryDirectory() as d:
+        with jax.profiler.trace(d):
+            jax.block_until_ready(call())
+        paths = sorted(Path(d).rglob("*.xplane.pb"))
+        data = jax.profiler.ProfileData.from_file(str(paths[-1]))
+    total = collections.Counter()
+    skip = ("ThunkExecutor", "SlinkyThreadPool", "$")
+    for plane in data.planes:
+        for line in plane.lines:
+            for ev in line.events:
+                if not ev.name.startswith(skip):
+                    total[ev.name] += ev.duration_ns
+    hlo = compiled.as_text()
+    whole = sum(total.values()) or 1
+
+    def sources(name: str) -> list[str]:
+        m = re.search(r"^\s*%?" + re.escape(name) + r" = [^\n]*?calls=%?([\w.\-]+)", hlo, re.M)
+        if not m:
+            return []
+        body = re.search(r"^%?" + re.escape(m.group(1)) + r" [^\n]*\{\n(.*?)\n\}", hlo, re.M | re.S)
+        ops = re.findall(r'op_name="[^"]*/([\w\-]+)"', body.group(1) if body else "")
+        return sorted(set(ops) - {"closed_call"})
+
+    return [{"op": name, "ms_per_step": ns / 1e6 / steps, "share": ns / whole, "fused_from": sources(name)}
+            for name, ns in total.most_common(top)]
+
+
 def compile_and_time(run, state, actions, key, repeats: int, first: int):
     """Compile ``run(state, actions, key) -> (state, out)`` (state donated), run it once with
     ``key`` to warm up, then ``repeats`` times with ``key(first)``, ``key(first + 1)``, ...:
@@ -79,7 +117,7 @@ def compile_and_time(run, state, actions, key, repeats: int, first: int):
 
 
 def measure(log2n: int, steps: int, repeats: int, devices: int, markets: int | None = None, xla: bool = False,
-            reads: str = "full", auction: str = "auto") -> dict:
+            reads: str = "full", auction: str = "auto", profile: bool = False) -> dict:
     """One size: ``markets`` defaults to N/1024 (at least 1). ``xla``: also XLA's cost
     estimate of the timed program (``xla_flops``, ``xla_bytes_accessed``), from a one-step
     variant scaled by ``steps``. ``reads``: ``full`` (every output read: the whole
@@ -87,7 +125,7 @@ def measure(log2n: int, steps: int, repeats: int, devices: int, markets: int | N
     ``reward`` (the reward, one observation column and the volume: XLA then drops most of
     the observation, the rate before 2026-12-07). ``auction``: ``native`` (the market
     kernel, :mod:`economy.native`), ``xla`` (the XLA auction, the reference) or ``auto``
-    (native where it runs)."""
+    (native where it runs). ``profile``: also the step's top operations (:func:`top_ops`)."""
     import jax
     import jax.numpy as jnp
 
@@ -127,6 +165,18 @@ def measure(log2n: int, steps: int, repeats: int, devices: int, markets: int | N
         return run
 
     compile_s, times, state, out = compile_and_time(program(steps), state, actions, key, repeats, first=1)
+    ops = None
+    if profile:
+        compiled = jax.jit(program(steps), donate_argnums=0).lower(state, actions, key).compile()
+        holder = {"state": state}
+
+        def call():
+            holder["state"], o = compiled(holder["state"], actions, jax.random.key(99))
+            return o
+
+        call()  # warm
+        ops = top_ops(compiled, call, steps)
+        state = holder["state"]
     best = min(times)
     state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
     row = {
@@ -148,6 +198,8 @@ def measure(log2n: int, steps: int, repeats: int, devices: int, markets: int | N
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "mean_volume": float(jnp.mean(out[1])),
     }
+    if ops is not None:
+        row["top_ops"] = ops
     if xla:
         one_step = jax.jit(program(1)).lower(state, actions, key).compile()
         cost = xla_cost(one_step, calls=steps, devices=devices)
@@ -207,6 +259,8 @@ def main(argv=None) -> int:
                     "where it runs (default)")
     ap.add_argument("--baseline", choices=["xla"], help="also measure the step with XLA's auction (the reference "
                     "path, the step before the native kernel) the same way, in the same run, and report the ratio")
+    ap.add_argument("--profile", action="store_true", help="also list each step's top operations (XLA fusions and "
+                    "custom calls) by host time, from a jax.profiler trace")
     ap.add_argument("--single", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--single-peer", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -222,7 +276,7 @@ def main(argv=None) -> int:
 
     if args.single is not None:
         print(json.dumps(measure(args.single, args.steps, args.repeats, args.devices[0], reads=args.reads,
-                                 auction=args.auction)))
+                                 auction=args.auction, profile=args.profile)))
         return 0
     if args.single_peer is not None:
         print(json.dumps(measure_mpe(args.single_peer, args.steps, args.repeats)))
@@ -233,7 +287,8 @@ def main(argv=None) -> int:
         for s in args.sizes:
             common = ["--single", str(s), "--steps", str(args.steps), "--repeats", str(args.repeats),
                       "--devices", str(d), "--reads", args.reads]
-            row, why = run_child("benchmarks.env_step", common + ["--auction", args.auction], d)
+            row, why = run_child("benchmarks.env_step", common + ["--auction", args.auction]
+                                 + (["--profile"] if args.profile else []), d)
             if row is None:
                 print(why, file=sys.stderr)
                 return 1
@@ -253,6 +308,9 @@ def main(argv=None) -> int:
                                                f"{row['baseline']['agent_steps_per_s'] / 1e6:.2f})" if args.baseline else ""),
                 flush=True,
             )
+            for op in row.get("top_ops", []):
+                print(f"        {op['ms_per_step']:7.1f} ms/step {op['share']:6.1%}  {op['op']:<32} "
+                      f"{' '.join(op['fused_from'])[:80]}", flush=True)
             if args.peer and d == 1:
                 peer, why = run_child("benchmarks.env_step", ["--single-peer", str(s), "--steps", str(args.steps),
                                                               "--repeats", str(args.repeats)], 1)
