@@ -23,7 +23,7 @@ from economy.generator import generate
 from economy.production import CustomNiche, expected_effort, per_agent, work
 from economy.registry import make_rule
 from economy.state import ActionHead, EconomyState, compile_params
-from economy.utility import consume
+from economy.utility import cobb_douglas, consume
 
 Actions = dict[str, jax.Array]
 
@@ -265,24 +265,37 @@ class Economy:
         s = project.astype(jnp.float32)
         return 1.0 + pc.gain * s / (s + pc.half)
 
-    def _trade(self, side, qty, tick, held, money, last_price, factors, lottery):
-        """Steps 2 and 3 of :meth:`_step` for ``[M, B, G]`` orders (``qty``: units wanted),
-        holdings after work ``held``, ``money [M, B]``, the markets' last prices ``[M, G]``,
-        the catalogue's tick factors ``[L]`` and the lottery's uniforms ``[M, G, 2]``: each order clipped to what its agent owns and can
-        pay, every (market, good) cleared (:func:`economy.market.clear`), the trades
-        settled. Returns int32 ``(goods [M, B, G], money [M, B], proceeds [M, B], clearing
-        price [M, G], volume [M, G])``; ``proceeds`` is each agent's sales at the clearing
-        prices. By the native kernel where :attr:`native` (the same integers)."""
+    def _trade(self, side, qty, tick, held, money, last_price, factors, lottery, key_consume, p, goods_axis):
+        """Steps 2 to 4 of :meth:`_step` but the utility, for ``[M, B, G]`` orders (``qty``:
+        units wanted), holdings after work ``held``, ``money [M, B]``, the markets' last
+        prices ``[M, G]``, the catalogue's tick factors ``[L]`` and the lottery's uniforms
+        ``[M, G, 2]``: each order clipped to what its agent owns and can pay, every (market,
+        good) cleared (:func:`economy.market.clear`), the trades settled, then consumption
+        (:func:`economy.utility.consume` at ``rng.uniform_pair(key_consume, [N, G],
+        goods_axis)``, the catalogue ``p``'s shares eaten and perish rates). Returns int32
+        ``(goods [M, B, G] after consumption, eaten [M, B, G], spoiled [M, B, G], money [M, B],
+        proceeds [M, B], clearing price [M, G], volume [M, G])``; ``proceeds`` is each agent's
+        sales at the clearing prices. By the native kernel where :attr:`native` (the same
+        integers)."""
         cfg = self.cfg
+        m, b, G = side.shape
         grid = market.price_grid(last_price, factors, cfg.market.min_price, cfg.market.max_price)  # [M, G, L]
         if self.native:
+            # consumption's counters (rng.bits): agent i's good g is i * real + g, real = the
+            # goods axis's logical length; the market's first entry is m * B * real
+            real = jnp.asarray(G if goods_axis is None else goods_axis[1]).astype(jnp.uint32)
+            seed = rng.seeds(key_consume)
+            first = jnp.arange(m, dtype=jnp.uint32) * jnp.uint32(b) * real
+            counter = jnp.stack([jnp.broadcast_to(seed[0], (m,)), jnp.broadcast_to(seed[1], (m,)), first,
+                                 jnp.broadcast_to(real, (m,))], -1)  # [M, 4]
+            rates = jnp.broadcast_to(jnp.stack([p.consume, p.perish])[None], (m, 2, G))
             call = functools.partial(native_lib.market, max_holding=cfg.max_holding)
             if self.mesh is not None and self.mesh.size > 1:
                 from jax.sharding import PartitionSpec as PS
 
                 split = PS(self.mesh.axis_names[0])
-                call = jax.shard_map(call, mesh=self.mesh, in_specs=(split,) * 7, out_specs=(split,) * 5)
-            return call(side, qty, tick, held, money, grid, lottery)
+                call = jax.shard_map(call, mesh=self.mesh, in_specs=(split,) * 9, out_specs=(split,) * 7)
+            return call(side, qty, tick, held, money, grid, lottery, counter, rates)
         limit = market.tick_price(
             last_price[:, None, :], jnp.take(factors, tick), cfg.market.min_price, cfg.market.max_price
         )  # [M, B, G]: each order's limit price, equal to grid[m, g, tick]
@@ -301,10 +314,13 @@ class Economy:
         qty = jnp.where(buying, buy_q, jnp.where(side == market.SELL, sell_q, 0))
         c = market.clear(side, qty, tick, cfg.market.price_ticks, lottery, max_qty=cfg.market.quantity_levels[-1])
         clear_price = jnp.take_along_axis(grid, c.tick[..., None], -1)[..., 0]  # [M, G]
-        goods = held + c.buy_fill - c.sell_fill
+        goods = (held + c.buy_fill - c.sell_fill).reshape(m * b, G)
         money = money + jnp.sum(clear_price[:, None, :] * (c.sell_fill - c.buy_fill), -1)
         proceeds = jnp.sum(clear_price[:, None, :] * c.sell_fill, -1)
-        return goods, money, proceeds, clear_price, c.volume
+        u_eat, u_spoil = rng.uniform_pair(key_consume, (m * b, G), goods_axis)
+        cons = consume(p, goods, jnp.zeros_like(goods, jnp.float32), u_eat, u_spoil)  # its utility is _step's
+        shaped = lambda x: x.reshape(m, b, G)  # noqa: E731
+        return shaped(cons.goods), shaped(cons.eaten), shaped(cons.spoiled), money, proceeds, clear_price, c.volume
 
     def _treasury(self, treasury: jax.Array, proceeds: jax.Array, public: jax.Array):
         """One step of the markets' treasuries, in exact integers.
@@ -419,14 +435,15 @@ class Economy:
             custom_on=None if state.catalogue is None else state.catalogue.rules,
             step=state.step,
         )
-        # 2-3. Orders clipped to what each agent owns and can pay, the call auctions, the
-        # trades settled (:meth:`_trade`).
+        # 2-4. Orders clipped to what each agent owns and can pay, the call auctions, the
+        # trades settled, consumption (:meth:`_trade`).
         side, tick = a["side"].reshape(m, b, G), a["price"].reshape(m, b, G)
         qty = jnp.take(p.levels, a["quantity"]).reshape(m, b, G)
         lottery = rng.uniform(key_market, (m, G, 2), self._goods_axis(state))
-        goods, money, proceeds, clear_price, volume = self._trade(
-            side, qty, tick, w.goods.reshape(m, b, G), state.money.reshape(m, b), state.price, p.tick_factors, lottery)
-        goods, money = goods.reshape(n, G), money.reshape(n)
+        goods, eaten, spoiled, money, proceeds, clear_price, volume = self._trade(
+            side, qty, tick, w.goods.reshape(m, b, G), state.money.reshape(m, b), state.price, p.tick_factors, lottery,
+            key_consume, p, self._goods_axis(state))
+        goods, eaten, spoiled, money = goods.reshape(n, G), eaten.reshape(n, G), spoiled.reshape(n, G), money.reshape(n)
         price = jnp.where(volume > 0, clear_price, state.price)
 
         # 3b. Treasury: sales tax on each seller's proceeds, then procurement of this
@@ -434,9 +451,8 @@ class Economy:
         tax, procurement, treasury = self._treasury(state.treasury, proceeds, w.public)
         money = money - tax + procurement
 
-        # 4. Consumption and utility.
-        u_eat, u_spoil = rng.uniform_pair(key_consume, (n, G), self._goods_axis(state))
-        cons = consume(p, goods, state.preferences, u_eat, u_spoil)
+        # 4. Utility of what was eaten (the reward).
+        utility = cobb_douglas(state.preferences, eaten)
 
         # 5. Public projects.
         contribution = jnp.sum(w.public.reshape(m, b), -1)
@@ -444,7 +460,7 @@ class Economy:
         project = jnp.minimum(state.project - decay + contribution, 2**30)
 
         new = state.replace(
-            goods=cons.goods,
+            goods=goods,
             money=money,
             skills=w.skills,
             history=w.history,
@@ -469,17 +485,17 @@ class Economy:
         # The environment's reward is the utility of this step's basket. Everything a learner
         # may be rewarded for is a per-agent entry of ``info``; how those are weighted per
         # population member is self-play's business (selfplay.rewards, train.variants.rewards).
-        reward = cons.utility
+        reward = utility
         info = {
-            "utility": cons.utility,
+            "utility": utility,
             "specialisation": specialisation,
             "collaboration": collaboration,
             "value_added": value_added,  # float32 [N]
             # Ledger terms per market, int32 [M, G], exact (the config bounds each market's
             # sums); world totals are summed on the host in int64 (:func:`world_total`).
             "produced": jnp.sum(w.produced.reshape(m, b, G), 1),
-            "consumed": jnp.sum((w.used + cons.eaten + cons.spoiled).reshape(m, b, G), 1),
-            "eaten": jnp.sum(cons.eaten.reshape(m, b, G), 1),
+            "consumed": jnp.sum((w.used + eaten + spoiled).reshape(m, b, G), 1),
+            "eaten": jnp.sum(eaten.reshape(m, b, G), 1),
             "market_price": clear_price,
             "market_volume": volume,
             "niche_occupancy": w.occupancy,

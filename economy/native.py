@@ -11,8 +11,8 @@ it cannot work: not x86-64, no AVX2/FMA, no compiler, a failed build, not the CP
 or ``AGORA_NATIVE=0`` in the environment. :mod:`agents.native` (acting and the PPO loss's
 kernels) builds its library the same way.
 
-**The market kernel.** :func:`market` runs a step's orders, auctions and settlement per
-market in one pass over each market's orders (see ``native_market.cc``): the same
+**The market kernel.** :func:`market` runs a step's orders, auctions, settlement and
+consumption per market in one pass over each market's orders (see ``native_market.cc``): the same
 integers as :mod:`economy.market` and the XLA path of :meth:`economy.Economy._step`, which
 stays the reference (tests/test_native_market.py checks them bit for bit).
 """
@@ -135,27 +135,34 @@ def available() -> bool:
     return usable(_load(), "the economy steps with XLA's auction")
 
 
-def market(side, qty, tick, held, money, grid, lottery, *, max_holding: int):
-    """Orders, call auctions and settlement of every market in one custom call.
+def market(side, qty, tick, held, money, grid, lottery, counter, rates, *, max_holding: int):
+    """Orders, call auctions, settlement and consumption of every market in one custom call.
 
     ``side``, ``qty`` (units wanted: the quantity level's value), ``tick``, ``held`` (holdings
     after work): int32 ``[..., M, B, G]``; ``money`` int32 ``[..., M, B]``; ``grid`` int32
     ``[..., M, G, L]`` (:func:`economy.market.price_grid`); ``lottery`` float32 ``[..., M,
-    G, 2]``. Each order is clipped to what its agent owns and can pay as in
-    :meth:`economy.Economy._step`, the books cleared as :func:`economy.market.clear`, and
-    the trades settled. Returns int32 ``(goods [..., M, B, G], money [..., M, B], proceeds
-    [..., M, B], clearing price [..., M, G], volume [..., M, G])``, ``proceeds`` being each
-    agent's sales at the clearing prices."""
+    G, 2]``; ``counter`` uint32 ``[..., M, 4]``: consumption's two seeds
+    (:func:`economy.rng.seeds`), the counter of the market's first entry (its first agent's
+    index in the world x ``real``) and ``real``, the goods count of the counter's rows
+    (:func:`economy.rng.bits` with ``logical``); ``rates`` float32 ``[..., M, 2, G]``: each
+    good's share eaten and its perish rate. Each order is clipped to what its agent owns and
+    can pay as in :meth:`economy.Economy._step`, the books cleared as
+    :func:`economy.market.clear`, the trades settled, and consumption drawn as
+    :func:`economy.utility.consume` with :func:`economy.rng.uniform_pair`'s uniforms.
+    Returns int32 ``(goods [..., M, B, G] after consumption, eaten, spoiled (the same shape),
+    money [..., M, B], proceeds [..., M, B], clearing price [..., M, G], volume [..., M,
+    G])``, ``proceeds`` being each agent's sales at the clearing prices."""
     shape = side.shape
     lead, (b, g) = shape[:-2], shape[-2:]
     i32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.int32)  # noqa: E731
     call = jax.ffi.ffi_call(
         "agora_market",
-        (i32(*shape), i32(*lead, b), i32(*lead, b), i32(*lead, g), i32(*lead, g)),
+        (i32(*shape), i32(*shape), i32(*shape), i32(*lead, b), i32(*lead, b), i32(*lead, g), i32(*lead, g)),
         vmap_method="broadcast_all",
     )
     ints = [jnp.asarray(x, jnp.int32) for x in (side, qty, tick, held, money, grid)]
-    return call(*ints, jnp.asarray(lottery, jnp.float32), max_holding=int(max_holding))
+    return call(*ints, jnp.asarray(lottery, jnp.float32), jnp.asarray(counter, jnp.uint32),
+                jnp.asarray(rates, jnp.float32), max_holding=int(max_holding))
 
 
 __all__ = ["available", "build_library", "cache_dir", "cpu_supported", "load_library", "market", "usable"]

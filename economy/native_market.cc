@@ -9,7 +9,10 @@
 //   2. per good, the clearing tick, the volume and the marginal quantities to fill, then
 //      the marginal orders' totals and the lottery's start units;
 //   3. each agent's fills (full above/below the clearing tick, the circular window of the
-//      unit lottery at it), its goods and money after trade, and its sales proceeds.
+//      unit lottery at it), its money after trade and its sales proceeds, then its
+//      consumption (economy/utility.py consume: eaten and spoiled units by stochastic
+//      rounding with economy/rng.py's counter-based uniforms, the same integer hash) and
+//      its goods after it.
 // Markets are split over XLA's intra-op thread pool; a market's result does not depend on
 // the split. XLA computes the same fills in several fusions, some of them recomputed in
 // each output that reads them; here each is computed once.
@@ -69,6 +72,18 @@ inline __m256i window(__m256i lo, __m256i n, __m256i s, __m256i r, __m256i total
   const __m256i wrapped = _mm256_max_epi32(_mm256_sub_epi32(_mm256_min_epi32(hi, _mm256_sub_epi32(end, total)), lo), zero);
   return _mm256_add_epi32(inside, wrapped);
 }
+// economy/rng.py _mix, per lane.
+inline __m256i mix(__m256i x) {
+  x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+  x = _mm256_mullo_epi32(x, _mm256_set1_epi32(0x7FEB352D));
+  x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 15));
+  x = _mm256_mullo_epi32(x, _mm256_set1_epi32(static_cast<int32_t>(0x846CA68Bu)));
+  return _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+}
+// economy/rng.py stochastic_round: min(floor(x + u), ceil(x)), the same float32 operations.
+inline __m256i stochastic_round(__m256 x, __m256 u) {
+  return _mm256_cvttps_epi32(_mm256_min_ps(_mm256_floor_ps(_mm256_add_ps(x, u)), _mm256_ceil_ps(x)));
+}
 // market.py lottery_start: the same float32 operations.
 inline int32_t lottery_start(float u, int32_t total) {
   const int32_t s = static_cast<int32_t>(std::floor(u * static_cast<float>(total)));
@@ -81,8 +96,9 @@ inline int32_t lottery_start(float u, int32_t total) {
 struct MarketScratch {
   static constexpr int kPerGood = 12;
   std::vector<int32_t> q, bids, asks, demand, supply, goods;
+  std::vector<float> rates;
   MarketScratch(int64_t bg, int64_t g, int64_t l)
-      : q(bg + 8), bids(g * l), asks(g * l), demand(l), supply(l), goods(kPerGood * (g + 8)) {}
+      : q(bg + 8), bids(g * l), asks(g * l), demand(l), supply(l), goods(kPerGood * (g + 8)), rates(2 * (g + 8)) {}
 };
 
 // One market's arrays: orders [M, B, G] and so on, flattened; see MarketImpl.
@@ -91,7 +107,9 @@ struct Market {
   int32_t hold_max;
   const int32_t *side, *qty, *tick, *held, *money, *grid;
   const float* lottery;
-  int32_t *goods_out, *money_out, *proceeds_out, *price_out, *volume_out;
+  const uint32_t* counter;  // [M, 4]: the step's two seeds, the market's first counter, real goods
+  const float* rates;       // [M, 2, G]: each good's share eaten, then its perish rate
+  int32_t *goods_out, *eaten_out, *spoiled_out, *money_out, *proceeds_out, *price_out, *volume_out;
 };
 
 // Market m: the three passes of the header comment.
@@ -103,6 +121,7 @@ void clear_market(const Market& k, int64_t m, MarketScratch& sc) {
   const int32_t *__restrict held = k.held, *__restrict money = k.money, *__restrict grid = k.grid;
   const float* __restrict lottery = k.lottery;
   int32_t *__restrict goods_out = k.goods_out, *__restrict money_out = k.money_out;
+  int32_t *__restrict eaten_out = k.eaten_out, *__restrict spoiled_out = k.spoiled_out;
   int32_t *__restrict proceeds_out = k.proceeds_out, *__restrict price_out = k.price_out;
   int32_t *__restrict volume_out = k.volume_out;
   const int64_t o = m * B * G;
@@ -219,10 +238,24 @@ void clear_market(const Market& k, int64_t m, MarketScratch& sc) {
   }
 
   // 3. Fills (market.py ration: the circular window [start, start + to_fill) of the
-  // marginal units laid end to end in agent order) and settlement, a row of goods at a time.
+  // marginal units laid end to end in agent order), settlement and consumption, a row of
+  // goods at a time. Consumption's uniforms: bits = mix(mix(counter * golden ^ seed0) +
+  // seed1) at counter = agent * real goods + good (rng.py bits; uniform_pair's high and
+  // low 16 bits, each centred in its cell).
+  const uint32_t* cm = k.counter + m * 4;
+  const __m256i seed0 = _mm256_set1_epi32(static_cast<int32_t>(cm[0])), seed1 = _mm256_set1_epi32(static_cast<int32_t>(cm[1]));
+  const __m256i golden = _mm256_set1_epi32(static_cast<int32_t>(0x9E3779B9u)), low16 = _mm256_set1_epi32(0xFFFF);
+  const __m256 scale = _mm256_set1_ps(1.f / 65536.f), half = _mm256_set1_ps(1.f / 131072.f);
+  const float* eat_rate = k.rates + m * 2 * G;
+  const float* perish_rate = eat_rate + G;
+  float* rate_pad = reinterpret_cast<float*>(sc.rates.data());  // 2 x (G + 8), zero past G
+  std::fill(sc.rates.begin(), sc.rates.end(), 0);
+  std::copy(eat_rate, eat_rate + G, rate_pad);
+  std::copy(perish_rate, perish_rate + G, rate_pad + G + 8);
   for (int64_t b = 0; b < B; ++b) {
     const int64_t r = b * G;
     const bool tail = b == B - 1;
+    const uint32_t row_counter = cm[2] + static_cast<uint32_t>(b) * cm[3];
     __m256i dcash = zero, dproc = zero;
     for (int64_t g0 = 0; g0 < G; g0 += 8) {
       const __m256i valid = valid_lanes(G - g0);
@@ -247,8 +280,19 @@ void clear_market(const Market& k, int64_t m, MarketScratch& sc) {
       store_good(buy_before + g0, _mm256_add_epi32(bb, bm));
       store_good(sell_before + g0, _mm256_add_epi32(sb, sm));
       const __m256i p = load_good(price + g0);
-      // Lanes past the row write the next agent's holdings unchanged, rewritten in its turn.
-      store(goods_out + o + r + g0, valid, _mm256_sub_epi32(_mm256_add_epi32(load(hd + r + g0, valid, tail), bf), sf), tail);
+      const __m256i traded_goods = _mm256_sub_epi32(_mm256_add_epi32(load(hd + r + g0, valid, tail), bf), sf);
+      // Consumption (lanes past the row: rates 0, so nothing eaten or spoiled; they write the
+      // next agent's entries, rewritten in its turn).
+      const __m256i ctr = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(row_counter + g0)), lane);
+      const __m256i bits = mix(_mm256_add_epi32(mix(_mm256_xor_si256(_mm256_mullo_epi32(ctr, golden), seed0)), seed1));
+      const __m256 u_eat = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(bits, 16)), scale), half);
+      const __m256 u_spoil = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(bits, low16)), scale), half);
+      const __m256i eaten = stochastic_round(_mm256_mul_ps(_mm256_loadu_ps(rate_pad + g0), _mm256_cvtepi32_ps(traded_goods)), u_eat);
+      const __m256i left = _mm256_sub_epi32(traded_goods, eaten);
+      const __m256i spoiled = stochastic_round(_mm256_mul_ps(_mm256_loadu_ps(rate_pad + G + 8 + g0), _mm256_cvtepi32_ps(left)), u_spoil);
+      store(goods_out + o + r + g0, valid, _mm256_sub_epi32(left, spoiled), tail);
+      store(eaten_out + o + r + g0, valid, eaten, tail);
+      store(spoiled_out + o + r + g0, valid, spoiled, tail);
       dcash = _mm256_add_epi32(dcash, _mm256_mullo_epi32(p, _mm256_sub_epi32(sf, bf)));
       dproc = _mm256_add_epi32(dproc, _mm256_mullo_epi32(p, sf));
     }
@@ -259,8 +303,10 @@ void clear_market(const Market& k, int64_t m, MarketScratch& sc) {
 
 ffi::Error MarketImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> side_b, ffi::Buffer<ffi::S32> qty_b,
                       ffi::Buffer<ffi::S32> tick_b, ffi::Buffer<ffi::S32> held_b, ffi::Buffer<ffi::S32> money_b,
-                      ffi::Buffer<ffi::S32> grid_b, ffi::Buffer<ffi::F32> lottery_b, int64_t max_holding,
-                      ffi::ResultBuffer<ffi::S32> goods_o, ffi::ResultBuffer<ffi::S32> money_o,
+                      ffi::Buffer<ffi::S32> grid_b, ffi::Buffer<ffi::F32> lottery_b, ffi::Buffer<ffi::U32> counter_b,
+                      ffi::Buffer<ffi::F32> rates_b, int64_t max_holding, ffi::ResultBuffer<ffi::S32> goods_o,
+                      ffi::ResultBuffer<ffi::S32> eaten_o, ffi::ResultBuffer<ffi::S32> spoiled_o,
+                      ffi::ResultBuffer<ffi::S32> money_o,
                       ffi::ResultBuffer<ffi::S32> proceeds_o, ffi::ResultBuffer<ffi::S32> price_o,
                       ffi::ResultBuffer<ffi::S32> volume_o) {
   // Leading axes (markets, and any batch axes before them) are flattened into M markets.
@@ -288,10 +334,17 @@ ffi::Error MarketImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> side_b, ffi::B
   for (size_t i = 0; i + 2 < rank; ++i)
     if (ld[i] != d[i]) return ffi::Error::InvalidArgument("agora_market: lottery is not [..., M, G, 2]");
   if (ld[rank - 2] != G || ld[rank - 1] != 2) return ffi::Error::InvalidArgument("agora_market: lottery is not [..., M, G, 2]");
+  const auto cd = counter_b.dimensions();
+  const auto rd = rates_b.dimensions();
+  if (cd.size() != rank - 1 || cd[rank - 2] != 4 || rd.size() != rank || rd[rank - 2] != 2 || rd[rank - 1] != G)
+    return ffi::Error::InvalidArgument("agora_market: counter is not [..., M, 4] or rates not [..., M, 2, G]");
+  for (size_t i = 0; i + 2 < rank; ++i)
+    if (cd[i] != d[i] || rd[i] != d[i]) return ffi::Error::InvalidArgument("agora_market: counter or rates differ in their market axes");
 
   const Market k{B, G, L, static_cast<int32_t>(max_holding), side_b.typed_data(), qty_b.typed_data(),
                  tick_b.typed_data(), held_b.typed_data(), money_b.typed_data(), grid_b.typed_data(),
-                 lottery_b.typed_data(), goods_o->typed_data(), money_o->typed_data(), proceeds_o->typed_data(),
+                 lottery_b.typed_data(), counter_b.typed_data(), rates_b.typed_data(), goods_o->typed_data(),
+                 eaten_o->typed_data(), spoiled_o->typed_data(), money_o->typed_data(), proceeds_o->typed_data(),
                  price_o->typed_data(), volume_o->typed_data()};
   agora::parallel_for(pool, M, [=] { return MarketScratch(B * G, G, L); },
                       [k](int64_t m, MarketScratch& sc) { clear_market(k, m, sc); });
@@ -310,8 +363,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AgoraMarket, MarketImpl,
                                   .Arg<ffi::Buffer<ffi::S32>>()   // money [M, B]
                                   .Arg<ffi::Buffer<ffi::S32>>()   // price grid [M, G, L]
                                   .Arg<ffi::Buffer<ffi::F32>>()   // lottery uniforms [M, G, 2]
+                                  .Arg<ffi::Buffer<ffi::U32>>()   // consumption's counter [M, 4]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // shares eaten and perish rates [M, 2, G]
                                   .Attr<int64_t>("max_holding")
-                                  .Ret<ffi::Buffer<ffi::S32>>()   // goods after trade [M, B, G]
+                                  .Ret<ffi::Buffer<ffi::S32>>()   // goods after consumption [M, B, G]
+                                  .Ret<ffi::Buffer<ffi::S32>>()   // eaten [M, B, G]
+                                  .Ret<ffi::Buffer<ffi::S32>>()   // spoiled [M, B, G]
                                   .Ret<ffi::Buffer<ffi::S32>>()   // money after trade [M, B]
                                   .Ret<ffi::Buffer<ffi::S32>>()   // sales proceeds [M, B]
                                   .Ret<ffi::Buffer<ffi::S32>>()   // clearing price [M, G]

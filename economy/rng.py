@@ -43,10 +43,17 @@ def _counter(shape: tuple[int, ...], logical: tuple[int, jax.Array] | None) -> j
     return idx
 
 
+def seeds(key: jax.Array) -> jax.Array:
+    """uint32 ``[2]``: the two seeds of :func:`bits` (also the native market kernel's, which
+    hashes the same counters)."""
+    return jax.random.bits(key, (2,), jnp.uint32)
+
+
 def bits(key: jax.Array, shape: tuple[int, ...], logical: tuple[int, jax.Array] | None = None) -> jax.Array:
-    """uint32 random bits of ``shape`` from ``key`` (counter-based, sharding-invariant);
-    ``logical``: see :func:`_counter` (padded catalogues)."""
-    seed = jax.random.bits(key, (2,), jnp.uint32)
+    """uint32 random bits of ``shape`` from ``key`` (counter-based, sharding-invariant):
+    ``mix(mix(counter * golden ^ seed0) + seed1)``; ``logical``: see :func:`_counter` (padded
+    catalogues)."""
+    seed = seeds(key)
     counter = _counter(shape, logical)  # row-major global index
     return _mix(_mix(counter * jnp.uint32(_GOLDEN) ^ seed[0]) + seed[1])
 

@@ -1,6 +1,7 @@
 """The native market kernel (economy/native_market.cc through economy/native.py) against
 the XLA path of the step, which stays the reference: goods, money, prices, volumes,
-treasuries, rewards and every info entry equal bit for bit over several steps, with
+treasuries, rewards (what was eaten, drawn by the same counter-based hash) and every info
+entry equal bit for bit over several steps, with
 orders crowded onto three ticks (so most books ration their marginal orders by the
 lottery), at settings where a default would hide a bug: a market whose agent count is
 not a multiple of 8 (a row's last lanes), a catalogue with taxes, procurement, the
@@ -90,4 +91,5 @@ def test_kernel_names_a_bad_shape():
     z = jnp.zeros((2, 4, 3), jnp.int32)
     with pytest.raises(Exception, match="agora_market: money"):
         jax.block_until_ready(native.market(z, z, z, z, jnp.zeros((2, 5), jnp.int32), jnp.zeros((2, 3, 8), jnp.int32),
-                                            jnp.zeros((2, 3, 2), jnp.float32), max_holding=10))
+                                            jnp.zeros((2, 3, 2), jnp.float32), jnp.zeros((2, 4), jnp.uint32),
+                                            jnp.zeros((2, 2, 3), jnp.float32), max_holding=10))
