@@ -99,7 +99,7 @@ def top_ops(compiled, call, steps: int, top: int = 10) -> list[dict]:
 def compile_and_time(run, state, actions, key, repeats: int, first: int):
     """Compile ``run(state, actions, key) -> (state, out)`` (state donated), run it once with
     ``key`` to warm up, then ``repeats`` times with ``key(first)``, ``key(first + 1)``, ...:
-    ``(compile seconds, seconds of each timed run, final state, last out)``."""
+    ``(compile seconds, seconds of each timed run, final state, last out, the compiled program)``."""
     import jax
 
     t0 = time.perf_counter()
@@ -113,7 +113,7 @@ def compile_and_time(run, state, actions, key, repeats: int, first: int):
         state, out = compiled(state, actions, jax.random.key(first + r))
         jax.block_until_ready(out)
         times.append(time.perf_counter() - t0)
-    return compile_s, times, state, out
+    return compile_s, times, state, out, compiled
 
 
 def measure(log2n: int, steps: int, repeats: int, devices: int, markets: int | None = None, xla: bool = False,
@@ -164,17 +164,15 @@ def measure(log2n: int, steps: int, repeats: int, devices: int, markets: int | N
 
         return run
 
-    compile_s, times, state, out = compile_and_time(program(steps), state, actions, key, repeats, first=1)
+    compile_s, times, state, out, compiled = compile_and_time(program(steps), state, actions, key, repeats, first=1)
     ops = None
     if profile:
-        compiled = jax.jit(program(steps), donate_argnums=0).lower(state, actions, key).compile()
         holder = {"state": state}
 
         def call():
             holder["state"], o = compiled(holder["state"], actions, jax.random.key(99))
             return o
 
-        call()  # warm
         ops = top_ops(compiled, call, steps)
         state = holder["state"]
     best = min(times)
@@ -235,7 +233,7 @@ def measure_mpe(log2n: int, steps: int, repeats: int) -> dict:
         (state, key), out = jax.lax.scan(body, (state, key), jnp.arange(steps))
         return state, out
 
-    compile_s, times, state, _ = compile_and_time(run, state, actions, jax.random.key(1), repeats, first=2)
+    compile_s, times, state, _, _ = compile_and_time(run, state, actions, jax.random.key(1), repeats, first=2)
     n = worlds * env.num_agents
     return {"peer": "jaxmarl MPE_simple_spread_v3", "agents": n, "worlds": worlds, "steps": steps, "reads": "full",
             "agent_steps_per_s": n * steps / min(times), "compile_s": compile_s,

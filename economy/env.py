@@ -49,8 +49,8 @@ class Economy:
     uniformly (:meth:`reset_catalogue` plays a given one). ``cfg``'s own catalogue is
     then only the template of the shared settings.
 
-    ``native`` (default: :func:`economy.native.available`): orders, auctions and settlement
-    by the native market kernel (:func:`economy.native.market`, one pass per market) instead
+    ``native`` (default: :func:`economy.native.available`): orders, auctions, settlement and
+    consumption by the native market kernel (:func:`economy.native.market`, one pass per market) instead
     of XLA's; the same integers either way. ``mesh``: where the state is split over several
     devices (:mod:`economy.sharding`), the kernel then runs per device on its whole markets
     (``shard_map``); without it a sharded step still gives the same numbers, through XLA's
@@ -407,7 +407,6 @@ class Economy:
         J = self.num_niches
         m = state.price.shape[0]
         b = n // m
-        L = cfg.market.price_ticks
         a = {h.name: jnp.clip(actions[h.name], 0, h.choices - 1) for h in self.action_spec}
         if state.catalogue is not None:  # a padded niche rests; a padded good is held, never traded
             niches = state.catalogue.niches

@@ -1,4 +1,4 @@
-// The step's orders, call auctions and settlement as one XLA FFI custom call for the CPU
+// The step's orders, call auctions, settlement and consumption as one XLA FFI custom call for the CPU
 // (loaded by economy/native.py, which documents the Python side).
 //
 // agora_market: per market, the same integers as economy/env.py's XLA path (orders
@@ -91,10 +91,10 @@ inline int32_t lottery_start(float u, int32_t total) {
 }
 
 // Scratch of one worker thread: the clipped orders (8 entries of padding), the book, and
-// per-good arrays (ctick, vol, buy_to, sell_to, buy_tot, sell_tot, buy_start, sell_start,
+// per-good arrays (ctick, buy_to, sell_to, buy_tot, sell_tot, buy_start, sell_start,
 // price, traded, buy_before, sell_before), each G + 8 long, zero past G.
 struct MarketScratch {
-  static constexpr int kPerGood = 12;
+  static constexpr int kPerGood = 11;
   std::vector<int32_t> q, bids, asks, demand, supply, goods;
   std::vector<float> rates;
   MarketScratch(int64_t bg, int64_t g, int64_t l)
@@ -194,10 +194,10 @@ void clear_market(const Market& k, int64_t m, MarketScratch& sc) {
   std::fill(sc.goods.begin(), sc.goods.end(), 0);
   int32_t* per_good[MarketScratch::kPerGood];
   for (int i = 0; i < MarketScratch::kPerGood; ++i) per_good[i] = sc.goods.data() + i * (G + 8);
-  int32_t *__restrict ctick = per_good[0], *__restrict vol = per_good[1], *__restrict buy_to = per_good[2];
-  int32_t *__restrict sell_to = per_good[3], *__restrict buy_tot = per_good[4], *__restrict sell_tot = per_good[5];
-  int32_t *__restrict buy_start = per_good[6], *__restrict sell_start = per_good[7], *__restrict price = per_good[8];
-  int32_t *__restrict traded = per_good[9], *__restrict buy_before = per_good[10], *__restrict sell_before = per_good[11];
+  int32_t *__restrict ctick = per_good[0], *__restrict buy_to = per_good[1], *__restrict sell_to = per_good[2];
+  int32_t *__restrict buy_tot = per_good[3], *__restrict sell_tot = per_good[4], *__restrict buy_start = per_good[5];
+  int32_t *__restrict sell_start = per_good[6], *__restrict price = per_good[7], *__restrict traded = per_good[8];
+  int32_t *__restrict buy_before = per_good[9], *__restrict sell_before = per_good[10];
   const float* lot = lottery + m * G * 2;
   for (int64_t g = 0; g < G; ++g) {
     const int32_t* bd = bids + g * L;
@@ -222,7 +222,6 @@ void clear_market(const Market& k, int64_t m, MarketScratch& sc) {
     const bool is_traded = vmax > 0;
     const int32_t t = is_traded ? best : centre;
     ctick[g] = t;
-    vol[g] = vmax;
     traded[g] = is_traded ? -1 : 0;
     buy_to[g] = is_traded ? vmax - (t + 1 < L ? demand[t + 1] : 0) : 0;
     sell_to[g] = is_traded ? vmax - (t > 0 ? supply[t - 1] : 0) : 0;
