@@ -289,12 +289,7 @@ class Economy:
             counter = jnp.stack([jnp.broadcast_to(seed[0], (m,)), jnp.broadcast_to(seed[1], (m,)), first,
                                  jnp.broadcast_to(real, (m,))], -1)  # [M, 4]
             rates = jnp.broadcast_to(jnp.stack([p.consume, p.perish])[None], (m, 2, G))
-            call = functools.partial(native_lib.market, max_holding=cfg.max_holding)
-            if self.mesh is not None and self.mesh.size > 1:
-                from jax.sharding import PartitionSpec as PS
-
-                split = PS(self.mesh.axis_names[0])
-                call = jax.shard_map(call, mesh=self.mesh, in_specs=(split,) * 9, out_specs=(split,) * 7)
+            call = self._per_device(functools.partial(native_lib.market, max_holding=cfg.max_holding), (True,) * 9, 7)
             return call(side, qty, tick, held, money, grid, lottery, counter, rates)
         limit = market.tick_price(
             last_price[:, None, :], jnp.take(factors, tick), cfg.market.min_price, cfg.market.max_price
@@ -321,6 +316,27 @@ class Economy:
         cons = consume(p, goods, jnp.zeros_like(goods, jnp.float32), u_eat, u_spoil)  # its utility is _step's
         shaped = lambda x: x.reshape(m, b, G)  # noqa: E731
         return shaped(cons.goods), shaped(cons.eaten), shaped(cons.spoiled), money, proceeds, clear_price, c.volume
+
+    def _per_device(self, call, split_in: tuple[bool, ...], outputs: int):
+        """``call`` (a native kernel whose arrays have the markets axis first where
+        ``split_in``, the others replicated; every output split) run per device on its own
+        markets where :attr:`mesh` splits the state over several devices (``shard_map``)."""
+        if self.mesh is None or self.mesh.size <= 1:
+            return call
+        from jax.sharding import PartitionSpec as PS
+
+        split = PS(self.mesh.axis_names[0])
+        return jax.shard_map(call, mesh=self.mesh, in_specs=tuple(split if x else PS() for x in split_in),
+                             out_specs=(split,) * outputs)
+
+    def _work_kernel(self):
+        """The integer part of work by :func:`economy.native.work` where :attr:`native`, else
+        ``None`` (:func:`economy.production.work`'s XLA formulation); per device where
+        :attr:`mesh` splits the markets, the catalogue's recipes replicated."""
+        if not self.native:
+            return None
+        call = functools.partial(native_lib.work, max_holding=self.cfg.max_holding)
+        return self._per_device(call, (True, True, True, False, False, False), 6)
 
     def _treasury(self, treasury: jax.Array, proceeds: jax.Array, public: jax.Array):
         """One step of the markets' treasuries, in exact integers.
@@ -433,6 +449,7 @@ class Economy:
             custom=self.custom,
             custom_on=None if state.catalogue is None else state.catalogue.rules,
             step=state.step,
+            kernel=self._work_kernel(),
         )
         # 2-4. Orders clipped to what each agent owns and can pay, the call auctions, the
         # trades settled, consumption (:meth:`_trade`).
@@ -492,8 +509,8 @@ class Economy:
             "value_added": value_added,  # float32 [N]
             # Ledger terms per market, int32 [M, G], exact (the config bounds each market's
             # sums); world totals are summed on the host in int64 (:func:`world_total`).
-            "produced": jnp.sum(w.produced.reshape(m, b, G), 1),
-            "consumed": jnp.sum((w.used + eaten + spoiled).reshape(m, b, G), 1),
+            "produced": w.produced,
+            "consumed": w.used + jnp.sum((eaten + spoiled).reshape(m, b, G), 1),
             "eaten": jnp.sum(eaten.reshape(m, b, G), 1),
             "market_price": clear_price,
             "market_volume": volume,

@@ -14,7 +14,11 @@ kernels) builds its library the same way.
 **The market kernel.** :func:`market` runs a step's orders, auctions, settlement and
 consumption per market in one pass over each market's orders (see ``native_market.cc``): the same
 integers as :mod:`economy.market` and the XLA path of :meth:`economy.Economy._step`, which
-stays the reference (tests/test_native_market.py checks them bit for bit).
+stays the reference (tests/test_native_market.py checks them bit for bit). :func:`work`
+does the integer part of the step's work (the units each agent can do, its goods after
+work, the market's sums produced and used) once per agent, where XLA recomputed the caps in
+every output that read the units (tests/test_production.py checks it against the work's
+NumPy definition).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import jax.numpy as jnp
 HERE = Path(__file__).parent
 HEADER = HERE / "native_pool.h"
 SOURCE = HERE / "native_market.cc"
-TARGETS = {"agora_market": "AgoraMarket"}
+TARGETS = {"agora_market": "AgoraMarket", "agora_work": "AgoraWork"}
 FLAGS = ("-O3", "-mavx2", "-mfma", "-std=c++17", "-fPIC", "-shared")
 # The market kernel's float32 operations must round as XLA's do: no fused multiply-adds.
 MARKET_FLAGS = FLAGS + ("-ffp-contract=off",)
@@ -165,4 +169,27 @@ def market(side, qty, tick, held, money, grid, lottery, counter, rates, *, max_h
                 jnp.asarray(rates, jnp.float32), max_holding=int(max_holding))
 
 
-__all__ = ["available", "build_library", "cache_dir", "cpu_supported", "load_library", "market", "usable"]
+def work(niche, units, goods, inputs, outputs, public, *, max_holding: int):
+    """The integer part of :func:`economy.production.work` in one custom call: ``niche``
+    (in ``[0, J]``, ``J`` resting) and ``units`` (each agent's units before the caps, the
+    stochastically rounded effort) int32 ``[..., M, B]``; ``goods`` (before work) int32
+    ``[..., M, B, G]``; the catalogue's ``inputs`` and ``outputs`` int32 ``[..., J + 1, G]``
+    and ``public`` int32 ``[..., J + 1]`` (row ``J``: rest, all zero). Returns int32 ``(goods
+    after work [..., M, B, G], units [..., M, B] (capped by the inputs held and the room left
+    for the outputs), cap [..., M, B] (the most units the goods allow), public units [..., M,
+    B], goods produced [..., M, G], goods used [..., M, G])``, the last two summed over each
+    market's agents: the same integers as the XLA path, each computed once."""
+    lead, (m, b) = niche.shape[:-2], niche.shape[-2:]
+    g = goods.shape[-1]
+    i32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.int32)  # noqa: E731
+    call = jax.ffi.ffi_call(
+        "agora_work",
+        (i32(*lead, m, b, g), i32(*lead, m, b), i32(*lead, m, b), i32(*lead, m, b), i32(*lead, m, g),
+         i32(*lead, m, g)),
+        vmap_method="broadcast_all",
+    )
+    return call(*(jnp.asarray(x, jnp.int32) for x in (niche, units, goods, inputs, outputs, public)),
+                max_holding=int(max_holding))
+
+
+__all__ = ["available", "build_library", "cache_dir", "cpu_supported", "load_library", "market", "usable", "work"]

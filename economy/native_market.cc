@@ -46,8 +46,10 @@ inline __m256i valid_lanes(int64_t n) {
                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 // Loads 8 lanes; where the row may end the array (``tail``) only the valid ones (others
-// 0), else whatever follows (masked out by the caller). Masked loads and stores are slow
-// on some CPUs (microcoded stores on AMD's), so only a market's last row uses them.
+// 0), else whatever follows (masked out by the caller; a store's lanes past the row are
+// written over by the next row's). Masked loads and stores are slow on some CPUs
+// (microcoded stores on AMD's), so only the rows whose 8 lanes would pass the market's end
+// use them (its last row where G >= 4).
 inline __m256i load(const int32_t* p, __m256i valid, bool tail) {
   return tail ? _mm256_maskload_epi32(p, valid) : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
 }
@@ -114,7 +116,7 @@ struct Market {
 
 // Market m: the three passes of the header comment.
 void clear_market(const Market& k, int64_t m, MarketScratch& sc) {
-  const int64_t B = k.B, G = k.G, L = k.L;
+  const int64_t B = k.B, G = k.G, L = k.L, last_chunk = (G - 1) / 8 * 8;
   const int32_t hold_max = k.hold_max, centre = static_cast<int32_t>(L / 2);
   // Inputs, outputs and scratch never overlap (XLA's buffers; the thread's own scratch).
   const int32_t *__restrict side = k.side, *__restrict qty = k.qty, *__restrict tick = k.tick;
@@ -145,7 +147,7 @@ void clear_market(const Market& k, int64_t m, MarketScratch& sc) {
   alignas(32) int32_t out_l[8], tick_l[8], buy_l[8], sell_l[8];
   for (int64_t b = 0; b < B; ++b) {
     const int64_t r = b * G;
-    const bool tail = b == B - 1;  // a row that ends the market: nothing read or written past it
+    const bool tail = b * G + last_chunk + 8 > B * G;  // rows whose 8 lanes would pass the market's end
     int32_t n_buy = 0;
     for (int64_t g0 = 0; g0 < G; g0 += 8) {
       const __m256i valid = valid_lanes(G - g0);
@@ -253,7 +255,7 @@ void clear_market(const Market& k, int64_t m, MarketScratch& sc) {
   std::copy(perish_rate, perish_rate + G, rate_pad + G + 8);
   for (int64_t b = 0; b < B; ++b) {
     const int64_t r = b * G;
-    const bool tail = b == B - 1;
+    const bool tail = b * G + last_chunk + 8 > B * G;  // rows whose 8 lanes would pass the market's end
     const uint32_t row_counter = cm[2] + static_cast<uint32_t>(b) * cm[3];
     __m256i dcash = zero, dproc = zero;
     for (int64_t g0 = 0; g0 < G; g0 += 8) {
@@ -350,6 +352,135 @@ ffi::Error MarketImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> side_b, ffi::B
   return ffi::Error::Success();
 }
 
+// agora_work: the integer part of economy/production.py's work, per agent of each market:
+// the units each agent can do (its raw units capped by the inputs it holds and the room
+// left for the outputs), its goods after work, its public units, and the market's sums of
+// goods produced and used. The same integers as the XLA path, each computed once.
+struct WorkArrays {
+  int64_t B, G, J1, markets_per_world;
+  int32_t hold_max;
+  const int32_t *niche, *units, *goods, *inputs, *outputs, *pub;
+  int32_t *goods_out, *units_out, *cap_out, *public_out, *produced_out, *used_out;
+};
+
+// economy/rng.py floor_div per lane: a // b for 0 <= a < 2^24, 1 <= b < 2^24, by the float
+// quotient a x (1 / b) corrected by one step (exact; integer division does not vectorise).
+inline __m256i floor_div(__m256i a, __m256i b, __m256 recip_b) {
+  __m256i q = _mm256_cvttps_epi32(_mm256_floor_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(a), recip_b)));
+  q = _mm256_add_epi32(q, _mm256_cmpgt_epi32(_mm256_mullo_epi32(q, b), a));  // q - 1 where q b > a
+  const __m256i q1 = _mm256_add_epi32(q, _mm256_set1_epi32(1));
+  return _mm256_add_epi32(q1, _mm256_cmpgt_epi32(_mm256_mullo_epi32(q1, b), a));  // q + 1 where (q + 1) b <= a
+}
+inline int32_t hmin(__m256i v) {
+  __m128i x = _mm_min_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  x = _mm_min_epi32(x, _mm_shuffle_epi32(x, 0x4e));
+  x = _mm_min_epi32(x, _mm_shuffle_epi32(x, 0xb1));
+  return _mm_cvtsi128_si32(x);
+}
+
+// Scratch of one worker thread: the world's recipes with each niche's row padded to Gp (a
+// multiple of 8) goods, as inputs, outputs and the reciprocals of both (1 where 0), and the
+// running sums produced and used (Gp each), kept out of the output arrays so that no store
+// waits on the previous agent's.
+struct WorkScratch {
+  int64_t Gp;
+  std::vector<int32_t> in, out, acc;
+  std::vector<float> r_in, r_out;
+  WorkScratch(int64_t g, int64_t j1)
+      : Gp((g + 7) / 8 * 8), in(j1 * Gp), out(j1 * Gp), acc(2 * Gp), r_in(j1 * Gp), r_out(j1 * Gp) {}
+};
+
+// Market m: per agent, branch-free over its row of goods (recipes differ by niche, so
+// branches on them would be mispredicted).
+void work_market(const WorkArrays& k, int64_t m, WorkScratch& sc) {
+  const int64_t B = k.B, G = k.G, J1 = k.J1, Gp = sc.Gp, world = m / k.markets_per_world;
+  const int64_t last_chunk = (G - 1) / 8 * 8;
+  const int32_t* inp_w = k.inputs + world * J1 * G;
+  const int32_t* out_w = k.outputs + world * J1 * G;
+  const int32_t* pub_w = k.pub + world * J1;
+  for (int64_t j = 0; j < J1; ++j)
+    for (int64_t g = 0; g < Gp; ++g) {
+      const int32_t a = g < G ? inp_w[j * G + g] : 0, o = g < G ? out_w[j * G + g] : 0;
+      sc.in[j * Gp + g] = a;
+      sc.out[j * Gp + g] = o;
+      sc.r_in[j * Gp + g] = 1.0f / static_cast<float>(std::max(a, 1));
+      sc.r_out[j * Gp + g] = 1.0f / static_cast<float>(std::max(o, 1));
+    }
+  std::fill(sc.acc.begin(), sc.acc.end(), 0);
+  const int32_t *__restrict niche = k.niche + m * B, *__restrict raw = k.units + m * B;
+  const int32_t* __restrict goods = k.goods + m * B * G;
+  int32_t *__restrict after = k.goods_out + m * B * G, *__restrict units = k.units_out + m * B;
+  int32_t *__restrict caps = k.cap_out + m * B, *__restrict pub = k.public_out + m * B;
+  int32_t *__restrict produced = sc.acc.data(), *__restrict used = sc.acc.data() + Gp;
+  const __m256i zero = _mm256_setzero_si256(), none = _mm256_set1_epi32(INT32_MAX);
+  const __m256i room = _mm256_set1_epi32(k.hold_max);
+  for (int64_t b = 0; b < B; ++b) {
+    // the step clips niches to [0, J]; an index outside is clamped here only to stay in bounds
+    const int64_t j = std::min<int64_t>(std::max<int32_t>(niche[b], 0), J1 - 1);
+    const bool tail = b * G + last_chunk + 8 > B * G;  // rows whose 8 lanes would pass the market's end
+    __m256i capv = none;
+    for (int64_t g0 = 0; g0 < G; g0 += 8) {
+      const __m256i valid = valid_lanes(G - g0);
+      const __m256i h = load(goods + b * G + g0, valid, tail);
+      const __m256i in = load_good(&sc.in[j * Gp + g0]), out = load_good(&sc.out[j * Gp + g0]);
+      const __m256i by_in = floor_div(h, in, _mm256_loadu_ps(&sc.r_in[j * Gp + g0]));
+      const __m256i by_out = floor_div(_mm256_sub_epi32(room, h), out, _mm256_loadu_ps(&sc.r_out[j * Gp + g0]));
+      capv = _mm256_min_epi32(capv, _mm256_blendv_epi8(none, by_in, _mm256_cmpgt_epi32(in, zero)));
+      capv = _mm256_min_epi32(capv, _mm256_blendv_epi8(none, by_out, _mm256_cmpgt_epi32(out, zero)));
+    }
+    const int32_t cap = hmin(capv), u = std::min(raw[b], cap);
+    const __m256i uv = _mm256_set1_epi32(u);
+    for (int64_t g0 = 0; g0 < G; g0 += 8) {
+      const __m256i valid = valid_lanes(G - g0);
+      const __m256i h = load(goods + b * G + g0, valid, tail);
+      const __m256i use = _mm256_mullo_epi32(uv, load_good(&sc.in[j * Gp + g0]));
+      const __m256i make = _mm256_mullo_epi32(uv, load_good(&sc.out[j * Gp + g0]));
+      // lanes past G: written over by the next agent's row (or masked, at a market's end)
+      store(after + b * G + g0, valid, _mm256_add_epi32(_mm256_sub_epi32(h, use), make), tail);
+      store_good(produced + g0, _mm256_add_epi32(load_good(produced + g0), make));
+      store_good(used + g0, _mm256_add_epi32(load_good(used + g0), use));
+    }
+    units[b] = u;
+    caps[b] = cap;
+    pub[b] = wrap_mul(u, pub_w[j]);
+  }
+  std::copy(produced, produced + G, k.produced_out + m * G);
+  std::copy(used, used + G, k.used_out + m * G);
+}
+
+ffi::Error WorkImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> niche_b, ffi::Buffer<ffi::S32> units_b,
+                    ffi::Buffer<ffi::S32> goods_b, ffi::Buffer<ffi::S32> inputs_b, ffi::Buffer<ffi::S32> outputs_b,
+                    ffi::Buffer<ffi::S32> public_b, int64_t max_holding, ffi::ResultBuffer<ffi::S32> goods_o,
+                    ffi::ResultBuffer<ffi::S32> units_o, ffi::ResultBuffer<ffi::S32> cap_o,
+                    ffi::ResultBuffer<ffi::S32> public_o, ffi::ResultBuffer<ffi::S32> produced_o,
+                    ffi::ResultBuffer<ffi::S32> used_o) {
+  // niche, units [..., M, B]; goods [..., M, B, G]; recipes [..., J + 1, G]; public [..., J + 1]
+  const auto d = niche_b.dimensions(), gd = goods_b.dimensions(), id = inputs_b.dimensions(),
+             od = outputs_b.dimensions(), pd = public_b.dimensions(), ud = units_b.dimensions();
+  const size_t rank = d.size();
+  const char* shapes = "agora_work: niche and units [..., M, B], goods [..., M, B, G], recipes [..., J+1, G], public [..., J+1]";
+  if (rank < 2 || ud.size() != rank || gd.size() != rank + 1 || id.size() != rank || od.size() != rank ||
+      pd.size() != rank - 1)
+    return ffi::Error::InvalidArgument(shapes);
+  const int64_t Mw = d[rank - 2], B = d[rank - 1], G = gd[rank], J1 = id[rank - 2];
+  int64_t worlds = 1;
+  for (size_t i = 0; i < rank; ++i)
+    if (ud[i] != d[i] || gd[i] != d[i]) return ffi::Error::InvalidArgument(shapes);
+  for (size_t i = 0; i + 2 < rank; ++i) {
+    if (id[i] != d[i] || od[i] != d[i] || pd[i] != d[i]) return ffi::Error::InvalidArgument(shapes);
+    worlds *= d[i];
+  }
+  if (J1 < 1 || id[rank - 1] != G || od[rank - 2] != J1 || od[rank - 1] != G || pd[rank - 2] != J1)
+    return ffi::Error::InvalidArgument(shapes);
+  const WorkArrays k{B, G, J1, Mw, static_cast<int32_t>(max_holding), niche_b.typed_data(), units_b.typed_data(),
+                     goods_b.typed_data(), inputs_b.typed_data(), outputs_b.typed_data(), public_b.typed_data(),
+                     goods_o->typed_data(), units_o->typed_data(), cap_o->typed_data(), public_o->typed_data(),
+                     produced_o->typed_data(), used_o->typed_data()};
+  agora::parallel_for(pool, worlds * Mw, [G, J1] { return WorkScratch(G, J1); },
+                      [k](int64_t m, WorkScratch& sc) { work_market(k, m, sc); });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AgoraMarket, MarketImpl,
@@ -372,3 +503,20 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AgoraMarket, MarketImpl,
                                   .Ret<ffi::Buffer<ffi::S32>>()   // sales proceeds [M, B]
                                   .Ret<ffi::Buffer<ffi::S32>>()   // clearing price [M, G]
                                   .Ret<ffi::Buffer<ffi::S32>>()); // volume [M, G]
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AgoraWork, WorkImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // niche [M, B]
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // units before the caps [M, B]
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // goods before work [M, B, G]
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // recipe inputs [J + 1, G]
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // recipe outputs [J + 1, G]
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // public units per unit of work [J + 1]
+                                  .Attr<int64_t>("max_holding")
+                                  .Ret<ffi::Buffer<ffi::S32>>()   // goods after work [M, B, G]
+                                  .Ret<ffi::Buffer<ffi::S32>>()   // units [M, B]
+                                  .Ret<ffi::Buffer<ffi::S32>>()   // cap: the most units the goods allow [M, B]
+                                  .Ret<ffi::Buffer<ffi::S32>>()   // public units [M, B]
+                                  .Ret<ffi::Buffer<ffi::S32>>()   // goods produced, market sums [M, G]
+                                  .Ret<ffi::Buffer<ffi::S32>>()); // goods used, market sums [M, G]

@@ -11,6 +11,7 @@ two worlds. The sharded step's agreement is tests/test_env.py's subprocess test.
 from __future__ import annotations
 
 import os
+import types
 
 import jax
 import jax.numpy as jnp
@@ -93,3 +94,40 @@ def test_kernel_names_a_bad_shape():
         jax.block_until_ready(native.market(z, z, z, z, jnp.zeros((2, 5), jnp.int32), jnp.zeros((2, 3, 8), jnp.int32),
                                             jnp.zeros((2, 3, 2), jnp.float32), jnp.zeros((2, 4), jnp.uint32),
                                             jnp.zeros((2, 2, 3), jnp.float32), max_holding=10))
+
+
+@pytest.mark.parametrize("goods", [1, 3])
+def test_kernels_with_fewer_goods_than_a_row_has_lanes(goods):
+    """With G < 4 goods an agent's 8-lane row reaches past several agents, and past the
+    market's end from rows before its last: the market and work kernels must read and write
+    only inside the market (a write past it corrupted the heap) and still equal the XLA
+    path bit for bit."""
+    cfg = economy.load_config("configs/economy/default.yaml", num_agents=22, num_markets=2, max_holding=24)
+    envs = [economy.Economy(cfg, native=flag) for flag in (False, True)]
+    m, b, G = 2, 11, goods
+    k = jax.random.split(jax.random.key(goods), 8)
+    ticks = cfg.market.price_ticks
+    side = jax.random.randint(k[0], (m, b, G), 0, 3)
+    qty = jax.random.randint(k[1], (m, b, G), 0, 6)
+    tick = ticks // 2 - 1 + jax.random.randint(k[2], (m, b, G), 0, 3)
+    held = jax.random.randint(k[3], (m, b, G), 0, 25)
+    money = jax.random.randint(k[4], (m, b), 0, 400)
+    price = jax.random.randint(k[5], (m, G), 5, 40)
+    lottery = jax.random.uniform(k[6], (m, G, 2))
+    p = types.SimpleNamespace(consume=jnp.full((G,), 0.3), perish=jnp.full((G,), 0.1))
+    factors = envs[0].params.tick_factors
+
+    def trade(env):
+        return jax.jit(lambda *a: env._trade(*a, k[7], p, None))(side, qty, tick, held, money, price, factors, lottery)
+
+    for x, y in zip(trade(envs[0]), trade(envs[1])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    recipes = jax.random.randint(k[0], (2, 4, G), 0, 3)
+    niche = jax.random.randint(k[1], (m, b), 0, 4)
+    raw = jax.random.randint(k[2], (m, b), 0, 5)
+    call = jax.jit(lambda x, y: native.work(niche, raw, held, x, y, jnp.arange(4), max_holding=24))
+    goods_after, units, cap, public, produced, used = jax.device_get(call(recipes[0], recipes[1]))
+    inp, out = np.asarray(recipes[0])[np.asarray(niche)], np.asarray(recipes[1])[np.asarray(niche)]
+    np.testing.assert_array_equal(goods_after, np.asarray(held) - units[..., None] * inp + units[..., None] * out)
+    np.testing.assert_array_equal(produced, (units[..., None] * out).sum(1))
+    np.testing.assert_array_equal(used, (units[..., None] * inp).sum(1))

@@ -1,10 +1,12 @@
 """Work (``economy.production.work``) against a NumPy reference of its definition, at
 settings where a default hides a bug: three markets, a skill floor of 0.3, a history
 decay of 0.25, holding caps that bind, inputs that run out, a niche with its own rule
-that reads the number of workers in its market, and agents at rest."""
+that reads the number of workers in its market, and agents at rest; with the integer part
+by XLA and by the native kernel."""
 
 from __future__ import annotations
 
+import functools
 import types
 
 import jax
@@ -12,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from economy import native
 from economy.production import CustomNiche, expected_effort, per_agent, work
 
 M, B, J, G = 3, 8, 3, 4  # markets, agents per market, niches (index J: rest), goods
@@ -90,17 +93,27 @@ def _reference(p, x) -> dict:
     practised = chosen & (cap >= 1)[:, None]
     skills = np.where(practised, x["skills"] + learn * (1 - x["skills"]), x["skills"] * (1 - forget))
     history = x["history"] + DECAY * (chosen - x["history"])
-    return dict(goods=goods - used + produced, skills=skills, history=history, units=units, produced=produced,
-                used=used, public=units * public[niche], occupancy=occupancy)
+    return dict(goods=goods - used + produced, skills=skills, history=history, units=units,
+                produced=produced.reshape(M, B, G).sum(1), used=used.reshape(M, B, G).sum(1),
+                public=units * public[niche], occupancy=occupancy)
 
 
-@pytest.fixture(scope="module")
-def run_work():
+@pytest.fixture(scope="module", params=["xla", "native"])
+def run_work(request):
+    """``work`` jitted, with its integer part by XLA (the reference) or by the native kernel
+    (:func:`economy.native.work`)."""
+    kernel = None
+    if request.param == "native":
+        if not native.available():
+            pytest.skip(f"native kernels unavailable: {native._load()}")
+        kernel = functools.partial(native.work, max_holding=MAX_HOLDING)
+
     def f(p, x):
         p = types.SimpleNamespace(**p)  # the parameters work reads, as arrays
         return work(p, x["niche"], x["goods"], x["skills"], x["history"], x["richness"], x["labour"],
                     x["project_mult"], x["u"], num_markets=M, max_holding=MAX_HOLDING, skill_floor=FLOOR,
-                    history_decay=DECAY, custom=[CustomNiche(CUSTOM, custom_rule, {"k": jnp.float32(0.75)})])
+                    history_decay=DECAY, custom=[CustomNiche(CUSTOM, custom_rule, {"k": jnp.float32(0.75)})],
+                    kernel=kernel)
 
     return jax.jit(f)
 
@@ -163,3 +176,30 @@ def test_a_rule_sees_step_zero_by_default_and_negative_effort_does_no_work():
     u_neg, goods = units(-3.0, step=0)
     assert u_neg[i] == 0 and (u_neg >= 0).all()
     np.testing.assert_array_equal(goods[i], x["goods"][i])
+
+
+def test_native_work_caps_exactly_near_2_24():
+    """The native kernel's caps divide by a float reciprocal and correct it: with holdings
+    near 2^24, where ``floor(a x fl(1/b))`` overshoots ``a // b`` for many ``a`` and ``b``,
+    the units an agent can do are still exactly ``a // b`` (what the XLA path gives)."""
+    if not native.available():
+        pytest.skip(f"native kernels unavailable: {native._load()}")
+    hold = 2**24 - 1
+    divisors = np.arange(2, 14, dtype=np.int32)  # input amounts of the niches
+    a = np.arange(12582912, 12582912 + 64, dtype=np.int32)  # holdings of the input
+    niche = np.repeat(np.arange(len(divisors), dtype=np.int32), len(a))[None]  # [1, B]
+    held = np.zeros((1, niche.shape[1], 2), np.int32)
+    held[0, :, 0] = np.tile(a, len(divisors))
+    inputs = np.zeros((len(divisors) + 1, 2), np.int32)
+    inputs[:-1, 0] = divisors
+    outputs = np.zeros_like(inputs)
+    outputs[:-1, 1] = 1  # room for hold - 0 units of the output: never the binding cap
+    raw = np.full(niche.shape, 2**30, np.int32)  # effort far above both caps
+    _, units, cap, _, produced, used = jax.device_get(native.work(
+        niche, raw, held, inputs, outputs, np.zeros(len(divisors) + 1, np.int32), max_holding=hold))
+    want = held[0, :, 0] // divisors[niche[0]]
+    float_quotient = np.floor(held[0, :, 0].astype(np.float32) * (np.float32(1) / divisors[niche[0]].astype(np.float32)))
+    assert (float_quotient != want).any(), "the case no longer needs the correction"
+    np.testing.assert_array_equal(units[0], want)
+    np.testing.assert_array_equal(cap[0], want)
+    np.testing.assert_array_equal(used[0, 0], np.sum(want * divisors[niche[0]], dtype=np.int64).astype(np.int32))

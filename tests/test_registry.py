@@ -184,11 +184,12 @@ def test_niche_recipe_exact(name, tiny_cfg, tiny_env, tiny_fns, tiny_work, tiny_
     w = tiny_work(key, state, actions)
     units = np.asarray(w.units, np.int64)
     assert units.min() >= 0 and units.sum() > 0, f"{name}: nobody produced anything"
-    np.testing.assert_array_equal(np.asarray(w.produced), units[:, None] * out[None])
-    np.testing.assert_array_equal(np.asarray(w.used), units[:, None] * inp[None])
+    by_market = units.reshape(cfg.num_markets, -1).sum(1)[:, None]
+    np.testing.assert_array_equal(np.asarray(w.produced), by_market * out[None])
+    np.testing.assert_array_equal(np.asarray(w.used), by_market * inp[None])
     np.testing.assert_array_equal(np.asarray(w.goods), goods0[None] - units[:, None] * inp + units[:, None] * out)
     np.testing.assert_array_equal(np.asarray(w.public), units * niche.public)
-    assert (np.asarray(w.used)[:, inp > 0] < goods0[inp > 0]).all(), "inputs ran out: not ample"
+    assert (units[:, None] * inp[None] < goods0[None])[:, inp > 0].all(), "inputs ran out: not ample"
     # Units are the default rule's effort, stochastically rounded.
     skill_mult = cfg.skill_floor + (1 - cfg.skill_floor) * 0.5
     effort = float(state.labour[j]) * skill_mult * per_agent(cfg, state.richness[:, j])  # project bonus 1 (stock 0)
