@@ -151,16 +151,20 @@ def measure(log2n: int, steps: int, repeats: int, devices: int, markets: int | N
     def program(steps):
         def run(state, actions, key):
             def body(carry, t):
-                state, key = carry
+                state, key, _ = carry
                 key, key_step = jax.random.split(key)
                 a = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, t % k_act, keepdims=False), actions)
                 obs, state, reward, _, _, info = env.step(key_step, state, a)
-                if reads == "full":
-                    return (state, key), (read_all((obs, reward, info)), info["market_volume"].sum())
-                return (state, key), (reward.mean() + obs[:, 0].mean(), info["market_volume"].sum())
+                if reads == "full":  # the observation materialised in the carry, as a rollout keeps it
+                    return (state, key, obs), (read_all((reward, info)), info["market_volume"].sum())
+                if reads == "summed":  # every output summed inside the step (XLA may fuse the
+                    # observation into the sums and never write it: the rate before 2026-12-08)
+                    return (state, key, None), (read_all((obs, reward, info)), info["market_volume"].sum())
+                return (state, key, None), (reward.mean() + obs[:, 0].mean(), info["market_volume"].sum())
 
-            (state, key), out = jax.lax.scan(body, (state, key), jnp.arange(steps))
-            return state, out
+            obs0 = jnp.zeros((env.num_agents, env.obs_dim), jnp.float32) if reads == "full" else None
+            (state, key, obs), out = jax.lax.scan(body, (state, key, obs0), jnp.arange(steps))
+            return state, (out, obs)
 
         return run
 
@@ -194,7 +198,7 @@ def measure(log2n: int, steps: int, repeats: int, devices: int, markets: int | N
         "compile_s": compile_s,
         "state_bytes_per_agent": state_bytes / n,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "mean_volume": float(jnp.mean(out[1])),
+        "mean_volume": float(jnp.mean(out[0][1])),
     }
     if ops is not None:
         row["top_ops"] = ops
@@ -205,7 +209,7 @@ def measure(log2n: int, steps: int, repeats: int, devices: int, markets: int | N
     return row
 
 
-def measure_mpe(log2n: int, steps: int, repeats: int) -> dict:
+def measure_mpe(log2n: int, steps: int, repeats: int, reads: str = "full") -> dict:
     """The peer, measured the same way: JaxMARL's MPE ``simple_spread_v3`` (3 agents per
     world) ``step_env`` vmapped over N/3 worlds inside ``lax.scan``, actions on the device
     (4 action sets cycled), every output read (all agents' observations, rewards, dones).
@@ -224,18 +228,23 @@ def measure_mpe(log2n: int, steps: int, repeats: int) -> dict:
 
     def run(state, actions, key):
         def body(carry, t):
-            state, key = carry
+            state, key, _ = carry
             key, k = jax.random.split(key)
             a = {name: jax.lax.dynamic_index_in_dim(x, t % k_act, keepdims=False) for name, x in actions.items()}
             obs, state, reward, done, info = step(jax.random.split(k, worlds), state, a)
-            return (state, key), read_all((obs, reward, done))
+            if reads == "full":  # the observations materialised in the carry, as a rollout keeps them
+                return (state, key, obs), read_all((reward, done))
+            return (state, key, None), read_all((obs, reward, done))
 
-        (state, key), out = jax.lax.scan(body, (state, key), jnp.arange(steps))
-        return state, out
+        obs0 = jax.eval_shape(step, jax.random.split(key, worlds), state,
+                              {name: x[0] for name, x in actions.items()})[0] if reads == "full" else None
+        obs0 = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), obs0)
+        (state, key, obs), out = jax.lax.scan(body, (state, key, obs0), jnp.arange(steps))
+        return state, (out, obs)
 
     compile_s, times, state, _, _ = compile_and_time(run, state, actions, jax.random.key(1), repeats, first=2)
     n = worlds * env.num_agents
-    return {"peer": "jaxmarl MPE_simple_spread_v3", "agents": n, "worlds": worlds, "steps": steps, "reads": "full",
+    return {"peer": "jaxmarl MPE_simple_spread_v3", "agents": n, "worlds": worlds, "steps": steps, "reads": reads,
             "agent_steps_per_s": n * steps / min(times), "compile_s": compile_s,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
@@ -247,7 +256,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--devices", type=int, nargs="+", default=[1], help="host devices to shard over")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/env_step.json"))
-    ap.add_argument("--reads", choices=["full", "reward"], default="full",
+    ap.add_argument("--reads", choices=["full", "summed", "reward"], default="full",
                     help="full: every output is read (the whole observation, reward, infos; default); reward: the "
                     "reward and one observation column (the rate before 2026-12-07: XLA drops most of the observation)")
     ap.add_argument("--peer", choices=["mpe"], help="also measure JaxMARL's MPE simple_spread the same way, in the "
@@ -277,7 +286,7 @@ def main(argv=None) -> int:
                                  auction=args.auction, profile=args.profile)))
         return 0
     if args.single_peer is not None:
-        print(json.dumps(measure_mpe(args.single_peer, args.steps, args.repeats)))
+        print(json.dumps(measure_mpe(args.single_peer, args.steps, args.repeats, reads=args.reads)))
         return 0
 
     rows = []
@@ -311,7 +320,7 @@ def main(argv=None) -> int:
                       f"{' '.join(op['fused_from'])[:80]}", flush=True)
             if args.peer and d == 1:
                 peer, why = run_child("benchmarks.env_step", ["--single-peer", str(s), "--steps", str(args.steps),
-                                                              "--repeats", str(args.repeats)], 1)
+                                                              "--repeats", str(args.repeats), "--reads", args.reads], 1)
                 if peer is None:
                     print(f"peer: {why}", file=sys.stderr)
                     return 1

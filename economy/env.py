@@ -216,32 +216,31 @@ class Economy:
         cfg, p = self.cfg, self.catalogue_params(state)
         n = state.goods.shape[0]
         m = state.price.shape[0]
-        b = n // m
-        own = jnp.concatenate(
-            [
-                jnp.sqrt(state.goods.astype(jnp.float32) * (1.0 / cfg.max_holding)),
-                jnp.sqrt(state.money.astype(jnp.float32) * (1.0 / (4 * cfg.world.cash[1] + 1)))[:, None],
-                state.skills,
-                state.preferences,
-                state.history,
-            ],
-            -1,
-        )
+        goods_scale, money_scale = 1.0 / cfg.max_holding, 1.0 / (4 * cfg.world.cash[1] + 1)
         local = jnp.concatenate(
             [
                 jnp.log(state.price.astype(jnp.float32) / p.base_price),
-                jnp.log1p(state.volume.astype(jnp.float32) * (1.0 / b)),
+                jnp.log1p(state.volume.astype(jnp.float32) * (1.0 / (n // m))),
                 jnp.log(state.richness),
                 (self._project_mult(state.project) - 1.0)[:, None],
             ],
             -1,
-        )
-        local = jnp.broadcast_to(local[:, None, :], (m, b, local.shape[-1])).reshape(n, -1)
-        blocks = [own, local] + ([self.niche_values(state)] if cfg.observe_values else [])
+        )  # [M, 2G + J + 1]: small
+        blocks = [state.skills, state.preferences, state.history, local]  # per agent, ..., per market
+        if cfg.observe_values:
+            blocks.append(self.niche_values(state))
         if state.catalogue is not None:
-            f = cat_lib.features(state.catalogue, state.labour)
-            blocks.append(jnp.broadcast_to(f, (n, f.shape[0])))
-        return jnp.concatenate(blocks, -1)
+            blocks.append(cat_lib.features(state.catalogue, state.labour)[None])  # [1, F]: per world
+        if self.native:  # one pass, each row written once (no [N, D] concatenate)
+            call = functools.partial(native_lib.observe, goods_scale=goods_scale, money_scale=money_scale)
+            split = tuple(x.shape[0] > 1 for x in blocks)
+            return self._per_device(lambda g, mo, *bl: call(g, mo, bl), (True, True, *split), 1)(
+                state.goods, state.money, *blocks)
+        own = [
+            jnp.sqrt(state.goods.astype(jnp.float32) * goods_scale),
+            jnp.sqrt(state.money.astype(jnp.float32) * money_scale)[:, None],
+        ]
+        return jnp.concatenate(own + [per_agent(x, n) if x.shape[0] < n else x for x in blocks], -1)
 
     def niche_values(self, state: EconomyState) -> jax.Array:
         """float32 ``[N, J]``: what one step of work in each niche would earn the agent now,

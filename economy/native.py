@@ -36,11 +36,12 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 HERE = Path(__file__).parent
 HEADER = HERE / "native_pool.h"
 SOURCE = HERE / "native_market.cc"
-TARGETS = {"agora_market": "AgoraMarket", "agora_work": "AgoraWork"}
+TARGETS = {"agora_market": "AgoraMarket", "agora_work": "AgoraWork", "agora_observe": "AgoraObserve"}
 FLAGS = ("-O3", "-mavx2", "-mfma", "-std=c++17", "-fPIC", "-shared")
 # The market kernel's float32 operations must round as XLA's do: no fused multiply-adds.
 MARKET_FLAGS = FLAGS + ("-ffp-contract=off",)
@@ -192,4 +193,19 @@ def work(niche, units, goods, inputs, outputs, public, *, max_holding: int):
                 max_holding=int(max_holding))
 
 
-__all__ = ["available", "build_library", "cache_dir", "cpu_supported", "load_library", "market", "usable", "work"]
+def observe(goods, money, blocks, *, goods_scale: float, money_scale: float):
+    """The observation in one pass: float32 ``[..., N, G + 1 + sum k]`` whose row ``i`` is
+    ``sqrt(goods[i] x goods_scale)``, ``sqrt(money[i] x money_scale)`` (float32 operations,
+    as XLA's), then each of ``blocks`` (float32 ``[..., R, k]``, ``R`` dividing ``N``: per
+    agent, per market or per world) at its row ``i // (N / R)``. ``goods`` int32 ``[..., N,
+    G]``, ``money`` int32 ``[..., N]``."""
+    lead, (n, g) = goods.shape[:-2], goods.shape[-2:]
+    width = g + 1 + sum(b.shape[-1] for b in blocks)
+    call = jax.ffi.ffi_call("agora_observe", jax.ShapeDtypeStruct((*lead, n, width), jnp.float32),
+                            vmap_method="broadcast_all")
+    return call(jnp.asarray(goods, jnp.int32), jnp.asarray(money, jnp.int32),
+                *(jnp.asarray(b, jnp.float32) for b in blocks),
+                goods_scale=np.float32(goods_scale), money_scale=np.float32(money_scale))
+
+
+__all__ = ["available", "build_library", "cache_dir", "cpu_supported", "load_library", "market", "observe", "usable", "work"]

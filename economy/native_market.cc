@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "native_pool.h"
@@ -481,6 +482,75 @@ ffi::Error WorkImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> niche_b, ffi::Bu
   return ffi::Error::Success();
 }
 
+// agora_observe: economy/env.py's observation written in one pass, row by row: each
+// agent's goods and money square-root scaled (the same float32 operations as the XLA path),
+// then float blocks copied in order, each [..., R, k] with R dividing the agents N: a block
+// of agents (R = N), of markets (R = M: agent i reads row i / (N / M)) or of the world (R = 1).
+struct ObsBlock {
+  const float* data;
+  int64_t width, per_row, last;  // columns; agents per row of the block; its last row (all axes flattened)
+};
+
+ffi::Error ObserveImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> goods_b, ffi::Buffer<ffi::S32> money_b,
+                       ffi::RemainingArgs rest, float goods_scale, float money_scale,
+                       ffi::ResultBuffer<ffi::F32> obs_o) {
+  const auto d = goods_b.dimensions(), md = money_b.dimensions(), od = obs_o->dimensions();
+  const size_t rank = d.size();
+  const char* shapes = "agora_observe: goods [..., N, G], money [..., N], blocks [..., R, k] with R dividing N, obs [..., N, D]";
+  if (rank < 2 || md.size() != rank - 1 || od.size() != rank) return ffi::Error::InvalidArgument(shapes);
+  const int64_t N = d[rank - 2], G = d[rank - 1];
+  int64_t rows = 1;
+  for (size_t i = 0; i + 1 < rank; ++i) {
+    if (md[i] != d[i] || od[i] != d[i]) return ffi::Error::InvalidArgument(shapes);
+    rows *= d[i];
+  }
+  std::vector<ObsBlock> blocks;
+  int64_t D = G + 1;
+  for (size_t i = 0; i < rest.size(); ++i) {
+    auto buf = rest.get<ffi::Buffer<ffi::F32>>(i);
+    if (!buf.has_value()) return ffi::Error::InvalidArgument("agora_observe: every block must be float32");
+    const auto bd = buf->dimensions();
+    if (bd.size() != rank) return ffi::Error::InvalidArgument(shapes);
+    for (size_t j = 0; j + 2 < rank; ++j)
+      if (bd[j] != d[j]) return ffi::Error::InvalidArgument(shapes);
+    const int64_t R = bd[rank - 2];
+    if (R < 1 || N % R != 0) return ffi::Error::InvalidArgument(shapes);
+    blocks.push_back({buf->typed_data(), bd[rank - 1], N / R, rows / (N / R) - 1});
+    D += bd[rank - 1];
+  }
+  if (od[rank - 1] != D) return ffi::Error::InvalidArgument(shapes);
+  const int32_t *goods = goods_b.typed_data(), *money = money_b.typed_data();
+  float* obs = obs_o->typed_data();
+  // Each row is built in the thread's buffer by 8-lane copies (a lane past a block's row
+  // is written over by the next block's; the last row of a block's array is copied by
+  // element, so nothing is read past it), then copied out whole: a copy call per block of
+  // a few floats would cost more than the row.
+  constexpr int64_t kChunk = 2048;
+  agora::parallel_for(pool, (rows + kChunk - 1) / kChunk, [D] { return std::vector<float>(D + 8); },
+                      [=](int64_t c, std::vector<float>& row) {
+    float* __restrict tmp = row.data();
+    const int64_t end = std::min(rows, (c + 1) * kChunk);
+    for (int64_t t = c * kChunk; t < end; ++t) {
+      const int32_t* __restrict h = goods + t * G;
+      for (int64_t g = 0; g < G; ++g) tmp[g] = std::sqrt(static_cast<float>(h[g]) * goods_scale);
+      tmp[G] = std::sqrt(static_cast<float>(money[t]) * money_scale);
+      float* col = tmp + G + 1;
+      for (const ObsBlock& blk : blocks) {
+        const int64_t r = t / blk.per_row;
+        const float* src = blk.data + r * blk.width;
+        if (r == blk.last) {
+          for (int64_t k = 0; k < blk.width; ++k) col[k] = src[k];
+        } else {
+          for (int64_t k = 0; k < blk.width; k += 8) _mm256_storeu_ps(col + k, _mm256_loadu_ps(src + k));
+        }
+        col += blk.width;
+      }
+      std::memcpy(obs + t * D, tmp, D * sizeof(float));
+    }
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AgoraMarket, MarketImpl,
@@ -520,3 +590,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AgoraWork, WorkImpl,
                                   .Ret<ffi::Buffer<ffi::S32>>()   // public units [M, B]
                                   .Ret<ffi::Buffer<ffi::S32>>()   // goods produced, market sums [M, G]
                                   .Ret<ffi::Buffer<ffi::S32>>()); // goods used, market sums [M, G]
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AgoraObserve, ObserveImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // goods [N, G]
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // money [N]
+                                  .RemainingArgs()                // float blocks [R, k], R in {N, M, 1}
+                                  .Attr<float>("goods_scale")
+                                  .Attr<float>("money_scale")
+                                  .Ret<ffi::Buffer<ffi::F32>>()); // the observation [N, D]

@@ -62,7 +62,8 @@ def econ(name):
     if name == "odd_markets":  # 3 markets of 37 agents, taxes, procurement, tooled producers, holdings
         # capped low enough that buyers hit the cap
         cfg = economy.load_config("configs/economy/default.yaml", num_agents=111, num_markets=3, max_holding=24)
-        cfg = cfg.model_copy(update={"treasury": cfg.treasury.model_copy(update={"tax": 0.5, "pay": 7})})
+        cfg = cfg.model_copy(update={"treasury": cfg.treasury.model_copy(update={"tax": 0.5, "pay": 7}),
+                                     "observe_values": True})  # the observation's optional per-agent block
         return cfg, {}, None
     cfg = economy.load_config("configs/economy/classic.yaml", num_agents=128, num_markets=2)
     return cfg, {"catalogues": [cfg], "sizes": Sizes(cfg.num_goods + 3, cfg.num_niches + 2, len(cfg.resources) + 1)}, 2
