@@ -49,12 +49,14 @@ class Economy:
     uniformly (:meth:`reset_catalogue` plays a given one). ``cfg``'s own catalogue is
     then only the template of the shared settings.
 
-    ``native`` (default: :func:`economy.native.available`): orders, auctions, settlement and
-    consumption by the native market kernel (:func:`economy.native.market`, one pass per market) instead
-    of XLA's; the same integers either way. ``mesh``: where the state is split over several
-    devices (:mod:`economy.sharding`), the kernel then runs per device on its whole markets
-    (``shard_map``); without it a sharded step still gives the same numbers, through XLA's
-    gathering the kernel's inputs.
+    ``native`` (default: :func:`economy.native.available`): work's integer part, orders,
+    auctions, settlement and consumption, and the observation by the native kernels
+    (:func:`economy.native.work`, :func:`economy.native.market`, :func:`economy.native.observe`:
+    one pass each) instead of XLA's; the same numbers either way. ``mesh``: where the state is split over several
+    devices (:mod:`economy.sharding`), the kernels then run per device on its whole markets
+    (``shard_map``) and the state stays split; without it a sharded step still gives the
+    same numbers, through XLA's gathering the kernels' inputs, but its state may come back
+    replicated.
     """
 
     def __init__(self, cfg: EconomyConfig, checked: bool = False,
@@ -272,7 +274,8 @@ class Economy:
         good) cleared (:func:`economy.market.clear`), the trades settled, then consumption
         (:func:`economy.utility.consume` at ``rng.uniform_pair(key_consume, [N, G],
         goods_axis)``, the catalogue ``p``'s shares eaten and perish rates). Returns int32
-        ``(goods [M, B, G] after consumption, eaten [M, B, G], spoiled [M, B, G], money [M, B],
+        ``(goods [M, B, G] after consumption, eaten [M, B, G], eaten [M, G] and eaten plus
+        spoiled [M, G] summed over each market's agents (the ledger's terms), money [M, B],
         proceeds [M, B], clearing price [M, G], volume [M, G])``; ``proceeds`` is each agent's
         sales at the clearing prices. By the native kernel where :attr:`native` (the same
         integers)."""
@@ -288,7 +291,7 @@ class Economy:
             counter = jnp.stack([jnp.broadcast_to(seed[0], (m,)), jnp.broadcast_to(seed[1], (m,)), first,
                                  jnp.broadcast_to(real, (m,))], -1)  # [M, 4]
             rates = jnp.broadcast_to(jnp.stack([p.consume, p.perish])[None], (m, 2, G))
-            call = self._per_device(functools.partial(native_lib.market, max_holding=cfg.max_holding), (True,) * 9, 7)
+            call = self._per_device(functools.partial(native_lib.market, max_holding=cfg.max_holding), (True,) * 9, 8)
             return call(side, qty, tick, held, money, grid, lottery, counter, rates)
         limit = market.tick_price(
             last_price[:, None, :], jnp.take(factors, tick), cfg.market.min_price, cfg.market.max_price
@@ -314,11 +317,12 @@ class Economy:
         u_eat, u_spoil = rng.uniform_pair(key_consume, (m * b, G), goods_axis)
         cons = consume(p, goods, jnp.zeros_like(goods, jnp.float32), u_eat, u_spoil)  # its utility is _step's
         shaped = lambda x: x.reshape(m, b, G)  # noqa: E731
-        return shaped(cons.goods), shaped(cons.eaten), shaped(cons.spoiled), money, proceeds, clear_price, c.volume
+        eaten_sum, consumed = (jnp.sum(shaped(x), 1) for x in (cons.eaten, cons.eaten + cons.spoiled))
+        return shaped(cons.goods), shaped(cons.eaten), eaten_sum, consumed, money, proceeds, clear_price, c.volume
 
     def _per_device(self, call, split_in: tuple[bool, ...], outputs: int):
         """``call`` (a native kernel whose arrays have the markets axis first where
-        ``split_in``, the others replicated; every output split) run per device on its own
+        ``split_in``, the others replicated; its ``outputs`` arrays, or one array, split) run per device on its own
         markets where :attr:`mesh` splits the state over several devices (``shard_map``)."""
         if self.mesh is None or self.mesh.size <= 1:
             return call
@@ -326,7 +330,7 @@ class Economy:
 
         split = PS(self.mesh.axis_names[0])
         return jax.shard_map(call, mesh=self.mesh, in_specs=tuple(split if x else PS() for x in split_in),
-                             out_specs=(split,) * outputs)
+                             out_specs=(split,) * outputs if outputs > 1 else split)
 
     def _work_kernel(self):
         """The integer part of work by :func:`economy.native.work` where :attr:`native`, else
@@ -455,10 +459,10 @@ class Economy:
         side, tick = a["side"].reshape(m, b, G), a["price"].reshape(m, b, G)
         qty = jnp.take(p.levels, a["quantity"]).reshape(m, b, G)
         lottery = rng.uniform(key_market, (m, G, 2), self._goods_axis(state))
-        goods, eaten, spoiled, money, proceeds, clear_price, volume = self._trade(
+        goods, eaten, eaten_sum, consumed, money, proceeds, clear_price, volume = self._trade(
             side, qty, tick, w.goods.reshape(m, b, G), state.money.reshape(m, b), state.price, p.tick_factors, lottery,
             key_consume, p, self._goods_axis(state))
-        goods, eaten, spoiled, money = goods.reshape(n, G), eaten.reshape(n, G), spoiled.reshape(n, G), money.reshape(n)
+        goods, eaten, money = goods.reshape(n, G), eaten.reshape(n, G), money.reshape(n)
         price = jnp.where(volume > 0, clear_price, state.price)
 
         # 3b. Treasury: sales tax on each seller's proceeds, then procurement of this
@@ -509,8 +513,8 @@ class Economy:
             # Ledger terms per market, int32 [M, G], exact (the config bounds each market's
             # sums); world totals are summed on the host in int64 (:func:`world_total`).
             "produced": w.produced,
-            "consumed": w.used + jnp.sum((eaten + spoiled).reshape(m, b, G), 1),
-            "eaten": jnp.sum(eaten.reshape(m, b, G), 1),
+            "consumed": w.used + consumed,
+            "eaten": eaten_sum,
             "market_price": clear_price,
             "market_volume": volume,
             "niche_occupancy": w.occupancy,

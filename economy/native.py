@@ -154,15 +154,17 @@ def market(side, qty, tick, held, money, grid, lottery, counter, rates, *, max_h
     can pay as in :meth:`economy.Economy._step`, the books cleared as
     :func:`economy.market.clear`, the trades settled, and consumption drawn as
     :func:`economy.utility.consume` with :func:`economy.rng.uniform_pair`'s uniforms.
-    Returns int32 ``(goods [..., M, B, G] after consumption, eaten, spoiled (the same shape),
-    money [..., M, B], proceeds [..., M, B], clearing price [..., M, G], volume [..., M,
-    G])``, ``proceeds`` being each agent's sales at the clearing prices."""
+    Returns int32 ``(goods [..., M, B, G] after consumption, eaten (the same shape), eaten
+    [..., M, G] and eaten plus spoiled [..., M, G] summed over each market's agents, money
+    [..., M, B], proceeds [..., M, B], clearing price [..., M, G], volume [..., M, G])``,
+    ``proceeds`` being each agent's sales at the clearing prices."""
     shape = side.shape
     lead, (b, g) = shape[:-2], shape[-2:]
     i32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.int32)  # noqa: E731
     call = jax.ffi.ffi_call(
         "agora_market",
-        (i32(*shape), i32(*shape), i32(*shape), i32(*lead, b), i32(*lead, b), i32(*lead, g), i32(*lead, g)),
+        (i32(*shape), i32(*shape), i32(*lead, g), i32(*lead, g), i32(*lead, b), i32(*lead, b), i32(*lead, g),
+         i32(*lead, g)),
         vmap_method="broadcast_all",
     )
     ints = [jnp.asarray(x, jnp.int32) for x in (side, qty, tick, held, money, grid)]

@@ -12,7 +12,8 @@
 //      unit lottery at it), its money after trade and its sales proceeds, then its
 //      consumption (economy/utility.py consume: eaten and spoiled units by stochastic
 //      rounding with economy/rng.py's counter-based uniforms, the same integer hash) and
-//      its goods after it.
+//      its goods after it; the market's sums of what was eaten and spoiled (the ledger's
+//      terms) as they pass.
 // Markets are split over XLA's intra-op thread pool; a market's result does not depend on
 // the split. XLA computes the same fills in several fusions, some of them recomputed in
 // each output that reads them; here each is computed once.
@@ -97,7 +98,7 @@ inline int32_t lottery_start(float u, int32_t total) {
 // per-good arrays (ctick, buy_to, sell_to, buy_tot, sell_tot, buy_start, sell_start,
 // price, traded, buy_before, sell_before), each G + 8 long, zero past G.
 struct MarketScratch {
-  static constexpr int kPerGood = 11;
+  static constexpr int kPerGood = 13;
   std::vector<int32_t> q, bids, asks, demand, supply, goods;
   std::vector<float> rates;
   MarketScratch(int64_t bg, int64_t g, int64_t l)
@@ -112,7 +113,7 @@ struct Market {
   const float* lottery;
   const uint32_t* counter;  // [M, 4]: the step's two seeds, the market's first counter, real goods
   const float* rates;       // [M, 2, G]: each good's share eaten, then its perish rate
-  int32_t *goods_out, *eaten_out, *spoiled_out, *money_out, *proceeds_out, *price_out, *volume_out;
+  int32_t *goods_out, *eaten_out, *eaten_sum_out, *consumed_out, *money_out, *proceeds_out, *price_out, *volume_out;
 };
 
 // Market m: the three passes of the header comment.
@@ -124,7 +125,7 @@ void clear_market(const Market& k, int64_t m, MarketScratch& sc) {
   const int32_t *__restrict held = k.held, *__restrict money = k.money, *__restrict grid = k.grid;
   const float* __restrict lottery = k.lottery;
   int32_t *__restrict goods_out = k.goods_out, *__restrict money_out = k.money_out;
-  int32_t *__restrict eaten_out = k.eaten_out, *__restrict spoiled_out = k.spoiled_out;
+  int32_t *__restrict eaten_out = k.eaten_out;
   int32_t *__restrict proceeds_out = k.proceeds_out, *__restrict price_out = k.price_out;
   int32_t *__restrict volume_out = k.volume_out;
   const int64_t o = m * B * G;
@@ -201,6 +202,7 @@ void clear_market(const Market& k, int64_t m, MarketScratch& sc) {
   int32_t *__restrict buy_tot = per_good[3], *__restrict sell_tot = per_good[4], *__restrict buy_start = per_good[5];
   int32_t *__restrict sell_start = per_good[6], *__restrict price = per_good[7], *__restrict traded = per_good[8];
   int32_t *__restrict buy_before = per_good[9], *__restrict sell_before = per_good[10];
+  int32_t *__restrict eaten_sum = per_good[11], *__restrict consumed = per_good[12];  // the market's sums
   const float* lot = lottery + m * G * 2;
   for (int64_t g = 0; g < G; ++g) {
     const int32_t* bd = bids + g * L;
@@ -294,20 +296,24 @@ void clear_market(const Market& k, int64_t m, MarketScratch& sc) {
       const __m256i spoiled = stochastic_round(_mm256_mul_ps(_mm256_loadu_ps(rate_pad + G + 8 + g0), _mm256_cvtepi32_ps(left)), u_spoil);
       store(goods_out + o + r + g0, valid, _mm256_sub_epi32(left, spoiled), tail);
       store(eaten_out + o + r + g0, valid, eaten, tail);
-      store(spoiled_out + o + r + g0, valid, spoiled, tail);
+      store_good(eaten_sum + g0, _mm256_add_epi32(load_good(eaten_sum + g0), eaten));
+      store_good(consumed + g0, _mm256_add_epi32(load_good(consumed + g0), _mm256_add_epi32(eaten, spoiled)));
       dcash = _mm256_add_epi32(dcash, _mm256_mullo_epi32(p, _mm256_sub_epi32(sf, bf)));
       dproc = _mm256_add_epi32(dproc, _mm256_mullo_epi32(p, sf));
     }
     money_out[m * B + b] = wrap_add(money[m * B + b], hsum(dcash));  // integer sums wrap: any order
     proceeds_out[m * B + b] = hsum(dproc);
   }
+  std::copy(eaten_sum, eaten_sum + G, k.eaten_sum_out + m * G);
+  std::copy(consumed, consumed + G, k.consumed_out + m * G);
 }
 
 ffi::Error MarketImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> side_b, ffi::Buffer<ffi::S32> qty_b,
                       ffi::Buffer<ffi::S32> tick_b, ffi::Buffer<ffi::S32> held_b, ffi::Buffer<ffi::S32> money_b,
                       ffi::Buffer<ffi::S32> grid_b, ffi::Buffer<ffi::F32> lottery_b, ffi::Buffer<ffi::U32> counter_b,
                       ffi::Buffer<ffi::F32> rates_b, int64_t max_holding, ffi::ResultBuffer<ffi::S32> goods_o,
-                      ffi::ResultBuffer<ffi::S32> eaten_o, ffi::ResultBuffer<ffi::S32> spoiled_o,
+                      ffi::ResultBuffer<ffi::S32> eaten_o, ffi::ResultBuffer<ffi::S32> eaten_sum_o,
+                      ffi::ResultBuffer<ffi::S32> consumed_o,
                       ffi::ResultBuffer<ffi::S32> money_o,
                       ffi::ResultBuffer<ffi::S32> proceeds_o, ffi::ResultBuffer<ffi::S32> price_o,
                       ffi::ResultBuffer<ffi::S32> volume_o) {
@@ -346,7 +352,7 @@ ffi::Error MarketImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> side_b, ffi::B
   const Market k{B, G, L, static_cast<int32_t>(max_holding), side_b.typed_data(), qty_b.typed_data(),
                  tick_b.typed_data(), held_b.typed_data(), money_b.typed_data(), grid_b.typed_data(),
                  lottery_b.typed_data(), counter_b.typed_data(), rates_b.typed_data(), goods_o->typed_data(),
-                 eaten_o->typed_data(), spoiled_o->typed_data(), money_o->typed_data(), proceeds_o->typed_data(),
+                 eaten_o->typed_data(), eaten_sum_o->typed_data(), consumed_o->typed_data(), money_o->typed_data(), proceeds_o->typed_data(),
                  price_o->typed_data(), volume_o->typed_data()};
   agora::parallel_for(pool, M, [=] { return MarketScratch(B * G, G, L); },
                       [k](int64_t m, MarketScratch& sc) { clear_market(k, m, sc); });
@@ -568,7 +574,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AgoraMarket, MarketImpl,
                                   .Attr<int64_t>("max_holding")
                                   .Ret<ffi::Buffer<ffi::S32>>()   // goods after consumption [M, B, G]
                                   .Ret<ffi::Buffer<ffi::S32>>()   // eaten [M, B, G]
-                                  .Ret<ffi::Buffer<ffi::S32>>()   // spoiled [M, B, G]
+                                  .Ret<ffi::Buffer<ffi::S32>>()   // eaten, the market's sums [M, G]
+                                  .Ret<ffi::Buffer<ffi::S32>>()   // eaten and spoiled, the market's sums [M, G]
                                   .Ret<ffi::Buffer<ffi::S32>>()   // money after trade [M, B]
                                   .Ret<ffi::Buffer<ffi::S32>>()   // sales proceeds [M, B]
                                   .Ret<ffi::Buffer<ffi::S32>>()   // clearing price [M, G]
