@@ -146,6 +146,7 @@ def measure(log2n: int, steps: int, repeats: int, devices: int, markets: int | N
         mesh = agent_mesh(jax.devices()[:devices])
         env.mesh = mesh
         state = shard_state(state, mesh)
+        obs = shard_agents(obs, mesh)
         actions = shard_agents(actions, mesh, batch_dims=1)
 
     def program(steps):
@@ -162,11 +163,13 @@ def measure(log2n: int, steps: int, repeats: int, devices: int, markets: int | N
                     return (state, key, None), (read_all((obs, reward, info)), info["market_volume"].sum())
                 return (state, key, None), (reward.mean() + obs[:, 0].mean(), info["market_volume"].sum())
 
-            obs0 = jnp.zeros((env.num_agents, env.obs_dim), jnp.float32) if reads == "full" else None
-            (state, key, obs), out = jax.lax.scan(body, (state, key, obs0), jnp.arange(steps))
-            return state, (out, obs)
+            state, obs = state  # the observation buffer: donated with the state, so written in place
+            (state, key, obs), out = jax.lax.scan(body, (state, key, obs), jnp.arange(steps))
+            return (state, obs), out
 
         return run
+
+    state = (state, obs if reads == "full" else None)
 
     compile_s, times, state, out, compiled = compile_and_time(program(steps), state, actions, key, repeats, first=1)
     ops = None
@@ -180,7 +183,7 @@ def measure(log2n: int, steps: int, repeats: int, devices: int, markets: int | N
         ops = top_ops(compiled, call, steps)
         state = holder["state"]
     best = min(times)
-    state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
+    state_bytes = sum(x.nbytes for x in jax.tree.leaves(state[0]))
     row = {
         "agents": n,
         "markets": cfg.num_markets,
@@ -198,7 +201,7 @@ def measure(log2n: int, steps: int, repeats: int, devices: int, markets: int | N
         "compile_s": compile_s,
         "state_bytes_per_agent": state_bytes / n,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "mean_volume": float(jnp.mean(out[0][1])),
+        "mean_volume": float(jnp.mean(out[1])),
     }
     if ops is not None:
         row["top_ops"] = ops
@@ -236,11 +239,12 @@ def measure_mpe(log2n: int, steps: int, repeats: int, reads: str = "full") -> di
                 return (state, key, obs), read_all((reward, done))
             return (state, key, None), read_all((obs, reward, done))
 
-        obs0 = jax.eval_shape(step, jax.random.split(key, worlds), state,
-                              {name: x[0] for name, x in actions.items()})[0] if reads == "full" else None
-        obs0 = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), obs0)
-        (state, key, obs), out = jax.lax.scan(body, (state, key, obs0), jnp.arange(steps))
-        return state, (out, obs)
+        state, obs = state  # the observation buffers: donated with the state, so written in place
+        (state, key, obs), out = jax.lax.scan(body, (state, key, obs), jnp.arange(steps))
+        return (state, obs), out
+
+    obs = jax.jit(jax.vmap(env.get_obs))(state) if reads == "full" else None
+    state = (state, obs)
 
     compile_s, times, state, _, _ = compile_and_time(run, state, actions, jax.random.key(1), repeats, first=2)
     n = worlds * env.num_agents
