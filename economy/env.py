@@ -266,9 +266,10 @@ class Economy:
         s = project.astype(jnp.float32)
         return 1.0 + pc.gain * s / (s + pc.half)
 
-    def _trade(self, side, qty, tick, held, money, last_price, factors, lottery, key_consume, p, goods_axis):
-        """Steps 2 to 4 of :meth:`_step` but the utility, for ``[M, B, G]`` orders (``qty``:
-        units wanted), holdings after work ``held``, ``money [M, B]``, the markets' last
+    def _trade(self, side, quantity, tick, held, money, last_price, factors, lottery, key_consume, p, goods_axis):
+        """Steps 2 to 4 of :meth:`_step` but the utility, for ``[M, B, G]`` orders (the
+        actions ``side``, ``quantity`` level and price ``tick``, each clipped into range
+        here), holdings after work ``held``, ``money [M, B]``, the markets' last
         prices ``[M, G]``, the catalogue's tick factors ``[L]`` and the lottery's uniforms
         ``[M, G, 2]``: each order clipped to what its agent owns and can pay, every (market,
         good) cleared (:func:`economy.market.clear`), the trades settled, then consumption
@@ -291,8 +292,11 @@ class Economy:
             counter = jnp.stack([jnp.broadcast_to(seed[0], (m,)), jnp.broadcast_to(seed[1], (m,)), first,
                                  jnp.broadcast_to(real, (m,))], -1)  # [M, 4]
             rates = jnp.broadcast_to(jnp.stack([p.consume, p.perish])[None], (m, 2, G))
-            call = self._per_device(functools.partial(native_lib.market, max_holding=cfg.max_holding), (True,) * 9, 8)
-            return call(side, qty, tick, held, money, grid, lottery, counter, rates)
+            call = functools.partial(native_lib.market, max_holding=cfg.max_holding, levels=cfg.market.quantity_levels)
+            return self._per_device(call, (True,) * 9, 8)(side, quantity, tick, held, money, grid, lottery, counter, rates)
+        side = jnp.clip(side, 0, 2)
+        tick = jnp.clip(tick, 0, cfg.market.price_ticks - 1)
+        qty = jnp.take(p.levels, jnp.clip(quantity, 0, len(cfg.market.quantity_levels) - 1))
         limit = market.tick_price(
             last_price[:, None, :], jnp.take(factors, tick), cfg.market.min_price, cfg.market.max_price
         )  # [M, B, G]: each order's limit price, equal to grid[m, g, tick]
@@ -426,7 +430,8 @@ class Economy:
         J = self.num_niches
         m = state.price.shape[0]
         b = n // m
-        a = {h.name: jnp.clip(actions[h.name], 0, h.choices - 1) for h in self.action_spec}
+        # the niche clipped into range here; the orders by _trade (in the market kernel where native)
+        a = {"niche": jnp.clip(actions["niche"], 0, J)} | {k: actions[k] for k in ("side", "quantity", "price")}
         if state.catalogue is not None:  # a padded niche rests; a padded good is held, never traded
             niches = state.catalogue.niches
             a["niche"] = jnp.where(jnp.take(niches, jnp.minimum(a["niche"], J - 1)) & (a["niche"] < J), a["niche"], J)
@@ -456,11 +461,10 @@ class Economy:
         )
         # 2-4. Orders clipped to what each agent owns and can pay, the call auctions, the
         # trades settled, consumption (:meth:`_trade`).
-        side, tick = a["side"].reshape(m, b, G), a["price"].reshape(m, b, G)
-        qty = jnp.take(p.levels, a["quantity"]).reshape(m, b, G)
+        side, quantity, tick = (a[k].reshape(m, b, G) for k in ("side", "quantity", "price"))
         lottery = rng.uniform(key_market, (m, G, 2), self._goods_axis(state))
         goods, eaten, eaten_sum, consumed, money, proceeds, clear_price, volume = self._trade(
-            side, qty, tick, w.goods.reshape(m, b, G), state.money.reshape(m, b), state.price, p.tick_factors, lottery,
+            side, quantity, tick, w.goods.reshape(m, b, G), state.money.reshape(m, b), state.price, p.tick_factors, lottery,
             key_consume, p, self._goods_axis(state))
         goods, eaten, money = goods.reshape(n, G), eaten.reshape(n, G), money.reshape(n)
         price = jnp.where(volume > 0, clear_price, state.price)

@@ -140,10 +140,11 @@ def available() -> bool:
     return usable(_load(), "the economy steps with XLA's auction")
 
 
-def market(side, qty, tick, held, money, grid, lottery, counter, rates, *, max_holding: int):
+def market(side, quantity, tick, held, money, grid, lottery, counter, rates, *, max_holding: int, levels):
     """Orders, call auctions, settlement and consumption of every market in one custom call.
 
-    ``side``, ``qty`` (units wanted: the quantity level's value), ``tick``, ``held`` (holdings
+    ``side``, ``quantity`` (a quantity level: the units wanted are ``levels[quantity]``),
+    ``tick`` (the actions, clipped into range here as the step's reference clips them), ``held`` (holdings
     after work): int32 ``[..., M, B, G]``; ``money`` int32 ``[..., M, B]``; ``grid`` int32
     ``[..., M, G, L]`` (:func:`economy.market.price_grid`); ``lottery`` float32 ``[..., M,
     G, 2]``; ``counter`` uint32 ``[..., M, 4]``: consumption's two seeds
@@ -167,9 +168,10 @@ def market(side, qty, tick, held, money, grid, lottery, counter, rates, *, max_h
          i32(*lead, g)),
         vmap_method="broadcast_all",
     )
-    ints = [jnp.asarray(x, jnp.int32) for x in (side, qty, tick, held, money, grid)]
+    ints = [jnp.asarray(x, jnp.int32) for x in (side, quantity, tick, held, money, grid)]
     return call(*ints, jnp.asarray(lottery, jnp.float32), jnp.asarray(counter, jnp.uint32),
-                jnp.asarray(rates, jnp.float32), max_holding=int(max_holding))
+                jnp.asarray(rates, jnp.float32), max_holding=int(max_holding),
+                levels=np.asarray(levels, np.int32))
 
 
 def work(niche, units, goods, inputs, outputs, public, *, max_holding: int):

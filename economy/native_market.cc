@@ -109,7 +109,9 @@ struct MarketScratch {
 struct Market {
   int64_t B, G, L;
   int32_t hold_max;
-  const int32_t *side, *qty, *tick, *held, *money, *grid;
+  const int32_t *side, *qty, *tick, *held, *money, *grid;  // side, quantity level and tick: actions, unclipped
+  const int32_t* levels;  // units wanted at each quantity level
+  int32_t n_levels;
   const float* lottery;
   const uint32_t* counter;  // [M, 4]: the step's two seeds, the market's first counter, real goods
   const float* rates;       // [M, 2, G]: each good's share eaten, then its perish rate
@@ -146,6 +148,12 @@ void clear_market(const Market& k, int64_t m, MarketScratch& sc) {
   const __m256i zero = _mm256_setzero_si256(), one = _mm256_set1_epi32(1);
   const __m256i vbuy = _mm256_set1_epi32(kBuy), vsell = _mm256_set1_epi32(kSell);
   const __m256i vhold = _mm256_set1_epi32(hold_max);
+  // The actions clipped into range as env.py's reference does (jnp.clip), and a quantity
+  // level's units looked up, as each is loaded.
+  const __m256i side_hi = _mm256_set1_epi32(2), tick_hi = _mm256_set1_epi32(static_cast<int32_t>(L - 1));
+  const __m256i level_hi = _mm256_set1_epi32(k.n_levels - 1);
+  const auto clip = [zero](__m256i x, __m256i hi) { return _mm256_min_epi32(_mm256_max_epi32(x, zero), hi); };
+  const int32_t* levels = k.levels;
   alignas(32) int32_t out_l[8], tick_l[8], buy_l[8], sell_l[8];
   for (int64_t b = 0; b < B; ++b) {
     const int64_t r = b * G;
@@ -153,7 +161,7 @@ void clear_market(const Market& k, int64_t m, MarketScratch& sc) {
     int32_t n_buy = 0;
     for (int64_t g0 = 0; g0 < G; g0 += 8) {
       const __m256i valid = valid_lanes(G - g0);
-      const __m256i is_buy = _mm256_and_si256(valid, _mm256_cmpeq_epi32(load(sd + r + g0, valid, tail), vbuy));
+      const __m256i is_buy = _mm256_and_si256(valid, _mm256_cmpeq_epi32(clip(load(sd + r + g0, valid, tail), side_hi), vbuy));
       n_buy += __builtin_popcount(_mm256_movemask_ps(_mm256_castsi256_ps(is_buy)));
     }
     const int32_t cash = money[m * B + b];
@@ -162,8 +170,9 @@ void clear_market(const Market& k, int64_t m, MarketScratch& sc) {
     for (int64_t g0 = 0; g0 < G; g0 += 8) {
       const int64_t n = std::min<int64_t>(8, G - g0);
       const __m256i valid = valid_lanes(n);
-      const __m256i s = load(sd + r + g0, valid, tail), want = load(qt + r + g0, valid, tail);
-      const __m256i t = load(tk + r + g0, valid, tail), h = load(hd + r + g0, valid, tail);
+      const __m256i s = clip(load(sd + r + g0, valid, tail), side_hi);
+      const __m256i want = _mm256_i32gather_epi32(levels, clip(load(qt + r + g0, valid, tail), level_hi), 4);
+      const __m256i t = clip(load(tk + r + g0, valid, tail), tick_hi), h = load(hd + r + g0, valid, tail);
       const __m256i is_buy = _mm256_and_si256(valid, _mm256_cmpeq_epi32(s, vbuy));
       const __m256i is_sell = _mm256_and_si256(valid, _mm256_cmpeq_epi32(s, vsell));
       // limit = grid[g, t]; cost = limit * n_buy; the largest v <= want with v * cost <= cash.
@@ -263,7 +272,7 @@ void clear_market(const Market& k, int64_t m, MarketScratch& sc) {
     __m256i dcash = zero, dproc = zero;
     for (int64_t g0 = 0; g0 < G; g0 += 8) {
       const __m256i valid = valid_lanes(G - g0);
-      const __m256i s = load(sd + r + g0, valid, tail), t = load(tk + r + g0, valid, tail);
+      const __m256i s = clip(load(sd + r + g0, valid, tail), side_hi), t = clip(load(tk + r + g0, valid, tail), tick_hi);
       const __m256i ct = load_good(ctick + g0);
       // v: the order's quantity where its book trades and it is positive, else 0 (also in
       // the lanes past the row, whose goods' `traded` is 0).
@@ -311,7 +320,8 @@ void clear_market(const Market& k, int64_t m, MarketScratch& sc) {
 ffi::Error MarketImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> side_b, ffi::Buffer<ffi::S32> qty_b,
                       ffi::Buffer<ffi::S32> tick_b, ffi::Buffer<ffi::S32> held_b, ffi::Buffer<ffi::S32> money_b,
                       ffi::Buffer<ffi::S32> grid_b, ffi::Buffer<ffi::F32> lottery_b, ffi::Buffer<ffi::U32> counter_b,
-                      ffi::Buffer<ffi::F32> rates_b, int64_t max_holding, ffi::ResultBuffer<ffi::S32> goods_o,
+                      ffi::Buffer<ffi::F32> rates_b, int64_t max_holding, ffi::Span<const int32_t> levels,
+                      ffi::ResultBuffer<ffi::S32> goods_o,
                       ffi::ResultBuffer<ffi::S32> eaten_o, ffi::ResultBuffer<ffi::S32> eaten_sum_o,
                       ffi::ResultBuffer<ffi::S32> consumed_o,
                       ffi::ResultBuffer<ffi::S32> money_o,
@@ -349,8 +359,10 @@ ffi::Error MarketImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> side_b, ffi::B
   for (size_t i = 0; i + 2 < rank; ++i)
     if (cd[i] != d[i] || rd[i] != d[i]) return ffi::Error::InvalidArgument("agora_market: counter or rates differ in their market axes");
 
+  if (levels.size() < 1) return ffi::Error::InvalidArgument("agora_market: no quantity levels");
   const Market k{B, G, L, static_cast<int32_t>(max_holding), side_b.typed_data(), qty_b.typed_data(),
                  tick_b.typed_data(), held_b.typed_data(), money_b.typed_data(), grid_b.typed_data(),
+                 levels.begin(), static_cast<int32_t>(levels.size()),
                  lottery_b.typed_data(), counter_b.typed_data(), rates_b.typed_data(), goods_o->typed_data(),
                  eaten_o->typed_data(), eaten_sum_o->typed_data(), consumed_o->typed_data(), money_o->typed_data(), proceeds_o->typed_data(),
                  price_o->typed_data(), volume_o->typed_data()};
@@ -562,9 +574,9 @@ ffi::Error ObserveImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> goods_b, ffi:
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AgoraMarket, MarketImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()   // side [M, B, G]
-                                  .Arg<ffi::Buffer<ffi::S32>>()   // quantity wanted [M, B, G]
-                                  .Arg<ffi::Buffer<ffi::S32>>()   // tick [M, B, G]
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // side [M, B, G] (an action: clipped here)
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // quantity level [M, B, G] (likewise)
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // tick [M, B, G] (likewise)
                                   .Arg<ffi::Buffer<ffi::S32>>()   // holdings after work [M, B, G]
                                   .Arg<ffi::Buffer<ffi::S32>>()   // money [M, B]
                                   .Arg<ffi::Buffer<ffi::S32>>()   // price grid [M, G, L]
@@ -572,6 +584,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AgoraMarket, MarketImpl,
                                   .Arg<ffi::Buffer<ffi::U32>>()   // consumption's counter [M, 4]
                                   .Arg<ffi::Buffer<ffi::F32>>()   // shares eaten and perish rates [M, 2, G]
                                   .Attr<int64_t>("max_holding")
+                                  .Attr<ffi::Span<const int32_t>>("levels")  // units wanted per quantity level
                                   .Ret<ffi::Buffer<ffi::S32>>()   // goods after consumption [M, B, G]
                                   .Ret<ffi::Buffer<ffi::S32>>()   // eaten [M, B, G]
                                   .Ret<ffi::Buffer<ffi::S32>>()   // eaten, the market's sums [M, G]

@@ -33,12 +33,18 @@ STEPS = 6
 
 def crowded_actions(env, key, state):
     """Random actions whose price ticks lie on the centre tick and its two neighbours, and
-    whose sides are buy or sell half the time each: most books trade and ration."""
+    whose sides are buy or sell half the time each: most books trade and ration; and one
+    entry in 20 of each order head out of its range (clipped by the step: in the kernel
+    where native)."""
     a = env.sample_actions(key, state)
     L = env.cfg.market.price_ticks
-    k1, k2 = jax.random.split(jax.random.fold_in(key, 1))
+    k1, k2, k3 = jax.random.split(jax.random.fold_in(key, 1), 3)
     a["price"] = L // 2 - 1 + jax.random.randint(k1, a["price"].shape, 0, 3, jnp.int32)
     a["side"] = jnp.where(jax.random.bernoulli(k2, 0.5, a["side"].shape), a["side"], 2 * (a["side"] % 2))
+    for i, h in enumerate(env.action_spec[1:]):  # side, quantity, price
+        kw, kv = jax.random.split(jax.random.fold_in(k3, i))
+        wild = jax.random.randint(kv, a[h.name].shape, -3, h.choices + 3, jnp.int32)
+        a[h.name] = jnp.where(jax.random.bernoulli(kw, 0.05, wild.shape), wild, a[h.name])
     return a
 
 
@@ -94,7 +100,7 @@ def test_kernel_names_a_bad_shape():
     with pytest.raises(Exception, match="agora_market: money"):
         jax.block_until_ready(native.market(z, z, z, z, jnp.zeros((2, 5), jnp.int32), jnp.zeros((2, 3, 8), jnp.int32),
                                             jnp.zeros((2, 3, 2), jnp.float32), jnp.zeros((2, 4), jnp.uint32),
-                                            jnp.zeros((2, 2, 3), jnp.float32), max_holding=10))
+                                            jnp.zeros((2, 2, 3), jnp.float32), max_holding=10, levels=[1, 2]))
 
 
 @pytest.mark.parametrize("goods", [1, 3])
@@ -108,18 +114,19 @@ def test_kernels_with_fewer_goods_than_a_row_has_lanes(goods):
     m, b, G = 2, 11, goods
     k = jax.random.split(jax.random.key(goods), 8)
     ticks = cfg.market.price_ticks
-    side = jax.random.randint(k[0], (m, b, G), 0, 3)
-    qty = jax.random.randint(k[1], (m, b, G), 0, 6)
+    side = jax.random.randint(k[0], (m, b, G), -1, 4)  # actions, some out of range (clipped)
+    quantity = jax.random.randint(k[1], (m, b, G), -1, len(cfg.market.quantity_levels) + 1)
     tick = ticks // 2 - 1 + jax.random.randint(k[2], (m, b, G), 0, 3)
     held = jax.random.randint(k[3], (m, b, G), 0, 25)
     money = jax.random.randint(k[4], (m, b), 0, 400)
     price = jax.random.randint(k[5], (m, G), 5, 40)
     lottery = jax.random.uniform(k[6], (m, G, 2))
-    p = types.SimpleNamespace(consume=jnp.full((G,), 0.3), perish=jnp.full((G,), 0.1))
+    p = types.SimpleNamespace(consume=jnp.full((G,), 0.3), perish=jnp.full((G,), 0.1), levels=envs[0].params.levels)
     factors = envs[0].params.tick_factors
 
     def trade(env):
-        return jax.jit(lambda *a: env._trade(*a, k[7], p, None))(side, qty, tick, held, money, price, factors, lottery)
+        return jax.jit(lambda *a: env._trade(*a, k[7], p, None))(side, quantity, tick, held, money, price, factors,
+                                                                lottery)
 
     for x, y in zip(trade(envs[0]), trade(envs[1])):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -132,3 +139,32 @@ def test_kernels_with_fewer_goods_than_a_row_has_lanes(goods):
     np.testing.assert_array_equal(goods_after, np.asarray(held) - units[..., None] * inp + units[..., None] * out)
     np.testing.assert_array_equal(produced, (units[..., None] * out).sum(1))
     np.testing.assert_array_equal(used, (units[..., None] * inp).sum(1))
+
+
+def test_orders_beyond_the_edge_ticks_trade_at_them():
+    """Bids above the last tick and asks below the first are clipped to those ticks before
+    they enter the book and before their fills are decided: with the books clearing at the
+    edge ticks, the clipped orders are the marginal ones (rationed by the lottery), not
+    orders beyond the clearing tick (filled in full), in the kernel as in the XLA path."""
+    cfg = economy.load_config("configs/economy/default.yaml", num_agents=22, num_markets=2, max_holding=24)
+    envs = [economy.Economy(cfg, native=flag) for flag in (False, True)]
+    m, b, G, L = 2, 11, 3, cfg.market.price_ticks
+    buyer = (jnp.arange(b) % 2 == 0)[None, :, None]
+    market0 = (jnp.arange(m) == 0)[:, None, None]  # market 0 clears at the top tick, market 1 at the bottom
+    side = jnp.broadcast_to(jnp.where(buyer, 0, 2), (m, b, G))
+    tick = jnp.where(market0, jnp.where(buyer, L + 5, L - 1), jnp.where(buyer, 0, -4))
+    tick = jnp.broadcast_to(tick, (m, b, G))
+    quantity = jnp.full((m, b, G), len(cfg.market.quantity_levels) - 1)
+    held = jnp.where(buyer, 0, 5) * jnp.ones((m, b, G), jnp.int32)
+    money = jnp.full((m, b), 10**6)
+    price = jnp.full((m, G), 20)
+    lottery = jax.random.uniform(jax.random.key(0), (m, G, 2))
+    p = types.SimpleNamespace(consume=jnp.zeros((G,)), perish=jnp.zeros((G,)), levels=envs[0].params.levels)
+    factors = envs[0].params.tick_factors
+    outs = [jax.jit(lambda *a, env=env: env._trade(*a, jax.random.key(1), p, None))(
+        side, quantity, tick, held, money, price, factors, lottery) for env in envs]
+    for x, y in zip(*outs):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    goods = np.asarray(outs[0][0])
+    bought = goods[:, 0::2].sum((1, 2))
+    assert (bought == 5 * 5 * G).all(), bought  # all 5 x 5 units per good sold, none created
