@@ -140,6 +140,10 @@ def available() -> bool:
     return usable(_load(), "the economy steps with XLA's auction")
 
 
+def _i32(*shape):
+    return jax.ShapeDtypeStruct(shape, jnp.int32)
+
+
 def market(side, quantity, tick, held, money, grid, lottery, counter, rates, *, max_holding: int, levels):
     """Orders, call auctions, settlement and consumption of every market in one custom call.
 
@@ -161,11 +165,10 @@ def market(side, quantity, tick, held, money, grid, lottery, counter, rates, *, 
     ``proceeds`` being each agent's sales at the clearing prices."""
     shape = side.shape
     lead, (b, g) = shape[:-2], shape[-2:]
-    i32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.int32)  # noqa: E731
     call = jax.ffi.ffi_call(
         "agora_market",
-        (i32(*shape), i32(*shape), i32(*lead, g), i32(*lead, g), i32(*lead, b), i32(*lead, b), i32(*lead, g),
-         i32(*lead, g)),
+        (_i32(*shape), _i32(*shape), _i32(*lead, g), _i32(*lead, g), _i32(*lead, b), _i32(*lead, b), _i32(*lead, g),
+         _i32(*lead, g)),
         vmap_method="broadcast_all",
     )
     ints = [jnp.asarray(x, jnp.int32) for x in (side, quantity, tick, held, money, grid)]
@@ -186,11 +189,10 @@ def work(niche, units, goods, inputs, outputs, public, *, max_holding: int):
     market's agents: the same integers as the XLA path, each computed once."""
     lead, (m, b) = niche.shape[:-2], niche.shape[-2:]
     g = goods.shape[-1]
-    i32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.int32)  # noqa: E731
     call = jax.ffi.ffi_call(
         "agora_work",
-        (i32(*lead, m, b, g), i32(*lead, m, b), i32(*lead, m, b), i32(*lead, m, b), i32(*lead, m, g),
-         i32(*lead, m, g)),
+        (_i32(*lead, m, b, g), _i32(*lead, m, b), _i32(*lead, m, b), _i32(*lead, m, b), _i32(*lead, m, g),
+         _i32(*lead, m, g)),
         vmap_method="broadcast_all",
     )
     return call(*(jnp.asarray(x, jnp.int32) for x in (niche, units, goods, inputs, outputs, public)),

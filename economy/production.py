@@ -71,7 +71,7 @@ def work(
         return jnp.where(working, jnp.take_along_axis(x, j[:, None], -1)[:, 0], 0.0)
 
     rich_agent = jnp.take_along_axis(richness, j.reshape(m, b), -1).reshape(n_agents)  # [N]
-    proj_agent = jnp.broadcast_to(project_mult[:, None], (m, b)).reshape(n_agents)
+    proj_agent = per_agent(project_mult, n_agents)
     ctx = ProductionContext(
         skill=pick(skills),
         richness=jnp.where(working, rich_agent, 0.0),
@@ -85,10 +85,10 @@ def work(
     )
     effort = default_rule(ctx)
     for k, c in enumerate(custom):  # trace-time loop over the few niches with their own Python rule
-        workers = jnp.broadcast_to(occupancy[:, None, c.index], (m, b)).reshape(n_agents)
+        workers = per_agent(occupancy[:, c.index], n_agents)
         cctx = ctx._replace(
             skill=skills[:, c.index],
-            richness=jnp.broadcast_to(richness[:, None, c.index], (m, b)).reshape(n_agents),
+            richness=per_agent(richness[:, c.index], n_agents),
             workers=workers,
             labour=labour[c.index],
             params=c.params,
