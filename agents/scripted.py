@@ -78,7 +78,8 @@ def niche_values(env: "Economy", state: EconomyState, config: ScriptedConfig) ->
     holding cap, ``value`` = (``units`` + ``restock_value`` x (``effort`` - ``units``)) x
     (margin at last prices + public value), where a
     public unit is worth ``public_value * (half / (stock + half))^2`` plus, with a paying
-    treasury, ``min(pay, treasury / agents_per_market)`` money.
+    treasury, ``min(pay, treasury / agents_per_market)`` money; a niche's wage
+    (``treasury.wages``) adds ``min(wage, treasury / agents_per_market)`` per unit of work.
     """
     cfg, p = env.cfg, env.catalogue_params(state)  # a padded economy: the world's own catalogue
     n, _ = state.goods.shape
@@ -107,6 +108,9 @@ def niche_values(env: "Economy", state: EconomyState, config: ScriptedConfig) ->
         treasury = state.treasury.astype(jnp.float32) * (1.0 / (n // state.treasury.shape[0]))
         procurement = _per_agent(jnp.minimum(jnp.float32(cfg.treasury.pay), treasury), n)  # [N]
         public = public + p.public[:J].astype(jnp.float32) * procurement[:, None]
+    if env.wages.any():  # static; wages per unit of work, paid as far as the treasury reaches (as above)
+        treasury = _per_agent(state.treasury.astype(jnp.float32) * (1.0 / (n // state.treasury.shape[0])), n)
+        public = public + jnp.minimum(jnp.asarray(env.wages[:J], jnp.float32)[None, :], treasury[:, None])
     # Work the inputs held allow pays now; the rest of the effort pays once the inputs
     # bought this step arrive, so it counts at the ``restock_value`` discount.
     value = (units + config.restock_value * (effort - units)) * (margin + public)

@@ -198,11 +198,14 @@ class ProjectConfig(Frozen):
 
 class TreasuryConfig(Frozen):
     """A public treasury per market, inside the exact money ledger: a sales tax on what
-    sellers earn funds procurement of public-project units. The defaults (no tax, no pay)
-    leave the economy exactly as without a treasury."""
+    sellers earn funds procurement of public-project units and, optionally, wages per unit
+    of work in named niches (a subsidy that can make a niche whose output the market
+    underpays worth working). The defaults (no tax, no pay, no wages) leave the economy
+    exactly as without a treasury."""
 
     tax: Fraction = 0.0  # fraction of each seller's proceeds this step (floored) moved to its market's treasury
     pay: NonNegInt = 0  # money per public-project unit produced, paid to its producer from the market's treasury
+    wages: dict[str, NonNegInt] = {}  # niche name -> money per unit of work there, paid from the market's treasury
 
 
 class WorldConfig(Frozen):
@@ -349,6 +352,11 @@ class EconomyConfig(Frozen):
                     f"niches.{j}.rule: unknown production rule {n.rule!r} in niche {n.name!r} "
                     f"(registered: {sorted(PRODUCTION_RULES)})"
                 )
+        for name in self.treasury.wages:
+            if name not in [n.name for n in self.niches]:
+                errors.append(f"treasury.wages.{name}: unknown niche {name!r} (niches: {[n.name for n in self.niches]})")
+        if self.treasury.wages and self.catalogues is not None:
+            errors.append("treasury.wages: wages name niches of one catalogue; a padded economy (catalogues) has none")
         # Fixed-point bounds: every int32 sum that must be exact is taken within one market
         # (money never leaves its market; world totals are summed on the host in int64), so
         # the bounds are per market: agents_per_market x the largest value one agent's term

@@ -90,6 +90,12 @@ class Economy:
                 if n.rule is not None
             )
         G, J = self.sizes.goods, self.sizes.niches
+        # treasury.wages as money per unit of work in each niche, int32 [J + 1] (rest: 0)
+        if self.catalogues is not None and cfg.treasury.wages:
+            raise ValueError("treasury.wages name niches of one catalogue; a padded economy (catalogues) has none")
+        self.wages = np.zeros(J + 1, np.int32)
+        if self.catalogues is None:
+            self.wages[:J] = [cfg.treasury.wages.get(name, 0) for name in cfg.niche_names]
         self.action_spec: tuple[ActionHead, ...] = (
             ActionHead("niche", (), J + 1),
             ActionHead("side", (G,), 3),
@@ -247,16 +253,17 @@ class Economy:
     def niche_values(self, state: EconomyState) -> jax.Array:
         """float32 ``[N, J]``: what one step of work in each niche would earn the agent now,
         ``expected effort x (outputs - inputs) at the market's last prices`` (plus ``pay`` per
-        public unit while the treasury pays), in units of the catalogue's mean base price,
+        public unit and the niche's wage while the treasury pays), in units of the catalogue's mean base price,
         signed-log scaled (``sign(v) log(1 + |v|)``); the observation's last ``J`` columns
         with ``observe_values``."""
         p, n = self.catalogue_params(state), state.goods.shape[0]
         J = self.num_niches
         net = (p.outputs[:J] - p.inputs[:J]).astype(jnp.float32)  # [J, G]
         margin = state.price.astype(jnp.float32) @ net.T  # [M, J] money per unit of work
-        if self.cfg.treasury.pay:
+        if self.cfg.treasury.pay or self.wages.any():
             paying = (state.treasury > 0).astype(jnp.float32)[:, None]  # [M, 1]
-            margin = margin + paying * self.cfg.treasury.pay * p.public[:J].astype(jnp.float32)[None, :]
+            paid = self.cfg.treasury.pay * p.public[:J].astype(jnp.float32) + self.wages[:J].astype(np.float32)
+            margin = margin + paying * paid[None, :]
         v = expected_effort(self.cfg, state) * per_agent(margin, n) * self._per_unit(state)
         return jnp.sign(v) * jnp.log1p(jnp.abs(v))
 
@@ -345,29 +352,33 @@ class Economy:
         call = functools.partial(native_lib.work, max_holding=self.cfg.max_holding)
         return self._per_device(call, (True, True, True, False, False, False), 6)
 
-    def _treasury(self, treasury: jax.Array, proceeds: jax.Array, public: jax.Array):
+    def _treasury(self, treasury: jax.Array, proceeds: jax.Array, public: jax.Array, units: jax.Array,
+                  niche: jax.Array):
         """One step of the markets' treasuries, in exact integers.
 
         ``treasury`` int32 ``[M]`` before the step; ``proceeds`` int32 ``[M, B]`` each
-        agent's sales at the clearing prices; ``public`` int32 ``[N]`` public units each
-        agent produced. Returns ``(tax [N], procurement [N], treasury
+        agent's sales at the clearing prices; ``public``, ``units`` and ``niche`` int32 ``[N]``
+        the public units each agent produced, its units of work and its niche. Returns ``(tax [N], procurement [N], treasury
         [M])``, int32: ``money' = money + trade - tax + procurement`` and ``treasury' =
         treasury + sum(tax) - sum(procurement)`` per market, so money plus treasuries is
         conserved exactly (within each market, too).
 
         * Tax: ``floor(float32(tax) * float32(proceeds))``, clipped to ``[0, proceeds]``,
           where ``proceeds`` = sum over goods of clearing price x units sold.
-        * Procurement, after this step's taxes: a claim is ``pay`` x public units. When
-          the treasury covers the market's claims each is paid in full; otherwise each is
-          paid ``floor(claim * treasury / claims) = floor(units * treasury / total units)``
-          exactly, so the payments never sum to more than the treasury, which keeps the rest.
+        * Procurement and wages, after this step's taxes: an agent's claim is ``pay`` x its
+          public units + its niche's wage x its units of work (each term, and the claim,
+          capped at ``floor((2^31 - 1) / agents per market)``, so a market's claims sum
+          exactly in int32; realistic claims are far below). When the treasury covers the
+          market's claims each is paid in full; otherwise each is paid ``floor(claim *
+          treasury / claims)`` exactly (with wages off: ``floor(units * treasury / total
+          units)``), so the payments never sum to more than the treasury, which keeps the rest.
 
         int32 bounds: money never leaves its market (trade, tax and procurement are all
         within one market), so a treasury never exceeds its market's total money, which
         the config keeps below 2^31 (``num_agents * world.cash[1]``); so do the sums of
         taxes and payments. Proceeds are bounded like the trade sums (``market.max_price``
         check). No product below forms a number larger than the treasury.
-        With ``tax == 0`` (``pay == 0``) the tax (procurement) is statically zero.
+        With ``tax == 0`` (``pay == 0`` and no wages) the tax (procurement) is statically zero.
         """
         tc = self.cfg.treasury
         m, b = proceeds.shape
@@ -378,19 +389,28 @@ class Economy:
             tax = jnp.clip(t, 0, proceeds)
             treasury = treasury + jnp.sum(tax, -1)
         paid = jnp.zeros((m, b), jnp.int32)
-        if tc.pay > 0:
-            units = public.reshape(m, b)
-            total = jnp.sum(units, -1)  # [M] public units produced in the market this step
-            covered = total <= treasury // tc.pay  # pay * total <= treasury, without the product
-            full = tc.pay * jnp.minimum(units, INT32_MAX // tc.pay)  # = pay * units wherever covered
-            # floor(units * T / total) = units * (T // total) + floor(units * (T % total) / total),
+        wages = self.wages.any()
+        if tc.pay > 0 or wages:
+            cap = INT32_MAX // b  # a claim's cap: b of them sum exactly in int32
+
+            def times(rate, x):  # min(rate * x, cap) for rate >= 0, x >= 0, without overflow
+                rate = jnp.asarray(rate, jnp.int32)
+                return jnp.where(x > cap // jnp.maximum(rate, 1), cap, rate * x)
+
+            claims = times(tc.pay, public) if tc.pay > 0 else jnp.zeros_like(public)
+            if wages:  # both terms <= cap <= 2^30, so their sum fits
+                claims = jnp.minimum(claims + times(jnp.take(jnp.asarray(self.wages), niche), units), cap)
+            claims = claims.reshape(m, b)
+            total = jnp.sum(claims, -1)  # [M] the market's claims this step, exact
+            covered = total <= treasury
+            # floor(claim * T / total) = claim * (T // total) + floor(claim * (T % total) / total),
             # each term at most T.
             d = jnp.maximum(total, 1)
             whole = treasury // d
             rest = treasury - whole * d  # [M] in [0, total)
-            share = units * whole[:, None] + mul_div_floor(units, jnp.broadcast_to(rest[:, None], (m, b)),
-                                                           jnp.broadcast_to(d[:, None], (m, b)))
-            paid = jnp.where(covered[:, None], full, share)
+            share = claims * whole[:, None] + mul_div_floor(claims, jnp.broadcast_to(rest[:, None], (m, b)),
+                                                            jnp.broadcast_to(d[:, None], (m, b)))
+            paid = jnp.where(covered[:, None], claims, share)
             treasury = treasury - jnp.sum(paid, -1)
         return tax.reshape(m * b), paid.reshape(m * b), treasury
 
@@ -470,8 +490,8 @@ class Economy:
         price = jnp.where(volume > 0, clear_price, state.price)
 
         # 3b. Treasury: sales tax on each seller's proceeds, then procurement of this
-        # step's public units; the same integers leave one side and enter the other.
-        tax, procurement, treasury = self._treasury(state.treasury, proceeds, w.public)
+        # step's public units and wages for its work; the same integers leave one side and enter the other.
+        tax, procurement, treasury = self._treasury(state.treasury, proceeds, w.public, w.units, a["niche"])
         money = money - tax + procurement
 
         # 4. Utility of what was eaten (the reward).
@@ -525,7 +545,7 @@ class Economy:
             "project": project,
             "units": w.units,  # int32 [N] units of work each agent did (0 when resting)
             "tax": tax,  # int32 [N] sales tax each agent paid into its market's treasury
-            "procurement": procurement,  # int32 [N] money each agent was paid for its public units
+            "procurement": procurement,  # int32 [N] money each agent was paid for its public units and wages
             "treasury": treasury,  # int32 [M] each market's treasury after the step
         }
         truncated = jnp.broadcast_to(new.step >= cfg.episode_length, (n,))

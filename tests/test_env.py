@@ -716,9 +716,10 @@ def test_sharded_step_matches_unsharded():
 def test_observed_niche_values_against_their_closed_form(tiny_cfg):
     """``economy.observe_values``: the observation gains J columns, each the signed log of
     expected effort x the niche's margin at the market's last prices (in mean base prices),
-    plus ``pay`` per public unit while the treasury pays; everything before them unchanged."""
+    plus ``pay`` per public unit and the niche's wage while the treasury pays; everything
+    before them unchanged."""
     cfg = tiny_cfg.model_copy(update={"observe_values": True,
-                                      "treasury": tiny_cfg.treasury.model_copy(update={"pay": 3})})
+                                      "treasury": tiny_cfg.treasury.model_copy(update={"pay": 3, "wages": {"miner": 4}})})
     env, plain = economy.Economy(cfg), economy.Economy(tiny_cfg)
     _, state = env.reset(env.world_key(5))
     state = state.replace(treasury=state.treasury.at[1].set(100))  # market 1 pays for public units
@@ -733,6 +734,8 @@ def test_observed_niche_values_against_their_closed_form(tiny_cfg):
     mult = 1 + cfg.project.gain * stock / (stock + cfg.project.half)
     effort = np.asarray(state.labour, np.float64) * skill * np.asarray(state.richness, np.float64)[market] * mult[market, None]
     net = np.asarray(p.outputs[:J] - p.inputs[:J], np.float64)
-    margin = np.asarray(state.price, np.float64) @ net.T + 3 * np.asarray(p.public[:J])[None, :] * (np.arange(m) == 1)[:, None]
+    wage = np.array([4.0 if name == "miner" else 0.0 for name in cfg.niche_names])
+    paid = 3 * np.asarray(p.public[:J]) + wage
+    margin = np.asarray(state.price, np.float64) @ net.T + paid[None, :] * (np.arange(m) == 1)[:, None]
     v = effort * margin[market] / np.mean([g.base_price for g in cfg.goods])
     np.testing.assert_allclose(obs[:, plain.obs_dim:], np.sign(v) * np.log1p(np.abs(v)), rtol=1e-5, atol=1e-5)

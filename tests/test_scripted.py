@@ -245,3 +245,27 @@ def test_hold_when_nothing_to_trade(tiny_env, tiny_fns):
     a = scripted_actions(env, jax.random.key(0), state, cfg)
     assert (np.asarray(a["side"]) == HOLD).all()
     assert (np.asarray(a["price"]) == env.cfg.market.price_ticks // 2).all()
+
+
+def test_wages_in_niche_values(tiny_cfg, tiny_env, tiny_fns):
+    """``treasury.wages``: a niche's value gains ``min(wage, treasury / agents per market)``
+    per unit of work it is counted for (``units + restock_value x (effort - units)``), in
+    that niche only, and nothing where the treasury is empty. Catches: the wage added to
+    every niche or to the wrong column, a wage counted in full from a treasury that cannot
+    pay it, or per agent instead of per unit of work."""
+    wage = 40
+    env = economy.Economy(tiny_cfg.model_copy(update={"treasury": tiny_cfg.treasury.model_copy(update={"wages": {"miner": wage}})}))
+    state = _world(tiny_fns, tiny_env)
+    B = tiny_cfg.agents_per_market
+    treasury = np.array([10**6, 10 * B, 0, 0], np.int32)  # pays in full, 10 per agent, nothing, nothing
+    state = state.replace(treasury=jnp.asarray(treasury))
+    cfg = ScriptedConfig(epsilon=0.0, value_noise=0.0)
+    with_wage, units, effort = (np.asarray(x, np.float64) for x in niche_values(env, state, cfg))
+    without, *_ = niche_values(tiny_env, state, cfg)
+    per_unit = np.minimum(wage, treasury / B)[np.arange(tiny_cfg.num_agents) // B]  # [N]
+    counted = units + cfg.restock_value * (effort - units)
+    miner = tiny_cfg.niche_names.index("miner")
+    want = np.asarray(without, np.float64).copy()
+    want[:, miner] += counted[:, miner] * per_unit
+    np.testing.assert_allclose(with_wage, want, rtol=1e-5, atol=1e-3)
+    assert (per_unit[: 2 * B] > 0).all() and (counted[: 2 * B, miner] > 0).any()

@@ -1,18 +1,18 @@
 """Tests of the markets' treasuries (``treasury`` config section, ``Economy._treasury``,
-``economy.ledger``): a sales tax on sellers' proceeds and procurement of public-project
-units, inside the exact integer money ledger.
+``economy.ledger``): a sales tax on sellers' proceeds, procurement of public-project
+units and wages per unit of work in named niches, inside the exact integer money ledger.
 
 Every expectation is an exact identity on integers (host int64 / Python ints), never a
 threshold read off a run:
 
 * money: agents' money + treasuries is constant, economy-wide and per market;
 * tax: ``floor(tax * proceeds)`` of each seller's proceeds, nothing from buyers;
-* procurement: ``pay * units`` when the market's treasury (after this step's taxes)
-  covers its claims, else ``floor(claim * treasury / claims)`` each; the treasury keeps
-  the rest;
+* procurement and wages: a claim is ``pay * public units + wage * units of work``; paid
+  in full when the market's treasury (after this step's taxes) covers its claims, else
+  ``floor(claim * treasury / claims)`` each; the treasury keeps the rest;
 * with nothing to tax or pay the economy is the economy without a treasury, bit for bit.
 
-Speed: one treasury economy (tax 0.3, pay 7) and one inert one, each with one jitted
+Speed: one treasury economy (tax 0.3, pay 7, wages for builders and miners) and one inert one, each with one jitted
 30-step scripted rollout; the treasury economy's step is jitted once more for the
 hand-built states. Worlds come from the session's tiny ``reset`` (the treasury section
 does not change world generation). Only values vary between examples, never shapes.
@@ -35,6 +35,8 @@ from economy.env import mul_div_floor
 from conftest import CONFIGS
 
 TAX, PAY = 0.3, 7
+WAGES = {"builder": 3, "miner": 5}  # money per unit of work (builders also claim PAY per public unit)
+WAGE_OVERRIDES = [f"treasury.wages.{k}={v}" for k, v in WAGES.items()]
 STEPS = 30
 
 
@@ -54,8 +56,8 @@ def scripted_rollout(env):
 
 @pytest.fixture(scope="module")
 def taxed():
-    """The tiny economy with ``treasury: {tax: 0.3, pay: 7}`` and its jitted step."""
-    w = make_env(f"treasury.tax={TAX}", f"treasury.pay={PAY}")
+    """The tiny economy with ``treasury: {tax: 0.3, pay: 7, wages: WAGES}`` and its jitted step."""
+    w = make_env(f"treasury.tax={TAX}", f"treasury.pay={PAY}", *WAGE_OVERRIDES)
     w.step = jax.jit(w.env.step)
     return w
 
@@ -65,18 +67,25 @@ def public_units(env, units, niche):
     return np.asarray(units, np.int64) * np.asarray(env.params.public, np.int64)[np.asarray(niche)]
 
 
+def claims_of(env, units, niche):
+    """int64 ``[..., N]`` each agent's claim on its treasury, in Python-exact integers:
+    ``PAY`` x public units + its niche's wage x units of work (written from the config's
+    names, not from the economy's wage array)."""
+    wage = np.array([WAGES.get(name, 0) for name in env.cfg.niche_names] + [0], np.int64)
+    return PAY * public_units(env, units, niche) + np.asarray(units, np.int64) * wage[np.asarray(niche)]
+
+
 def per_market(x, m):
     """``[N]`` -> int64 ``[M]`` sums over each market's contiguous block of agents."""
     return np.asarray(x, np.int64).reshape(m, -1).sum(1)
 
 
-def expected_procurement(units, treasury, m):
+def expected_procurement(claims, treasury, m):
     """Procurement by the rule, in Python-exact int64: per market with ``treasury`` (after
-    this step's taxes) and public ``units`` ``[N]``: ``pay * units`` when covered, else
-    ``floor(pay * units * treasury / (pay * total))``."""
-    units = np.asarray(units, np.int64).reshape(m, -1)
+    this step's taxes) and ``claims`` ``[N]``: the claim when the market's are covered, else
+    ``floor(claim * treasury / total claims)``."""
+    claims = np.asarray(claims, np.int64).reshape(m, -1)
     treasury = np.asarray(treasury, np.int64)[:, None]
-    claims = PAY * units
     total = claims.sum(1, keepdims=True)
     share = claims * treasury // np.maximum(total, 1)
     return np.where(total <= treasury, claims, share).reshape(-1)
@@ -101,7 +110,7 @@ def test_ledger_with_taxes_and_procurement(taxed, tiny_env, tiny_fns):
     assert prev["treasury"] == 0
     market_money0 = per_market(state0.money, M) + state0.treasury  # [M]: money never leaves its market
     prev_treasury = state0.treasury.astype(np.int64)
-    taxed_total = paid_total = 0
+    taxed_total = paid_total = wages_paid = 0
     for t in range(STEPS):
         s = jax.tree.map(lambda x: x[t], states)
         tax, paid = info["tax"][t], info["procurement"][t]
@@ -120,14 +129,16 @@ def test_ledger_with_taxes_and_procurement(taxed, tiny_env, tiny_fns):
         # The treasury's own account: taxes in, procurement out, per market.
         after_tax = prev_treasury + per_market(tax, M)
         np.testing.assert_array_equal(s.treasury, after_tax - per_market(paid, M), err_msg=f"step {t}")
-        # Procurement by the rule, from the treasury after this step's taxes.
-        units = public_units(env, info["units"][t], actions["niche"][t])
-        np.testing.assert_array_equal(paid, expected_procurement(units, after_tax, M), err_msg=f"step {t}")
+        # Procurement and wages by the rule, from the treasury after this step's taxes.
+        claims = claims_of(env, info["units"][t], actions["niche"][t])
+        np.testing.assert_array_equal(paid, expected_procurement(claims, after_tax, M), err_msg=f"step {t}")
         taxed_total += int(tax.astype(np.int64).sum())
         paid_total += int(paid.astype(np.int64).sum())
+        miners = (actions["niche"][t] == cfg.niche_names.index("miner")) & (info["units"][t] > 0)
+        wages_paid += int(paid[miners].astype(np.int64).sum())
         prev, prev_treasury = new, s.treasury.astype(np.int64)
-    # Neither flow may be vacuous: the treasury was filled by taxes and paid out.
-    assert taxed_total > 0 and paid_total > 0, (taxed_total, paid_total)
+    # No flow may be vacuous: the treasury was filled by taxes and paid out, wages too.
+    assert taxed_total > 0 and paid_total > 0 and wages_paid > 0, (taxed_total, paid_total, wages_paid)
 
 
 # --------------------------------------------------------------------------------------
@@ -143,12 +154,14 @@ def test_procurement_funded_and_underfunded(taxed, tiny_env, tiny_fns):
     cfg, env = taxed.cfg, taxed.env
     N, M, G, J, B = cfg.num_agents, cfg.num_markets, cfg.num_goods, cfg.num_niches, cfg.agents_per_market
     L = cfg.market.price_ticks
-    b = cfg.niche_names.index("builder")
+    b, miner = cfg.niche_names.index("builder"), cfg.niche_names.index("miner")
     market = np.arange(N) // B
     # The first 10 agents of markets 0 and 1 build (skilled, with inputs), the first 2 of
-    # market 3 (large shares of its claims), nobody in market 2 (money but no claims).
-    # Everyone else rests; nobody trades (no tax).
+    # market 3 (large shares of its claims), nobody in market 2 (money but no claims); the
+    # next 5 of market 1 mine (wages only, no public units). Everyone else rests; nobody
+    # trades (no tax).
     builds = np.arange(N) % B < np.array([10, 10, 0, 2])[market]
+    mines = (market == 1) & (np.arange(N) % B >= 10) & (np.arange(N) % B < 15)
     _, state = tiny_fns["reset"](tiny_env.world_key(8))
     goods = np.array(state.goods)
     for name, q in cfg.niches[b].inputs.items():
@@ -157,7 +170,7 @@ def test_procurement_funded_and_underfunded(taxed, tiny_env, tiny_fns):
     skills[:, b] = 1.0
     state = state.replace(goods=jnp.asarray(goods), skills=jnp.asarray(skills))
     actions = {
-        "niche": jnp.asarray(np.where(builds, b, J).astype(np.int32)),
+        "niche": jnp.asarray(np.where(builds, b, np.where(mines, miner, J)).astype(np.int32)),
         "side": jnp.full((N, G), economy.HOLD, jnp.int32),
         "quantity": jnp.zeros((N, G), jnp.int32),
         "price": jnp.full((N, G), L // 2, jnp.int32),
@@ -178,8 +191,13 @@ def test_procurement_funded_and_underfunded(taxed, tiny_env, tiny_fns):
     new, info = step([big] * M)
     units = public_units(env, info["units"], actions["niche"])
     assert (units[builds] > 0).all() and (units[~builds] == 0).all()
-    np.testing.assert_array_equal(info["procurement"], PAY * units)
-    claims = per_market(PAY * units, M)  # [M]
+    work = np.asarray(info["units"], np.int64)
+    assert (work[mines] > 0).all()
+    # A builder is paid exactly pay x public units + its wage x units of work; a miner its wage x units.
+    claim = np.where(builds, PAY * units + WAGES["builder"] * work, np.where(mines, WAGES["miner"] * work, 0))
+    np.testing.assert_array_equal(claim, claims_of(env, info["units"], actions["niche"]))
+    np.testing.assert_array_equal(info["procurement"], claim)
+    claims = per_market(claim, M)  # [M]
     assert (claims[[0, 1, 3]] > 1).all() and claims[2] == 0
     np.testing.assert_array_equal(new.treasury, big - claims)
 
@@ -188,15 +206,17 @@ def test_procurement_funded_and_underfunded(taxed, tiny_env, tiny_fns):
     treasury = np.array([big, claims[1] - 1, 5000, claims[3] + PAY - 1], np.int64)
     new, info = step(treasury)
     np.testing.assert_array_equal(public_units(env, info["units"], actions["niche"]), units)
+    np.testing.assert_array_equal(info["units"], work)
     paid = info["procurement"].astype(np.int64)
     in_m = lambda m: market == m
-    np.testing.assert_array_equal(paid[in_m(0)], PAY * units[in_m(0)])
-    np.testing.assert_array_equal(paid[in_m(3)], PAY * units[in_m(3)])
+    np.testing.assert_array_equal(paid[in_m(0)], claim[in_m(0)])
+    np.testing.assert_array_equal(paid[in_m(3)], claim[in_m(3)])
     np.testing.assert_array_equal(paid[in_m(2)], 0)
     short = treasury[1]
-    want = PAY * units[in_m(1)] * short // claims[1]  # floor(claim * treasury / claims), exact
+    want = claim[in_m(1)] * short // claims[1]  # floor(claim * treasury / claims), exact
     np.testing.assert_array_equal(paid[in_m(1)], want)
-    assert paid[in_m(1)].sum() <= short and (paid[in_m(1)] <= PAY * units[in_m(1)]).all()
+    assert paid[in_m(1)][mines[in_m(1)]].min() > 0  # the miners share the short treasury too
+    assert paid[in_m(1)].sum() <= short and (paid[in_m(1)] <= claim[in_m(1)]).all()
     assert paid[in_m(1)].sum() < claims[1]  # not everybody was paid in full
     np.testing.assert_array_equal(new.treasury, treasury - per_market(paid, M))
     np.testing.assert_array_equal(new.treasury[[2, 3]], [5000, PAY - 1])
@@ -205,9 +225,9 @@ def test_procurement_funded_and_underfunded(taxed, tiny_env, tiny_fns):
     treasury = np.array([0, 3, 0, claims[3]], np.int64)
     new, info = step(treasury)
     paid = info["procurement"].astype(np.int64)
-    np.testing.assert_array_equal(paid, expected_procurement(units, treasury, M))
+    np.testing.assert_array_equal(paid, expected_procurement(claim, treasury, M))
     np.testing.assert_array_equal(paid[in_m(0)], 0)
-    np.testing.assert_array_equal(paid[in_m(3)], PAY * units[in_m(3)])
+    np.testing.assert_array_equal(paid[in_m(3)], claim[in_m(3)])
     assert paid[in_m(1)].sum() <= 3 and new.treasury[3] == 0
     np.testing.assert_array_equal(new.treasury, treasury - per_market(paid, M))
     assert (new.treasury >= 0).all()
@@ -273,13 +293,13 @@ def test_zero_treasury_is_the_plain_economy(tiny_cfg, tiny_env, tiny_fns):
     when there is nothing to be paid.
 
     ``tax: 0, pay: 0`` is the default config itself. An economy with a tax too small to
-    take a unit (``1e-9``: ``floor`` gives 0 on proceeds below 10^9) and ``pay: 7`` runs
-    every treasury path (tax, procurement, the scripted agents' procurement value) with an
-    empty treasury: its trajectory must equal the default economy's bit for bit."""
+    take a unit (``1e-9``: ``floor`` gives 0 on proceeds below 10^9), ``pay: 7`` and wages
+    runs every treasury path (tax, procurement, wages, the scripted agents' procurement and
+    wage values) with an empty treasury: its trajectory must equal the default economy's bit for bit."""
     cfg0 = economy.load_config(CONFIGS / "tiny.yaml", "treasury.tax=0", "treasury.pay=0")
     assert tiny_cfg.treasury == TreasuryConfig() == TreasuryConfig(tax=0.0, pay=0)
     assert cfg0 == tiny_cfg
-    inert = make_env("treasury.tax=1e-9", f"treasury.pay={PAY}")
+    inert = make_env("treasury.tax=1e-9", f"treasury.pay={PAY}", *WAGE_OVERRIDES)
     plain_rollout = scripted_rollout(tiny_env)
     _, state0 = tiny_fns["reset"](tiny_env.world_key(21))
     key = jax.random.key(22)
@@ -312,11 +332,15 @@ def test_zero_treasury_is_the_plain_economy(tiny_cfg, tiny_env, tiny_fns):
         ("treasury.pay=2.5", "treasury.pay"),
         ("treasury.pay=4294967296", "treasury.pay"),
         ("treasury.foo=1", "treasury.foo"),
+        ("treasury.wages.nobody=3", "treasury.wages.nobody"),
+        ("treasury.wages.miner=-1", "treasury.wages.miner"),
+        ("treasury.wages.miner=1.5", "treasury.wages.miner"),
     ],
 )
 def test_bad_treasury_config_is_refused(override, key):
-    """Catches: a tax outside [0, 1], negative, fractional or int32-overflowing pay, and
-    unknown keys slipping through, or errors that do not name the key."""
+    """Catches: a tax outside [0, 1], negative, fractional or int32-overflowing pay, wages
+    for a niche the catalogue lacks or of a bad value, and unknown keys slipping through,
+    or errors that do not name the key."""
     with pytest.raises(economy.ConfigError, match=key.replace(".", r"\.")):
         economy.load_config(CONFIGS / "tiny.yaml", override)
 
