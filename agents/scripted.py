@@ -131,6 +131,8 @@ def scripted_actions(
     ``niche`` (int32 ``[N]``, ``J`` = rest), when given, fixes each agent's niche instead
     of step 1 (no exploration); the needs and orders then follow it exactly as for a
     niche the agent chose (the market frontier, :mod:`analysis.frontier`, plays so).
+    Under ``economy.niche_tenure`` an agent between its renewal steps keeps the niche it
+    works (:meth:`economy.Economy.working_niche`), and its orders are for that niche.
     """
     cfg, p = env.cfg, env.catalogue_params(state)
     n, G = state.goods.shape
@@ -151,6 +153,7 @@ def scripted_actions(
         niche = jnp.where(explore, env.random_niche(key_random, state), best)
     else:
         niche = jnp.broadcast_to(jnp.asarray(niche, jnp.int32), (n,))
+    niche = env.working_niche(state, niche)  # under economy.niche_tenure: the niche it is bound to
 
     # 2. Needs: one more step of the chosen niche's inputs, and the consumption targets.
     working = niche < J

@@ -294,7 +294,7 @@ def fixed_share_player(env: Economy, worlds: int, steps: int, burn_in: int, scri
     action_keys = jnp.stack([a for _, a in keys])
 
     def metrics(env, state, info, actions):
-        work = jax.nn.one_hot(actions["niche"], J + 1, dtype=jnp.float32)[:, :J]
+        work = jax.nn.one_hot(info["niche"], J + 1, dtype=jnp.float32)[:, :J]
         return {
             "utility": jnp.mean(info["utility"]),
             "project": jnp.mean(info["project"].astype(jnp.float32)),

@@ -285,6 +285,9 @@ class EconomyConfig(Frozen):
     history_decay: float = Field(0.1, gt=0.0, le=1.0)  # EMA rate of each agent's niche history
     collaboration_scale: float = Field(10.0, gt=0.0)  # public units per unit of collaboration reward
     observe_values: bool = False  # observations also show what a step of work in each niche would earn now (J more)
+    # steps an agent keeps the niche it takes: agent i may change niche only when (step + i) % niche_tenure == 0
+    # (and at a world's first step); in between its niche action is ignored (1: it chooses every step)
+    niche_tenure: int = Field(1, ge=1, le=10_000)
     resources: tuple[str, ...] = ()  # local resources that niches may have an affinity to
     goods: tuple[GoodConfig, ...]
     niches: tuple[NicheConfig, ...]

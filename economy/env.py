@@ -250,6 +250,26 @@ class Economy:
         ]
         return jnp.concatenate(own + [per_agent(x, n) if x.shape[0] < n else x for x in blocks], -1)
 
+    def working_niche(self, state: EconomyState, niche: jax.Array) -> jax.Array:
+        """int32 ``[N]``: the niche each agent works this step when it draws ``niche``. With
+        ``economy.niche_tenure`` K > 1 agent ``i`` takes a new niche only at its renewal
+        steps, ``(step + i) % K == 0`` (and a world's first step: every agent then chooses),
+        and otherwise keeps ``state.niche``; with K = 1 this is ``niche``. The step applies it
+        to the actions it is given; a learner or rule that places orders for its niche asks
+        it first (:meth:`selfplay.train.Trainer.complete`, :func:`agents.scripted.scripted_actions`)."""
+        if self.cfg.niche_tenure == 1:
+            return niche
+        return jnp.where(self.renewing(state), niche, state.niche)
+
+    def renewing(self, state: EconomyState) -> jax.Array:
+        """bool ``[N]``: which agents take the niche they draw this step (all of them with
+        ``niche_tenure`` 1; see :meth:`working_niche`)."""
+        K, n = self.cfg.niche_tenure, state.goods.shape[0]
+        if K == 1:
+            return jnp.ones((n,), bool)
+        agent = jnp.arange(n, dtype=jnp.int32)
+        return ((state.step + agent) % K == 0) | (state.step == 0)
+
     def niche_values(self, state: EconomyState) -> jax.Array:
         """float32 ``[N, J]``: what one step of work in each niche would earn the agent now,
         ``expected effort x (outputs - inputs) at the market's last prices`` (plus ``pay`` per
@@ -451,7 +471,8 @@ class Economy:
         m = state.price.shape[0]
         b = n // m
         # the niche clipped into range here; the orders by _trade (in the market kernel where native)
-        a = {"niche": jnp.clip(actions["niche"], 0, J)} | {k: actions[k] for k in ("side", "quantity", "price")}
+        a = {"niche": self.working_niche(state, jnp.clip(actions["niche"], 0, J))} | {
+            k: actions[k] for k in ("side", "quantity", "price")}
         if state.catalogue is not None:  # a padded niche rests; a padded good is held, never traded
             niches = state.catalogue.niches
             a["niche"] = jnp.where(jnp.take(niches, jnp.minimum(a["niche"], J - 1)) & (a["niche"] < J), a["niche"], J)
@@ -512,6 +533,7 @@ class Economy:
             project=project,
             treasury=treasury,
             step=state.step + 1,
+            niche=a["niche"] if cfg.niche_tenure > 1 else None,
         )
         working = a["niche"] < J
         specialisation = jnp.where(
@@ -543,6 +565,7 @@ class Economy:
             "market_volume": volume,
             "niche_occupancy": w.occupancy,
             "project": project,
+            "niche": a["niche"],  # int32 [N] the niche each agent worked (J: rest), after niche_tenure
             "units": w.units,  # int32 [N] units of work each agent did (0 when resting)
             "tax": tax,  # int32 [N] sales tax each agent paid into its market's treasury
             "procurement": procurement,  # int32 [N] money each agent was paid for its public units and wages

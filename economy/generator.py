@@ -56,4 +56,5 @@ def generate(key: jax.Array, cfg: EconomyConfig, p: EconomyParams, catalogue=Non
         treasury=jnp.zeros((M,), jnp.int32),
         step=jnp.zeros((), jnp.int32),
         catalogue=catalogue,
+        niche=jnp.full((N,), J, jnp.int32) if cfg.niche_tenure > 1 else None,
     )

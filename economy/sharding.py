@@ -14,7 +14,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from economy.state import EconomyState
 
-AGENT_FIELDS = ("goods", "money", "skills", "history", "preferences")
+AGENT_FIELDS = ("goods", "money", "skills", "history", "preferences", "niche")
 MARKET_FIELDS = ("richness", "price", "volume", "project", "treasury")
 
 
@@ -32,7 +32,7 @@ def state_sharding(state: EconomyState, mesh: Mesh, axis: str = "agents") -> Eco
         raise ValueError(f"num_markets={m} is not divisible by the {d} devices of mesh axis {axis!r}")
     split = NamedSharding(mesh, P(axis))
     rep = NamedSharding(mesh, P())
-    fields = {f: split for f in AGENT_FIELDS + MARKET_FIELDS}
+    fields = {f: split for f in AGENT_FIELDS + MARKET_FIELDS if getattr(state, f) is not None}
     return jax.tree.map(lambda _: rep, state).replace(**fields)
 
 

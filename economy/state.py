@@ -31,6 +31,8 @@ class EconomyState:
     # the world's catalogue as data (economy.catalogues.Catalogue) in a padded economy; None
     # where the catalogue is compiled into the step (every economy of one YAML file)
     catalogue: Any = None
+    # int32 [N] the niche each agent works (J: rest) under economy.niche_tenure > 1; None otherwise
+    niche: Any = None
 
 
 class ActionHead(NamedTuple):

@@ -273,6 +273,9 @@ class TrainConfig(Frozen):
     # Extra entropy bonus on the niche head alone (exploration of professions; 0: off). A
     # run constant, not a per-member variant, so the training state keeps its structure.
     niche_ent_coef: float = Field(0.0, ge=0.0)
+    # Under economy.niche_tenure > 1 with orders=scripted (the niche the only head): the policy
+    # terms of the loss count only the draws of renewal steps, the others being overridden
+    tenure_weights: bool = True
     # How the PPO loss gets log-probabilities and entropies from the output layer: "fused"
     # (agents.networks.policy_terms: one native pass, forward and backward, on a one-device
     # CPU mesh; its XLA twin elsewhere) or "traced" (autodiff through per-head distrax

@@ -101,7 +101,7 @@ def _step_sums(groups: np.ndarray, num_groups: int, J: int, scale: float):
 
     def metrics(env, state, info, actions):
         one = jax.nn.one_hot(g, num_groups, dtype=jnp.float32)  # [N, G]
-        niche = jax.nn.one_hot(actions["niche"], J + 1, dtype=jnp.float32)  # [N, J+1]
+        niche = jax.nn.one_hot(info["niche"], J + 1, dtype=jnp.float32)  # [N, J+1] the niche worked
         return {
             "utility": one.T @ info["utility"],  # [G]
             "work": one.T @ niche,  # [G, J+1] agent-steps per niche

@@ -106,12 +106,12 @@ def _policy_terms(apply_fn: Callable, params: Any, batch: dict, batch_ndim: int)
     return lp, _entropy(logits, batch_ndim=batch_ndim), niche, value
 
 
-def _niche_entropy_bonus(ent_niche, hyper: Mapping[str, Any]) -> tuple[jax.Array, dict]:
+def _niche_entropy_bonus(ent_niche, hyper: Mapping[str, Any], mean=jnp.mean) -> tuple[jax.Array, dict]:
     """``(ent_coef_niche * mean entropy of the niche head, {"entropy_niche": ...})`` when
     ``hyper`` has ``ent_coef_niche`` (an extra bonus on the niche head alone), else ``(0, {})``."""
     if hyper.get("ent_coef_niche") is None:
         return jnp.zeros((), jnp.float32), {}
-    ent_niche = ent_niche.mean()
+    ent_niche = mean(ent_niche)
     return hyper["ent_coef_niche"] * ent_niche, {"entropy_niche": ent_niche}
 
 
@@ -129,6 +129,10 @@ def ppo_loss(params: Any, apply_fn: Callable, batch: dict, hyper: Mapping[str, A
     (dict of ``[n, *head.shape]``), ``log_prob [n]`` (behaviour policy), ``advantages
     [n]``, ``returns [n]``, ``values [n]`` (old value estimates).
 
+    ``batch["weights"] [n]`` (optional, 0 or 1): the policy terms (surrogate, entropies, KL
+    and clip fraction) average over the samples of weight 1 only, e.g. the steps where a
+    drawn niche counted (``economy.niche_tenure``); the value loss counts every sample.
+
     ``loss = policy_loss + vf_coef * value_loss - ent_coef * entropy`` with advantages
     normalised over the minibatch (``(A - mean) / (std + 1e-8)``), the clipped surrogate
     (:func:`clipped_surrogate`), the PPO2 clipped value loss
@@ -144,22 +148,24 @@ def ppo_loss(params: Any, apply_fn: Callable, batch: dict, hyper: Mapping[str, A
     new_log_prob, ent, ent_niche, value = _policy_terms(apply_fn, params, batch, old_log_prob.ndim)
     log_ratio = new_log_prob - old_log_prob
     ratio = jnp.exp(log_ratio)
+    w = batch.get("weights")
+    mean = (lambda x: x.mean()) if w is None else (lambda x: jnp.sum(x * w) / jnp.maximum(jnp.sum(w), 1.0))  # noqa: E731
 
-    policy_loss = clipped_surrogate(log_ratio, adv, clip_eps).mean()
+    policy_loss = mean(clipped_surrogate(log_ratio, adv, clip_eps))
 
     old_values, returns = batch["values"], batch["returns"]
     value_clipped = old_values + jnp.clip(value - old_values, -clip_eps, clip_eps)
     value_loss = 0.5 * jnp.maximum(jnp.square(value - returns), jnp.square(value_clipped - returns)).mean()
 
-    ent = ent.mean()
-    bonus, extra = _niche_entropy_bonus(ent_niche, hyper)
+    ent = mean(ent)
+    bonus, extra = _niche_entropy_bonus(ent_niche, hyper, mean)
     loss = policy_loss + vf_coef * value_loss - ent_coef * ent - bonus
     metrics = {
         "policy_loss": policy_loss,
         "value_loss": value_loss,
         "entropy": ent,
-        "approx_kl": ((ratio - 1.0) - log_ratio).mean(),
-        "clip_fraction": (jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32).mean(),
+        "approx_kl": mean((ratio - 1.0) - log_ratio),
+        "clip_fraction": mean((jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32)),
         **extra,
     }
     return loss, metrics

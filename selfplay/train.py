@@ -93,6 +93,8 @@ class Transition(NamedTuple):
     value: jax.Array  # [P, n] in reward units
     components: dict  # {agent-level component: [P, n]}
     units: jax.Array  # [P, n] int32 units of work
+    niche: jax.Array  # [P, n] int32 the niche worked (the drawn one, or the one held by the curriculum or niche_tenure)
+    decides: jax.Array  # [P, n] bool: the drawn niche counted (economy.niche_tenure: a renewal step)
     done: jax.Array  # [P, n] bool
     bootstrap: jax.Array  # [P, n] in reward units
 
@@ -396,6 +398,7 @@ class Trainer:
                 actions = from_members(act_m, C)
             if held is not None:  # the niche curriculum: held slots work their role
                 actions = dict(actions, niche=jnp.where(held, roles, actions["niche"]))
+            actions = dict(actions, niche=env.working_niche(env_state, actions["niche"]))  # economy.niche_tenure
             if not imitate:
                 actions = self.complete(derive(key, t, "orders"), env_state, actions)
             next_obs, next_state, _, term, trunc, info = env.step(k_env, env_state, actions)
@@ -420,10 +423,12 @@ class Trainer:
                 value=value[:P] * sd + mu,
                 components=comps_m,
                 units=to_members(info["units"], PL, C)[:P],
+                niche=to_members(info["niche"], PL, C)[:P],
+                decides=to_members(env.renewing(env_state), PL, C)[:P],
                 done=jnp.broadcast_to(done, (P, obs_m.shape[1])),
                 bootstrap=bootstrap,
             )
-            worked = to_members(actions["niche"], PL, C)[:P]  # the niche each agent worked (held or drawn)
+            worked = tr.niche  # the niche each agent worked (held or drawn)
             chose = jax.nn.one_hot(worked, J + 1, dtype=jnp.int32)  # [P, n, J+1]
             stats = {
                 "niche_counts": jnp.sum(chose, 1),  # [P, J+1]
@@ -468,7 +473,7 @@ class Trainer:
         """``(reward [T, P, n], components {name: [T, P, n]})`` of a rollout: agent-level
         components as recorded, member-level ones computed now, weighted per member."""
         data = rw.RolloutData(
-            niche=traj.actions["niche"], units=traj.units, agent=traj.components, num_niches=self.env.num_niches
+            niche=traj.niche, units=traj.units, agent=traj.components, num_niches=self.env.num_niches
         )
         comps = {**traj.components, **rw.member_components(self.components, data)}
         comps = {c: comps[c] for c in self.components}
@@ -558,6 +563,10 @@ class Trainer:
             "advantages": jnp.swapaxes(adv, 1, 2),
             "returns": jnp.swapaxes(norm(ret), 1, 2),
         }
+        if self.env.cfg.niche_tenure > 1 and t.orders == "scripted" and t.tenure_weights:
+            # the niche is the only head: a draw the tenure overrode taught nothing, so the
+            # policy terms count only the renewal steps' draws (ppo_loss's ``weights``)
+            batch["weights"] = streams(traj.decides.astype(jnp.float32))
         loss_hyper = {n: ts.hyper[n] for n in variants.names("loss") if n in ts.hyper}
         if t.niche_ent_coef > 0:
             loss_hyper["ent_coef_niche"] = jnp.full((P,), t.niche_ent_coef, jnp.float32)
@@ -570,7 +579,7 @@ class Trainer:
     def _summarise(self, traj, stats, comps) -> dict:
         """The rollout's summaries that fitness, the analysis and the metrics read."""
         J = self.env.num_niches
-        niche = jnp.swapaxes(traj.actions["niche"], 0, 1)  # [P, T, n]
+        niche = jnp.swapaxes(traj.niche, 0, 1)  # [P, T, n] worked
         return {
             "comp_means": {c: jnp.mean(x, (0, 2)) for c, x in comps.items()},  # [P] per agent-step
             "niche_counts": jnp.sum(stats["niche_counts"], 0),  # [P, J+1]
@@ -701,6 +710,7 @@ class Trainer:
         (:func:`agents.scripted.scripted_actions` with ``niche=``; ``key`` drives its price ticks)."""
         if self.cfg.train.orders == "policy":
             return actions
+        # scripted_actions binds the niche by economy.niche_tenure itself
         return scripted_actions(self.env, key, state, self.cfg.train.scripted_orders, niche=actions["niche"])
 
     def policy(self, ts: TrainState, greedy: bool = False):

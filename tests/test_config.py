@@ -128,6 +128,7 @@ def test_unknown_key_by_override_and_keyword():
         ("niches.farmer=5", r"niches\.0 = 5: .*valid dictionary"),
         ("niches.farmer.labour=0", r"niches\.0\.labour = 0: .*greater than 0"),
         ("world.cash=[100, -5]", r"world\.cash\.1 = -5: .*greater than or equal to 0"),
+        ("niche_tenure=0", r"niche_tenure = 0: .*greater than or equal to 1"),
     ],
 )
 def test_wrong_type_or_range_names_key_and_value(override, pattern):

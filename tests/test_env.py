@@ -739,3 +739,55 @@ def test_observed_niche_values_against_their_closed_form(tiny_cfg):
     margin = np.asarray(state.price, np.float64) @ net.T + paid[None, :] * (np.arange(m) == 1)[:, None]
     v = effort * margin[market] / np.mean([g.base_price for g in cfg.goods])
     np.testing.assert_allclose(obs[:, plain.obs_dim:], np.sign(v) * np.log1p(np.abs(v)), rtol=1e-5, atol=1e-5)
+
+
+def test_niche_tenure_binds_each_agent_between_its_renewals():
+    """``economy.niche_tenure`` K = 4: agent ``i`` works the niche it draws only at steps with
+    ``(step + i) % K == 0`` and at a world's first step, otherwise the niche it worked last
+    step (``info["niche"]``, ``state.niche``); the scripted agents' niche and orders follow
+    the bound niche; the ledger stays exact. Catches: a lock that ignores the agent's offset
+    (everyone renewing together), one that never lets an agent renew or forgets the first
+    step (every agent would rest until its first renewal), ``state.niche`` not updated,
+    ``info["niche"]`` reporting the drawn niche instead of the worked one, and scripted
+    orders placed for a niche the agent is not bound to."""
+    from agents.scripted import scripted_actions
+
+    K, steps = 4, 9
+    cfg = economy.load_config(CONFIGS / "tiny.yaml", f"niche_tenure={K}")
+    env = economy.Economy(cfg)
+    N, J = cfg.num_agents, cfg.num_niches
+    _, state0 = jax.jit(env.reset)(env.world_key(3))
+    assert state0.niche.shape == (N,) and (np.asarray(state0.niche) == J).all()
+    metrics = lambda e, s, info, a: (s, info, a)  # noqa: E731
+    random = jax.jit(lambda k, s: economy.rollout(env, env.sample_actions, k, s, steps, metrics))
+    _, (states, info, actions) = jax.device_get(random(jax.random.key(4), state0))
+    agent = np.arange(N)
+    prev = None
+    for t in range(steps):
+        drawn, worked = actions["niche"][t], info["niche"][t]
+        renew = ((t + agent) % K == 0) | (t == 0)
+        np.testing.assert_array_equal(worked[renew], drawn[renew], err_msg=f"step {t}")
+        if prev is not None:
+            np.testing.assert_array_equal(worked[~renew], prev[~renew], err_msg=f"step {t}")
+            assert (worked != drawn).mean() > 0.3  # the draws were mostly overridden
+        np.testing.assert_array_equal(states.niche[t], worked)
+        assert 0 < renew.sum() < N or t == 0
+        prev = worked
+    # units and occupancy follow the worked niche
+    np.testing.assert_array_equal(info["niche_occupancy"][-1].sum(0), np.bincount(prev, minlength=J + 1))
+    # the exact ledger
+    before = economy.ledger(state0)
+    for t in range(steps):
+        after = economy.ledger(tree_slice(states, t))
+        assert after["money"] == before["money"]
+        np.testing.assert_array_equal(after["goods"], before["goods"] + economy.world_total(info["produced"][t])
+                                      - economy.world_total(info["consumed"][t]))
+        before = after
+    # scripted agents: between renewals their niche (and so their orders) is the bound one
+    s = tree_slice(states, steps - 1)
+    a = scripted_actions(env, jax.random.key(5), s)
+    renew = (np.asarray(s.step) + agent) % K == 0
+    np.testing.assert_array_equal(np.asarray(a["niche"])[~renew], np.asarray(s.niche)[~renew])
+    fixed = scripted_actions(env, jax.random.key(5), s, niche=jnp.full((N,), J, jnp.int32))
+    np.testing.assert_array_equal(np.asarray(fixed["niche"])[~renew], np.asarray(s.niche)[~renew])
+    assert (np.asarray(fixed["niche"])[renew] == J).all()

@@ -152,13 +152,16 @@ def test_largest_share_is_of_the_whole_economy_and_null_when_empty():
 
 def test_step_sums_per_group_against_a_loop():
     """The per-step sums of one step: each group's utility, agent-steps and utility by niche
-    worked, units of work, the project units paid in (scaled) and the mean project stock."""
+    worked (``info["niche"]``, not the drawn action, which ``economy.niche_tenure`` may
+    override), units of work, the project units paid in (scaled) and the mean project stock."""
     J, G, scale = 2, 2, 0.5
     groups = np.asarray([0, 1, 1, 0, 1])
     info = {"utility": jnp.asarray([1.0, 2.0, 3.0, 4.0, 5.0]), "units": jnp.asarray([1, 0, 2, 3, 0], jnp.int32),
             "collaboration": jnp.asarray([2.0, 0.0, 4.0, 0.0, 0.0]), "project": jnp.asarray([3, 8], jnp.int32)}
     niche = np.asarray([0, 2, 1, 0, 1])  # agent 1 rests (niche J)
-    got = jax.device_get(_step_sums(groups, G, J, scale)(None, None, info, {"niche": jnp.asarray(niche)}))
+    info["niche"] = jnp.asarray(niche)
+    drawn = {"niche": jnp.asarray([1, 1, 0, 2, 0])}  # what the agents drew: not what they worked
+    got = jax.device_get(_step_sums(groups, G, J, scale)(None, None, info, drawn))
     u, units = np.asarray(info["utility"]), np.asarray(info["units"])
     want_work, want_nu = np.zeros((G, J + 1)), np.zeros((G, J + 1))
     for i, (g, j) in enumerate(zip(groups, niche)):

@@ -205,16 +205,18 @@ def ref_ppo_loss(logits, v, batch, clip_eps, ent_coef, vf_coef, *, ent_sign=-1.0
     log_ratio = new_lp - np.asarray(batch["log_prob"], np.float64)
     ratio = np.exp(log_ratio)
     adv = np.asarray(batch["advantages"], np.float64)
-    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-    policy = np.maximum(-ratio * adv, -np.clip(ratio, 1 - pe, 1 + pe) * adv).mean()
+    adv = (adv - adv.mean()) / (adv.std() + 1e-8)  # over every sample, weighted or not
+    w = np.asarray(batch.get("weights", np.ones(len(v))), np.float64)
+    wmean = lambda x: (x * w).sum() / w.sum()  # noqa: E731  (the policy terms: weighted samples only)
+    policy = wmean(np.maximum(-ratio * adv, -np.clip(ratio, 1 - pe, 1 + pe) * adv))
     v_old, ret = (np.asarray(batch[k], np.float64) for k in ("values", "returns"))
     v_clip = v_old + np.clip(v - v_old, -ve, ve)
     value = 0.5 * value_max((v - ret) ** 2, (v_clip - ret) ** 2).mean()
-    entropy = ent.mean()
+    entropy = wmean(ent)
     loss = policy + vf_coef * value + ent_sign * ent_coef * entropy
     metrics = {
         "policy_loss": policy, "value_loss": value, "entropy": entropy,
-        "approx_kl": ((ratio - 1) - log_ratio).mean(), "clip_fraction": (np.abs(ratio - 1) > pe).mean(),
+        "approx_kl": wmean((ratio - 1) - log_ratio), "clip_fraction": wmean(np.abs(ratio - 1) > pe),
     }
     return loss, metrics
 
@@ -334,6 +336,35 @@ def test_ppo_loss_matches_float64_reference():
     np.testing.assert_allclose(
         np.asarray(grads["v"], np.float64)[unclipped_larger], (vf_coef * (v64 - ret) / NR)[unclipped_larger], rtol=1e-5
     )
+
+def test_ppo_loss_weights_count_only_the_weighted_samples_policy_terms():
+    """``batch["weights"]`` (0/1; the trainer's renewal steps under ``economy.niche_tenure``):
+    surrogate, entropy, KL and clip fraction average over the weight-1 samples, the value loss
+    and the advantage normalisation over all; gradients against the float64 reference.
+    Catches: weights ignored; the value loss weighted too; a sum over weighted samples
+    divided by all samples; the advantages normalised over the weighted ones only."""
+    logits, v, batch = _ref_case()
+    weights = (np.arange(NR) % 3 != 1).astype(np.float32)
+    batch = {**batch, "weights": weights}
+    h = REF_HYPER
+    ref = lambda lg, vv: ref_ppo_loss(lg, vv, batch, h["clip_eps"], h["ent_coef"], h["vf_coef"])  # noqa: E731
+    lg64 = {k: np.asarray(x, np.float64) for k, x in logits.items()}
+    v64 = np.asarray(v, np.float64)
+    want, want_m = ref(lg64, v64)
+    params = {"logits": {k: jnp.asarray(x) for k, x in logits.items()}, "v": jnp.asarray(v)}
+    (loss, metrics), grads = _LOSS_AND_GRAD(params, _toy_apply, jax.tree.map(jnp.asarray, batch),
+                                            {k: jnp.float32(x) for k, x in h.items()})
+    tol = dict(rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(float(loss), want, **tol)
+    for k in want_m:
+        np.testing.assert_allclose(float(metrics[k]), want_m[k], **tol, err_msg=k)
+    unweighted, _ = ref_ppo_loss(lg64, v64, {k: x for k, x in batch.items() if k != "weights"}, h["clip_eps"],
+                                 h["ent_coef"], h["vf_coef"])
+    assert abs(unweighted - want) > 1e-3  # the weights change the loss: the test has power
+    assert_logit_grads_match(grads, ref, lg64, v64)
+    for name in REF_HEADS:  # a weight-0 sample's logits get no gradient
+        np.testing.assert_array_equal(np.asarray(grads["logits"][name])[weights == 0], 0.0)
+
 
 # ---- ppo_update -------------------------------------------------------------------------
 
