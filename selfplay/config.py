@@ -273,6 +273,10 @@ class TrainConfig(Frozen):
     # Extra entropy bonus on the niche head alone (exploration of professions; 0: off). A
     # run constant, not a per-member variant, so the training state keeps its structure.
     niche_ent_coef: float = Field(0.0, ge=0.0)
+    # Bonus on the entropy of the niche mix: c x H(the mean over a minibatch's samples of each
+    # member's niche distribution), so the member's agents spread over the niches while each
+    # agent may choose deterministically (0: off; needs loss_path=traced, whose loss sees the logits)
+    niche_mix_coef: float = Field(0.0, ge=0.0)
     # Under economy.niche_tenure > 1 with orders=scripted (the niche the only head): the policy
     # terms of the loss count only the draws of renewal steps, the others being overridden
     tenure_weights: bool = True
@@ -452,6 +456,9 @@ class RunConfig(Frozen):
                              "and niche of a world's catalogue is and masks the padding)")
         if t.network.kind == "entity" and not many:
             raise ValueError("train.network.kind=entity plays padded economies: set economy.catalogues (or use kind=mlp)")
+        if t.niche_mix_coef > 0 and t.loss_path != "traced":
+            raise ValueError("train.niche_mix_coef > 0 needs train.loss_path=traced (the mix's entropy is taken from "
+                             "the niche logits, which the fused path does not form)")
         c = t.curriculum
         if many and c.updates:
             raise ValueError("train.curriculum.updates > 0 with economy.catalogues: the curriculum's niche shares "

@@ -90,7 +90,8 @@ def clipped_surrogate(log_ratio: jax.Array, advantages: jax.Array, clip_eps: flo
 
 
 def _policy_terms(apply_fn: Callable, params: Any, batch: dict, batch_ndim: int):
-    """``(log_prob, entropy, entropy_niche or None, value)`` of the batch's actions, the
+    """``(log_prob, entropy, entropy_niche or None, value, niche logits or None)`` of the
+    batch's actions (the logits from the traced path only), the
     per-sample terms every loss of this module is written on: from ``apply_fn.evaluate``
     where the network offers it (:class:`agents.networks.FusedPolicy`: the output layer's
     terms in one pass, natively where the kernels run, and their gradient from the
@@ -99,11 +100,26 @@ def _policy_terms(apply_fn: Callable, params: Any, batch: dict, batch_ndim: int)
     terms, a term added to a loss reaches its gradient."""
     if hasattr(apply_fn, "evaluate"):
         lp, ents, value = apply_fn.evaluate(params, batch["obs"], batch["actions"])
-        return lp, sum(ents.values()), ents.get("niche"), value
+        return lp, sum(ents.values()), ents.get("niche"), value, None
     logits, value = apply_fn(params, batch["obs"])
     lp = _log_prob(logits, batch["actions"], batch_ndim=batch_ndim)
     niche = _entropy({"niche": logits["niche"]}, batch_ndim=batch_ndim) if "niche" in logits else None
-    return lp, _entropy(logits, batch_ndim=batch_ndim), niche, value
+    return lp, _entropy(logits, batch_ndim=batch_ndim), niche, value, logits.get("niche")
+
+
+def _niche_mix_bonus(niche_logits, hyper: Mapping[str, Any], weights=None) -> tuple[jax.Array, dict]:
+    """``(mix_coef_niche * H(mean over samples of the niche distribution), {"mix_entropy_niche": H})``
+    when ``hyper`` has ``mix_coef_niche``, else ``(0, {})``: the entropy of the mix the
+    minibatch's agents draw from, not of each agent's draw (weighted like the policy terms)."""
+    if hyper.get("mix_coef_niche") is None:
+        return jnp.zeros((), jnp.float32), {}
+    if niche_logits is None:
+        raise ValueError("mix_coef_niche needs the niche logits: the traced loss path (train.loss_path=traced)")
+    p = jax.nn.softmax(niche_logits.reshape((-1, niche_logits.shape[-1])), -1)
+    w = jnp.ones(p.shape[:1], p.dtype) if weights is None else weights.reshape(-1)
+    mix = jnp.sum(p * w[:, None], 0) / jnp.maximum(jnp.sum(w), 1.0)
+    h = -jnp.sum(mix * jnp.log(jnp.maximum(mix, 1e-30)))
+    return hyper["mix_coef_niche"] * h, {"mix_entropy_niche": h}
 
 
 def _niche_entropy_bonus(ent_niche, hyper: Mapping[str, Any], mean=jnp.mean) -> tuple[jax.Array, dict]:
@@ -120,8 +136,9 @@ def ppo_loss(params: Any, apply_fn: Callable, batch: dict, hyper: Mapping[str, A
 
     ``hyper``: the member's hyperparameters; the loss reads ``clip_eps``, ``ent_coef`` and
     ``vf_coef`` (scalars, may be traced) and, when present, ``ent_coef_niche`` (an extra
-    entropy bonus on the niche head alone, reported as ``entropy_niche``); it ignores other
-    entries.
+    entropy bonus on the niche head alone, reported as ``entropy_niche``) and
+    ``mix_coef_niche`` (a bonus on the entropy of the minibatch's mean niche distribution,
+    reported as ``mix_entropy_niche``; traced path only); it ignores other entries.
 
     ``apply_fn(params, obs) -> (logits, value)``, or a network with ``evaluate(params, obs,
     actions) -> (log_prob, {head: entropy}, value)`` (:class:`agents.networks.FusedPolicy`,
@@ -145,7 +162,7 @@ def ppo_loss(params: Any, apply_fn: Callable, batch: dict, hyper: Mapping[str, A
     old_log_prob = batch["log_prob"]
     adv = batch["advantages"]
     adv = (adv - adv.mean()) / (adv.std() + ADV_EPS)
-    new_log_prob, ent, ent_niche, value = _policy_terms(apply_fn, params, batch, old_log_prob.ndim)
+    new_log_prob, ent, ent_niche, value, niche_logits = _policy_terms(apply_fn, params, batch, old_log_prob.ndim)
     log_ratio = new_log_prob - old_log_prob
     ratio = jnp.exp(log_ratio)
     w = batch.get("weights")
@@ -159,7 +176,9 @@ def ppo_loss(params: Any, apply_fn: Callable, batch: dict, hyper: Mapping[str, A
 
     ent = mean(ent)
     bonus, extra = _niche_entropy_bonus(ent_niche, hyper, mean)
-    loss = policy_loss + vf_coef * value_loss - ent_coef * ent - bonus
+    mix_bonus, mix_extra = _niche_mix_bonus(niche_logits, hyper, w)
+    extra = {**extra, **mix_extra}
+    loss = policy_loss + vf_coef * value_loss - ent_coef * ent - bonus - mix_bonus
     metrics = {
         "policy_loss": policy_loss,
         "value_loss": value_loss,
@@ -180,7 +199,7 @@ def imitation_loss(params: Any, apply_fn: Callable, batch: dict, hyper: Mapping[
     (``ent_coef_niche`` as in :func:`ppo_loss`). ``policy_loss`` reports the negative
     log-likelihood; ``approx_kl`` and ``clip_fraction`` are 0 (no behaviour ratio)."""
     ent_coef, vf_coef = hyper["ent_coef"], hyper["vf_coef"]
-    lp, ent, ent_niche, value = _policy_terms(apply_fn, params, batch, batch["log_prob"].ndim)
+    lp, ent, ent_niche, value, _ = _policy_terms(apply_fn, params, batch, batch["log_prob"].ndim)
     nll = -lp.mean()
     value_loss = 0.5 * jnp.square(value - batch["returns"]).mean()
     ent = ent.mean()

@@ -570,6 +570,8 @@ class Trainer:
         loss_hyper = {n: ts.hyper[n] for n in variants.names("loss") if n in ts.hyper}
         if t.niche_ent_coef > 0:
             loss_hyper["ent_coef_niche"] = jnp.full((P,), t.niche_ent_coef, jnp.float32)
+        if t.niche_mix_coef > 0:
+            loss_hyper["mix_coef_niche"] = jnp.full((P,), t.niche_mix_coef, jnp.float32)
         ppo_keys = jax.vmap(lambda p: derive(key, p))(jnp.arange(P, dtype=jnp.uint32))
         settings = PPOSettings(self.tx, self.loss_net, t.epochs, t.minibatches, imitation_loss if imitate else ppo_loss)
         params, opt_state, losses = jax.vmap(lambda p, o, b, k, h: ppo_update(p, o, b, k, h, settings))(

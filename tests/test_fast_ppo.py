@@ -242,7 +242,7 @@ def test_a_loss_term_added_in_python_reaches_the_gradient(minibatch, native_path
 
     def with_term(p, apply_fn, b, h):
         loss, metrics = ppo.ppo_loss(p, apply_fn, b, h)
-        lp, _, _, value = ppo._policy_terms(apply_fn, p, b, 1)
+        lp, _, _, value, _ = ppo._policy_terms(apply_fn, p, b, 1)
         return loss + 0.3 * jnp.mean(lp**2) + 0.2 * jnp.mean(jnp.cos(value)), metrics
 
     grad = lambda fn, apply: jax.jit(jax.grad(lambda p: fn(p, apply, batch, hyper)[0]))(params)  # noqa: E731

@@ -271,3 +271,12 @@ def test_niche_curriculum_holds_roles_and_hands_them_back():
     assert Trainer(load_run_config(CONFIGS / "tiny.yaml"))._curriculum(ts) == (None, None)
     with pytest.raises(ConfigError, match="train.curriculum.shares has 2 entries"):
         load_run_config(CONFIGS / "tiny.yaml", ["train.curriculum.shares=[0.5, 0.5]", "train.curriculum.updates=5"])
+
+
+def test_niche_mix_bonus_needs_the_traced_loss_path():
+    """``train.niche_mix_coef`` takes the mix's entropy from the niche logits, which only the
+    traced loss path forms: with the fused path the config stops, naming both keys."""
+    with pytest.raises(ConfigError, match=r"train.niche_mix_coef > 0 needs train.loss_path=traced"):
+        load_run_config(CONFIGS / "tiny.yaml", ["train.niche_mix_coef=0.5"])
+    cfg = load_run_config(CONFIGS / "tiny.yaml", ["train.niche_mix_coef=0.5", "train.loss_path=traced"])
+    assert cfg.train.niche_mix_coef == 0.5

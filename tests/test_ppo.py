@@ -611,3 +611,42 @@ def test_niche_entropy_bonus_adds_exactly_its_term():
     g1 = jax.grad(lambda q: ppo_loss(q, apply_fn, batch, {**base, "ent_coef_niche": 0.3})[0])(params)
     np.testing.assert_allclose(g1["side"], g0["side"], rtol=1e-6, atol=1e-7)
     assert not np.allclose(g1["niche"], g0["niche"])
+
+
+def test_niche_mix_bonus_is_the_entropy_of_the_mean_distribution():
+    """``mix_coef_niche`` subtracts c x H(mean over samples of the niche distribution) (the
+    mix, not each sample's entropy): a batch of deterministic agents on different niches gets
+    the full bonus, the same agents all on one niche none; weights restrict the mean to the
+    weighted samples; only the niche logits get its gradient. Catches: the per-sample entropy
+    instead of the mix's, a sign error, weights ignored."""
+    n, J1 = 6, 4
+    rng = np.random.default_rng(5)
+    spread = np.full((n, J1), -30.0, np.float32)
+    spread[np.arange(n), np.arange(n) % J1] = 0.0  # each sample (nearly) certain, different niches
+    one = np.full((n, J1), -30.0, np.float32)
+    one[:, 2] = 0.0
+    apply_fn = lambda p, obs: ({"niche": p["niche"]}, p["v"])  # noqa: E731
+    batch = {"obs": jnp.zeros((n, 1)), "actions": {"niche": jnp.asarray(np.arange(n) % J1, jnp.int32)},
+             "log_prob": jnp.zeros((n,), jnp.float32), "advantages": jnp.asarray(rng.normal(size=n), jnp.float32),
+             "returns": jnp.zeros((n,), jnp.float32), "values": jnp.zeros((n,), jnp.float32)}
+    base = hyper(0.2, 0.0, 0.5)
+    c = 0.7
+
+    def bonus(logits, b=batch):
+        p = {"niche": jnp.asarray(logits), "v": jnp.zeros((n,), jnp.float32)}
+        l0, _ = ppo_loss(p, apply_fn, b, base)
+        l1, m1 = ppo_loss(p, apply_fn, b, {**base, "mix_coef_niche": c})
+        return float(l0) - float(l1), float(m1["mix_entropy_niche"])
+
+    mix = np.bincount(np.arange(n) % J1, minlength=J1) / n  # [2, 2, 1, 1] / 6
+    h = float(-(mix * np.log(mix)).sum())
+    d, got = bonus(spread)
+    assert got == pytest.approx(h, rel=1e-4) and d == pytest.approx(c * h, rel=1e-4)
+    d, got = bonus(one)
+    assert abs(got) < 1e-6 and abs(d) < 1e-6
+    w = np.asarray([1, 1, 0, 0, 0, 0], np.float32)  # samples on niches 0 and 1
+    d, got = bonus(spread, {**batch, "weights": jnp.asarray(w)})
+    assert got == pytest.approx(np.log(2.0), rel=1e-4)
+    g = jax.grad(lambda q: ppo_loss(q, apply_fn, batch, {**base, "mix_coef_niche": c})[0])(
+        {"niche": jnp.asarray(rng.normal(size=(n, J1)), jnp.float32), "v": jnp.zeros((n,), jnp.float32)})
+    assert np.abs(np.asarray(g["niche"])).max() > 0
