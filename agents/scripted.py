@@ -101,15 +101,15 @@ def niche_values(env: "Economy", state: EconomyState, config: ScriptedConfig) ->
     # Marginal bonus of one more public unit relative to an empty stock: d mult / d stock.
     public_scale = _per_agent((pc.half / (stock + pc.half)) ** 2, n)  # [N]
     public = p.public[:J].astype(jnp.float32) * config.public_value * public_scale[:, None]
+    # the market's treasury per agent [N]: what it could pay each of its agents
+    treasury = _per_agent(state.treasury.astype(jnp.float32) * (1.0 / (n // state.treasury.shape[0])), n)
     if cfg.treasury.pay > 0:  # static: with pay = 0 the values are exactly those without a treasury
         # Procurement pays ``pay`` money per public unit from the market's treasury, as far
         # as it reaches: expected min(pay, treasury / agents per market), i.e. in full while
         # the treasury could pay one unit to every agent of the market, pro rata below.
-        treasury = state.treasury.astype(jnp.float32) * (1.0 / (n // state.treasury.shape[0]))
-        procurement = _per_agent(jnp.minimum(jnp.float32(cfg.treasury.pay), treasury), n)  # [N]
+        procurement = jnp.minimum(jnp.float32(cfg.treasury.pay), treasury)  # [N]
         public = public + p.public[:J].astype(jnp.float32) * procurement[:, None]
     if env.wages.any():  # static; wages per unit of work, paid as far as the treasury reaches (as above)
-        treasury = _per_agent(state.treasury.astype(jnp.float32) * (1.0 / (n // state.treasury.shape[0])), n)
         public = public + jnp.minimum(jnp.asarray(env.wages[:J], jnp.float32)[None, :], treasury[:, None])
     # Work the inputs held allow pays now; the rest of the effort pays once the inputs
     # bought this step arrive, so it counts at the ``restock_value`` discount.
