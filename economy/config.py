@@ -205,7 +205,7 @@ class TreasuryConfig(Frozen):
 
     tax: Fraction = 0.0  # fraction of each seller's proceeds this step (floored) moved to its market's treasury
     pay: NonNegInt = 0  # money per public-project unit produced, paid to its producer from the market's treasury
-    wages: dict[str, NonNegInt] = {}  # niche name -> money per unit of work there, paid from the market's treasury
+    wages: Recipe = FrozenMap()  # niche name -> money per unit of work there, paid from the market's treasury (frozen map)
 
 
 class WorldConfig(Frozen):
