@@ -280,3 +280,26 @@ def test_niche_mix_bonus_needs_the_traced_loss_path():
         load_run_config(CONFIGS / "tiny.yaml", ["train.niche_mix_coef=0.5"])
     cfg = load_run_config(CONFIGS / "tiny.yaml", ["train.niche_mix_coef=0.5", "train.loss_path=traced"])
     assert cfg.train.niche_mix_coef == 0.5
+
+
+def test_niche_tenure_in_the_trainer_records_the_worked_niche():
+    """Under ``economy.niche_tenure`` (4, scripted orders) the trainer's rollout records the
+    niche each agent worked (``Transition.niche``: the draw at a renewal, else the niche it
+    held), flags the renewals (``decides``), and counts the worked niche in its niche
+    statistics. Catches: recording or counting the drawn niche (most draws are overridden),
+    renewal flags out of step with the economy's lock."""
+    cfg = load_run_config(CONFIGS / "tiny.yaml", ["train.members=2", "train.orders=scripted",
+                                                  "economy.niche_tenure=4", "train.rollout_steps=6"])
+    tr = Trainer(cfg)
+    ts = tr.init(jax.random.key(0))
+    _, _, _, traj, stats, _, _ = jax.device_get(jax.jit(lambda s: tr._rollout(s, jax.random.key(1)))(ts))
+    worked, drawn, decides = np.asarray(traj.niche), np.asarray(traj.actions["niche"]), np.asarray(traj.decides)
+    J = tr.env.num_niches
+    assert decides[0].all() and 0 < decides[1:].mean() < 0.5
+    np.testing.assert_array_equal(worked[decides], drawn[decides])
+    for t in range(1, worked.shape[0]):
+        np.testing.assert_array_equal(worked[t][~decides[t]], worked[t - 1][~decides[t]], err_msg=f"step {t}")
+    assert (worked[1:] != drawn[1:]).mean() > 0.3  # the test has power: most later draws were overridden
+    counts = np.stack([[np.bincount(worked[t, p], minlength=J + 1) for p in range(worked.shape[1])]
+                       for t in range(worked.shape[0])])
+    np.testing.assert_array_equal(np.asarray(stats["niche_counts"]), counts)
