@@ -356,8 +356,8 @@ class EconomyConfig(Frozen):
                     f"(registered: {sorted(PRODUCTION_RULES)})"
                 )
         for name in self.treasury.wages:
-            if name not in [n.name for n in self.niches]:
-                errors.append(f"treasury.wages.{name}: unknown niche {name!r} (niches: {[n.name for n in self.niches]})")
+            if name not in self.niche_names:
+                errors.append(f"treasury.wages.{name}: unknown niche {name!r} (niches: {list(self.niche_names)})")
         if self.treasury.wages and self.catalogues is not None:
             errors.append("treasury.wages: wages name niches of one catalogue; a padded economy (catalogues) has none")
         # Fixed-point bounds: every int32 sum that must be exact is taken within one market

@@ -398,7 +398,6 @@ class Trainer:
                 actions = from_members(act_m, C)
             if held is not None:  # the niche curriculum: held slots work their role
                 actions = dict(actions, niche=jnp.where(held, roles, actions["niche"]))
-            actions = dict(actions, niche=env.working_niche(env_state, actions["niche"]))  # economy.niche_tenure
             if not imitate:
                 actions = self.complete(derive(key, t, "orders"), env_state, actions)
             next_obs, next_state, _, term, trunc, info = env.step(k_env, env_state, actions)
